@@ -1,0 +1,74 @@
+"""The `optimize` flow: validate -> prepare -> reference -> compile -> evaluate -> select -> publish -> report.
+
+It only orchestrates; every stage is a task in tasks/. Runs embedded (no PREFECT_API_URL) or against a server.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from prefect import flow
+
+from kiln.errors import GateError
+from tasks.compile import compile_tvm
+from tasks.evaluate import baseline, evaluate
+from tasks.prepare import prepare
+from tasks.publish import publish
+from tasks.reference import reference
+from tasks.report import report_candidates, report_result
+from tasks.select import select
+from tasks.validate import validate
+
+CANDIDATES = ("onnxruntime", "tvm")
+
+
+@flow(name="optimize", log_prints=True)
+def optimize(
+    program: str,
+    shapes: dict[str, list[int]] | None = None,
+    trials: int = 64,
+    max_trials_per_task: int | None = None,
+    target: Literal["llvm", "cuda"] = "llvm",
+    candidates: list[str] | None = None,
+    threads: int | None = None,
+    store: str | None = None,
+    latency_repeats: int = 200,
+) -> dict:
+    """Optimize a model program and publish the fastest candidate that stays inside every metric range.
+
+    Args:
+        program: a program folder, a .zip/.tar.gz of one, or a bare .onnx file (path on the worker).
+        shapes: concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}.
+        trials: total MetaSchedule trial budget for the TVM candidate (0 = apply the database, no search).
+        max_trials_per_task: cap per tuning task (default: trials spread evenly over the tasks).
+        target: llvm (this CPU) or cuda.
+        candidates: which candidates to build besides the onnxruntime baseline (default: tvm).
+        threads: threads for every backend while measuring (default: all cores).
+        store: artifact store folder (default: KILN_STORE or ~/.kiln/store).
+        latency_repeats: timed calls per candidate.
+    """
+    chosen = list(candidates or CANDIDATES)
+    unknown = sorted(set(chosen) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")
+    threads = threads or os.cpu_count() or 1
+    checked = validate(program, shapes, chosen)
+    prepared = prepare(checked)
+    ref = reference(checked, threads)
+    built = [baseline(checked)]
+    if "tvm" in chosen:
+        built.append(compile_tvm(checked, prepared, target, trials, max_trials_per_task))
+    evaluation = evaluate(checked, ref, built, threads, latency_repeats)
+    report_candidates(checked.name, evaluation.candidates)
+    try:
+        selected = select(evaluation)
+    except GateError as exc:
+        report_result(checked.name, evaluation.candidates, None, None, None, exc.message)
+        raise
+    options = {"trials": trials, "max_trials_per_task": max_trials_per_task, "threads": threads,
+               "candidates": chosen, "latency_repeats": latency_repeats}
+    artifact = publish(checked, prepared, evaluation, selected, target, store, options)
+    speedup = next(c for c in evaluation.candidates if c.name == "onnxruntime").latency_ms.p50 / selected.latency_ms.p50
+    report_result(checked.name, evaluation.candidates, selected.name, artifact, speedup)
+    return {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup}

@@ -1,0 +1,72 @@
+"""User-facing errors: each says what is wrong, where, and how to fix it.
+
+The CLI prints these without a traceback and exits non-zero; anything else escaping is a kiln bug.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """A problem with the user's input or environment, explained for a person."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        self.message = message
+        self.where = where
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [f"{self.where}: {self.message}" if self.where else self.message]
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+    def __reduce__(self):  # keep the fields across Prefect's pickling of task failures
+        return (_rebuild, (type(self), self.message, self.where, self.hint, getattr(self, "extra", None)))
+
+
+def _rebuild(cls, message, where, hint, extra):
+    err = cls.__new__(cls)
+    KilnError.__init__(err, message, where=where, hint=hint)
+    if extra is not None:
+        err.extra = extra
+    return err
+
+
+class ProgramError(KilnError):
+    """The model program (program.py, its files, its archive) is invalid."""
+
+
+class ModelError(KilnError):
+    """The ONNX model is unreadable, invalid, or uses what the compiler cannot handle."""
+
+
+class DatasetError(KilnError):
+    """A dataset does not match the model's inputs."""
+
+
+class InputError(KilnError):
+    """A request or feed given to a compiled model is invalid (shape, dtype, index range)."""
+
+
+class GateError(KilnError):
+    """No candidate met every metric range; `table` explains what each scored."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, table: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.extra = table
+
+    @property
+    def table(self) -> str:
+        return getattr(self, "extra", "")
+
+    def render(self) -> str:
+        return super().render()
+
+
+class ArtifactError(KilnError):
+    """An artifact is missing, incomplete, or its files do not match their recorded hashes."""

@@ -1,0 +1,172 @@
+"""Load a model program from a folder, an archive of one, or a bare .onnx file."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.archive import extract, is_archive
+from kiln.datasets import Dataset
+from kiln.errors import ProgramError
+from kiln.hashing import file_sha256, json_sha256, tree_files
+from kiln.metrics import Metric
+from kiln.program import ModelProgram
+
+PROGRAM_FILE = "program.py"
+_NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass
+class LoadedProgram:
+    """A program ready to use: its folder, the user's ModelProgram instance, and its identity."""
+
+    root: Path
+    program: ModelProgram
+    model_path: Path
+    name: str
+    shapes: dict[str, list[int]]
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    source: Path | None = None  # what load_program() takes to load it again (folder or bare .onnx)
+
+    @property
+    def sha256(self) -> str:
+        return json_sha256({"files": self.files, "shapes": self.shapes})
+
+
+def kiln_home() -> Path:
+    return Path(os.environ.get("KILN_HOME", Path.home() / ".kiln")).expanduser()
+
+
+def parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
+    """Parse CLI `--shape name=1x3x224x224` items."""
+    out: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = [int(d) for d in dims.lower().split("x")]
+            if any(d <= 0 for d in out[name]):
+                raise ValueError
+        except ValueError:
+            raise ProgramError(f"cannot read shape {item!r}", hint="write it as NAME=DxDxD, e.g. "
+                               "input=1x3x224x224, with positive dimensions") from None
+    return out
+
+
+def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | None = None) -> LoadedProgram:
+    """Resolve `location` to a LoadedProgram; raise ProgramError with file:line on any mistake."""
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise ProgramError("no such file or folder", where=str(location),
+                           hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+    path = path.resolve()
+    if path.is_file() and is_archive(path):
+        path = extract(path, kiln_home() / "programs", file_sha256(path)[:24])
+    if path.is_file():
+        if path.suffix.lower() != ".onnx":
+            raise ProgramError("not a model program", where=str(location),
+                               hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+        program: ModelProgram = type("DefaultProgram", (ModelProgram,), {"model": path.name})()
+        root = path.parent
+        model_files = [path.name, *_external_data_files(path)]
+        files = {f: file_sha256(root / f) for f in model_files}
+        name = path.stem
+        source = path
+    else:
+        root = path
+        program = _import_program(root) if (root / PROGRAM_FILE).is_file() else ModelProgram()
+        files = tree_files(root)
+        name = getattr(program, "name", None) or root.name
+        source = root
+    _check_declarations(program, root)
+    merged = {**{k: list(v) for k, v in (program.shapes or {}).items()}, **(shapes or {})}
+    return LoadedProgram(root=root, program=program, model_path=(root / program.model).resolve(),
+                         name=_NAME_RE.sub("-", name).strip("-") or "model", shapes=merged, files=files,
+                         source=source)
+
+
+def _external_data_files(model_path: Path) -> list[str]:
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return []  # validation reports the unreadable model
+    names = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    names.add(entry.value)
+    return sorted(names)
+
+
+def _import_program(root: Path) -> ModelProgram:
+    file = root / PROGRAM_FILE
+    module_name = f"kiln_program_{json_sha256(str(root))[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(root))
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ProgramError(f"syntax error: {exc.msg}", where=f"{exc.filename or file}:{exc.lineno}",
+                           hint=(exc.text or "").strip() or None) from None
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
+        where = f"{file}:{frames[-1].lineno}" if frames else str(file)
+        raise ProgramError(f"importing the program raised {type(exc).__name__}: {exc}", where=where) from None
+    finally:
+        sys.path.remove(str(root))
+    sys.modules[module_name] = module
+    classes = [v for v in vars(module).values()
+               if isinstance(v, type) and issubclass(v, ModelProgram) and v is not ModelProgram
+               and v.__module__ == module_name]
+    if len(classes) != 1:
+        found = ", ".join(c.__name__ for c in classes) or "none"
+        raise ProgramError(f"must define exactly one subclass of kiln.ModelProgram (found: {found})",
+                           where=str(file), hint="class MyProgram(kiln.ModelProgram): ...")
+    try:
+        return classes[0]()
+    except Exception as exc:
+        raise ProgramError(f"creating {classes[0].__name__}() raised {type(exc).__name__}: {exc}",
+                           where=str(file)) from None
+
+
+def _check_declarations(program: ModelProgram, root: Path) -> None:
+    where = str(root / PROGRAM_FILE)
+    cls = type(program).__name__
+    if not isinstance(program.model, str) or not program.model:
+        raise ProgramError(f"{cls}.model must name the ONNX file", where=where)
+    if not (root / program.model).is_file():
+        raise ProgramError(f"model file {program.model!r} not found in the program folder", where=where,
+                           hint="set `model = \"FILE.onnx\"` in the program, or add the file")
+    if not isinstance(program.shapes, dict) or not all(
+        isinstance(v, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in v) for v in program.shapes.values()
+    ):
+        raise ProgramError(f"{cls}.shapes must map input names to lists of positive ints", where=where)
+    if program.dataset is not None and not isinstance(program.dataset, Dataset):
+        raise ProgramError(f"{cls}.dataset must be a kiln.Dataset", where=where)
+    metrics = program.metrics
+    if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, Metric) for m in metrics):
+        raise ProgramError(f"{cls}.metrics must be a list of kiln.metrics (top1(...), cosine(...), ...)",
+                           where=where)
+    names = [m.name for m in metrics]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ProgramError(f"metric names must be unique; repeated: {dupes}", where=where,
+                           hint="pass name=... to tell them apart")
+    if program.proto is not None:
+        if not (root / program.proto).is_file():
+            raise ProgramError(f"proto file {program.proto!r} not found in the program folder", where=where)
+        if not program.request or not program.response:
+            raise ProgramError(f"{cls} declares a proto but not both `request` and `response` message names",
+                               where=where)

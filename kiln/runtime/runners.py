@@ -1,0 +1,99 @@
+"""Runners: one object per loaded model with `run(feed) -> outputs`, for each backend.
+
+Like Triton's python backend lifecycle: construction loads (initialize), `run` executes, `close` frees.
+The TVM runner loads `libtvm_runtime.so` only (TVM_USE_RUNTIME_LIB=1), never the 259 MB compiler.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from kiln.specs import TensorSpec
+
+
+class Runner(Protocol):
+    backend: str
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class OrtRunner:
+    """onnxruntime InferenceSession with explicit thread and graph-optimization settings."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: Path, threads: int | None = None, optimization: str = "all"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+def _import_tvm_runtime():
+    """Import tvm with only its runtime library unless the compiler is already loaded in this process."""
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    import tvm
+    import tvm.runtime.vm  # noqa: F401  (registers the Relax VM)
+
+    return tvm
+
+
+class TvmRunner:
+    """A Relax VM over an exported `model.so` (weights embedded), inputs in the graph's order."""
+
+    backend = "tvm"
+
+    def __init__(self, module_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 threads: int | None = None, device: str = "cpu"):
+        if threads:
+            os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        tvm = _import_tvm_runtime()
+        self._tvm = tvm
+        self.device = tvm.cuda() if device == "cuda" else tvm.cpu()
+        self.module = tvm.runtime.load_module(str(module_path))
+        self.vm = tvm.runtime.vm.VirtualMachine(self.module, self.device)
+        self.main = self.vm["main"]
+        self.input_names = [s.name for s in inputs]
+        self.output_names = [s.name for s in outputs]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feed[n]), self.device) for n in self.input_names]
+        result = self.main(*args)
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {n: v.numpy() for n, v in zip(self.output_names, values)}
+
+    def close(self) -> None:
+        self.main = self.vm = self.module = None  # type: ignore[assignment]
+
+
+def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                threads: int | None = None, settings: dict | None = None) -> Runner:
+    settings = settings or {}
+    if backend == "onnxruntime":
+        return OrtRunner(path, threads=threads, optimization=settings.get("optimization", "all"))
+    if backend == "tvm":
+        return TvmRunner(path, inputs, outputs, threads=threads, device=settings.get("device", "cpu"))
+    raise ValueError(f"unknown backend {backend!r}")

@@ -1,0 +1,85 @@
+"""The local artifact store: content-addressed folders, published atomically, verified on read.
+
+Layout: STORE/NAME/ID/ where ID is derived from the sha256 of every file. A folder appears only once it is
+complete (staged in STORE/.staging and renamed), and an existing artifact is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from kiln.errors import ArtifactError
+from kiln.hashing import json_sha256, tree_files
+from kiln.manifest import MANIFEST, Manifest
+
+
+def default_store() -> Path:
+    from kiln.loader import kiln_home
+
+    return Path(os.environ.get("KILN_STORE", kiln_home() / "store")).expanduser()
+
+
+class ArtifactStore:
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root).expanduser() if root else default_store()
+
+    def staging(self) -> Path:
+        """A fresh private folder to assemble an artifact in."""
+        base = self.root / ".staging"
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="artifact-", dir=base))
+
+    def publish(self, staged: Path, manifest: Manifest) -> Path:
+        """Hash the staged files, write the manifest, move the folder into place; return its path."""
+        manifest.files = {k: v for k, v in tree_files(staged).items() if k != MANIFEST}
+        manifest.id = json_sha256({"files": manifest.files, "selected": manifest.selected})[:16]
+        final = self.root / manifest.name / manifest.id
+        if final.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+            return final
+        manifest.write(staged)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staged, final)
+        except OSError:
+            if not final.exists():
+                raise
+            shutil.rmtree(staged, ignore_errors=True)
+        return final
+
+    def artifacts(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent for p in self.root.glob(f"*/*/{MANIFEST}") if not p.parts[-3].startswith("."))
+
+
+def verify(folder: Path) -> tuple[Manifest, list[str]]:
+    """Read the manifest and list every file whose content does not match its recorded sha256."""
+    manifest = Manifest.read(folder)
+    problems = []
+    actual = {k: v for k, v in tree_files(folder).items() if k != MANIFEST}
+    for rel, sha in manifest.files.items():
+        if rel not in actual:
+            problems.append(f"{rel}: missing")
+        elif actual[rel] != sha:
+            problems.append(f"{rel}: sha256 {actual[rel][:12]}... != recorded {sha[:12]}...")
+    for rel in sorted(set(actual) - set(manifest.files)):
+        problems.append(f"{rel}: not in the manifest")
+    return manifest, problems
+
+
+def resolve(ref: str | Path, store: ArtifactStore | None = None) -> Path:
+    """An artifact folder from a path, or NAME[/ID] in the store (the newest version of NAME)."""
+    path = Path(ref).expanduser()
+    if (path / MANIFEST).is_file():
+        return path.resolve()
+    store = store or ArtifactStore()
+    candidates = [p for p in store.artifacts() if p.parent.name == str(ref) or
+                  f"{p.parent.name}/{p.name}" == str(ref) or p.name == str(ref)]
+    if not candidates:
+        raise ArtifactError("no such artifact", where=str(ref),
+                            hint=f"give an artifact folder, or NAME[/ID] from the store {store.root}")
+    return max(candidates, key=lambda p: Manifest.read(p).created_at)

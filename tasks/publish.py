@@ -1,0 +1,74 @@
+"""publish: assemble the artifact (module, program, tuning database, manifest) and store it atomically."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from kiln.compiler import DB_FILES
+from kiln.manifest import CandidateResult, Manifest, ModelInfo, versions
+from kiln.store import ArtifactStore
+from tasks.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
+
+
+def _copy_program(checked: CheckedProgram, dest: Path) -> None:
+    src = Path(checked.source)
+    if src.is_file():  # bare .onnx: the program is the model (and its external data)
+        dest.mkdir(parents=True)
+        shutil.copy2(src, dest / src.name)
+        return
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"), symlinks=False)
+
+
+@task(name="publish", retries=2, retry_delay_seconds=2)
+def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, selected: CandidateResult,
+            target: str, store: str | None, options: dict) -> str:
+    logger = get_run_logger()
+    built: BuiltCandidate = next(b for b in evaluation.built if b.name == selected.name)
+    st = ArtifactStore(store)
+    staged = st.staging()
+    try:
+        module_src = Path(built.path or "")
+        module_name = "model.so" if built.backend == "tvm" else "model.onnx"
+        if built.backend == "onnxruntime" and module_src.resolve() == Path(checked.model_path).resolve():
+            # the original model, with any external data beside it, keeps its own file names
+            from kiln.loader import _external_data_files
+
+            for extra in _external_data_files(module_src):
+                shutil.copy2(module_src.parent / extra, staged / extra)
+        shutil.copy2(module_src, staged / module_name)
+        _copy_program(checked, staged / "program")
+        tuning = None
+        for b in evaluation.built:
+            if b.tuning and b.tuning.get("database"):
+                db = Path(b.tuning["database"])
+                (staged / "tuning").mkdir(exist_ok=True)
+                for name in DB_FILES:
+                    if (db / name).is_file():
+                        shutil.copy2(db / name, staged / "tuning" / name)
+                tuning = {k: v for k, v in b.tuning.items() if k != "database"}
+                tuning["database"] = "tuning/"
+        base = next(c for c in evaluation.candidates if c.name == "onnxruntime")
+        speedup = (base.latency_ms.p50 / selected.latency_ms.p50
+                   if base.latency_ms and selected.latency_ms and selected.latency_ms.p50 > 0 else 1.0)
+        manifest = Manifest(
+            name=checked.name, created_at=datetime.now(timezone.utc).isoformat(),
+            model=ModelInfo(path=module_name, sha256="", source_sha256=checked.model_sha256),
+            program={"sha256": checked.program_sha256, "path": "program/", "shapes": checked.shapes,
+                     "source": checked.location},
+            target=target, inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
+            dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
+            selected=selected.name, backend=selected.backend, settings=selected.settings,
+            speedup_vs_baseline=round(speedup, 4), tuning=tuning, options=options, versions=versions())
+        from kiln.hashing import file_sha256
+
+        manifest.model.sha256 = file_sha256(staged / module_name)
+        final = st.publish(staged, manifest)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    logger.info("published %s (%s, %.2fx vs onnxruntime)", final, selected.name, speedup)
+    return str(final)
