@@ -68,12 +68,15 @@ class Dataset(BaseModel):
         if extra:
             raise DatasetError(f"maps {sorted(extra)} but the model's inputs are {names}", where=self.describe(),
                                hint="fix the keys of Dataset(inputs=...)")
-        label_key = self.labels or next((k for k in LABEL_KEYS if k in raw), None)
+        frame = raw.get("__frame__")
+        keys = list(frame.columns) if frame is not None else list(raw)
+        label_key = self.labels or next((k for k in LABEL_KEYS if k in keys), None)
         labels = None
         if label_key is not None:
-            if label_key not in raw:
-                raise DatasetError(f"has no labels {label_key!r}; it holds {sorted(raw)}", where=self.describe())
-            labels = np.asarray(raw[label_key])
+            if label_key not in keys:
+                raise DatasetError(f"has no labels {label_key!r}; it holds {sorted(keys)[:20]}",
+                                   where=self.describe())
+            labels = np.asarray(frame[label_key].to_numpy() if frame is not None else raw[label_key])
         samples = Samples(inputs=inputs, labels=labels, source=self.describe())
         check_samples(samples, specs, self.describe())
         if self.limit:
@@ -126,13 +129,6 @@ class Dataset(BaseModel):
             raise DatasetError(f"has no array {key!r} for model input {input_name!r}; it holds {sorted(raw)}",
                                where=self.describe(), hint="map the input with Dataset(inputs={...})")
         return np.asarray(raw[key])
-
-    def materialize(self, root: Path) -> dict[str, np.ndarray]:
-        raw = self._read(root)
-        frame = raw.pop("__frame__", None)
-        if frame is not None:
-            raw.update({c: frame[c].to_numpy() for c in frame.columns})
-        return raw
 
 
 def per_sample_shape(spec: TensorSpec, sample_rank: int) -> tuple[list[int], bool]:

@@ -25,11 +25,20 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
                          if base and c.latency_ms and c.latency_ms.p50 > 0 else "-"),
         }
         for name, m in c.metrics.items():
-            row[name] = f"{_fmt(m.value)} ({m.range})" + ("" if m.passed else " FAIL")
+            row[name] = f"{_fmt(m.value)} {'ok' if m.passed else 'FAIL'}"
         row["passed"] = "yes" if c.passed else "no"
         row["why not"] = "; ".join(c.reasons)
         out.append(row)
     return out
+
+
+def ranges(candidates: list[CandidateResult]) -> list[str]:
+    """`metric: range` lines (ranges relative to the reference are resolved to numbers)."""
+    seen: dict[str, str] = {}
+    for c in candidates:
+        for name, m in c.metrics.items():
+            seen.setdefault(name, m.range)
+    return [f"{k}: {v}" for k, v in seen.items()]
 
 
 def markdown(candidates: list[CandidateResult], selected: str | None = None) -> str:
@@ -38,7 +47,7 @@ def markdown(candidates: list[CandidateResult], selected: str | None = None) -> 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         lines.append("| " + " | ".join(r.get(c, "").replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", "Acceptable ranges: " + "; ".join(ranges(candidates))])
 
 
 def text(candidates: list[CandidateResult], selected: str | None = None) -> str:
@@ -48,4 +57,5 @@ def text(candidates: list[CandidateResult], selected: str | None = None) -> str:
     widths = {c: max(len(c), *(len(r.get(c, "")) for r in table)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(r.get(c, "").ljust(widths[c]) for c in cols) for r in table]
+    lines += ["acceptable ranges: " + "; ".join(ranges(candidates))]
     return "\n".join(line.rstrip() for line in lines)

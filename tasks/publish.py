@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +60,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             model=ModelInfo(path=module_name, sha256="", source_sha256=checked.model_sha256),
             program={"sha256": checked.program_sha256, "path": "program/", "shapes": checked.shapes,
                      "source": checked.location},
-            target=target, inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
+            target=json.dumps(tuning["target"], sort_keys=True) if tuning and tuning.get("target") else target,
+            inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
             selected=selected.name, backend=selected.backend, settings=selected.settings,
             speedup_vs_baseline=round(speedup, 4), tuning=tuning, options=options, versions=versions())

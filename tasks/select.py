@@ -17,7 +17,7 @@ def choose(candidates: list[CandidateResult]) -> CandidateResult:
     for c in candidates:  # a candidate slower than the baseline is not an optimization
         if c.passed and base and base.latency_ms and c.latency_ms and c.latency_ms.p50 > base.latency_ms.p50 \
                 and c is not base:
-            c.reasons.append(f"slower than {BASELINE} ({c.latency_ms.p50:.4g} > {base.latency_ms.p50:.4g} ms p50)")
+            c.reasons.append(f"slower than {BASELINE} ({c.latency_ms.p50:.3g} > {base.latency_ms.p50:.3g} ms)")
     eligible = [c for c in candidates if c.passed and c.latency_ms and not c.reasons]
     if not eligible:
         raise GateError("no candidate is inside every metric range; nothing was published",

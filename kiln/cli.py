@@ -1,0 +1,191 @@
+"""`kiln` command line: a thin layer over the flows and the SDK (like mlc-llm's CLI over its interface)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.errors import GateError, KilnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="kiln: optimize an ONNX model ahead of time, gated by your metrics.")
+
+
+def _console() -> Console:
+    # a private copy of stderr: tuning redirects fds 1/2 to a log file, the progress bar must stay visible
+    return Console(file=os.fdopen(os.dup(2), "w", buffering=1), stderr=True)
+
+
+err = _console()
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect logs still go to the API (the UI); the terminal shows kiln's own progress unless --verbose."""
+    import logging
+
+    if verbose:
+        return
+    for name in ["prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", ""]:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL + 1)
+
+
+def _fail(exc: KilnError) -> None:
+    if isinstance(exc, GateError) and exc.table:
+        err.print(exc.table, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
+    raise typer.Exit(exc.exit_code)
+
+
+def candidate_table(manifest) -> Table:
+    from kiln import report
+
+    rows = report.rows(manifest.candidates, manifest.selected)
+    table = Table(title=f"{manifest.name}: candidates (* = published)",
+                  caption="ranges: " + "; ".join(report.ranges(manifest.candidates)))
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(r.get(c, "") for c in cols), style="bold green" if r["candidate"].endswith("*") else None)
+    return table
+
+
+@app.command()
+def optimize(
+    program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx"),
+    trials: int = typer.Option(64, min=0, help="total TVM tuning trials (0: no search)"),
+    max_trials_per_task: Optional[int] = typer.Option(None, min=1, help="cap per tuning task"),
+    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    store: Optional[Path] = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+    shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
+    candidates: str = typer.Option("onnxruntime,tvm", help="comma-separated candidates to build"),
+    threads: Optional[int] = typer.Option(None, min=1, help="threads per backend while measuring"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
+) -> None:
+    """Optimize PROGRAM and publish the fastest candidate inside every metric range."""
+    from kiln.loader import parse_shapes
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        shapes = parse_shapes(shape)
+        if target not in ("llvm", "cuda"):
+            raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
+        chosen = [c.strip() for c in candidates.split(",") if c.strip()]
+        unknown = sorted(set(chosen) - {"onnxruntime", "tvm"})
+        if unknown:
+            raise KilnError(f"unknown candidates {unknown}", hint="choose from onnxruntime, tvm")
+        if not Path(program).expanduser().exists():
+            raise KilnError("no such file or folder", where=program,
+                            hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+    except KilnError as exc:
+        _fail(exc)
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from flows.optimize import optimize as optimize_flow
+    from kiln import progress as bus
+    from kiln.manifest import Manifest
+
+    _quiet_prefect(verbose)
+    where = os.environ.get("PREFECT_API_URL") or "embedded Prefect"
+    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(), console=err,
+                    transient=False)
+    tasks: dict[str, int] = {}
+    labels = {"tune": f"tuning ({trials} trials)", "evaluate": "evaluating candidates"}
+
+    def on_progress(stage: str, done: float, total: float | None, message: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total or 1)
+        bars.update(tasks[stage], completed=done, total=total or 1,
+                    description=labels.get(stage, stage) + (f" [{message}]" if message else ""))
+
+    unsubscribe = bus.subscribe(on_progress)
+    err.print(f"optimizing [bold]{program}[/] on {where}", highlight=False)
+    try:
+        with bars:
+            result = optimize_flow(program=program, shapes=shapes or None, trials=trials,
+                                   max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
+                                   threads=threads, store=str(store) if store else None)
+    except KilnError as exc:
+        _fail(exc)
+    finally:
+        unsubscribe()
+    manifest = Manifest.read(Path(result["artifact"]))
+    if as_json:
+        sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        return
+    out = Console(width=max(Console().width, 120))
+    out.print(candidate_table(manifest))
+    out.print(f"published [bold]{manifest.selected}[/] ({manifest.speedup_vs_baseline:.2f}x vs onnxruntime p50)")
+    out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(
+    artifact: str = typer.Argument(..., help="artifact folder, or NAME[/ID] in the store"),
+    store: Optional[Path] = typer.Option(None, help="artifact store folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Print an artifact's manifest and verify every file's sha256 (exit 1 on a mismatch)."""
+    from kiln.store import ArtifactStore, resolve, verify
+
+    try:
+        folder = resolve(artifact, ArtifactStore(store))
+        manifest, problems = verify(folder)
+    except KilnError as exc:
+        _fail(exc)
+    out = Console(width=max(Console().width, 120))
+    if as_json:
+        sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    else:
+        info = Table(show_header=False, title=f"artifact {folder}")
+        for k, v in [("name", manifest.name), ("id", manifest.id), ("created", manifest.created_at),
+                     ("selected", f"{manifest.selected} ({manifest.backend})"),
+                     ("speed-up vs onnxruntime", f"{manifest.speedup_vs_baseline:.2f}x"),
+                     ("model", f"{manifest.model.path} sha256 {manifest.model.sha256[:16]}..."),
+                     ("target", manifest.target), ("dataset", manifest.dataset),
+                     ("inputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.inputs)),
+                     ("outputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.outputs)),
+                     ("guards", ", ".join(f"{g.input} in [{g.low}, {g.high})" for g in manifest.guards) or "-"),
+                     ("tuning", json.dumps(manifest.tuning) if manifest.tuning else "-"),
+                     ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))]:
+            info.add_row(k, str(v))
+        out.print(info)
+        out.print(candidate_table(manifest))
+    if problems:
+        for p in problems:
+            err.print(f"[red]hash mismatch:[/] {p}", highlight=False)
+        err.print(f"[bold red]error:[/] {len(problems)} file(s) do not match the manifest")
+        raise typer.Exit(1)
+    err.print(f"[green]verified[/] {len(manifest.files)} files against their sha256")
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of kiln and the toolchain."""
+    from kiln.manifest import versions
+
+    for k, v in versions().items():
+        print(f"{k} {v}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KilnError as exc:  # anything that slipped past a command's own handler
+        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

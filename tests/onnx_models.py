@@ -1,0 +1,91 @@
+"""Small ONNX models built in code for the tests (nothing with weights is committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(graph, path: Path, opset: int = 17) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def embedding(path: Path, vocab: int = 50, dim: int = 8, seq: int = 6) -> Path:
+    """ids[int64, 1 x seq] -> Gather(table) -> ReduceMean -> logits[1, dim]."""
+    table = np.random.default_rng(0).standard_normal((vocab, dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0),
+         helper.make_node("ReduceMean", ["emb", "axes"], ["pooled"], name="pool", keepdims=0)],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, seq])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, dim])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    return _save(graph, path, opset=18)
+
+
+def lstm(path: Path) -> Path:
+    """An LSTM followed by a Relu: TVM's importer has no LSTM converter."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1, 16, 4)).astype(np.float32)
+    r = rng.standard_normal((1, 16, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="encoder_lstm", hidden_size=4),
+         helper.make_node("Relu", ["y"], ["out"], name="act")],
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [5, 1, 1, 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R")])
+    return _save(graph, path)
+
+
+def checker_failure(path: Path) -> Path:
+    """A node that reads a tensor nothing produces: onnx.checker rejects it."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "ghost"], ["y"], name="add_ghost")], "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def runtime_shapes(path: Path) -> Path:
+    """Like real exports: the reshape target and pads are computed at run time from Shape.
+
+    x[batch, 3, 8, 8] -> Conv -> Shape->Gather->Concat->Reshape (flatten) and a Pad whose pads come from a
+    computed tensor. TVM's importer rejects both until the shapes are fixed and the subgraphs folded.
+    """
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    c = lambda name, arr: numpy_helper.from_array(np.asarray(arr), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["conv"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero1"], ["batch"], name="take_batch", axis=0),
+        helper.make_node("Sub", ["batch", "batch"], ["z"], name="zero_from_shape"),
+        helper.make_node("Concat", ["z", "z", "one", "one", "z", "z", "one", "one"], ["pads"], name="pads_at_runtime",
+                         axis=0),
+        helper.make_node("Pad", ["conv", "pads"], ["padded"], name="pad", mode="constant"),
+        helper.make_node("Shape", ["padded"], ["pshape"], name="pshape"),
+        helper.make_node("ConstantOfShape", ["pshape"], ["ones"], name="ones",
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Add", ["padded", "ones"], ["shifted"], name="shift"),
+        helper.make_node("Shape", ["shifted"], ["sshape"], name="sshape"),
+        helper.make_node("Gather", ["sshape", "zero1"], ["b2"], name="take_batch2", axis=0),
+        helper.make_node("Concat", ["b2", "minus_one"], ["target"], name="reshape_target", axis=0),
+        helper.make_node("Reshape", ["shifted", "target"], ["out"], name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes, "runtime_shapes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "n"])],
+        [c("w", w), c("zero1", np.array([0], np.int64)), c("one", np.array([1], np.int64)),
+         c("minus_one", np.array([-1], np.int64))])
+    return _save(graph, path)

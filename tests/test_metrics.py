@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from kiln import metrics
+from kiln.metrics import Range
+
+
+def test_absolute_and_relative_ranges():
+    r = Range(at_least=0.9)
+    assert r.check(0.95, None, True) and not r.check(0.85, None, True)
+    rel = Range(max_degradation=0.01)  # at most 1 % worse than the reference
+    assert rel.check(0.99, 1.0, True) and not rel.check(0.98, 1.0, True)
+    assert rel.check(1.01, 1.0, False) and not rel.check(1.02, 1.0, False)  # lower is better (errors)
+    assert not Range(at_most=1.0).check(float("nan"), None, False)
+    assert "max degradation 1 %" in rel.describe(1.0, True) and ">= 0.99" in rel.describe(1.0, True)
+
+
+def test_empty_range_is_refused():
+    with pytest.raises(ValidationError):
+        Range()
+
+
+def test_metric_values():
+    ref = {"p": np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])}
+    out = {"p": np.array([[0.2, 0.8], [0.4, 0.6], [0.6, 0.4]])}
+    labels = np.array([1, 0, 1])
+    assert metrics.top1(at_least=0).compute(ref, ref, labels) == 1.0
+    assert metrics.top1(at_least=0).compute(out, ref, labels) == pytest.approx(1 / 3)
+    assert metrics.topk(2, at_least=0).compute(out, ref, labels) == 1.0
+    assert metrics.agreement(at_least=0).compute(out, ref, None) == pytest.approx(1 / 3)
+    assert metrics.max_abs_diff(at_most=1).compute(out, ref, None) == pytest.approx(0.4)
+    assert metrics.max_rel_diff(at_most=1).compute(out, ref, None) == pytest.approx(0.4 / 0.9)
+    assert metrics.cosine(at_least=0).compute(ref, ref, None) == pytest.approx(1.0)
+    assert metrics.cosine(at_least=0).compute(out, ref, None) < 0.99
+    reg = {"y": np.array([1.0, 2.0, 4.0])}
+    assert metrics.mae(at_most=1).compute(reg, reg, np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 3)
+    assert metrics.rmse(at_most=1).compute(reg, reg, np.array([1.0, 2.0, 3.0])) == pytest.approx(np.sqrt(1 / 3))
+    custom = metrics.custom(lambda o, labels: float(o["p"].sum()), name="total", at_most=10)
+    assert custom.compute(ref, ref, labels) == pytest.approx(3.0)
+
+
+def test_unknown_output_is_named():
+    m = metrics.top1(at_least=0.5, output="nope")
+    with pytest.raises(KeyError, match="nope"):
+        m.compute({"p": np.zeros((1, 2))}, {"p": np.zeros((1, 2))}, np.zeros(1))

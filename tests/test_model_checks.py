@@ -1,0 +1,112 @@
+"""ONNX checks and preparation: unreadable models, unsupported ops, dynamic dims, guards, folding."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnx_models
+from kiln.compiler import import_onnx, supported_ops
+from kiln.datasets import Dataset, check_index_ranges
+from kiln.errors import DatasetError, InputError, ModelError
+from kiln.onnx_inspect import index_guards, input_specs, load_model, unsupported_ops
+from kiln.prepare import fix_input_shapes, infer_shapes, prepare
+from kiln.specs import TensorSpec
+
+
+def test_not_onnx(tmp_path):
+    p = tmp_path / "model.onnx"
+    p.write_text("this is not a model\n" * 10)
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        load_model(p)
+
+
+def test_truncated_onnx(tmp_path):
+    full = onnx_models.embedding(tmp_path / "full.onnx").read_bytes()
+    p = tmp_path / "model.onnx"
+    p.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ModelError, match="not an ONNX model|checker"):
+        load_model(p)
+
+
+def test_checker_failure(tmp_path):
+    with pytest.raises(ModelError, match="checker rejects the model.*ghost"):
+        load_model(onnx_models.checker_failure(tmp_path / "m.onnx"))
+
+
+def test_unsupported_ops_are_listed_with_nodes(tmp_path):
+    model = load_model(onnx_models.lstm(tmp_path / "m.onnx"))
+    assert unsupported_ops(model, supported_ops()) == {"LSTM": ["encoder_lstm"]}
+
+
+def test_dynamic_dims_must_be_declared(tmp_path):
+    model = load_model(onnx_models.runtime_shapes(tmp_path / "m.onnx"))
+    with pytest.raises(ModelError, match=r"dynamic dimensions: axis 0 \('batch'\)") as exc:
+        input_specs(model, {}, "m.onnx")
+    assert "--shape x=1x3x8x8" in str(exc.value)
+    with pytest.raises(ModelError, match="does not fit"):
+        input_specs(model, {"x": [1, 4, 8, 8]}, "m.onnx")
+    assert input_specs(model, {"x": [2, 3, 8, 8]}, "m.onnx")[0].shape == [2, 3, 8, 8]
+
+
+def test_prepare_turns_an_import_failure_into_a_matching_model(tmp_path):
+    src = onnx_models.runtime_shapes(tmp_path / "m.onnx")
+    model = load_model(src)
+    specs = input_specs(model, {"x": [1, 3, 8, 8]}, "m")
+    with pytest.raises(ModelError, match="Dynamic pads are not supported"):
+        import_onnx(src, specs)
+    out = tmp_path / "prepared.onnx"
+    prepare(model, specs, out, "m")
+    import_onnx(out, specs)  # no longer raises
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    a = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    b = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_index_guards_found_and_enforced(tmp_path):
+    model = load_model(onnx_models.embedding(tmp_path / "m.onnx", vocab=50))
+    specs = input_specs(model, {}, "m")
+    guards = index_guards(infer_shapes(fix_input_shapes(model, specs), "m"))
+    assert [(g.input, g.low, g.high, g.node) for g in guards] == [("ids", -50, 50, "embed")]
+    check_index_ranges({"ids": np.array([[0, 49, -50, 3, 4, 5]])}, guards, "request")
+    with pytest.raises(InputError, match=r"'ids' holds 50 at index \[0, 1\].*\[-50, 50\)"):
+        check_index_ranges({"ids": np.array([[0, 50, 1, 2, 3, 4]])}, guards, "request")
+
+
+def test_datasets_in_every_format(tmp_path):
+    spec = [TensorSpec(name="x", dtype="float32", shape=[1, 3])]
+    x = np.arange(12, dtype=np.float64).reshape(4, 3)
+    np.savez(tmp_path / "d.npz", feats=x, y=np.arange(4))
+    s = Dataset(path="d.npz", inputs={"x": "feats"}).load(tmp_path, spec)
+    assert s.inputs["x"].dtype == np.float32 and s.labels.tolist() == [0, 1, 2, 3]
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=["f0", "f1", "f2"]).assign(label=[3, 2, 1, 0])
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frame.to_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.parquet"):
+        s = Dataset(path=name, inputs={"x": "f*"}, labels="label").load(tmp_path, spec)
+        np.testing.assert_array_equal(s.inputs["x"], x.astype(np.float32))
+        assert s.labels.tolist() == [3, 2, 1, 0]
+    s = Dataset(loader=lambda: {"x": x, "labels": np.zeros(4)}).load(tmp_path, spec)
+    assert s.count == 4
+
+
+def test_dataset_mismatches_are_explained(tmp_path):
+    spec = [TensorSpec(name="x", dtype="float32", shape=[1, 3])]
+    np.savez(tmp_path / "wrong_shape.npz", x=np.zeros((4, 5), np.float32))
+    with pytest.raises(DatasetError, match=r"shape \[4, 5\].*expected \[N, 3\]"):
+        Dataset(path="wrong_shape.npz").load(tmp_path, spec)
+    np.savez(tmp_path / "wrong_dtype.npz", x=np.array([["a", "b", "c"]]))
+    with pytest.raises(DatasetError, match="dtype <U1, the model expects float32"):
+        Dataset(path="wrong_dtype.npz").load(tmp_path, spec)
+    with pytest.raises(DatasetError, match="no array 'nope'"):
+        Dataset(path="wrong_dtype.npz", inputs={"x": "nope"}).load(tmp_path, spec)
+    with pytest.raises(DatasetError, match="file not found"):
+        Dataset(path="missing.npz").load(tmp_path, spec)
+    int_spec = [TensorSpec(name="x", dtype="int64", shape=[1, 3])]
+    np.savez(tmp_path / "floats.npz", x=np.zeros((2, 3), np.float32))
+    with pytest.raises(DatasetError, match="float32, the model expects int64"):
+        Dataset(path="floats.npz").load(tmp_path, int_spec)

@@ -1,0 +1,161 @@
+"""Loading model programs: folders, archives, bare .onnx, and every way a program can be wrong."""
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_models
+from kiln.errors import ProgramError
+from kiln.loader import load_program, parse_shapes
+
+PROGRAM = """
+import kiln
+from kiln import metrics
+
+class P(kiln.ModelProgram):
+    model = "m.onnx"
+    shapes = {"ids": [1, 6]}
+    metrics = [metrics.cosine(at_least=0.99)]
+"""
+
+
+@pytest.fixture
+def program_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    d = tmp_path / "prog"
+    d.mkdir()
+    onnx_models.embedding(d / "m.onnx")
+    (d / "program.py").write_text(PROGRAM)
+    return d
+
+
+def test_folder_program(program_dir):
+    prog = load_program(program_dir)
+    assert prog.name == "prog" and prog.shapes == {"ids": [1, 6]}
+    assert prog.model_path == program_dir / "m.onnx"
+    assert set(prog.files) == {"m.onnx", "program.py"}
+    assert load_program(program_dir, {"ids": [1, 6]}).sha256 == prog.sha256
+    assert load_program(program_dir, {"ids": [2, 6]}).sha256 != prog.sha256
+
+
+def test_bare_onnx_is_a_program(tmp_path):
+    path = onnx_models.embedding(tmp_path / "embed.onnx")
+    prog = load_program(path, {"ids": [1, 6]})
+    assert prog.name == "embed" and prog.program.get_metrics()  # default: agreement with onnxruntime
+    assert list(prog.files) == ["embed.onnx"]
+
+
+def test_syntax_error_names_file_and_line(program_dir):
+    (program_dir / "program.py").write_text("import kiln\n\nclass P(kiln.ModelProgram)\n    model = 'm.onnx'\n")
+    with pytest.raises(ProgramError) as exc:
+        load_program(program_dir)
+    assert f"{program_dir / 'program.py'}:3" in str(exc.value) and "syntax error" in str(exc.value)
+
+
+def test_exception_at_import_names_the_line(program_dir):
+    (program_dir / "program.py").write_text("import kiln\nx = 1\nraise RuntimeError('boom')\n")
+    with pytest.raises(ProgramError, match=r"program.py:3.*RuntimeError: boom"):
+        load_program(program_dir)
+
+
+def test_missing_program_class(program_dir):
+    (program_dir / "program.py").write_text("import kiln\n")
+    with pytest.raises(ProgramError, match="exactly one subclass of kiln.ModelProgram"):
+        load_program(program_dir)
+
+
+def test_missing_model_file(program_dir):
+    (program_dir / "program.py").write_text(PROGRAM.replace('"m.onnx"', '"missing.onnx"'))
+    with pytest.raises(ProgramError, match="model file 'missing.onnx' not found"):
+        load_program(program_dir)
+
+
+def test_proto_without_message_names(program_dir):
+    (program_dir / "x.proto").write_text('syntax = "proto3";')
+    (program_dir / "program.py").write_text(PROGRAM + '    proto = "x.proto"\n')
+    with pytest.raises(ProgramError, match="request.*response"):
+        load_program(program_dir)
+
+
+def test_metrics_must_be_metrics(program_dir):
+    (program_dir / "program.py").write_text(PROGRAM.replace("[metrics.cosine(at_least=0.99)]", "['top1']"))
+    with pytest.raises(ProgramError, match="metrics must be a list"):
+        load_program(program_dir)
+
+
+def test_zip_and_tar_archives(program_dir, tmp_path):
+    z = tmp_path / "prog.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in program_dir.iterdir():
+            zf.write(p, f"prog/{p.name}")
+    t = tmp_path / "prog.tar.gz"
+    with tarfile.open(t, "w:gz") as tf:
+        tf.add(program_dir, arcname="prog")
+    for archive in (z, t):
+        prog = load_program(archive)
+        assert prog.shapes == {"ids": [1, 6]} and (prog.root / "m.onnx").is_file()
+
+
+def _zip_with(path: Path, name: str, data: bytes = b"x", symlink: bool = False) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777 << 16)
+        zf.writestr(info, data)
+    return path
+
+
+def test_archive_path_escape_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    with pytest.raises(ProgramError, match="outside the program folder"):
+        load_program(_zip_with(tmp_path / "evil.zip", "../../escaped.py"))
+    tar = tmp_path / "evil.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        info = tarfile.TarInfo("/etc/kiln-escape")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ProgramError, match="outside the program folder"):
+        load_program(tar)
+    assert not (tmp_path / "escaped.py").exists() and not Path("/etc/kiln-escape").exists()
+
+
+def test_archive_symlinks_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    with pytest.raises(ProgramError, match="symbolic link"):
+        load_program(_zip_with(tmp_path / "link.zip", "prog/model.onnx", b"/etc/passwd", symlink=True))
+    tar = tmp_path / "link.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("prog/model.onnx")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(ProgramError, match="is a link"):
+        load_program(tar)
+
+
+def test_archive_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KILN_MAX_ARCHIVE_MB", "1")
+    big = _zip_with(tmp_path / "big.zip", "prog/data.bin", np.zeros(2 << 20, np.uint8).tobytes())
+    with pytest.raises(ProgramError, match="over the 1 MiB limit"):
+        load_program(big)
+    assert not any((tmp_path / "home").rglob("data.bin"))
+
+
+def test_not_a_program(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ProgramError, match="not a model program"):
+        load_program(tmp_path / "notes.txt")
+    with pytest.raises(ProgramError, match="no such file"):
+        load_program(tmp_path / "nothing-here")
+
+
+def test_parse_shapes():
+    assert parse_shapes(["x=1x3x224x224", "ids=1X128"]) == {"x": [1, 3, 224, 224], "ids": [1, 128]}
+    for bad in ["x", "x=1xa", "=1x2", "x=0x3"]:
+        with pytest.raises(ProgramError, match="cannot read shape"):
+            parse_shapes([bad])
