@@ -10,6 +10,7 @@ from typing import Literal
 
 from prefect import flow
 
+from kiln import progress
 from kiln.errors import GateError
 from tasks.compile import compile_tvm
 from tasks.evaluate import baseline, evaluate
@@ -58,7 +59,10 @@ def optimize(
     ref = reference(checked, threads)
     built = [baseline(checked)]
     if "tvm" in chosen:
-        built.append(compile_tvm(checked, prepared, target, trials, max_trials_per_task))
+        state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, return_state=True)
+        built.append(state.result())
+        if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
+            progress.report("tune", trials, trials, "cached build, no tuning")
     evaluation = evaluate(checked, ref, built, threads, latency_repeats)
     report_candidates(checked.name, evaluation.candidates)
     try:

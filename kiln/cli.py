@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.errors import GateError, KilnError
@@ -41,7 +42,7 @@ def _quiet_prefect(verbose: bool) -> None:
 def _fail(exc: KilnError) -> None:
     if isinstance(exc, GateError) and exc.table:
         err.print(exc.table, markup=False, highlight=False, soft_wrap=True)
-    err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
+    err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -107,10 +108,10 @@ def optimize(
         if stage not in tasks:
             tasks[stage] = bars.add_task(labels.get(stage, stage), total=total or 1)
         bars.update(tasks[stage], completed=done, total=total or 1,
-                    description=labels.get(stage, stage) + (f" [{message}]" if message else ""))
+                    description=labels.get(stage, stage) + (f" ({escape(message)})" if message else ""))
 
     unsubscribe = bus.subscribe(on_progress)
-    err.print(f"optimizing [bold]{program}[/] on {where}", highlight=False)
+    err.print(f"optimizing [bold]{program}[/] on {where}", highlight=False, soft_wrap=True)
     try:
         with bars:
             result = optimize_flow(program=program, shapes=shapes or None, trials=trials,
@@ -164,7 +165,7 @@ def inspect(
         out.print(candidate_table(manifest))
     if problems:
         for p in problems:
-            err.print(f"[red]hash mismatch:[/] {p}", highlight=False)
+            err.print(f"[red]hash mismatch:[/] {p}", highlight=False, soft_wrap=True)
         err.print(f"[bold red]error:[/] {len(problems)} file(s) do not match the manifest")
         raise typer.Exit(1)
     err.print(f"[green]verified[/] {len(manifest.files)} files against their sha256")
@@ -183,7 +184,7 @@ def main() -> None:
     try:
         app()
     except KilnError as exc:  # anything that slipped past a command's own handler
-        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

@@ -53,7 +53,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
         built = BuiltCandidate.model_validate_json((cache / RESULT).read_text())
         if built.path and Path(built.path).is_file():
             logger.info("reusing the build %s (same model, target and budget): no tuning", cache)
-            progress.report("tune", trials, trials, "cached")
+            progress.report("tune", trials, trials, "cached build, no tuning")
             return built.model_copy(update={"cached": True})
     target_json = json.dumps(target_config(target), sort_keys=True)
     db_dir = kiln_home() / "tuning" / json_sha256(target_json)[:12] / prepared.sha256[:24]

@@ -1,0 +1,139 @@
+"""Every bad input: a clear message, a non-zero exit, no traceback, nothing published, the store untouched.
+
+Each case runs the real `kiln optimize` against a real Prefect server.
+"""
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_models
+from conftest import run_kiln, store_snapshot
+
+TRIALS = "8"  # the same budget as the integration test, so the TVM build is shared through the cache
+
+
+@pytest.fixture
+def seeded_store(kiln_env) -> Path:
+    """A store that already holds something, to prove failures never touch it."""
+    store = Path(kiln_env["KILN_STORE"])
+    (store / "earlier" / "0123456789abcdef").mkdir(parents=True)
+    (store / "earlier" / "0123456789abcdef" / "manifest.json").write_text('{"kept": true}')
+    return store
+
+
+def expect_failure(args, env, store: Path, *needles: str, code: int = 2) -> str:
+    before = store_snapshot(store)
+    proc = run_kiln(["optimize", *args], env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == code, output
+    assert "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, f"{needle!r} not in:\n{output}"
+    after = store_snapshot(store)
+    assert after == before, "a failed run changed the store"
+    return output
+
+
+def test_not_an_onnx_file(tmp_path, kiln_env, seeded_store):
+    bad = tmp_path / "model.onnx"
+    bad.write_text("definitely not protobuf " * 50)
+    expect_failure([str(bad)], kiln_env, seeded_store, "not an ONNX model", str(bad))
+
+
+def test_truncated_onnx(tmp_path, kiln_env, seeded_store, digits_program):
+    data = (digits_program / "model.onnx").read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(data[: len(data) // 3])
+    expect_failure([str(bad), "--shape", "pixels=1x64"], kiln_env, seeded_store, "truncated.onnx")
+
+
+def test_checker_failure(tmp_path, kiln_env, seeded_store):
+    path = onnx_models.checker_failure(tmp_path / "broken.onnx")
+    expect_failure([str(path)], kiln_env, seeded_store, "ONNX checker rejects the model", "ghost")
+
+
+def test_unsupported_operator_lists_types_and_nodes(tmp_path, kiln_env, seeded_store):
+    path = onnx_models.lstm(tmp_path / "lstm.onnx")
+    expect_failure([str(path)], kiln_env, seeded_store, "TVM cannot compile 1 operator type(s)",
+                   "LSTM (nodes: encoder_lstm)", "--candidates onnxruntime")
+
+
+def test_undeclared_dynamic_dimension(kiln_env, seeded_store, digits_program):
+    expect_failure([str(digits_program / "model.onnx")], kiln_env, seeded_store,
+                   "dynamic dimensions: axis 0 ('batch')", "--shape pixels=1x64")
+
+
+def _program_copy(src: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "prog"
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_program_syntax_error(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    text = (prog / "program.py").read_text().replace("class Digits(kiln.ModelProgram):", "class Digits(kiln.ModelProgram)")
+    (prog / "program.py").write_text(text)
+    line = text.splitlines().index("class Digits(kiln.ModelProgram)") + 1
+    expect_failure([str(prog)], kiln_env, seeded_store, f"program.py:{line}", "syntax error")
+
+
+def test_program_missing_required_names(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    (prog / "program.py").write_text("import kiln\n\nMODEL = 'model.onnx'\n")
+    expect_failure([str(prog)], kiln_env, seeded_store, "must define exactly one subclass of kiln.ModelProgram")
+    (prog / "program.py").write_text((digits_program / "program.py").read_text().replace('"model.onnx"', '"gone.onnx"'))
+    expect_failure([str(prog)], kiln_env, seeded_store, "model file 'gone.onnx' not found")
+
+
+def test_dataset_shape_mismatch(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    data = dict(np.load(prog / "digits.npz"))
+    data["x_test"] = data["x_test"][:, :60]
+    np.savez(prog / "digits.npz", **data)
+    expect_failure([str(prog)], kiln_env, seeded_store, "digits.npz", "shape [397, 60]", "expected [N, 64]")
+
+
+def test_dataset_dtype_mismatch(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    data = dict(np.load(prog / "digits.npz"))
+    data["x_test"] = data["x_test"].astype(str)
+    np.savez(prog / "digits.npz", **data)
+    expect_failure([str(prog)], kiln_env, seeded_store, "the model expects float32")
+
+
+def test_archive_escaping_its_folder(tmp_path, kiln_env, seeded_store, digits_program):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in digits_program.iterdir():
+            if p.is_file():
+                zf.write(p, f"digits/{p.name}")
+        zf.writestr("digits/../../escaped.txt", "gotcha")
+    expect_failure([str(archive)], kiln_env, seeded_store, "would be written outside the program folder")
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_out_of_range_indices_in_the_dataset(tmp_path, kiln_env, seeded_store):
+    prog = tmp_path / "embed"
+    prog.mkdir()
+    onnx_models.embedding(prog / "model.onnx", vocab=50)
+    ids = np.random.default_rng(0).integers(0, 50, size=(8, 6))
+    ids[5, 2] = 50  # one past the table
+    np.savez(prog / "data.npz", ids=ids)
+    (prog / "program.py").write_text(
+        "import kiln\n\nclass Embed(kiln.ModelProgram):\n    dataset = kiln.Dataset(path='data.npz')\n")
+    expect_failure([str(prog)], kiln_env, seeded_store, "'ids' holds 50 at index [5, 2]", "valid range is [-50, 50)")
+
+
+def test_metric_range_no_candidate_meets(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    text = (prog / "program.py").read_text().replace("metrics.top1(at_least=0.95)", "metrics.top1(at_least=0.999)")
+    (prog / "program.py").write_text(text)
+    out = expect_failure([str(prog), "--trials", TRIALS], kiln_env, seeded_store,
+                         "no candidate is inside every metric range", "nothing was published",
+                         "top1: >= 0.999", code=1)
+    table = out[out.index("candidate"):]
+    assert "onnxruntime" in table and "tvm" in table and "FAIL" in table and "0.9899" in table

@@ -1,0 +1,165 @@
+"""The real flow end to end: digits example on a Prefect server, a bare .onnx on embedded Prefect,
+the manifest, the gate, the cache, `kiln inspect`, and `kiln.load` reproducing the reference outputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import kiln
+from conftest import run_kiln
+
+TRIALS = "8"
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_program, prefect_server, kiln_home, tmp_path_factory):
+    store = tmp_path_factory.mktemp("digits-store")
+    env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(store), "PREFECT_API_URL": prefect_server,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = run_kiln(["optimize", str(digits_program), "--trials", TRIALS, "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout), env, proc
+
+
+def test_manifest_records_the_whole_decision(digits_run, digits_program):
+    manifest, env, _ = digits_run
+    folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
+    assert folder.is_dir()
+    assert {c["name"] for c in manifest["candidates"]} == {"onnxruntime", "tvm"}
+    for c in manifest["candidates"]:
+        assert c["latency_ms"]["p50"] > 0 and c["latency_ms"]["p90"] >= c["latency_ms"]["p50"]
+        assert set(c["metrics"]) == {"top1", "top1_vs_reference", "agreement", "max_abs_diff"}
+        assert c["metrics"]["top1"]["value"] > 0.95
+    selected = next(c for c in manifest["candidates"] if c["name"] == manifest["selected"])
+    assert selected["passed"] and not selected["reasons"]
+    base = next(c for c in manifest["candidates"] if c["name"] == "onnxruntime")
+    assert selected["latency_ms"]["p50"] <= base["latency_ms"]["p50"]  # never slower than the baseline
+    assert manifest["speedup_vs_baseline"] == pytest.approx(base["latency_ms"]["p50"] / selected["latency_ms"]["p50"],
+                                                            rel=1e-3)
+    assert json.loads(manifest["target"])["kind"] == "llvm"
+    assert manifest["model"]["path"] in manifest["files"]
+    assert manifest["files"][manifest["model"]["path"]] == manifest["model"]["sha256"]
+    assert "program/program.py" in manifest["files"] and "tuning/database_tuning_record.json" in manifest["files"]
+    assert manifest["tuning"]["trials"] == int(TRIALS) and manifest["tuning"]["tasks"] >= 1
+    assert manifest["versions"]["tvm"] == "0.27.0.post1" and manifest["versions"]["tvm_ffi"] == "0.1.14.post1"
+    assert {"kiln", "onnxruntime", "onnx"} <= set(manifest["versions"])
+
+
+def test_load_reproduces_the_reference(digits_run, digits_program):
+    manifest, env, _ = digits_run
+    predictor = kiln.load(Path(env["KILN_STORE"]) / "digits" / manifest["id"])
+    assert predictor.backend == manifest["backend"]
+    x = np.load(digits_program / "digits.npz")["x_test"][:50]
+    session = ort.InferenceSession(str(digits_program / "model.onnx"))
+    for row in x:
+        got = predictor.run({"pixels": row.reshape(1, 64)})["probabilities"]
+        want = session.run(None, {"pixels": row.reshape(1, 64)})[0]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(kiln.KilnError, match=r"'pixels' has shape \[1, 63\], expected \[1, 64\]"):
+        predictor.run({"pixels": np.zeros((1, 63), np.float32)})
+
+
+def test_prefect_shows_the_candidate_table(digits_run):
+    _, env, _ = digits_run
+    resp = httpx.post(f"{env['PREFECT_API_URL']}/artifacts/filter",
+                      json={"artifacts": {"key": {"any_": ["digits-candidates", "digits-result"]}}})
+    resp.raise_for_status()
+    kinds = {a["key"]: a["type"] for a in resp.json()}
+    assert kinds.get("digits-candidates") == "table" and kinds.get("digits-result") == "markdown"
+    table = next(a for a in resp.json() if a["key"] == "digits-candidates")
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert {r["candidate"].rstrip(" *") for r in rows} == {"onnxruntime", "tvm"}
+
+
+def test_rerun_does_not_tune_again(digits_run, digits_program, kiln_home):
+    manifest, env, _ = digits_run
+    records = list(Path(kiln_home, "tuning").rglob("database_tuning_record.json"))
+    assert records
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in records}
+    proc = run_kiln(["optimize", str(digits_program), "--trials", TRIALS, "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in records} == before
+    assert "cached build, no tuning" in proc.stderr  # the tuning bar says it reused the build
+
+
+def test_inspect_verifies_hashes(digits_run, tmp_path):
+    manifest, env, _ = digits_run
+    folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
+    ok = run_kiln(["inspect", str(folder)], env)
+    assert ok.returncode == 0 and "verified" in ok.stderr and manifest["selected"] in ok.stdout
+    tampered = tmp_path / "copy"
+    shutil.copytree(folder, tampered)
+    with open(tampered / "program" / "program.py", "a") as f:
+        f.write("# edited\n")
+    bad = run_kiln(["inspect", str(tampered)], env)
+    assert bad.returncode == 1 and "program/program.py" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(kiln.KilnError, match="files do not match the manifest"):
+        kiln.load(tampered)
+
+
+def test_bare_onnx_on_embedded_prefect(digits_program, kiln_home, tmp_path):
+    """The laptop path: no PREFECT_API_URL, a bare model and a --shape."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(KILN_HOME=str(kiln_home), PREFECT_HOME=str(tmp_path / "prefect"), KILN_STORE=str(tmp_path / "store"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = run_kiln(["optimize", str(digits_program / "model.onnx"), "--shape", "pixels=1x64", "--trials", TRIALS], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "embedded Prefect" in proc.stderr and "artifact:" in proc.stdout
+    path = Path(proc.stdout.split("artifact:")[1].split()[0])
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert [m for m in manifest["candidates"][0]["metrics"]] == ["max_rel_diff", "cosine"]  # agreement defaults
+    assert manifest["inputs"] == [{"name": "pixels", "dtype": "float32", "shape": [1, 64]}]
+
+
+def test_tvm_artifact_runs_on_the_runtime_alone(digits_program, kiln_home, tmp_path):
+    """A TVM-selected artifact loads with libtvm_runtime only, and guards reject bad indices before the VM."""
+    from kiln.compiler import compile_model
+    from kiln.hashing import file_sha256
+    from kiln.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, versions
+    from kiln.specs import IndexGuard, TensorSpec
+    from kiln.store import ArtifactStore
+    import onnx_models
+
+    model = onnx_models.embedding(tmp_path / "embed.onnx", vocab=50)
+    inputs = [TensorSpec(name="ids", dtype="int64", shape=[1, 6])]
+    outputs = [TensorSpec(name="pooled", dtype="float32", shape=[1, 8])]
+    store = ArtifactStore(tmp_path / "store")
+    staged = store.staging()
+    compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp_path / "db",
+                  out=staged / "model.so")
+    cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)
+    manifest = Manifest(name="embed", created_at="2026-01-01T00:00:00", target="llvm", dataset="synthetic",
+                        model=ModelInfo(path="model.so", sha256=file_sha256(staged / "model.so"), source_sha256=""),
+                        program={}, inputs=inputs, outputs=outputs, candidates=[cand], selected="tvm",
+                        backend="tvm", speedup_vs_baseline=1.0, versions=versions(),
+                        guards=[IndexGuard(input="ids", low=-50, high=50, node="embed")])
+    folder = store.publish(staged, manifest)
+    script = f"""
+import os, sys, numpy as np, onnxruntime as ort
+import kiln
+p = kiln.load({str(folder)!r})
+ids = np.array([[0, 1, 49, -1, 7, 3]], np.int64)
+want = ort.InferenceSession({str(model)!r}).run(None, {{"ids": ids}})[0]
+np.testing.assert_allclose(p.run({{"ids": ids}})["pooled"], want, rtol=1e-5, atol=1e-6)
+try:
+    p.run({{"ids": np.array([[0, 1, 2, 3, 4, 50]], np.int64)}})
+    sys.exit("out-of-range ids were not rejected")
+except kiln.KilnError as e:
+    assert "valid range is [-50, 50)" in str(e), e
+maps = open(f"/proc/{{os.getpid()}}/maps").read()
+assert "libtvm_runtime" in maps and "libtvm_compiler" not in maps, "compiler library loaded"
+assert not any(m.startswith("tvm.relax") for m in sys.modules), "compiler modules imported"
+print("runtime-only OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "runtime-only OK" in proc.stdout
