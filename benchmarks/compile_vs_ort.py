@@ -1,0 +1,146 @@
+"""TVM vs onnxruntime on this machine: median latency, batch 1, both measured in the same process.
+
+    python benchmarks/compile_vs_ort.py [--models digits resnet18 encoder] [--budgets digits=0,64 ...]
+
+For each model: onnxruntime (all graph optimizations, all cores), then TVM built with each trial budget
+(0 = no search; the MetaSchedule database starts empty for every budget), each measured right after the
+other with the same thread count. Writes benchmarks/RESULTS.md (the "compile" section) and results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kiln.compiler import compile_model, target_config  # noqa: E402
+from kiln.manifest import versions  # noqa: E402
+from kiln.onnx_inspect import input_specs, load_model, output_specs  # noqa: E402
+from kiln.prepare import prepare  # noqa: E402
+from kiln.runtime.latency import measure  # noqa: E402
+from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
+
+MODELS = {
+    "digits": ("examples/digits/model.onnx", "examples/digits/train.py", {"pixels": [1, 64]}),
+    "resnet18": ("examples/resnet18/model.onnx", "examples/resnet18/make_model.py", {"input": [1, 3, 224, 224]}),
+    "encoder": ("examples/encoder/model.onnx", "examples/encoder/make_model.py", {}),
+}
+BUDGETS = {"digits": [0, 64], "resnet18": [0, 128], "encoder": [0, 128]}
+WORK = ROOT / "benchmarks" / "work"
+
+
+def feed_for(specs, seed=0):
+    rng = np.random.default_rng(seed)
+    return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
+
+
+def bench_model(name: str, budgets: list[int], threads: int) -> dict:
+    rel, script, shapes = MODELS[name]
+    path = ROOT / rel
+    if not path.is_file():
+        subprocess.run([sys.executable, str(ROOT / script)], check=True)
+    model = load_model(path)
+    inputs = input_specs(model, shapes, rel)
+    outputs = output_specs(model)
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    prepared = work / "prepared.onnx"
+    prepare(model, inputs, prepared, rel)
+    feed = feed_for(inputs)
+    ort_runner = OrtRunner(path, threads=threads)
+    want = ort_runner.run(feed)
+    ort_lat = measure(lambda: ort_runner.run(feed), repeats=300, max_seconds=10)
+    print(f"[{name}] onnxruntime p50 {ort_lat.p50:.4f} ms", flush=True)
+    rows = []
+    for budget in budgets:
+        t0 = time.perf_counter()
+        res = compile_model(prepared, inputs, target_kind="llvm", trials=budget, max_trials_per_task=None,
+                            db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
+                            progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", flush=True))
+        build_s = time.perf_counter() - t0
+        runner = TvmRunner(res.module, inputs, outputs, threads=threads)
+        got = runner.run(feed)
+        err = max(float(np.max(np.abs(got[k] - want[k])) / (np.max(np.abs(want[k])) or 1)) for k in want)
+        lat = measure(lambda: runner.run(feed), repeats=300, max_seconds=10, min_repeats=5)
+        # re-measure onnxruntime right after, so both numbers come from the same moment of this run
+        ort_again = measure(lambda: ort_runner.run(feed), repeats=300, max_seconds=5)
+        rows.append({"trials": budget, "tasks": res.tasks, "records": res.tuned_records, "build_s": round(build_s, 1),
+                     "tvm_p50_ms": lat.p50, "tvm_p90_ms": lat.p90, "ort_p50_ms": ort_again.p50,
+                     "ratio_tvm_over_ort": lat.p50 / ort_again.p50, "max_rel_diff": err})
+        print(f"\n[{name}] trials {budget}: TVM p50 {lat.p50:.4f} ms vs onnxruntime {ort_again.p50:.4f} ms "
+              f"(x{lat.p50 / ort_again.p50:.2f}), build {build_s:.0f} s, rel diff {err:.2e}", flush=True)
+        runner.close()
+    return {"model": name, "shapes": {s.name: s.shape for s in inputs}, "ort_p50_ms": ort_lat.p50,
+            "ort_p90_ms": ort_lat.p90, "runs": rows}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "llvm_mcpu": target_config("llvm")["mcpu"],
+            "python": platform.python_version(), "os": platform.platform()}
+
+
+def write_results(results: list[dict], info: dict, command: str) -> None:
+    lines = ["## TVM vs onnxruntime (`make bench`)", "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {info['cpu']} ({info['cores']} cores, LLVM mcpu "
+             f"`{info['llvm_mcpu']}`), {info['os']}, Python {info['python']}.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+             f"Command: `{command}`", "",
+             "Batch 1, random weights, median of up to 300 timed calls after warm-up; onnxruntime re-measured "
+             "right after each TVM build in the same process with the same thread count. Ratio = TVM / "
+             "onnxruntime (below 1 = TVM faster).", "",
+             "| model | input | onnxruntime p50 ms | trials | tasks | tuning+build s | TVM p50 ms | TVM p90 ms | "
+             "onnxruntime p50 ms (same moment) | ratio TVM/ORT | max rel diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+        for run in r["runs"]:
+            lines.append(f"| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | {run['tasks']} | "
+                         f"{run['build_s']} | {run['tvm_p50_ms']:.4f} | {run['tvm_p90_ms']:.4f} | "
+                         f"{run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | {run['max_rel_diff']:.1e} |")
+    section = "\n".join(lines) + "\n"
+    out = ROOT / "benchmarks" / "RESULTS.md"
+    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
+    start = text.find("## TVM vs onnxruntime")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    out.write_text(text)
+    (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--budgets", nargs="*", default=[], help="MODEL=T1,T2 overrides, e.g. resnet18=0,100")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    budgets = dict(BUDGETS)
+    for item in args.budgets:
+        name, _, values = item.partition("=")
+        budgets[name] = [int(v) for v in values.split(",")]
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    results = [bench_model(m, budgets[m], args.threads) for m in args.models]
+    write_results(results, machine(), "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
