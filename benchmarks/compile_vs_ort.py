@@ -72,7 +72,7 @@ def bench_model(name: str, budgets: list[int], threads: int) -> dict:
         runner = TvmRunner(res.module, inputs, outputs, threads=threads)
         got = runner.run(feed)
         err = max(float(np.max(np.abs(got[k] - want[k])) / (np.max(np.abs(want[k])) or 1)) for k in want)
-        lat = measure(lambda: runner.run(feed), repeats=300, max_seconds=10, min_repeats=5)
+        lat = measure(lambda r=runner: r.run(feed), repeats=300, max_seconds=10, min_repeats=5)
         # re-measure onnxruntime right after, so both numbers come from the same moment of this run
         ort_again = measure(lambda: ort_runner.run(feed), repeats=300, max_seconds=5)
         rows.append({"trials": budget, "tasks": res.tasks, "records": res.tuned_records, "build_s": round(build_s, 1),

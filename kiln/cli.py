@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -46,6 +45,21 @@ def _fail(exc: KilnError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _check_prefect_api() -> None:
+    """With PREFECT_API_URL set, the server must answer before any work starts."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise KilnError(f"cannot reach the Prefect server at {url} ({type(exc).__name__})",
+                        hint="start it (`prefect server start`) or unset PREFECT_API_URL to run on embedded "
+                             "Prefect") from None
+
+
 def candidate_table(manifest) -> Table:
     from kiln import report
 
@@ -64,12 +78,12 @@ def candidate_table(manifest) -> Table:
 def optimize(
     program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx"),
     trials: int = typer.Option(64, min=0, help="total TVM tuning trials (0: no search)"),
-    max_trials_per_task: Optional[int] = typer.Option(None, min=1, help="cap per tuning task"),
+    max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task"),
     target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
-    store: Optional[Path] = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+    store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
     candidates: str = typer.Option("onnxruntime,tvm", help="comma-separated candidates to build"),
-    threads: Optional[int] = typer.Option(None, min=1, help="threads per backend while measuring"),
+    threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
 ) -> None:
@@ -88,6 +102,7 @@ def optimize(
         if not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+        _check_prefect_api()
     except KilnError as exc:
         _fail(exc)
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -119,6 +134,13 @@ def optimize(
                                    threads=threads, store=str(store) if store else None)
     except KilnError as exc:
         _fail(exc)
+    except Exception as exc:  # not the user's mistake: say so, keep the traceback for -v
+        if verbose:
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))[:500]}\n"
+                  "this is a kiln bug or an environment problem; rerun with -v for the traceback",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
     finally:
         unsubscribe()
     manifest = Manifest.read(Path(result["artifact"]))
@@ -134,7 +156,7 @@ def optimize(
 @app.command()
 def inspect(
     artifact: str = typer.Argument(..., help="artifact folder, or NAME[/ID] in the store"),
-    store: Optional[Path] = typer.Option(None, help="artifact store folder"),
+    store: Path | None = typer.Option(None, help="artifact store folder"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Print an artifact's manifest and verify every file's sha256 (exit 1 on a mismatch)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,7 @@ class Samples(BaseModel):
     def count(self) -> int:
         return len(next(iter(self.inputs.values())))
 
-    def take(self, idx: np.ndarray | slice) -> "Samples":
+    def take(self, idx: np.ndarray | slice) -> Samples:
         return Samples(inputs={k: v[idx] for k, v in self.inputs.items()},
                        labels=None if self.labels is None else self.labels[idx], source=self.source)
 

@@ -71,7 +71,7 @@ class Manifest(BaseModel):
         (folder / MANIFEST).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
 
     @classmethod
-    def read(cls, folder: Path) -> "Manifest":
+    def read(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST
         if not path.is_file():
             raise ArtifactError("not an artifact (no manifest.json)", where=str(folder),

@@ -8,7 +8,8 @@ or relative to what the reference model scored (`max_degradation`, a fraction: 0
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Literal
+from typing import Any, Literal
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,7 +27,7 @@ class Range(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Range":
+    def _not_empty(self) -> Range:
         if self.at_least is None and self.at_most is None and self.max_degradation is None:
             raise ValueError("a range needs at_least, at_most or max_degradation")
         return self
@@ -104,7 +105,7 @@ class Metric(BaseModel):
         if self.kind == "topk":
             assert labels is not None
             top = np.argsort(-out.reshape(len(out), -1), axis=1)[:, : self.k]
-            return float(np.mean([lab in row for lab, row in zip(labels.reshape(-1), top)]))
+            return float(np.mean([lab in row for lab, row in zip(labels.reshape(-1), top, strict=True)]))
         if self.kind in ("mae", "rmse"):
             assert labels is not None
             diff = out.reshape(labels.shape) - labels if out.size == labels.size else out - labels

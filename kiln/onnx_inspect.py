@@ -76,7 +76,7 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
         if vi.name in shapes:
             want = shapes[vi.name]
-            if len(want) != len(dims) or any(isinstance(d, int) and d != w for d, w in zip(dims, want)):
+            if len(want) != len(dims) or any(isinstance(d, int) and d != w for d, w in zip(dims, want, strict=True)):
                 raise ModelError(f"declared shape {want} for input {vi.name!r} does not fit the model's {dims}",
                                  where=where, hint="only dynamic dimensions may be chosen")
             dims = list(want)

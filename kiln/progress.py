@@ -5,7 +5,7 @@ Tasks also publish Prefect progress artifacts for the UI; this bus is what the t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Listener = Callable[[str, float, float | None, str], None]
 _listeners: list[Listener] = []

@@ -42,8 +42,18 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
                              settings=settings)
         try:
             outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batched)
+        except Exception as exc:  # a candidate that cannot run is reported, never fatal
+            runner.close()
+            if cand.name == "onnxruntime":
+                raise
+            logger.warning("%s failed to run: %s", cand.name, exc)
+            results.append(CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
+                                           reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
+                                           build_seconds=cand.build_seconds))
+            continue
+        try:
             values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
-            lat = measure(lambda: runner.run(fds[0]), repeats=latency_repeats, max_seconds=latency_seconds)
+            lat = measure(lambda r=runner: r.run(fds[0]), repeats=latency_repeats, max_seconds=latency_seconds)
         finally:
             runner.close()
         metric_results, reasons = {}, []
@@ -53,7 +63,8 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
             metric_results[m.name] = MetricResult(value=values[m.name], range=desc, passed=ok)
             if not ok:
                 reasons.append(f"{m.name} = {values[m.name]:.6g}, outside {desc}")
-        results.append(CandidateResult(name=cand.name, backend=cand.backend, latency_ms=LatencyMs(p50=lat.p50, p90=lat.p90),
+        latency = LatencyMs(p50=lat.p50, p90=lat.p90)
+        results.append(CandidateResult(name=cand.name, backend=cand.backend, latency_ms=latency,
                                        metrics=metric_results, passed=not reasons, reasons=reasons, settings=settings,
                                        build_seconds=cand.build_seconds))
         logger.info("%s: p50 %.4f ms, p90 %.4f ms (%d runs), metrics %s, %s", cand.name, lat.p50, lat.p90,

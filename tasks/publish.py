@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -56,7 +56,7 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
         speedup = (base.latency_ms.p50 / selected.latency_ms.p50
                    if base.latency_ms and selected.latency_ms and selected.latency_ms.p50 > 0 else 1.0)
         manifest = Manifest(
-            name=checked.name, created_at=datetime.now(timezone.utc).isoformat(),
+            name=checked.name, created_at=datetime.now(UTC).isoformat(),
             model=ModelInfo(path=module_name, sha256="", source_sha256=checked.model_sha256),
             program={"sha256": checked.program_sha256, "path": "program/", "shapes": checked.shapes,
                      "source": checked.location},

@@ -65,7 +65,8 @@ def validate(location: str, shapes: dict[str, list[int]] | None = None,
     if guards:
         logger.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in guards])
     return CheckedProgram(
-        location=str(location), source=str(prog.source), root=str(prog.root), name=prog.name, model_path=str(prog.model_path),
+        location=str(location), source=str(prog.source), root=str(prog.root), name=prog.name,
+        model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)

@@ -75,9 +75,10 @@ def _program_copy(src: Path, tmp_path: Path) -> Path:
 
 def test_program_syntax_error(tmp_path, kiln_env, seeded_store, digits_program):
     prog = _program_copy(digits_program, tmp_path)
-    text = (prog / "program.py").read_text().replace("class Digits(kiln.ModelProgram):", "class Digits(kiln.ModelProgram)")
+    header = "class Digits(kiln.ModelProgram)"
+    text = (prog / "program.py").read_text().replace(header + ":", header)
     (prog / "program.py").write_text(text)
-    line = text.splitlines().index("class Digits(kiln.ModelProgram)") + 1
+    line = text.splitlines().index(header) + 1
     expect_failure([str(prog)], kiln_env, seeded_store, f"program.py:{line}", "syntax error")
 
 
@@ -137,3 +138,11 @@ def test_metric_range_no_candidate_meets(tmp_path, kiln_env, seeded_store, digit
                          "top1: >= 0.999", code=1)
     table = out[out.index("candidate"):]
     assert "onnxruntime" in table and "tvm" in table and "FAIL" in table and "0.9899" in table
+
+
+def test_unreachable_prefect_server(tmp_path, kiln_env, seeded_store, digits_program):
+    from conftest import free_port
+
+    env = {**kiln_env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    expect_failure([str(digits_program)], env, seeded_store, "cannot reach the Prefect server",
+                   "unset PREFECT_API_URL")

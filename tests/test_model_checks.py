@@ -1,6 +1,5 @@
 """ONNX checks and preparation: unreadable models, unsupported ops, dynamic dims, guards, folding."""
 
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort

@@ -26,7 +26,8 @@ class Builder:
         w = self.name("w")
         b = self.name("b")
         std = np.sqrt(2.0 / (cin * k * k))
-        self.inits += [numpy_helper.from_array((self.rng.standard_normal((cout, cin, k, k)) * std).astype(np.float32), w),
+        weights = (self.rng.standard_normal((cout, cin, k, k)) * std).astype(np.float32)
+        self.inits += [numpy_helper.from_array(weights, w),
                        numpy_helper.from_array(np.zeros(cout, np.float32), b)]  # batch norm folded in
         y = self.name("conv")
         self.nodes.append(helper.make_node("Conv", [x, w, b], [y], name=y, kernel_shape=[k, k],

@@ -46,7 +46,7 @@ class OrtRunner:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
@@ -83,7 +83,7 @@ class TvmRunner:
         args = [self._tvm.runtime.tensor(np.ascontiguousarray(feed[n]), self.device) for n in self.input_names]
         result = self.main(*args)
         values = [result] if hasattr(result, "numpy") else list(result)
-        return {n: v.numpy() for n, v in zip(self.output_names, values)}
+        return {n: v.numpy() for n, v in zip(self.output_names, values, strict=True)}
 
     def close(self) -> None:
         self.main = self.vm = self.module = None  # type: ignore[assignment]
