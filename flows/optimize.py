@@ -6,6 +6,7 @@ It only orchestrates; every stage is a task in tasks/. Runs embedded (no PREFECT
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow
@@ -60,9 +61,14 @@ def optimize(
     built = [baseline(checked)]
     if "tvm" in chosen:
         state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, return_state=True)
-        built.append(state.result())
+        tvm_build = state.result()
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
-            progress.report("tune", trials, trials, "cached build, no tuning")
+            if tvm_build.path and not Path(tvm_build.path).is_file():  # the build was deleted since
+                tvm_build = compile_tvm.with_options(refresh_cache=True)(
+                    checked, prepared, target, trials, max_trials_per_task)
+            else:
+                progress.report("tune", trials, trials, "cached build, no tuning")
+        built.append(tvm_build)
     evaluation = evaluate(checked, ref, built, threads, latency_repeats)
     report_candidates(checked.name, evaluation.candidates)
     try:

@@ -85,6 +85,23 @@ def count_tasks(mod, target) -> int:
     return len(ms.relax_integration.extract_tasks(lowered, target))
 
 
+FAILED_RUN_SECS = 1e9  # MetaSchedule records a build/run failure as 1e10 seconds
+
+
+def _valid_records(db_dir: Path, skip: int) -> int:
+    """How many records after the first `skip` hold a real measurement (not a failed build or run)."""
+    valid = 0
+    try:
+        with open(db_dir / DB_FILES[1]) as f:
+            for i, line in enumerate(f):
+                if i >= skip:
+                    secs = json.loads(line)[1][1]
+                    valid += bool(secs) and min(secs) < FAILED_RUN_SECS
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0
+    return valid
+
+
 def _count_records(db_dir: Path) -> int:
     try:
         with open(db_dir / DB_FILES[1], "rb") as f:
@@ -158,6 +175,9 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
         stop.set()
         watcher.join()
     records = _count_records(db_dir) - before
+    if trials > 0 and records > 0 and _valid_records(db_dir, before) == 0:
+        raise ModelError(f"all {records} tuning trials failed to build or run, so nothing was tuned",
+                         hint=f"see {db_dir / 'tune.log'} and {db_dir / 'logs'}")
     if progress:
         progress(trials, trials)
     return CompileResult(module=out, tasks=n_tasks, trials=trials, tuned_records=records,

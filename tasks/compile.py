@@ -36,9 +36,14 @@ def _cache_dir(key: str) -> Path:
 
 
 def _cache_key(context: TaskRunContext, params: dict) -> str | None:
-    """Prefect-level cache hit only when the on-disk build it points to is still there."""
+    """Prefect-level cache hit only when the on-disk build it points to is still there.
+
+    The key names the cache folder itself (KILN_HOME included): Prefect's result storage may be shared by
+    several KILN_HOMEs, and a record must never point into another one.
+    """
     key = compile_key(params["prepared"], params["target"], params["trials"], params.get("max_trials_per_task"))
-    return f"kiln-compile-{key}" if (_cache_dir(key) / RESULT).is_file() else None
+    folder = _cache_dir(key)
+    return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if (folder / RESULT).is_file() else None
 
 
 @task(name="compile-tvm", cache_key_fn=_cache_key, persist_result=True)

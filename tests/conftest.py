@@ -67,7 +67,7 @@ def kiln_home(tmp_path_factory) -> Path:
 def kiln_env(prefect_server, kiln_home, tmp_path) -> dict[str, str]:
     env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(tmp_path / "store"),
            "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PYTHONUNBUFFERED": "1"}
+           "PREFECT_HOME": str(kiln_home / "prefect"), "PYTHONUNBUFFERED": "1"}
     return env
 
 

@@ -109,3 +109,16 @@ def test_dataset_mismatches_are_explained(tmp_path):
     np.savez(tmp_path / "floats.npz", x=np.zeros((2, 3), np.float32))
     with pytest.raises(DatasetError, match="float32, the model expects int64"):
         Dataset(path="floats.npz").load(tmp_path, int_spec)
+
+
+def test_runtime_import_does_not_leak_into_tuning_workers():
+    """Loading a TVM module in a flow process must not make later MetaSchedule workers runtime-only."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, tvm\nfrom kiln.runtime.runners import _import_tvm_runtime\n_import_tvm_runtime()\n"
+              "assert 'TVM_USE_RUNTIME_LIB' not in os.environ, 'leaked'\nprint('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_USE_RUNTIME_LIB"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr

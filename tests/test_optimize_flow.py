@@ -23,7 +23,7 @@ TRIALS = "8"
 def digits_run(digits_program, prefect_server, kiln_home, tmp_path_factory):
     store = tmp_path_factory.mktemp("digits-store")
     env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(store), "PREFECT_API_URL": prefect_server,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(kiln_home / "prefect")}
     proc = run_kiln(["optimize", str(digits_program), "--trials", TRIALS, "--json"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout), env, proc

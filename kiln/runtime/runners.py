@@ -52,9 +52,38 @@ class OrtRunner:
         self.session = None  # type: ignore[assignment]
 
 
+ALIGNMENT = 64  # TVM refuses DLPack tensors whose data is not 64-byte aligned
+
+
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    """`arr` itself when C-contiguous and 64-byte aligned, else an aligned copy."""
+    if arr.flags.c_contiguous and arr.ctypes.data % ALIGNMENT == 0:
+        return arr
+    raw = np.empty(arr.nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % ALIGNMENT
+    out = raw[offset : offset + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
 def _import_tvm_runtime():
-    """Import tvm with only its runtime library unless the compiler is already loaded in this process."""
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    """Import tvm with only its runtime library, unless tvm (maybe with its compiler) is already loaded.
+
+    The variable is set only around the first import and then restored: a flow process that later tunes
+    spawns MetaSchedule builder workers, which inherit the environment and must load the compiler.
+    """
+    import sys
+
+    if "tvm" not in sys.modules:
+        before = os.environ.get("TVM_USE_RUNTIME_LIB")
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+        try:
+            import tvm  # noqa: F401
+        finally:
+            if before is None:
+                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
+            else:
+                os.environ["TVM_USE_RUNTIME_LIB"] = before
     import tvm
     import tvm.runtime.vm  # noqa: F401  (registers the Relax VM)
 
@@ -68,11 +97,12 @@ class TvmRunner:
 
     def __init__(self, module_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                  threads: int | None = None, device: str = "cpu"):
-        if threads:
-            os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        if threads and "TVM_NUM_THREADS" not in os.environ:  # read once, when TVM's thread pool starts
+            os.environ["TVM_NUM_THREADS"] = str(threads)
         tvm = _import_tvm_runtime()
         self._tvm = tvm
-        self.device = tvm.cuda() if device == "cuda" else tvm.cpu()
+        self.on_cpu = device != "cuda"
+        self.device = tvm.cpu() if self.on_cpu else tvm.cuda()
         self.module = tvm.runtime.load_module(str(module_path))
         self.vm = tvm.runtime.vm.VirtualMachine(self.module, self.device)
         self.main = self.vm["main"]
@@ -80,6 +110,11 @@ class TvmRunner:
         self.output_names = [s.name for s in outputs]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.on_cpu:  # CPU: share memory with numpy both ways (DLPack), no copies
+            args = [self._tvm.runtime.from_dlpack(_aligned(feed[n])) for n in self.input_names]
+            result = self.main(*args)
+            values = [result] if hasattr(result, "numpy") else list(result)
+            return {n: np.from_dlpack(v) for n, v in zip(self.output_names, values, strict=True)}
         args = [self._tvm.runtime.tensor(np.ascontiguousarray(feed[n]), self.device) for n in self.input_names]
         result = self.main(*args)
         values = [result] if hasattr(result, "numpy") else list(result)
