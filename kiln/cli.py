@@ -193,6 +193,29 @@ def inspect(
     err.print(f"[green]verified[/] {len(manifest.files)} files against their sha256")
 
 
+@app.command("list")
+def list_artifacts(store: Path | None = typer.Option(None, help="artifact store folder")) -> None:
+    """List the artifacts in the store, newest first."""
+    from kiln.manifest import Manifest
+    from kiln.store import ArtifactStore
+
+    st = ArtifactStore(store)
+    table = Table(title=f"artifacts in {st.root}")
+    for col in ("name", "id", "created", "selected", "speed-up", "p50 ms"):
+        table.add_column(col)
+    manifests = []
+    for folder in st.artifacts():
+        try:
+            manifests.append(Manifest.read(folder))
+        except KilnError as exc:
+            err.print(f"[yellow]skipped:[/] {exc.render()}", highlight=False, soft_wrap=True)
+    for m in sorted(manifests, key=lambda m: m.created_at, reverse=True):
+        sel = next((c for c in m.candidates if c.name == m.selected), None)
+        p50 = f"{sel.latency_ms.p50:.4g}" if sel and sel.latency_ms else "-"
+        table.add_row(m.name, m.id, m.created_at[:19], m.selected, f"{m.speedup_vs_baseline:.2f}x", p50)
+    Console(width=max(Console().width, 120)).print(table)
+
+
 @app.command()
 def version() -> None:
     """Print the versions of kiln and the toolchain."""

@@ -92,6 +92,8 @@ def test_rerun_does_not_tune_again(digits_run, digits_program, kiln_home):
 
 def test_inspect_verifies_hashes(digits_run, tmp_path):
     manifest, env, _ = digits_run
+    listing = run_kiln(["list"], env)
+    assert listing.returncode == 0 and manifest["id"] in listing.stdout and "digits" in listing.stdout
     folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
     ok = run_kiln(["inspect", str(folder)], env)
     assert ok.returncode == 0 and "verified" in ok.stderr and manifest["selected"] in ok.stdout
