@@ -12,7 +12,8 @@ from typing import Literal
 from prefect import flow
 
 from kiln import progress
-from kiln.errors import GateError
+from kiln.errors import GateError, KilnError
+from kiln.manifest import Manifest
 from tasks.compile import compile_tvm
 from tasks.evaluate import baseline, evaluate
 from tasks.prepare import prepare
@@ -53,7 +54,7 @@ def optimize(
     chosen = list(candidates or CANDIDATES)
     unknown = sorted(set(chosen) - set(CANDIDATES))
     if unknown:
-        raise ValueError(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")
+        raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {list(CANDIDATES)}")
     threads = threads or os.cpu_count() or 1
     checked = validate(program, shapes, chosen)
     prepared = prepare(checked)
@@ -61,14 +62,9 @@ def optimize(
     built = [baseline(checked)]
     if "tvm" in chosen:
         state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, return_state=True)
-        tvm_build = state.result()
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
-            if tvm_build.path and not Path(tvm_build.path).is_file():  # the build was deleted since
-                tvm_build = compile_tvm.with_options(refresh_cache=True)(
-                    checked, prepared, target, trials, max_trials_per_task)
-            else:
-                progress.report("tune", trials, trials, "cached build, no tuning")
-        built.append(tvm_build)
+            progress.report("tune", trials, trials, "cached build, no tuning")
+        built.append(state.result())
     evaluation = evaluate(checked, ref, built, threads, latency_repeats)
     report_candidates(checked.name, evaluation.candidates)
     try:
@@ -79,6 +75,6 @@ def optimize(
     options = {"trials": trials, "max_trials_per_task": max_trials_per_task, "threads": threads,
                "candidates": chosen, "latency_repeats": latency_repeats}
     artifact = publish(checked, prepared, evaluation, selected, target, store, options)
-    speedup = next(c for c in evaluation.candidates if c.name == "onnxruntime").latency_ms.p50 / selected.latency_ms.p50
+    speedup = Manifest.read(Path(artifact)).speedup_vs_baseline
     report_result(checked.name, evaluation.candidates, selected.name, artifact, speedup)
     return {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup}

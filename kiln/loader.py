@@ -74,7 +74,7 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
                                hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
         program: ModelProgram = type("DefaultProgram", (ModelProgram,), {"model": path.name})()
         root = path.parent
-        model_files = [path.name, *_external_data_files(path)]
+        model_files = [path.name, *external_data_files(path)]
         files = {f: file_sha256(root / f) for f in model_files}
         name = path.stem
         source = path
@@ -91,7 +91,7 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
                          source=source)
 
 
-def _external_data_files(model_path: Path) -> list[str]:
+def external_data_files(model_path: Path) -> list[str]:
     import onnx
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 

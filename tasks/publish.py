@@ -10,6 +10,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from kiln.compiler import DB_FILES
+from kiln.hashing import file_sha256
+from kiln.loader import external_data_files
 from kiln.manifest import CandidateResult, Manifest, ModelInfo, versions
 from kiln.store import ArtifactStore
 from tasks.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
@@ -36,9 +38,7 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
         module_name = "model.so" if built.backend == "tvm" else "model.onnx"
         if built.backend == "onnxruntime" and module_src.resolve() == Path(checked.model_path).resolve():
             # the original model, with any external data beside it, keeps its own file names
-            from kiln.loader import _external_data_files
-
-            for extra in _external_data_files(module_src):
+            for extra in external_data_files(module_src):
                 shutil.copy2(module_src.parent / extra, staged / extra)
         shutil.copy2(module_src, staged / module_name)
         _copy_program(checked, staged / "program")
@@ -65,8 +65,6 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
             selected=selected.name, backend=selected.backend, settings=selected.settings,
             speedup_vs_baseline=round(speedup, 4), tuning=tuning, options=options, versions=versions())
-        from kiln.hashing import file_sha256
-
         manifest.model.sha256 = file_sha256(staged / module_name)
         final = st.publish(staged, manifest)
     except BaseException:
