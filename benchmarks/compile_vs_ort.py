@@ -38,6 +38,8 @@ MODELS = {
 }
 BUDGETS = {"digits": [0, 64], "resnet18": [0, 128], "encoder": [0, 128]}
 WORK = ROOT / "benchmarks" / "work"
+# a private copy of stdout: tuning sends fds 1/2 to its log file, the progress line must stay visible
+CONSOLE = os.fdopen(os.dup(1), "w", buffering=1)
 
 
 def feed_for(specs, seed=0):
@@ -67,7 +69,7 @@ def bench_model(name: str, budgets: list[int], threads: int) -> dict:
         t0 = time.perf_counter()
         res = compile_model(prepared, inputs, target_kind="llvm", trials=budget, max_trials_per_task=None,
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
-                            progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", flush=True))
+                            progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0
         runner = TvmRunner(res.module, inputs, outputs, threads=threads)
         got = runner.run(feed)

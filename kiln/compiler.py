@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -102,6 +103,28 @@ def _valid_records(db_dir: Path, skip: int) -> int:
     return valid
 
 
+SCHEDULER_LOG = "logs/tvm.s_tir.meta_schedule.logging.task_scheduler.log"
+_SENT = re.compile(rb"Sending (\d+) sample\(s\) to builder")
+
+
+def _samples_sent(db_dir: Path, offset: int) -> int:
+    """Trials handed to the builder so far, read from the scheduler log past `offset` (live, unlike the
+    database, which MetaSchedule fills only when it joins a task's results on its next visit)."""
+    try:
+        with open(db_dir / SCHEDULER_LOG, "rb") as f:
+            f.seek(offset)
+            return sum(int(m) for m in _SENT.findall(f.read()))
+    except OSError:
+        return 0
+
+
+def _log_size(db_dir: Path) -> int:
+    try:
+        return (db_dir / SCHEDULER_LOG).stat().st_size
+    except OSError:
+        return 0
+
+
 def _count_records(db_dir: Path) -> int:
     try:
         with open(db_dir / DB_FILES[1], "rb") as f:
@@ -147,12 +170,13 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     per_task = max_trials_per_task or max(1, -(-trials // max(n_tasks, 1)))
     db_dir.mkdir(parents=True, exist_ok=True)  # JSONDatabase needs it to exist (FACTS.md)
     before = _count_records(db_dir)
+    log_offset = _log_size(db_dir)
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.wait(0.5):
             if progress:
-                progress(min(_count_records(db_dir) - before, trials), trials)
+                progress(min(_samples_sent(db_dir, log_offset), trials), trials)
 
     watcher = threading.Thread(target=watch, daemon=True)
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
