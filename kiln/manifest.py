@@ -63,6 +63,7 @@ class Manifest(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     speedup_vs_baseline: float
     tuning: dict[str, Any] | None = None
+    protocol: dict[str, Any] | None = None  # generated gRPC code in protocol/ (kiln.protocol)
     options: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from kiln.compiler import DB_FILES
 from kiln.hashing import file_sha256
 from kiln.loader import external_data_files
+from kiln.protocol import generate as generate_protocol
 from kiln.manifest import CandidateResult, Manifest, ModelInfo, versions
 from kiln.store import ArtifactStore
 from tasks.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
@@ -42,6 +43,9 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
                 shutil.copy2(module_src.parent / extra, staged / extra)
         shutil.copy2(module_src, staged / module_name)
         _copy_program(checked, staged / "program")
+        program = checked.load().program
+        protocol_info = generate_protocol(staged / "protocol", Path(checked.root), program.proto, program.request,
+                                          program.response)
         tuning = None
         for b in evaluation.built:
             if b.tuning and b.tuning.get("database"):
@@ -64,7 +68,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
             selected=selected.name, backend=selected.backend, settings=selected.settings,
-            speedup_vs_baseline=round(speedup, 4), tuning=tuning, options=options, versions=versions())
+            speedup_vs_baseline=round(speedup, 4), tuning=tuning, protocol=protocol_info.as_dict(), options=options,
+            versions=versions())
         manifest.model.sha256 = file_sha256(staged / module_name)
         final = st.publish(staged, manifest)
     except BaseException:

@@ -59,6 +59,10 @@ def validate(location: str, shapes: dict[str, list[int]] | None = None,
         if m.output is not None and m.output not in out_names:
             raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",
                                where=str(prog.root / "program.py"))
+    if prog.program.proto:
+        from kiln.protocol import check as check_protocol
+
+        check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
     logger.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", prog.name,
                 Path(prog.model_path).name, [(s.name, s.shape, s.dtype) for s in inputs], samples.count,
                 samples.source, [m.name for m in metrics])

@@ -1,0 +1,266 @@
+"""`kiln serve`: one artifact behind gRPC.
+
+Lifecycle like Triton's python backend: initialize (load N runners, import the program's mapping code and the
+generated protocol, warm up; health NOT_SERVING until then), execute (validate, map, run, map back), finalize
+(SIGTERM: NOT_SERVING, drain in-flight calls, stop). Requests arrive as bytes and are parsed here, so
+malformed bytes get INVALID_ARGUMENT with a message instead of a generic deserialization failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kiln import protocol as protocols
+from kiln.errors import InputError, KilnError
+from kiln.manifest import Manifest
+from kiln.predictor import Predictor, load
+from kiln.serving import tensors
+
+log = logging.getLogger("kiln.serve")
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class ModelService:
+    """The loaded artifact: a pool of predictors (one runtime instance each) and the mapping code."""
+
+    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None):
+        self.folder = folder
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        first = load(folder, threads=threads)  # verifies every file's sha256 once
+        self.manifest: Manifest = first.manifest
+        self.pool: queue.Queue[Predictor] = queue.Queue()
+        self.pool.put(first)
+        for _ in range(workers - 1):
+            self.pool.put(load(folder, threads=threads, verify_files=False))
+        self.program = None
+        if (self.manifest.protocol or {}).get("service"):
+            from kiln.loader import load_program
+
+            self.program = load_program(folder / "program", self.manifest.program.get("shapes")).program
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        predictor = self.pool.get()
+        try:
+            return predictor.run(feed)
+        finally:
+            self.pool.put(predictor)
+
+    def warm_up(self, rounds: int = 3) -> None:
+        feed = {s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.manifest.inputs}
+        for _ in range(rounds * self.pool.qsize()):
+            self.run(feed)
+
+
+def _parse(message_type, raw: bytes):
+    msg = message_type()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"malformed request: the bytes are not a {message_type.DESCRIPTOR.full_name} ({exc})") from None
+    unknown = unknown_fields.UnknownFieldSet(msg)
+    if len(unknown):
+        numbers = sorted({f.field_number for f in unknown})
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"request has fields {numbers} unknown to {message_type.DESCRIPTOR.full_name}; is it the right "
+                     "message type?")
+    return msg
+
+
+class Handlers:
+    """The gRPC methods. Each parses, validates and answers; errors become precise status codes."""
+
+    def __init__(self, manifest: Manifest, protocol: protocols.Protocol):
+        self.manifest = manifest
+        self.protocol = protocol
+        self.v2 = protocol.v2
+        self.service: ModelService | None = None  # set once loaded; until then calls get UNAVAILABLE
+
+    @property
+    def s(self) -> ModelService:
+        if self.service is None:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
+        return self.service
+
+    # -- the program's own service ------------------------------------------------------------------------
+    def _predict_one(self, raw: bytes) -> bytes:
+        p = self.protocol
+        request = _parse(p.request_type, raw)
+        try:
+            feed = self.s.program.to_model_inputs(request)
+        except Exception as exc:  # the user's mapping code rejected the request
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"cannot map the request to model inputs: {type(exc).__name__}: {exc}") from None
+        outputs = self._run(feed)
+        try:
+            response = self.s.program.from_model_outputs(outputs, p.response_type)
+            return response.SerializeToString()
+        except Exception as exc:
+            raise _Abort(grpc.StatusCode.INTERNAL, f"cannot map model outputs to the response: {exc}") from None
+
+    def _run(self, feed):
+        try:
+            return self.s.run(feed)
+        except InputError as exc:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, exc.render()) from None
+
+    def predict(self, raw: bytes, context) -> bytes:
+        return self._call("Predict", context, lambda: self._predict_one(raw), len(raw))
+
+    def predict_stream(self, raws, context):
+        for raw in raws:
+            if not context.is_active():
+                return
+            yield self._call("PredictStream", context, lambda r=raw: self._predict_one(r), len(raw))
+
+    # -- the v2 tensor protocol ---------------------------------------------------------------------------
+    def model_infer(self, raw: bytes, context) -> bytes:
+        def work():
+            request = _parse(self.v2.ModelInferRequest, raw)
+            self._check_model(request.model_name, request.model_version)
+            try:
+                feed = tensors.decode_inputs(request, self.manifest.inputs)
+                outputs = self._run(feed)
+                response = self.v2.ModelInferResponse(model_name=self.manifest.name,
+                                                      model_version=self.manifest.id, id=request.id)
+                tensors.encode_outputs(response, outputs, [o.name for o in request.outputs])
+            except InputError as exc:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, exc.render()) from None
+            return response.SerializeToString()
+
+        return self._call("ModelInfer", context, work, len(raw))
+
+    def _check_model(self, name: str, version: str) -> None:
+        m = self.manifest
+        if name and name != m.name:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no model {name!r}; this server serves {m.name!r}")
+        if version and version != m.id:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no version {version!r} of {m.name!r}; serving {m.id!r}")
+
+    def model_metadata(self, request, context):
+        m = self.manifest
+        try:
+            self._check_model(request.name, request.version)
+        except _Abort as exc:
+            context.abort(exc.code, exc.message)
+        meta = self.v2.ModelMetadataResponse.TensorMetadata
+        return self.v2.ModelMetadataResponse(
+            name=m.name, versions=[m.id], platform=f"kiln_{m.backend}",
+            inputs=[meta(name=s.name, datatype=tensors.v2_datatype(s.dtype), shape=s.shape) for s in m.inputs],
+            outputs=[meta(name=s.name, datatype=tensors.v2_datatype(s.dtype), shape=s.shape) for s in m.outputs])
+
+    def model_ready(self, request, context):
+        m = self.manifest
+        ready = self.service is not None and request.name in ("", m.name) and request.version in ("", m.id)
+        return self.v2.ModelReadyResponse(ready=ready)
+
+    # -- shared ---------------------------------------------------------------------------------------------
+    def _call(self, method: str, context, work, size: int) -> bytes:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return work()
+        except _Abort as exc:
+            code = exc.code
+            context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug, not the client's fault: keep serving
+            code = grpc.StatusCode.INTERNAL
+            log.exception("internal error in %s", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            log.info(json.dumps({"method": method, "code": code.name, "ms": round((time.perf_counter() - start)
+                                 * 1000, 3), "bytes": size, "peer": context.peer()}))
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        v2 = self.v2
+        ident = None  # no (de)serializer: the handler sees and returns bytes
+        v2_methods = {
+            "ServerLive": grpc.unary_unary_rpc_method_handler(
+                lambda r, c: v2.ServerLiveResponse(live=True), v2.ServerLiveRequest.FromString,
+                v2.ServerLiveResponse.SerializeToString),
+            "ServerReady": grpc.unary_unary_rpc_method_handler(
+                lambda r, c: v2.ServerReadyResponse(ready=self.service is not None), v2.ServerReadyRequest.FromString,
+                v2.ServerReadyResponse.SerializeToString),
+            "ModelReady": grpc.unary_unary_rpc_method_handler(
+                self.model_ready, v2.ModelReadyRequest.FromString, v2.ModelReadyResponse.SerializeToString),
+            "ServerMetadata": grpc.unary_unary_rpc_method_handler(
+                lambda r, c: v2.ServerMetadataResponse(name="kiln", version=self.manifest.versions.get("kiln", "")),
+                v2.ServerMetadataRequest.FromString, v2.ServerMetadataResponse.SerializeToString),
+            "ModelMetadata": grpc.unary_unary_rpc_method_handler(
+                self.model_metadata, v2.ModelMetadataRequest.FromString, v2.ModelMetadataResponse.SerializeToString),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer, ident, ident),
+        }
+        handlers = [grpc.method_handlers_generic_handler(protocols.V2_SERVICE_NAME, v2_methods)]
+        if self.protocol.service is not None:
+            handlers.append(grpc.method_handlers_generic_handler(protocols.SERVICE_NAME, {
+                "Predict": grpc.unary_unary_rpc_method_handler(self.predict, ident, ident),
+                "PredictStream": grpc.stream_stream_rpc_method_handler(self.predict_stream, ident, ident),
+            }))
+        return handlers
+
+
+def serve(artifact: str, host: str = "127.0.0.1", port: int = 8001, workers: int = 1, max_message_mb: float = 16,
+          grace_s: float = 10.0, ready: threading.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; prints `serving NAME on HOST:PORT` once health says SERVING."""
+    from kiln.store import resolve
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    limit = int(max_message_mb * (1 << 20))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(8, 4 * workers)),
+                         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+                                  ("grpc.so_reuseport", 0)])
+    folder = resolve(artifact)
+    manifest = Manifest.read(folder)
+    handlers = Handlers(manifest, protocols.load(folder / "protocol", manifest.protocol or {}))
+    server.add_generic_rpc_handlers(handlers.generic_handlers())
+    served = [protocols.V2_SERVICE_NAME] + ([protocols.SERVICE_NAME] if handlers.protocol.service else [])
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *served]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection([*served, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise KilnError(f"cannot listen on {host}:{port}", hint="choose another --port")
+    server.start()  # health answers NOT_SERVING while the model loads and warms up
+    service = ModelService(folder, workers=workers)
+    service.warm_up()
+    handlers.service = service
+    for name in ["", *served]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info(json.dumps({"event": "shutdown", "signal": signum, "grace_s": grace_s}))
+        health_servicer.enter_graceful_shutdown()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"serving {service.manifest.name} ({service.manifest.selected}) on {host}:{bound}", flush=True)
+    if ready:
+        ready.set()
+    stop.wait()
+    server.stop(grace_s).wait()  # in-flight calls finish; new ones are refused
+    log.info(json.dumps({"event": "stopped"}))

@@ -1,0 +1,95 @@
+"""The v2 tensor protocol's datatypes and tensor (de)serialization, with precise errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.errors import InputError
+from kiln.specs import TensorSpec
+
+V2_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+             "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+             "FP32": "float32", "FP64": "float64"}
+NUMPY_TO_V2 = {v: k for k, v in V2_DTYPES.items()}
+_CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def v2_datatype(dtype: str) -> str:
+    return NUMPY_TO_V2.get(np.dtype(dtype).name, "BYTES")
+
+
+def decode_inputs(request, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """numpy arrays from a ModelInferRequest; typed contents or raw_input_contents (little-endian)."""
+    by_name = {s.name: s for s in specs}
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InputError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    feed: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InputError(f"unknown input {tensor.name!r}; the model's inputs are {list(by_name)}")
+        want = v2_datatype(spec.dtype)
+        if tensor.datatype != want:
+            raise InputError(f"input {tensor.name!r} has datatype {tensor.datatype or '(empty)'}, the model "
+                             f"expects {want}")
+        shape = [int(d) for d in tensor.shape]
+        if any(d < 0 for d in shape):
+            raise InputError(f"input {tensor.name!r} has a negative dimension in shape {shape}")
+        count = int(np.prod(shape)) if shape else 1
+        dtype = np.dtype(V2_DTYPES[want])
+        if raw:
+            data = raw[i]
+            if len(data) != count * dtype.itemsize:
+                raise InputError(f"input {tensor.name!r}: {len(data)} raw bytes, but shape {shape} of {want} "
+                                 f"needs {count * dtype.itemsize}")
+            arr = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+        else:
+            field = _CONTENTS.get(want)
+            values = getattr(tensor.contents, field) if field else []
+            if len(values) != count:
+                raise InputError(f"input {tensor.name!r}: {len(values)} values in contents.{field}, but shape "
+                                 f"{shape} needs {count}")
+            arr = np.asarray(values, dtype=dtype)
+        feed[tensor.name] = arr.reshape(shape)
+    return feed
+
+
+def encode_outputs(response, outputs: dict[str, np.ndarray], requested: list[str]) -> None:
+    """Fill a ModelInferResponse with raw little-endian output tensors."""
+    names = requested or list(outputs)
+    for name in names:
+        if name not in outputs:
+            raise InputError(f"unknown output {name!r}; the model's outputs are {list(outputs)}")
+        arr = np.ascontiguousarray(outputs[name])
+        out = response.outputs.add()
+        out.name, out.datatype = name, v2_datatype(arr.dtype.name)
+        out.shape.extend(arr.shape)
+        response.raw_output_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def decode_outputs(response) -> dict[str, np.ndarray]:
+    """numpy arrays from a ModelInferResponse (client side)."""
+    out = {}
+    raw = list(response.raw_output_contents)
+    for i, tensor in enumerate(response.outputs):
+        dtype = np.dtype(V2_DTYPES[tensor.datatype]).newbyteorder("<")
+        if raw:
+            arr = np.frombuffer(raw[i], dtype=dtype)
+        else:
+            arr = np.asarray(getattr(tensor.contents, _CONTENTS[tensor.datatype]), dtype=dtype)
+        out[tensor.name] = arr.reshape([int(d) for d in tensor.shape])
+    return out
+
+
+def encode_inputs(request, feed: dict[str, np.ndarray]) -> None:
+    """Fill a ModelInferRequest with raw little-endian input tensors (client side)."""
+    for name, value in feed.items():
+        arr = np.ascontiguousarray(value)
+        t = request.inputs.add()
+        t.name, t.datatype = name, v2_datatype(arr.dtype.name)
+        t.shape.extend(arr.shape)
+        request.raw_input_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
