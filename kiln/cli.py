@@ -91,6 +91,10 @@ def optimize(
     from kiln.loader import parse_shapes
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if os.environ.get("PREFECT_HOME"):  # Prefect creates its home without parents and fails obscurely
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         shapes = parse_shapes(shape)
         if target not in ("llvm", "cuda"):
@@ -236,7 +240,8 @@ def client(
                 message = json_format.Parse(text, c.Request())
             except json_format.ParseError as exc:
                 raise KilnError(f"not a valid {c.Request.DESCRIPTOR.full_name}: {exc}", where=str(request)) from None
-            print(json_format.MessageToJson(c.predict(message), preserving_proto_field_name=True))
+            print(json_format.MessageToJson(c.predict(message), preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True))
     except KilnError as exc:
         _fail(exc)
     except grpc.FutureTimeoutError:

@@ -91,3 +91,91 @@ def store_snapshot(store: Path) -> dict[str, bytes]:
     if not store.exists():
         return {}
     return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(digits_program, prefect_server, kiln_home, tmp_path_factory) -> Path:
+    """A real digits artifact, published by the real flow (onnxruntime only: no tuning needed here)."""
+    store = tmp_path_factory.mktemp("serving-store")
+    env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(store), "PREFECT_API_URL": prefect_server,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(kiln_home / "prefect")}
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime", "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+
+    manifest = json.loads(proc.stdout)
+    return store / "digits" / manifest["id"]
+
+
+class Served:
+    """A `kiln serve` subprocess on a free loopback port."""
+
+    def __init__(self, artifact: Path, *args: str):
+        self.log = tempfile_path()
+        self.proc = subprocess.Popen([str(BIN / "kiln"), "serve", str(artifact), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True, cwd=ROOT)
+        line = self.proc.stdout.readline()  # "serving NAME (BACKEND) on HOST:PORT" once SERVING
+        if not line.startswith("serving"):
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}\n{Path(self.log).read_text()[-3000:]}")
+        self.address = line.rsplit(" ", 1)[1].strip()
+
+    def logs(self) -> str:
+        return Path(self.log).read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def tempfile_path() -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="kiln-serve-", suffix=".log")
+    os.close(fd)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_server(digits_artifact):
+    served = Served(digits_artifact, "--workers", "2", "--max-message-mb", "1")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="session")
+def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
+    """(artifact, source model): an embedding model compiled by TVM (no search) and published with the SDK.
+
+    The flow would publish onnxruntime for it (faster); this builds the TVM-selected artifact directly so
+    the runtime-only path and the index guards are exercised on compiled code.
+    """
+    import onnx_models
+    from kiln.compiler import compile_model
+    from kiln.hashing import file_sha256
+    from kiln.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, versions
+    from kiln.protocol import generate
+    from kiln.specs import IndexGuard, TensorSpec
+    from kiln.store import ArtifactStore
+
+    tmp = tmp_path_factory.mktemp("embed")
+    model = onnx_models.embedding(tmp / "embed.onnx", vocab=50)
+    inputs = [TensorSpec(name="ids", dtype="int64", shape=[1, 6])]
+    outputs = [TensorSpec(name="pooled", dtype="float32", shape=[1, 8])]
+    store = ArtifactStore(tmp / "store")
+    staged = store.staging()
+    compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp / "db",
+                  out=staged / "model.so")
+    info = generate(staged / "protocol")
+    cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)
+    manifest = Manifest(name="embed", created_at="2026-01-01T00:00:00", target="llvm", dataset="synthetic",
+                        model=ModelInfo(path="model.so", sha256=file_sha256(staged / "model.so"), source_sha256=""),
+                        program={}, inputs=inputs, outputs=outputs, candidates=[cand], selected="tvm",
+                        backend="tvm", speedup_vs_baseline=1.0, versions=versions(), protocol=info.as_dict(),
+                        guards=[IndexGuard(input="ids", low=-50, high=50, node="embed")])
+    return store.publish(staged, manifest), model

@@ -121,29 +121,9 @@ def test_bare_onnx_on_embedded_prefect(digits_program, kiln_home, tmp_path):
     assert manifest["inputs"] == [{"name": "pixels", "dtype": "float32", "shape": [1, 64]}]
 
 
-def test_tvm_artifact_runs_on_the_runtime_alone(digits_program, kiln_home, tmp_path):
+def test_tvm_artifact_runs_on_the_runtime_alone(embed_tvm_artifact):
     """A TVM-selected artifact loads with libtvm_runtime only, and guards reject bad indices before the VM."""
-    from kiln.compiler import compile_model
-    from kiln.hashing import file_sha256
-    from kiln.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, versions
-    from kiln.specs import IndexGuard, TensorSpec
-    from kiln.store import ArtifactStore
-    import onnx_models
-
-    model = onnx_models.embedding(tmp_path / "embed.onnx", vocab=50)
-    inputs = [TensorSpec(name="ids", dtype="int64", shape=[1, 6])]
-    outputs = [TensorSpec(name="pooled", dtype="float32", shape=[1, 8])]
-    store = ArtifactStore(tmp_path / "store")
-    staged = store.staging()
-    compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp_path / "db",
-                  out=staged / "model.so")
-    cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)
-    manifest = Manifest(name="embed", created_at="2026-01-01T00:00:00", target="llvm", dataset="synthetic",
-                        model=ModelInfo(path="model.so", sha256=file_sha256(staged / "model.so"), source_sha256=""),
-                        program={}, inputs=inputs, outputs=outputs, candidates=[cand], selected="tvm",
-                        backend="tvm", speedup_vs_baseline=1.0, versions=versions(),
-                        guards=[IndexGuard(input="ids", low=-50, high=50, node="embed")])
-    folder = store.publish(staged, manifest)
+    folder, model = embed_tvm_artifact
     script = f"""
 import os, sys, numpy as np, onnxruntime as ort
 import kiln

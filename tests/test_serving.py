@@ -1,0 +1,209 @@
+"""A real `kiln serve` on loopback, called through the generated client, a plain v2 stub, health and
+reflection; every bad input is sent to the live server, which must keep serving."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import kiln
+from conftest import BIN, ROOT, Served
+from kiln.client import connect
+
+
+def healthy(address: str, service: str = "") -> bool:
+    with grpc.insecure_channel(address) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_generated_client_matches_load(digits_server, digits_artifact, digits_program):
+    x = np.load(digits_program / "digits.npz")["x_test"][:25]
+    local = kiln.load(digits_artifact)
+    with connect(digits_server.address, artifact=digits_artifact) as client:
+        for row in x:
+            reply = client.predict(pixels=row.tolist())
+            want = local.run({"pixels": row.reshape(1, 64)})["probabilities"][0]
+            np.testing.assert_allclose(reply.probabilities, want, rtol=1e-6, atol=1e-7)
+            assert reply.label == int(want.argmax())
+        stream = list(client.predict_stream(client.Request(pixels=row.tolist()) for row in x[:5]))
+        assert [r.label for r in stream] == [int(local.run({"pixels": r.reshape(1, 64)})["probabilities"].argmax())
+                                            for r in x[:5]]
+
+
+PLAIN_V2_CLIENT = """
+import json, sys
+import grpc, numpy as np
+sys.path.insert(0, sys.argv[1])
+import inference_v2_pb2 as pb, inference_v2_pb2_grpc as g
+rows = np.asarray(json.loads(sys.argv[3]), np.float32)
+out = {}
+with grpc.insecure_channel(sys.argv[2]) as ch:
+    stub = g.GRPCInferenceServiceStub(ch)
+    out["live"] = stub.ServerLive(pb.ServerLiveRequest()).live
+    out["ready"] = stub.ServerReady(pb.ServerReadyRequest()).ready
+    out["model_ready"] = stub.ModelReady(pb.ModelReadyRequest(name="digits")).ready
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"))
+    out["inputs"] = [[t.name, t.datatype, list(t.shape)] for t in meta.inputs]
+    out["probabilities"] = []
+    for row in rows:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="pixels", datatype="FP32", shape=[1, 64])
+        tensor.contents.fp32_contents.extend(row.tolist())  # typed contents, not raw
+        reply = stub.ModelInfer(pb.ModelInferRequest(model_name="digits", inputs=[tensor], id="req-1"))
+        assert reply.id == "req-1" and reply.outputs[0].name == "probabilities"
+        out["probabilities"].append(np.frombuffer(reply.raw_output_contents[0], "<f4").tolist())
+    try:
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="other"))
+    except grpc.RpcError as e:
+        out["unknown_model"] = e.code().name
+print(json.dumps(out))
+"""
+
+
+def test_plain_v2_stub(digits_server, digits_artifact, digits_program, tmp_path):
+    """The v2 protocol compiled independently of kiln, used from a separate process as an outside client."""
+    from grpc_tools import protoc
+
+    proto = ROOT / "proto_templates" / "inference_v2.proto"
+    assert protoc.main(["protoc", f"-I{proto.parent}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+                        proto.name]) == 0
+    x = np.load(digits_program / "digits.npz")["x_test"][:3]
+    proc = subprocess.run([sys.executable, "-c", PLAIN_V2_CLIENT, str(tmp_path), digits_server.address,
+                           json.dumps(x.tolist())], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["live"] and out["ready"] and out["model_ready"] and out["unknown_model"] == "NOT_FOUND"
+    assert out["inputs"] == [["pixels", "FP32", [1, 64]]]
+    local = kiln.load(digits_artifact)
+    for row, got in zip(x, out["probabilities"], strict=True):
+        want = local.run({"pixels": row.reshape(1, 64)})["probabilities"][0]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_health_and_reflection(digits_server):
+    assert healthy(digits_server.address) and healthy(digits_server.address, "kiln.Model")
+    assert healthy(digits_server.address, "inference.GRPCInferenceService")
+    with grpc.insecure_channel(digits_server.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+    assert {"kiln.Model", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    with connect(digits_server.address) as client:  # message classes from reflection alone
+        assert client.Request.DESCRIPTOR.full_name == "digits.DigitsRequest"
+        assert 0 <= client.predict(pixels=[0.0] * 64).label <= 9
+
+
+def _status(call, *args):
+    with pytest.raises(grpc.RpcError) as exc:
+        call(*args)
+    return exc.value.code(), exc.value.details()
+
+
+def test_bad_inputs_get_clear_statuses(digits_server, digits_artifact):
+    address = digits_server.address
+    with connect(address, artifact=digits_artifact) as client:
+        raw = client.channel.unary_unary("/kiln.Model/Predict")
+        code, msg = _status(raw, b"\xff\xff\xff\xff")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in msg and "DigitsRequest" in msg
+        wrong = client.Response(label=3, probabilities=[0.1] * 10).SerializeToString()  # another message type
+        code, msg = _status(raw, wrong)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "right message type" in msg
+        code, msg = _status(client.predict)  # missing fields: no pixels
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot map the request" in msg
+        code, msg = _status(client.infer, {"pixels": np.zeros((1, 63), np.float32)})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "'pixels' has shape [1, 63], expected [1, 64]" in msg
+        code, msg = _status(client.infer, {"pixels": np.zeros((1, 64), np.int64)})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "datatype INT64, the model expects FP32" in msg
+        code, msg = _status(client.infer, {"nope": np.zeros((1, 64), np.float32)})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown input 'nope'" in msg
+        code, msg = _status(client.predict, client.Request(pixels=[0.0] * (300 * 1024)))  # > --max-message-mb 1
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert healthy(address) and digits_server.proc.poll() is None
+
+
+def test_client_disconnect_mid_stream_and_burst(digits_server, digits_artifact, digits_program):
+    x = np.load(digits_program / "digits.npz")["x_test"]
+    with connect(digits_server.address, artifact=digits_artifact) as client:
+        def endless():
+            i = 0
+            while True:
+                yield client.Request(pixels=x[i % len(x)].tolist())
+                i += 1
+
+        call = client.predict_stream(endless())
+        for _, _reply in zip(range(20), call, strict=False):
+            pass
+        call.cancel()  # the client walks away mid-stream
+        local = kiln.load(digits_artifact)
+        want = [int(local.run({"pixels": r.reshape(1, 64)})["probabilities"].argmax()) for r in x[:200]]
+        with ThreadPoolExecutor(32) as pool:  # a burst of concurrent calls
+            got = list(pool.map(lambda r: client.predict(pixels=r.tolist()).label, x[:200]))
+        assert got == want
+    assert healthy(digits_server.address) and digits_server.proc.poll() is None
+    lines = [json.loads(line) for line in digits_server.logs().splitlines() if line.startswith('{"method"')]
+    assert any(entry["method"] == "Predict" and entry["code"] == "OK" and entry["ms"] > 0 for entry in lines)
+
+
+def test_out_of_range_indices_never_reach_compiled_code(embed_tvm_artifact):
+    folder, _ = embed_tvm_artifact
+    served = Served(folder)
+    try:
+        maps = Path(f"/proc/{served.proc.pid}/maps").read_text()
+        assert "libtvm_runtime" in maps and "libtvm_compiler" not in maps  # the runtime alone serves
+        with connect(served.address) as client:
+            assert client.Request is None  # generic tensor protocol only
+            ok = client.infer({"ids": np.array([[0, 1, 2, 49, -50, 3]], np.int64)})
+            assert ok["pooled"].shape == (1, 8)
+            for bad in (50, -51, 10**9):
+                code, msg = _status(client.infer, {"ids": np.array([[0, 1, 2, 3, 4, bad]], np.int64)})
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and "valid range is [-50, 50)" in msg
+        assert healthy(served.address) and served.proc.poll() is None
+    finally:
+        assert served.stop() == 0
+
+
+def test_graceful_shutdown_drains_and_exits_zero(digits_artifact):
+    served = Served(digits_artifact)
+    done = []
+
+    def caller():
+        with connect(served.address, artifact=digits_artifact) as client:
+            for _ in range(50):
+                done.append(client.predict(pixels=[1.0] * 64).label)
+
+    t = threading.Thread(target=caller)
+    t.start()
+    time.sleep(0.2)
+    served.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=30)
+    assert served.proc.wait(timeout=30) == 0
+    assert '"event": "stopped"' in served.logs()
+
+
+def test_cli_client_sends_json(digits_server, digits_artifact):
+    proc = subprocess.run([str(BIN / "kiln"), "client", str(digits_artifact), "--address", digits_server.address,
+                           "--request", str(ROOT / "examples" / "digits" / "request.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert reply["label"] == 0 and len(reply["probabilities"]) == 10
+
+
+def test_cli_client_without_server(digits_artifact):
+    env = {**os.environ}
+    proc = subprocess.run([str(BIN / "kiln"), "client", str(digits_artifact), "--address", "127.0.0.1:9",
+                           "--request", str(ROOT / "examples" / "digits" / "request.json")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "no kiln server answers" in proc.stderr and "Traceback" not in proc.stderr
+    assert sys.executable  # the same interpreter ran the CLI
