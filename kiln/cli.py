@@ -204,12 +204,13 @@ def serve(
     port: int = typer.Option(8001, min=0, max=65535, help="port (0: any free port)"),
     workers: int = typer.Option(1, min=1, help="model instances that run requests in parallel"),
     max_message_mb: float = typer.Option(16.0, min=0.001, help="largest request/response in MiB"),
+    threads: int | None = typer.Option(None, min=1, help="threads per model instance [default: cores / workers]"),
 ) -> None:
     """Serve an artifact over gRPC: the program's protocol, the v2 tensor protocol, health, reflection."""
     from kiln.serving.server import serve as run_server
 
     try:
-        run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb)
+        run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads)
     except KilnError as exc:
         _fail(exc)
 

@@ -56,8 +56,12 @@ class Predictor:
         self.runner.close()
 
 
-def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_files: bool = True) -> Predictor:
-    """Open an artifact folder (or NAME[/ID] in the store) and load its selected module."""
+def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_files: bool = True,
+         settings: dict | None = None) -> Predictor:
+    """Open an artifact folder (or NAME[/ID] in the store) and load its selected module.
+
+    `settings` override the manifest's runtime settings (e.g. {"spin": False} for a server).
+    """
     folder = resolve(artifact)
     if verify_files:
         manifest, problems = verify(folder)
@@ -67,5 +71,6 @@ def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_file
     else:
         manifest = Manifest.read(folder)
     runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
-                         threads=threads or manifest.settings.get("threads"), settings=manifest.settings)
+                         threads=threads or manifest.settings.get("threads"),
+                         settings={**manifest.settings, **(settings or {})})
     return Predictor(folder, manifest, runner)

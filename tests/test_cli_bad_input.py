@@ -146,3 +146,11 @@ def test_unreachable_prefect_server(tmp_path, kiln_env, seeded_store, digits_pro
     env = {**kiln_env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
     expect_failure([str(digits_program)], env, seeded_store, "cannot reach the Prefect server",
                    "unset PREFECT_API_URL")
+
+
+def test_proto_message_that_does_not_exist(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    text = (prog / "program.py").read_text().replace('request = "DigitsRequest"', 'request = "DigitRequest"')
+    (prog / "program.py").write_text(text)
+    expect_failure([str(prog)], kiln_env, seeded_store, "request message 'DigitRequest' is not defined in digits.proto",
+                   "DigitsRequest")

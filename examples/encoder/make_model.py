@@ -6,6 +6,7 @@ Input `hidden` [batch, 128, 256] float32 (embeddings already looked up); output 
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
     args = parser.parse_args()
     onnx.save(build(), str(args.out))
-    print(f"wrote {args.out}")
+    # a sample request for `kiln client` (generic tensor protocol), random but reproducible
+    sample = np.random.default_rng(1).standard_normal([1, SEQ, HIDDEN]).astype(np.float32).round(3)
+    args.out.with_name("request.json").write_text(json.dumps({"inputs": {"hidden": sample.tolist()}}))
+    print(f"wrote {args.out} and {args.out.with_name('request.json')}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ dimension is dynamic, as in a torch.onnx.export; program.py declares 1x3x224x224
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
     args = parser.parse_args()
     onnx.save(build(), str(args.out))
-    print(f"wrote {args.out}")
+    # a sample request for `kiln client` (generic tensor protocol), random but reproducible
+    sample = np.random.default_rng(1).standard_normal([1, 3, 224, 224]).astype(np.float32).round(3)
+    args.out.with_name("request.json").write_text(json.dumps({"inputs": {"input": sample.tolist()}}))
+    print(f"wrote {args.out} and {args.out.with_name('request.json')}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class OrtRunner:
 
     backend = "onnxruntime"
 
-    def __init__(self, model_path: Path, threads: int | None = None, optimization: str = "all"):
+    def __init__(self, model_path: Path, threads: int | None = None, optimization: str = "all",
+                 spin: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -42,6 +43,8 @@ class OrtRunner:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if not spin:  # idle intra-op threads would otherwise spin and steal the cores a server needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -128,7 +131,8 @@ def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: lis
                 threads: int | None = None, settings: dict | None = None) -> Runner:
     settings = settings or {}
     if backend == "onnxruntime":
-        return OrtRunner(path, threads=threads, optimization=settings.get("optimization", "all"))
+        return OrtRunner(path, threads=threads, optimization=settings.get("optimization", "all"),
+                         spin=settings.get("spin", True))
     if backend == "tvm":
         return TvmRunner(path, inputs, outputs, threads=threads, device=settings.get("device", "cpu"))
     raise ValueError(f"unknown backend {backend!r}")

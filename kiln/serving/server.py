@@ -44,15 +44,16 @@ class _Abort(Exception):
 class ModelService:
     """The loaded artifact: a pool of predictors (one runtime instance each) and the mapping code."""
 
-    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None):
+    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, spin: bool = False):
         self.folder = folder
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        first = load(folder, threads=threads)  # verifies every file's sha256 once
+        settings = {"spin": spin}
+        first = load(folder, threads=threads, settings=settings)  # verifies every file's sha256 once
         self.manifest: Manifest = first.manifest
         self.pool: queue.Queue[Predictor] = queue.Queue()
         self.pool.put(first)
         for _ in range(workers - 1):
-            self.pool.put(load(folder, threads=threads, verify_files=False))
+            self.pool.put(load(folder, threads=threads, verify_files=False, settings=settings))
         self.program = None
         if (self.manifest.protocol or {}).get("service"):
             from kiln.loader import load_program
@@ -221,7 +222,7 @@ class Handlers:
 
 
 def serve(artifact: str, host: str = "127.0.0.1", port: int = 8001, workers: int = 1, max_message_mb: float = 16,
-          grace_s: float = 10.0, ready: threading.Event | None = None) -> None:
+          threads: int | None = None, grace_s: float = 10.0, ready: threading.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT; prints `serving NAME on HOST:PORT` once health says SERVING."""
     from kiln.store import resolve
 
@@ -244,7 +245,7 @@ def serve(artifact: str, host: str = "127.0.0.1", port: int = 8001, workers: int
     if bound == 0:
         raise KilnError(f"cannot listen on {host}:{port}", hint="choose another --port")
     server.start()  # health answers NOT_SERVING while the model loads and warms up
-    service = ModelService(folder, workers=workers)
+    service = ModelService(folder, workers=workers, threads=threads)
     service.warm_up()
     handlers.service = service
     for name in ["", *served]:
