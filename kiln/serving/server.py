@@ -44,9 +44,13 @@ class _Abort(Exception):
 class ModelService:
     """The loaded artifact: a pool of predictors (one runtime instance each) and the mapping code."""
 
-    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, spin: bool = False):
+    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, spin: bool | None = None):
         self.folder = folder
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        if spin is None:  # spinning intra-op threads help long multi-threaded runs and starve gRPC on short ones
+            manifest = Manifest.read(folder)
+            sel = next((c for c in manifest.candidates if c.name == manifest.selected), None)
+            spin = bool(sel and sel.latency_ms and sel.latency_ms.p50 >= 1.0 and threads > 1)
         settings = {"spin": spin}
         first = load(folder, threads=threads, settings=settings)  # verifies every file's sha256 once
         self.manifest: Manifest = first.manifest
