@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_md import write_section  # noqa: E402
 from kiln.compiler import compile_model, target_config  # noqa: E402
 from kiln.manifest import versions  # noqa: E402
 from kiln.onnx_inspect import input_specs, load_model, output_specs  # noqa: E402
@@ -115,18 +116,8 @@ def write_results(results: list[dict], info: dict, command: str) -> None:
             lines.append(f"| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | {run['tasks']} | "
                          f"{run['build_s']} | {run['tvm_p50_ms']:.4f} | {run['tvm_p90_ms']:.4f} | "
                          f"{run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | {run['max_rel_diff']:.1e} |")
-    section = "\n".join(lines) + "\n"
-    out = ROOT / "benchmarks" / "RESULTS.md"
-    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    start = text.find("## TVM vs onnxruntime")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    out.write_text(text)
+    write_section(lines[0], lines[1:])
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
-    print(f"wrote {out}")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 WORK = ROOT / "benchmarks" / "work" / "serve"
 
 import kiln  # noqa: E402
+from benchmarks.results_md import write_section  # noqa: E402
 from kiln.client import connect  # noqa: E402
 
 ECHO_SERVER = """
@@ -167,17 +168,7 @@ def write(results: list[dict], command: str) -> None:
     for r in results:
         for w, t in r["throughput"].items():
             lines.append(f"| {r['model']} | {w} | {t[1]:.0f} | {t[4]:.0f} | {t[16]:.0f} |")
-    section = "\n".join(lines) + "\n"
-    out = ROOT / "benchmarks" / "RESULTS.md"
-    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    start_at = text.find("## Serving overhead")
-    if start_at >= 0:
-        end = text.find("\n## ", start_at + 1)
-        text = text[:start_at] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    out.write_text(text)
-    print(f"wrote {out}")
+    write_section(lines[0], lines[1:])
 
 
 def main() -> None:
