@@ -205,12 +205,14 @@ def serve(
     workers: int = typer.Option(1, min=1, help="model instances that run requests in parallel"),
     max_message_mb: float = typer.Option(16.0, min=0.001, help="largest request/response in MiB"),
     threads: int | None = typer.Option(None, min=1, help="threads per model instance [default: cores / workers]"),
+    log_requests: bool = typer.Option(True, help="one JSON line per request on stderr"),
 ) -> None:
     """Serve an artifact over gRPC: the program's protocol, the v2 tensor protocol, health, reflection."""
     from kiln.serving.server import serve as run_server
 
     try:
-        run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads)
+        run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads,
+                   log_requests=log_requests)
     except KilnError as exc:
         _fail(exc)
 

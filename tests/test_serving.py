@@ -151,6 +151,7 @@ def test_client_disconnect_mid_stream_and_burst(digits_server, digits_artifact, 
             got = list(pool.map(lambda r: client.predict(pixels=r.tolist()).label, x[:200]))
         assert got == want
     assert healthy(digits_server.address) and digits_server.proc.poll() is None
+    time.sleep(1.0)  # request lines are written in batches every 0.5 s
     lines = [json.loads(line) for line in digits_server.logs().splitlines() if line.startswith('{"method"')]
     assert any(entry["method"] == "Predict" and entry["code"] == "OK" and entry["ms"] > 0 for entry in lines)
 

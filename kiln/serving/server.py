@@ -103,6 +103,7 @@ class Handlers:
         self.v2 = protocol.v2
         self.service: ModelService | None = None  # set once loaded; until then calls get UNAVAILABLE
         self.executor: futures.ThreadPoolExecutor | None = None
+        self.requests = RequestLog()
 
     @property
     def s(self) -> ModelService:
@@ -209,8 +210,7 @@ class Handlers:
             log.exception("internal error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            log.info('{"method": "%s", "code": "%s", "ms": %.3f, "bytes": %d, "peer": "%s"}', method, code.name,
-                     (time.perf_counter() - start) * 1000, size, context.peer())
+            self.requests.record(method, code.name, (time.perf_counter() - start) * 1000, size, context.peer())
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         v2 = self.v2
@@ -239,7 +239,7 @@ class Handlers:
 
 
 async def _serve(artifact: str, host: str, port: int, workers: int, max_message_mb: float, threads: int | None,
-                 grace_s: float) -> None:
+                 grace_s: float, log_requests: bool) -> None:
     from kiln.store import resolve
 
     limit = int(max_message_mb * (1 << 20))
@@ -248,6 +248,8 @@ async def _serve(artifact: str, host: str, port: int, workers: int, max_message_
     folder = resolve(artifact)
     manifest = Manifest.read(folder)
     handlers = Handlers(manifest, protocols.load(folder / "protocol", manifest.protocol or {}))
+    handlers.requests.enabled = log_requests
+    flusher = asyncio.ensure_future(handlers.requests.run())
     server.add_generic_rpc_handlers(handlers.generic_handlers())
     served = [protocols.V2_SERVICE_NAME] + ([protocols.SERVICE_NAME] if handlers.protocol.service else [])
     health_servicer = health.aio.HealthServicer()
@@ -281,11 +283,43 @@ async def _serve(artifact: str, host: str, port: int, workers: int, max_message_
     await server.stop(grace_s)  # in-flight calls finish; new ones are refused
     if handlers.executor:
         handlers.executor.shutdown(wait=True)
+    flusher.cancel()
+    handlers.requests.flush()
     log.info('{"event": "stopped"}')
 
 
+class RequestLog:
+    """One JSON line per request, buffered and written in batches.
+
+    A logging call per request cost ~100 us of the ~450 us round trip on 2 cores (measured); appending a
+    tuple and writing every `interval` seconds costs a few.
+    """
+
+    def __init__(self, enabled: bool = True, interval: float = 0.5):
+        self.enabled, self.interval = enabled, interval
+        self.pending: list[tuple] = []
+
+    def record(self, method: str, code: str, ms: float, size: int, peer: str) -> None:
+        if self.enabled:
+            self.pending.append((method, code, ms, size, peer))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        text = "".join(f'{{"method": "{m}", "code": "{c}", "ms": {ms:.3f}, "bytes": {b}, "peer": "{p}"}}\n'
+                       for m, c, ms, b, p in batch)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.flush()
+
+
 def serve(artifact: str, host: str = "127.0.0.1", port: int = 8001, workers: int = 1, max_message_mb: float = 16,
-          threads: int | None = None, grace_s: float = 10.0) -> None:
+          threads: int | None = None, grace_s: float = 10.0, log_requests: bool = True) -> None:
     """Serve until SIGTERM/SIGINT; prints `serving NAME (CANDIDATE) on HOST:PORT` once health says SERVING."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    asyncio.run(_serve(artifact, host, port, workers, max_message_mb, threads, grace_s))
+    asyncio.run(_serve(artifact, host, port, workers, max_message_mb, threads, grace_s, log_requests))
