@@ -11,9 +11,11 @@ from typing import Literal
 
 from prefect import flow
 
+from kiln import candidates as registry
 from kiln import progress
 from kiln.errors import GateError, KilnError
 from kiln.manifest import Manifest
+from tasks.build_ort import build_ort
 from tasks.compile import compile_tvm
 from tasks.evaluate import baseline, evaluate
 from tasks.prepare import prepare
@@ -23,7 +25,7 @@ from tasks.report import report_candidates, report_result
 from tasks.select import select
 from tasks.validate import validate
 
-CANDIDATES = ("onnxruntime", "tvm")
+CANDIDATES = ("onnxruntime", "tvm")  # the default set; every name in kiln.candidates is also accepted
 
 
 @flow(name="optimize", log_prints=True)
@@ -46,20 +48,25 @@ def optimize(
         trials: total MetaSchedule trial budget for the TVM candidate (0 = apply the database, no search).
         max_trials_per_task: cap per tuning task (default: trials spread evenly over the tasks).
         target: llvm (this CPU) or cuda.
-        candidates: which candidates to build besides the onnxruntime baseline (default: tvm).
+        candidates: which candidates to build besides the onnxruntime baseline (default: tvm); also
+            ort-fp32-basic, ort-fp32-extended, ort-int8-dynamic, ort-int8-static (kiln.candidates).
         threads: threads for every backend while measuring (default: all cores).
         store: artifact store folder (default: KILN_STORE or ~/.kiln/store).
         latency_repeats: timed calls per candidate.
     """
     chosen = list(candidates or CANDIDATES)
-    unknown = sorted(set(chosen) - set(CANDIDATES))
+    known = [*CANDIDATES, *registry.names()]
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {list(CANDIDATES)}")
+        raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {known}")
+    ort_variants = [c for c in chosen if c in registry.REGISTRY]
     threads = threads or os.cpu_count() or 1
     checked = validate(program, shapes, chosen)
     prepared = prepare(checked)
-    ref = reference(checked, threads)
+    ref = reference(checked, threads, any(registry.get(c).needs_calibration for c in ort_variants))
     built = [baseline(checked)]
+    if ort_variants:
+        built.extend(build_ort(checked, prepared, ref, ort_variants))
     if "tvm" in chosen:
         state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran

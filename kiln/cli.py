@@ -100,9 +100,12 @@ def optimize(
         if target not in ("llvm", "cuda"):
             raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
         chosen = [c.strip() for c in candidates.split(",") if c.strip()]
-        unknown = sorted(set(chosen) - {"onnxruntime", "tvm"})
+        from kiln import candidates as registry
+
+        known = ["onnxruntime", "tvm", *registry.names()]
+        unknown = sorted(set(chosen) - set(known))
         if unknown:
-            raise KilnError(f"unknown candidates {unknown}", hint="choose from onnxruntime, tvm")
+            raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {', '.join(known)}")
         if not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")

@@ -27,6 +27,11 @@ class ModelProgram:
     dataset: ClassVar[Dataset | None] = None
     #: how many synthetic feeds to make when there is no dataset
     synthetic_samples: ClassVar[int] = 8
+    #: data to calibrate int8 quantization on; None = split `calibration_fraction` off the dataset
+    calibration: ClassVar[Dataset | None] = None
+    calibration_fraction: ClassVar[float] = 0.2
+    #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
+    calibrate_on_synthetic: ClassVar[bool] = False
     #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference
     metrics: ClassVar[list[Metric]] = []
     #: the .proto file and its request/response message names; None = generic tensor protocol

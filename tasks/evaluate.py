@@ -35,7 +35,9 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         progress.report("evaluate", i, len(built), cand.name)
         if cand.error or not cand.path:
             results.append(CandidateResult(name=cand.name, backend=cand.backend, settings=cand.settings,
-                                           reasons=[f"build failed: {cand.error}"], build_seconds=cand.build_seconds))
+                                           reasons=[cand.error if cand.error and cand.error.startswith("skipped")
+                                                    else f"build failed: {cand.error}"],
+                                           build_seconds=cand.build_seconds))
             continue
         settings = {**cand.settings, "threads": threads}
         runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs, threads=threads,

@@ -54,6 +54,8 @@ class ReferenceData(BaseModel):
     samples: int
     feeds: int
     metrics: dict[str, float]
+    calibration_path: str | None = None
+    calibration_source: str | None = None
 
 
 class BuiltCandidate(BaseModel):

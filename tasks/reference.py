@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
-from kiln.datasets import feeds, gather_outputs, per_sample_shape
-from kiln.errors import ProgramError
+from kiln.datasets import Samples, feeds, gather_outputs, per_sample_shape, synthetic
+from kiln.errors import DatasetError, ProgramError
 from kiln.runtime.runners import OrtRunner
 from tasks.models import CheckedProgram, ReferenceData
 from tasks.validate import load_samples
@@ -40,11 +40,40 @@ def run_all(run, fds) -> list[dict[str, np.ndarray]]:
     return [run(f) for f in fds]
 
 
+def split_calibration(prog, samples: Samples, checked: CheckedProgram) -> tuple[Samples, Samples | None, str]:
+    """(evaluation samples, calibration samples or None, where the calibration data came from).
+
+    Calibration data is kept apart from the evaluation split, so int8 is judged on data it never saw."""
+    p = prog.program
+    if p.calibration is not None:
+        return samples, p.calibration.load(prog.root, checked.inputs), p.calibration.describe()
+    if p.dataset is None:
+        if not p.calibrate_on_synthetic:
+            return samples, None, "none (no dataset; set calibrate_on_synthetic = True to use synthetic inputs)"
+        return samples, synthetic(checked.inputs, checked.guards, count=p.synthetic_samples, seed=1), "synthetic"
+    batch = checked.inputs[0].shape[0] if checked.inputs[0].shape else 1
+    n_cal = max(batch, int(samples.count * p.calibration_fraction))
+    if samples.count - n_cal < batch:
+        raise DatasetError(f"has {samples.count} samples, too few to split {p.calibration_fraction:.0%} off for "
+                           "calibration and keep some to evaluate on", where=samples.source,
+                           hint="add samples, or give the program a separate `calibration` dataset")
+    return samples.take(slice(n_cal, None)), samples.take(slice(0, n_cal)), f"first {n_cal} samples of the dataset"
+
+
 @task(name="reference")
-def reference(checked: CheckedProgram, threads: int) -> ReferenceData:
+def reference(checked: CheckedProgram, threads: int, calibrate: bool = False) -> ReferenceData:
     logger = get_run_logger()
     prog = checked.load()
     samples = load_samples(prog, checked.inputs, checked.guards)
+    calibration_path, calibration_source = None, None
+    if calibrate:
+        samples, calib, calibration_source = split_calibration(prog, samples, checked)
+        if calib is not None:
+            cal_feeds = feeds(calib, checked.inputs)
+            calibration_path = str(checked.work_dir / "calibration.npz")
+            np.savez(calibration_path, **{f"feed{i}/{n}": a for i, f in enumerate(cal_feeds) for n, a in f.items()},
+                     **{"meta/feeds": np.array(len(cal_feeds))})
+        logger.info("calibration data: %s", calibration_source)
     fds = feeds(samples, checked.inputs)
     first = checked.inputs[0]
     _, batched = per_sample_shape(first, samples.inputs[first.name].ndim)
@@ -60,4 +89,12 @@ def reference(checked: CheckedProgram, threads: int) -> ReferenceData:
     np.savez(path, **arrays, **{"meta/feeds": np.array(len(fds)), "meta/batched": np.array(batched)})
     logger.info("reference (onnxruntime) on %d samples in %d feeds: %s", samples.count, len(fds),
                 {k: round(v, 6) for k, v in metrics.items()})
-    return ReferenceData(path=str(path), samples=samples.count, feeds=len(fds), metrics=metrics)
+    return ReferenceData(path=str(path), samples=samples.count, feeds=len(fds), metrics=metrics,
+                         calibration_path=calibration_path, calibration_source=calibration_source)
+
+
+def load_calibration(path: str) -> list[dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        n = int(data["meta/feeds"])
+        names = [k[len("feed0/"):] for k in data.files if k.startswith("feed0/")]
+        return [{name: data[f"feed{i}/{name}"] for name in names} for i in range(n)]

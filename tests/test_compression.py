@@ -1,0 +1,72 @@
+"""Compression candidates through the real flow: built from the registry, gated like every candidate."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from conftest import run_kiln, store_snapshot
+
+INT8 = "onnxruntime,ort-fp32-basic,ort-int8-dynamic,ort-int8-static"
+
+
+def _by_name(manifest):
+    return {c["name"]: c for c in manifest["candidates"]}
+
+
+def test_tight_range_rejects_int8(kiln_env, digits_program):
+    """The digits example holds probabilities to 1e-3 of onnxruntime: int8 keeps top-1 but is refused."""
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", INT8, "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    cands = _by_name(manifest)
+    assert set(cands) == set(INT8.split(","))
+    for name in ("ort-int8-dynamic", "ort-int8-static"):
+        c = cands[name]
+        assert c["latency_ms"] and c["metrics"]["top1"]["passed"]  # built, measured, still a good classifier
+        assert not c["metrics"]["max_abs_diff"]["passed"] and not c["passed"]
+        assert any("max_abs_diff" in r for r in c["reasons"])
+        assert "int8" in c["settings"]["quantization"]
+    assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
+    assert manifest["selected"] not in ("ort-int8-dynamic", "ort-int8-static")
+
+
+def test_loose_range_accepts_int8(kiln_env, digits_program, tmp_path):
+    """With only top-1 ranges, int8 passes the gate (whether it is published depends on its speed)."""
+    prog = tmp_path / "digits-loose"
+    shutil.copytree(digits_program, prog)
+    text = (prog / "program.py").read_text()
+    text = text.replace("        metrics.max_abs_diff(at_most=1e-3),          # probabilities within 1e-3\n", "")
+    (prog / "program.py").write_text(text)
+    proc = run_kiln(["optimize", str(prog), "--candidates", INT8, "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    cands = _by_name(manifest)
+    assert cands["ort-int8-static"]["passed"] and cands["ort-int8-dynamic"]["passed"]
+    selected = cands[manifest["selected"]]
+    assert selected["latency_ms"]["p50"] == min(c["latency_ms"]["p50"] for c in cands.values() if c["passed"])
+    import kiln
+
+    folder = Path(kiln_env["KILN_STORE"]) / "digits" / manifest["id"]
+    assert kiln.load(folder).runner.backend == "onnxruntime"
+
+
+def test_no_calibration_data_skips_static_int8(kiln_env, digits_program):
+    proc = run_kiln(["optimize", str(digits_program / "model.onnx"), "--shape", "pixels=1x64", "--candidates",
+                     "onnxruntime,ort-int8-static", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    static = _by_name(json.loads(proc.stdout))["ort-int8-static"]
+    assert not static["passed"] and static["reasons"][0].startswith("skipped: no calibration data")
+
+
+def test_dataset_too_small_to_split(kiln_env, tmp_path, digits_program):
+    prog = tmp_path / "tiny"
+    shutil.copytree(digits_program, prog)
+    data = dict(np.load(prog / "digits.npz"))
+    data["x_test"], data["y_test"] = data["x_test"][:1], data["y_test"][:1]
+    np.savez(prog / "digits.npz", **data)
+    before = store_snapshot(Path(kiln_env["KILN_STORE"]))
+    proc = run_kiln(["optimize", str(prog), "--candidates", "onnxruntime,ort-int8-static"], kiln_env)
+    assert proc.returncode == 2 and "too few to split" in proc.stderr and "Traceback" not in proc.stderr
+    assert store_snapshot(Path(kiln_env["KILN_STORE"])) == before
