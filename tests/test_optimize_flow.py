@@ -74,9 +74,9 @@ def test_prefect_shows_the_candidate_table(digits_run):
     resp.raise_for_status()
     kinds = {a["key"]: a["type"] for a in resp.json()}
     assert kinds.get("digits-candidates") == "table" and kinds.get("digits-result") == "markdown"
-    table = next(a for a in resp.json() if a["key"] == "digits-candidates")
-    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
-    assert {r["candidate"].rstrip(" *") for r in rows} == {"onnxruntime", "tvm"}
+    tables = [a for a in resp.json() if a["key"] == "digits-candidates"]  # other tests' runs add versions
+    rows = [json.loads(t["data"]) if isinstance(t["data"], str) else t["data"] for t in tables]
+    assert any({r["candidate"].rstrip(" *") for r in version} == {"onnxruntime", "tvm"} for version in rows)
 
 
 def test_rerun_does_not_tune_again(digits_run, digits_program, kiln_home):
