@@ -30,6 +30,7 @@ test: setup
 bench: setup examples
 	$(BIN)/python benchmarks/compile_vs_ort.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/compression.py
 
 lint: setup
 	$(BIN)/ruff check kiln tasks flows tests benchmarks examples

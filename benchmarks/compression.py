@@ -1,0 +1,102 @@
+"""Compression candidates vs onnxruntime fp32, same process, same threads (calibration on synthetic data).
+
+    python benchmarks/compression.py [--models resnet18 encoder] [--calibration 16]
+
+Per model: every onnxruntime candidate of kiln.candidates is built (int8 static calibrated on
+--calibration synthetic inputs, MinMax), then each is timed right after the fp32 baseline. Accuracy on
+random weights and synthetic inputs means little, so the table shows agreement with fp32 (cosine, arg-max)
+for orientation only; the gate in a real run uses the program's data. Writes the "compression" section of
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results_md import write_section  # noqa: E402
+from kiln import candidates  # noqa: E402
+from kiln.datasets import feeds, synthetic  # noqa: E402
+from kiln.onnx_inspect import input_specs, load_model  # noqa: E402
+from kiln.prepare import prepare  # noqa: E402
+from kiln.runtime.latency import measure  # noqa: E402
+from kiln.runtime.runners import OrtRunner  # noqa: E402
+
+MODELS = {"resnet18": {"input": [1, 3, 224, 224]}, "encoder": {}}
+
+
+def bench(name: str, n_cal: int, threads: int) -> list[dict]:
+    path = ROOT / "examples" / name / "model.onnx"
+    if not path.is_file():
+        subprocess.run([sys.executable, str(path.with_name("make_model.py"))], check=True)
+    model = load_model(path)
+    specs = input_specs(model, MODELS[name], str(path))
+    work = Path(tempfile.mkdtemp(prefix=f"kiln-compress-{name}-"))
+    prepared = work / "prepared.onnx"
+    prepare(model, specs, prepared, str(path))
+    calib = feeds(synthetic(specs, [], count=n_cal, seed=1), specs)
+    feed = feeds(synthetic(specs, [], count=1, seed=2), specs)[0]
+    base = OrtRunner(path, threads=threads)
+    want = base.run(feed)
+    rows = []
+    for cand in candidates.REGISTRY.values():
+        folder = work / cand.name
+        folder.mkdir()
+        t0 = time.perf_counter()
+        try:
+            ctx = candidates.BuildContext(model=path, prepared=prepared, out_dir=folder, calibration=calib)
+            built = cand.build(ctx)
+        except Exception as exc:
+            rows.append({"model": name, "candidate": cand.name, "error": str(exc).splitlines()[0][:120]})
+            continue
+        build_s = time.perf_counter() - t0
+        runner = OrtRunner(built.path, threads=threads, optimization=built.settings.get("optimization", "all"))
+        got = runner.run(feed)
+        fp32 = measure(lambda: base.run(feed), repeats=200, max_seconds=8)
+        lat = measure(lambda r=runner: r.run(feed), repeats=200, max_seconds=8)
+        a, b = next(iter(got.values())).reshape(-1), next(iter(want.values())).reshape(-1)
+        cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        rows.append({"model": name, "candidate": cand.name, "build_s": build_s, "fp32_p50": fp32.p50,
+                     "p50": lat.p50, "speedup": fp32.p50 / lat.p50, "cosine": cos,
+                     "argmax_same": bool(a.argmax() == b.argmax())})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--calibration", type=int, default=16, help="synthetic calibration feeds")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    rows = [r for m in args.models for r in bench(m, args.calibration, args.threads)]
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    lines = ["", f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores), onnxruntime "
+             f"{__import__('onnxruntime').__version__}, {args.threads} threads, batch 1, random weights, "
+             f"calibration on {args.calibration} synthetic inputs. Command: `python benchmarks/compression.py "
+             f"{' '.join(sys.argv[1:])}`", "",
+             "Speed-up = fp32 onnxruntime p50 / candidate p50, both measured back to back in this process. "
+             "Cosine and arg-max vs fp32 are for orientation only (random weights, synthetic inputs).", "",
+             "| model | candidate | build s | fp32 p50 ms | p50 ms | speed-up | cosine vs fp32 | same arg-max |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['candidate']} | failed: {r['error']} | | | | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['candidate']} | {r['build_s']:.1f} | {r['fp32_p50']:.3f} | "
+                         f"{r['p50']:.3f} | {r['speedup']:.2f}x | {r['cosine']:.4f} | {r['argmax_same']} |")
+    write_section("## Compression candidates (`benchmarks/compression.py`)", lines)
+
+
+if __name__ == "__main__":
+    main()
