@@ -13,6 +13,8 @@ from kiln.compiler import DB_FILES
 from kiln.hashing import file_sha256
 from kiln.loader import external_data_files
 from kiln.protocol import generate as generate_protocol
+from kiln.report import markdown as report_markdown
+from kiln.report import svg_plot
 from kiln.manifest import CandidateResult, Manifest, ModelInfo, versions
 from kiln.store import ArtifactStore
 from tasks.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
@@ -70,6 +72,9 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             selected=selected.name, backend=selected.backend, settings=selected.settings,
             speedup_vs_baseline=round(speedup, 4), tuning=tuning, protocol=protocol_info.as_dict(), options=options,
             versions=versions())
+        (staged / "report").mkdir()
+        (staged / "report" / "candidates.svg").write_text(svg_plot(evaluation.candidates, selected=selected.name))
+        (staged / "report" / "candidates.md").write_text(report_markdown(evaluation.candidates, selected.name) + "\n")
         manifest.model.sha256 = file_sha256(staged / module_name)
         final = st.publish(staged, manifest)
     except BaseException:

@@ -27,5 +27,9 @@ def report_result(name: str, candidates: list[CandidateResult], selected: str | 
                 f"Artifact: `{artifact}`\n\n")
     else:
         head = f"# {name}: nothing published\n\n{error}\n\n"
-    create_markdown_artifact(key=f"{_key(name)}-result", markdown=head + tables.markdown(candidates, selected),
-                             description=f"kiln result for {name}")
+    import base64
+
+    plot = base64.b64encode(tables.svg_plot(candidates, selected=selected).encode()).decode()
+    body = (head + tables.markdown(candidates, selected)
+            + f"\n\n![speed vs accuracy](data:image/svg+xml;base64,{plot})\n")
+    create_markdown_artifact(key=f"{_key(name)}-result", markdown=body, description=f"kiln result for {name}")

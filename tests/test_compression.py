@@ -30,6 +30,10 @@ def test_tight_range_rejects_int8(kiln_env, digits_program):
         assert "int8" in c["settings"]["quantization"]
     assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
     assert manifest["selected"] not in ("ort-int8-dynamic", "ort-int8-static")
+    folder = Path(kiln_env["KILN_STORE"]) / "digits" / manifest["id"]
+    svg = (folder / "report" / "candidates.svg").read_text()  # speed vs accuracy, saved with the artifact
+    assert svg.startswith("<svg") and all(name in svg for name in cands) and "(published)" in svg
+    assert "report/candidates.svg" in manifest["files"]
 
 
 def test_loose_range_accepts_int8(kiln_env, digits_program, tmp_path):
