@@ -25,7 +25,10 @@ from tasks.report import report_candidates, report_result
 from tasks.select import select
 from tasks.validate import validate
 
-CANDIDATES = ("onnxruntime", "tvm")  # the default set; every name in kiln.candidates is also accepted
+CANDIDATES = ("onnxruntime", "tvm")
+# what runs when nothing is said: compilation, the cheaper graph level, and both int8 schemes (static int8 is
+# skipped, with that reason, when the program has no data to calibrate on)
+DEFAULT_CANDIDATES = ("onnxruntime", "tvm", "ort-fp32-basic", "ort-int8-dynamic", "ort-int8-static")
 
 
 @flow(name="optimize", log_prints=True)
@@ -48,13 +51,14 @@ def optimize(
         trials: total MetaSchedule trial budget for the TVM candidate (0 = apply the database, no search).
         max_trials_per_task: cap per tuning task (default: trials spread evenly over the tasks).
         target: llvm (this CPU) or cuda.
-        candidates: which candidates to build besides the onnxruntime baseline (default: tvm); also
-            ort-fp32-basic, ort-fp32-extended, ort-int8-dynamic, ort-int8-static (kiln.candidates).
+        candidates: which candidates to build besides the onnxruntime baseline: tvm and the names in
+            kiln.candidates (ort-fp32-basic, ort-fp32-extended, ort-int8-dynamic, ort-int8-static);
+            default: DEFAULT_CANDIDATES.
         threads: threads for every backend while measuring (default: all cores).
         store: artifact store folder (default: KILN_STORE or ~/.kiln/store).
         latency_repeats: timed calls per candidate.
     """
-    chosen = list(candidates or CANDIDATES)
+    chosen = list(candidates or DEFAULT_CANDIDATES)
     known = [*CANDIDATES, *registry.names()]
     unknown = sorted(set(chosen) - set(known))
     if unknown:

@@ -82,7 +82,8 @@ def optimize(
     target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
-    candidates: str = typer.Option("onnxruntime,tvm", help="comma-separated candidates to build"),
+    candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: onnxruntime, "
+                                          "tvm, ort-fp32-basic, ort-int8-dynamic, ort-int8-static]"),
     threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
@@ -99,11 +100,11 @@ def optimize(
         shapes = parse_shapes(shape)
         if target not in ("llvm", "cuda"):
             raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
-        chosen = [c.strip() for c in candidates.split(",") if c.strip()]
+        chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
         from kiln import candidates as registry
 
         known = ["onnxruntime", "tvm", *registry.names()]
-        unknown = sorted(set(chosen) - set(known))
+        unknown = sorted(set(chosen or []) - set(known))
         if unknown:
             raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {', '.join(known)}")
         if not Path(program).expanduser().exists():

@@ -31,7 +31,8 @@ class LoadedProgram:
     name: str
     shapes: dict[str, list[int]]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
-    source: Path | None = None  # what load_program() takes to load it again (folder or bare .onnx)
+    source: Path | None = None  # what load_program() takes to load it again (folder, .py or bare .onnx)
+    program_file: str | None = None  # the program's .py inside root (program.py unless a .py was given)
 
     @property
     def sha256(self) -> str:
@@ -68,10 +69,13 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
     path = path.resolve()
     if path.is_file() and is_archive(path):
         path = extract(path, kiln_home() / "programs", file_sha256(path)[:24])
+    program_file = PROGRAM_FILE
+    if path.is_file() and path.suffix == ".py":  # one of several programs in a folder
+        program_file, path = path.name, path.parent
     if path.is_file():
         if path.suffix.lower() != ".onnx":
             raise ProgramError("not a model program", where=str(location),
-                               hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+                               hint="give a program folder, a program .py in one, a .zip/.tar.gz, or a .onnx file")
         program: ModelProgram = type("DefaultProgram", (ModelProgram,), {"model": path.name})()
         root = path.parent
         model_files = [path.name, *external_data_files(path)]
@@ -80,15 +84,15 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
         source = path
     else:
         root = path
-        program = _import_program(root) if (root / PROGRAM_FILE).is_file() else ModelProgram()
+        program = _import_program(root, program_file) if (root / program_file).is_file() else ModelProgram()
         files = tree_files(root)
         name = getattr(program, "name", None) or root.name
-        source = root
-    _check_declarations(program, root)
+        source = root if program_file == PROGRAM_FILE else root / program_file
+    _check_declarations(program, root, program_file)
     merged = {**{k: list(v) for k, v in (program.shapes or {}).items()}, **(shapes or {})}
     return LoadedProgram(root=root, program=program, model_path=(root / program.model).resolve(),
                          name=_NAME_RE.sub("-", name).strip("-") or "model", shapes=merged, files=files,
-                         source=source)
+                         source=source, program_file=program_file)
 
 
 def external_data_files(model_path: Path) -> list[str]:
@@ -108,9 +112,9 @@ def external_data_files(model_path: Path) -> list[str]:
     return sorted(names)
 
 
-def _import_program(root: Path) -> ModelProgram:
-    file = root / PROGRAM_FILE
-    module_name = f"kiln_program_{json_sha256(str(root))[:12]}"
+def _import_program(root: Path, program_file: str = PROGRAM_FILE) -> ModelProgram:
+    file = root / program_file
+    module_name = f"kiln_program_{json_sha256(str(file))[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -126,6 +130,9 @@ def _import_program(root: Path) -> ModelProgram:
         raise ProgramError(f"importing the program raised {type(exc).__name__}: {exc}", where=where) from None
     finally:
         sys.path.remove(str(root))
+        for name, mod in list(sys.modules.items()):  # helpers imported from root must not leak into the next program
+            if Path(getattr(mod, "__file__", None) or "/").resolve().is_relative_to(root.resolve()):
+                del sys.modules[name]
     sys.modules[module_name] = module
     classes = [v for v in vars(module).values()
                if isinstance(v, type) and issubclass(v, ModelProgram) and v is not ModelProgram
@@ -141,8 +148,8 @@ def _import_program(root: Path) -> ModelProgram:
                            where=str(file)) from None
 
 
-def _check_declarations(program: ModelProgram, root: Path) -> None:
-    where = str(root / PROGRAM_FILE)
+def _check_declarations(program: ModelProgram, root: Path, program_file: str = PROGRAM_FILE) -> None:
+    where = str(root / program_file)
     cls = type(program).__name__
     if not isinstance(program.model, str) or not program.model:
         raise ProgramError(f"{cls}.model must name the ONNX file", where=where)

@@ -22,6 +22,8 @@ from tasks.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedMod
 
 def _copy_program(checked: CheckedProgram, dest: Path) -> None:
     src = Path(checked.source)
+    if src.suffix == ".py":  # one program of several in a folder: copy the folder
+        src = src.parent
     if src.is_file():  # bare .onnx: the program is the model (and its external data)
         dest.mkdir(parents=True)
         shutil.copy2(src, dest / src.name)
@@ -65,7 +67,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             name=checked.name, created_at=datetime.now(UTC).isoformat(),
             model=ModelInfo(path=module_name, sha256="", source_sha256=checked.model_sha256),
             program={"sha256": checked.program_sha256, "path": "program/", "shapes": checked.shapes,
-                     "source": checked.location},
+                     "source": checked.location, "file": Path(checked.source).name if checked.source.endswith(".py")
+                     else "program.py"},
             target=json.dumps(tuning["target"], sort_keys=True) if tuning and tuning.get("target") else target,
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,

@@ -33,10 +33,11 @@ def test_manifest_records_the_whole_decision(digits_run, digits_program):
     manifest, env, _ = digits_run
     folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
     assert folder.is_dir()
-    assert {c["name"] for c in manifest["candidates"]} == {"onnxruntime", "tvm"}
+    assert {c["name"] for c in manifest["candidates"]} == {"onnxruntime", "tvm", "ort-fp32-basic",
+                                                           "ort-int8-dynamic", "ort-int8-static"}  # the default set
     for c in manifest["candidates"]:
         assert c["latency_ms"]["p50"] > 0 and c["latency_ms"]["p90"] >= c["latency_ms"]["p50"]
-        assert set(c["metrics"]) == {"top1", "top1_vs_reference", "agreement", "max_abs_diff"}
+        assert set(c["metrics"]) == {"top1", "top1_vs_reference", "agreement"}
         assert c["metrics"]["top1"]["value"] > 0.95
     selected = next(c for c in manifest["candidates"] if c["name"] == manifest["selected"])
     assert selected["passed"] and not selected["reasons"]
@@ -76,7 +77,7 @@ def test_prefect_shows_the_candidate_table(digits_run):
     assert kinds.get("digits-candidates") == "table" and kinds.get("digits-result") == "markdown"
     tables = [a for a in resp.json() if a["key"] == "digits-candidates"]  # other tests' runs add versions
     rows = [json.loads(t["data"]) if isinstance(t["data"], str) else t["data"] for t in tables]
-    assert any({r["candidate"].rstrip(" *") for r in version} == {"onnxruntime", "tvm"} for version in rows)
+    assert any({r["candidate"].rstrip(" *") for r in version} >= {"onnxruntime", "tvm"} for version in rows)
 
 
 def test_rerun_does_not_tune_again(digits_run, digits_program, kiln_home):

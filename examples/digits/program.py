@@ -1,6 +1,8 @@
 """Handwritten digits (scikit-learn's 8x8 set): a small MLP classifier with a real test split.
 
 Run `python examples/digits/train.py` once to create model.onnx, then `kiln optimize examples/digits`.
+The ranges here are about classification, so int8 candidates may ship if they keep them;
+program_strict.py holds the probabilities themselves to 1e-3, which int8 cannot meet.
 """
 
 import numpy as np
@@ -17,8 +19,7 @@ class Digits(kiln.ModelProgram):
     metrics = [
         metrics.top1(at_least=0.95),                 # absolute: the model must stay a good classifier
         metrics.top1(max_degradation=0.005, name="top1_vs_reference"),  # and lose at most 0.5 % of its accuracy
-        metrics.agreement(at_least=0.995),           # same predicted digit as onnxruntime
-        metrics.max_abs_diff(at_most=1e-3),          # probabilities within 1e-3
+        metrics.agreement(at_least=0.99),            # same predicted digit as onnxruntime
     ]
     proto = "digits.proto"
     request = "DigitsRequest"

@@ -61,7 +61,8 @@ class ModelService:
         if (self.manifest.protocol or {}).get("service"):
             from kiln.loader import load_program
 
-            self.program = load_program(folder / "program", self.manifest.program.get("shapes")).program
+            program = folder / "program" / self.manifest.program.get("file", "program.py")
+            self.program = load_program(program, self.manifest.program.get("shapes")).program
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         predictor = self.pool.get()
