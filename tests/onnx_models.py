@@ -89,3 +89,25 @@ def runtime_shapes(path: Path) -> Path:
         [c("w", w), c("zero1", np.array([0], np.int64)), c("one", np.array([1], np.int64)),
          c("minus_one", np.array([-1], np.int64))])
     return _save(graph, path)
+
+
+def small_cnn(path: Path, size: int = 32) -> Path:
+    """x[1, 3, size, size] -> Conv(16) -> Relu -> Conv(32, stride 2) -> Relu -> GlobalAveragePool -> Gemm(10)."""
+    rng = np.random.default_rng(0)
+    c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        [c("w1", rng.standard_normal((16, 3, 3, 3)) * 0.3), c("b1", np.zeros(16)),
+         c("w2", rng.standard_normal((32, 16, 3, 3)) * 0.1), c("b2", np.zeros(32)),
+         c("fc_w", rng.standard_normal((10, 32)) * 0.3), c("fc_b", np.zeros(10))])
+    return _save(graph, path)

@@ -71,3 +71,42 @@ def test_dataset_too_small_to_split(kiln_env, tmp_path, digits_program):
     proc = run_kiln(["optimize", str(prog), "--candidates", "onnxruntime,ort-int8-static"], kiln_env)
     assert proc.returncode == 2 and "too few to split" in proc.stderr and "Traceback" not in proc.stderr
     assert store_snapshot(Path(kiln_env["KILN_STORE"])) == before
+
+
+def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
+    """A small CNN calibrated on synthetic data: every candidate is measured and gated, and the published
+    artifact runs with the winner's backend and session settings, in kiln.load and in the server."""
+    import onnx_models
+
+    import kiln
+    from conftest import Served
+    from kiln.client import connect
+
+    prog = tmp_path / "cnn"
+    prog.mkdir()
+    onnx_models.small_cnn(prog / "model.onnx")
+    (prog / "program.py").write_text(
+        "import kiln\nfrom kiln import metrics\n\nclass SmallCNN(kiln.ModelProgram):\n"
+        "    synthetic_samples = 16\n    calibrate_on_synthetic = True\n"
+        "    metrics = [metrics.agreement(at_least=0.8), metrics.cosine(at_least=0.99)]\n")
+    proc = run_kiln(["optimize", str(prog), "--candidates", INT8, "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    cands = _by_name(manifest)
+    assert all(c["latency_ms"] for c in cands.values())  # all built (static int8 on synthetic calibration)
+    assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
+    winner = cands[manifest["selected"]]
+    assert manifest["settings"] == winner["settings"] and manifest["backend"] == winner["backend"]
+    folder = Path(kiln_env["KILN_STORE"]) / "cnn" / manifest["id"]
+    level = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+    runner = kiln.load(folder).runner
+    assert runner.session.get_session_options().graph_optimization_level.name == \
+        level[winner["settings"].get("optimization", "all")]
+    served = Served(folder)
+    try:
+        x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        with connect(served.address) as client:
+            got = client.infer({"x": x})["logits"]
+        np.testing.assert_allclose(got, kiln.load(folder).run({"x": x})["logits"], rtol=1e-5, atol=1e-6)
+    finally:
+        served.stop()
