@@ -30,6 +30,8 @@ class ModelProgram:
     #: data to calibrate int8 quantization on; None = split `calibration_fraction` off the dataset
     calibration: ClassVar[Dataset | None] = None
     calibration_fraction: ClassVar[float] = 0.2
+    #: how static int8 picks its ranges: "minmax", "entropy" or "percentile"
+    calibration_method: ClassVar[str] = "minmax"
     #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
     calibrate_on_synthetic: ClassVar[bool] = False
     #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference

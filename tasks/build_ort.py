@@ -20,6 +20,7 @@ from tasks.reference import load_calibration
 def build_ort(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData,
               names: list[str]) -> list[BuiltCandidate]:
     logger = get_run_logger()
+    method = checked.load().program.calibration_method
     calibration = load_calibration(ref.calibration_path) if ref.calibration_path else None
     out = []
     for name in names:
@@ -35,7 +36,8 @@ def build_ort(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceDa
             continue
         try:
             built = cand.build(candidates.BuildContext(model=Path(checked.model_path), prepared=Path(prepared.path),
-                                                       out_dir=folder, calibration=calibration))
+                                                       out_dir=folder, calibration=calibration,
+                                                       calibration_method=method))
         except Exception as exc:  # quantizer errors, unsupported ops: report and go on
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             logger.warning("%s failed to build: %s", name, message)

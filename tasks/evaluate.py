@@ -39,9 +39,9 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
                                                     else f"build failed: {cand.error}"],
                                            build_seconds=cand.build_seconds))
             continue
-        settings = {**cand.settings, "threads": threads}
-        runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs, threads=threads,
-                             settings=settings)
+        settings = {"threads": threads, **cand.settings}  # a candidate may choose its own thread count
+        runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs,
+                             threads=settings["threads"], settings=settings)
         try:
             outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batched)
         except Exception as exc:  # a candidate that cannot run is reported, never fatal

@@ -89,19 +89,20 @@ def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
         "import kiln\nfrom kiln import metrics\n\nclass SmallCNN(kiln.ModelProgram):\n"
         "    synthetic_samples = 16\n    calibrate_on_synthetic = True\n"
         "    metrics = [metrics.agreement(at_least=0.8), metrics.cosine(at_least=0.99)]\n")
-    proc = run_kiln(["optimize", str(prog), "--candidates", INT8, "--json"], kiln_env)
+    proc = run_kiln(["optimize", str(prog), "--candidates", INT8 + ",ort-fp32-1thread", "--json"], kiln_env)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     cands = _by_name(manifest)
+    assert cands["ort-fp32-1thread"]["settings"]["threads"] == 1
     assert all(c["latency_ms"] for c in cands.values())  # all built (static int8 on synthetic calibration)
     assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
     winner = cands[manifest["selected"]]
     assert manifest["settings"] == winner["settings"] and manifest["backend"] == winner["backend"]
     folder = Path(kiln_env["KILN_STORE"]) / "cnn" / manifest["id"]
     level = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
-    runner = kiln.load(folder).runner
-    assert runner.session.get_session_options().graph_optimization_level.name == \
-        level[winner["settings"].get("optimization", "all")]
+    options = kiln.load(folder).runner.session.get_session_options()
+    assert options.graph_optimization_level.name == level[winner["settings"].get("optimization", "all")]
+    assert options.intra_op_num_threads == winner["settings"]["threads"]
     served = Served(folder)
     try:
         x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -110,3 +111,31 @@ def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
         np.testing.assert_allclose(got, kiln.load(folder).run({"x": x})["logits"], rtol=1e-5, atol=1e-6)
     finally:
         served.stop()
+
+
+def test_calibration_methods_and_gemm_rewrite(tmp_path):
+    """Static int8 with each calibration method; dynamic int8 sees Gemm as MatMul+Add and never touches Conv."""
+    import onnx
+    import onnx_models
+    import pytest
+
+    from kiln import candidates
+    from kiln.errors import KilnError
+
+    model = onnx_models.small_cnn(tmp_path / "cnn.onnx")
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    for method in ("minmax", "entropy", "percentile"):
+        out = tmp_path / method
+        out.mkdir()
+        ctx = candidates.BuildContext(model=model, prepared=model, out_dir=out, calibration=calib,
+                                      calibration_method=method)
+        built = candidates.get("ort-int8-static").build(ctx)
+        assert method in built.settings["quantization"]
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(built.path)).graph.node)
+    ctx.calibration_method = "guess"
+    with pytest.raises(KilnError, match="unknown calibration method 'guess'"):
+        candidates.get("ort-int8-static").build(ctx)
+    dyn = candidates.get("ort-int8-dynamic").build(candidates.BuildContext(model=model, prepared=model,
+                                                                           out_dir=tmp_path))
+    ops = {n.op_type for n in onnx.load(str(dyn.path)).graph.node}
+    assert "Gemm" not in ops and "Conv" in ops and "ConvInteger" not in ops and "MatMulInteger" in ops

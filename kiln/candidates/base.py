@@ -20,6 +20,7 @@ class BuildContext:
     prepared: Path
     out_dir: Path
     calibration: list[dict[str, np.ndarray]] | None = None
+    calibration_method: str = "minmax"
 
 
 @dataclass

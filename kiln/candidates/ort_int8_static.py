@@ -5,24 +5,23 @@ calibration split. Measured here: ResNet-18 0.33x and the encoder 0.61x of fp32 
 
 from __future__ import annotations
 
-import os
-
 from kiln.candidates.base import BuildContext, Built, Candidate, register
 from kiln.errors import KilnError
 
 
-def build(ctx: BuildContext, method: str | None = None) -> Built:
+def build(ctx: BuildContext) -> Built:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     if not ctx.calibration:
         raise KilnError("no calibration data: the program has no dataset",
                         hint="give the program a dataset (a calibration split is taken from it)")
-    method = method or os.environ.get("KILN_CALIBRATION", "minmax")
+    method = ctx.calibration_method
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
-        raise KilnError(f"unknown calibration method {method!r}", hint=f"choose from {sorted(methods)}")
+        raise KilnError(f"unknown calibration method {method!r}",
+                        hint=f"set calibration_method in program.py to one of {sorted(methods)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self):

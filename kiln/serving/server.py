@@ -45,9 +45,11 @@ class ModelService:
 
     def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, spin: bool | None = None):
         self.folder = folder
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        manifest = Manifest.read(folder)
+        if threads is None:  # the winner's own thread count, shared out between the instances
+            share = max(1, (os.cpu_count() or 1) // workers)
+            threads = min(manifest.settings.get("threads") or share, share)
         if spin is None:  # spinning intra-op threads help long multi-threaded runs and starve gRPC on short ones
-            manifest = Manifest.read(folder)
             sel = next((c for c in manifest.candidates if c.name == manifest.selected), None)
             spin = bool(sel and sel.latency_ms and sel.latency_ms.p50 >= 1.0 and threads > 1)
         settings = {"spin": spin}
