@@ -1,4 +1,7 @@
-"""A 4-layer transformer encoder with random weights (generate it with make_model.py)."""
+"""A 4-layer transformer encoder with random weights (generate it with make_model.py).
+
+Calibrated on synthetic inputs; outputs must keep their direction (cosine) after int8.
+"""
 
 import kiln
 from kiln import metrics
@@ -6,5 +9,6 @@ from kiln import metrics
 
 class Encoder(kiln.ModelProgram):
     name = "encoder"
-    synthetic_samples = 4
-    metrics = [metrics.cosine(at_least=0.9999), metrics.max_rel_diff(at_most=1e-3)]
+    synthetic_samples = 8
+    calibrate_on_synthetic = True
+    metrics = [metrics.cosine(at_least=0.99)]
