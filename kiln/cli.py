@@ -66,9 +66,10 @@ def candidate_table(manifest) -> Table:
     rows = report.rows(manifest.candidates, manifest.selected)
     table = Table(title=f"{manifest.name}: candidates (* = published)",
                   caption="ranges: " + "; ".join(report.ranges(manifest.candidates)))
-    cols = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "backend"]  # the name says it
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(c, overflow="fold", no_wrap=c != "why not",
+                         max_width=48 if c == "why not" else None)
     for r in rows:
         table.add_row(*(r.get(c, "") for c in cols), style="bold green" if r["candidate"].endswith("*") else None)
     return table
