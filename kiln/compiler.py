@@ -68,7 +68,7 @@ def import_onnx(model_path: Path, inputs: list[TensorSpec]):
                          where=str(model_path), hint="try --candidates onnxruntime to skip the TVM candidate") from None
 
 
-def _lowering(target):
+def _lowering():
     """The passes before tuning: the same prefix as relax's static_shape_tuning pipeline."""
     import tvm
     from tvm import relax
@@ -82,7 +82,7 @@ def count_tasks(mod, target) -> int:
     from tvm.s_tir import meta_schedule as ms
 
     with tvm.target.Target(target):
-        lowered = _lowering(target)(mod)
+        lowered = _lowering()(mod)
     return len(ms.relax_integration.extract_tasks(lowered, target))
 
 
@@ -207,6 +207,3 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     return CompileResult(module=out, tasks=n_tasks, trials=trials, tuned_records=records,
                          seconds=time.perf_counter() - start, target=tgt_conf)
 
-
-def describe_target(conf: dict) -> str:
-    return json.dumps(conf, sort_keys=True)

@@ -64,9 +64,6 @@ class GateError(KilnError):
     def table(self) -> str:
         return getattr(self, "extra", "")
 
-    def render(self) -> str:
-        return super().render()
-
 
 class ArtifactError(KilnError):
     """An artifact is missing, incomplete, or its files do not match their recorded hashes."""

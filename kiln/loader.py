@@ -7,7 +7,8 @@ import os
 import re
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from kiln.archive import extract, is_archive
@@ -30,9 +31,16 @@ class LoadedProgram:
     model_path: Path
     name: str
     shapes: dict[str, list[int]]
-    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    members: list[str] | None = None  # the program's files relative to root; None = the whole folder
     source: Path | None = None  # what load_program() takes to load it again (folder, .py or bare .onnx)
     program_file: str | None = None  # the program's .py inside root (program.py unless a .py was given)
+
+    @cached_property
+    def files(self) -> dict[str, str]:
+        """relative path -> sha256, hashed only when asked (tasks that just reload the program never do)."""
+        if self.members is None:
+            return tree_files(self.root)
+        return {f: file_sha256(self.root / f) for f in self.members}
 
     @property
     def sha256(self) -> str:
@@ -78,20 +86,19 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
                                hint="give a program folder, a program .py in one, a .zip/.tar.gz, or a .onnx file")
         program: ModelProgram = type("DefaultProgram", (ModelProgram,), {"model": path.name})()
         root = path.parent
-        model_files = [path.name, *external_data_files(path)]
-        files = {f: file_sha256(root / f) for f in model_files}
+        members: list[str] | None = [path.name, *external_data_files(path)]
         name = path.stem
         source = path
     else:
         root = path
         program = _import_program(root, program_file) if (root / program_file).is_file() else ModelProgram()
-        files = tree_files(root)
+        members = None
         name = getattr(program, "name", None) or root.name
         source = root if program_file == PROGRAM_FILE else root / program_file
     _check_declarations(program, root, program_file)
     merged = {**{k: list(v) for k, v in (program.shapes or {}).items()}, **(shapes or {})}
     return LoadedProgram(root=root, program=program, model_path=(root / program.model).resolve(),
-                         name=_NAME_RE.sub("-", name).strip("-") or "model", shapes=merged, files=files,
+                         name=_NAME_RE.sub("-", name).strip("-") or "model", shapes=merged, members=members,
                          source=source, program_file=program_file)
 
 

@@ -25,12 +25,22 @@ def compute_metrics(metrics, outputs, reference, labels, where: str) -> dict[str
     return values
 
 
+def _feed_arrays(fds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Feeds as flat npz entries (feed{i}/{input}, meta/feeds)."""
+    arrays = {f"feed{i}/{n}": a for i, f in enumerate(fds) for n, a in f.items()}
+    arrays["meta/feeds"] = np.array(len(fds))
+    return arrays
+
+
+def _read_feeds(data) -> list[dict[str, np.ndarray]]:
+    names = [k[len("feed0/"):] for k in data.files if k.startswith("feed0/")]
+    return [{n: data[f"feed{i}/{n}"] for n in names} for i in range(int(data["meta/feeds"]))]
+
+
 def load_eval(path: str) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray], np.ndarray | None, bool]:
     """(feeds, reference outputs, labels, batched) as saved by the reference task."""
     with np.load(path, allow_pickle=False) as data:
-        n_feeds = int(data["meta/feeds"])
-        names = [k[len("feed0/"):] for k in data.files if k.startswith("feed0/")]
-        fds = [{n: data[f"feed{i}/{n}"] for n in names} for i in range(n_feeds)]
+        fds = _read_feeds(data)
         ref = {k[len("ref/"):]: data[k] for k in data.files if k.startswith("ref/")}
         labels = data["labels"] if "labels" in data.files else None
         return fds, ref, labels, bool(data["meta/batched"])
@@ -71,8 +81,7 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False) ->
         if calib is not None:
             cal_feeds = feeds(calib, checked.inputs)
             calibration_path = str(checked.work_dir / "calibration.npz")
-            np.savez(calibration_path, **{f"feed{i}/{n}": a for i, f in enumerate(cal_feeds) for n, a in f.items()},
-                     **{"meta/feeds": np.array(len(cal_feeds))})
+            np.savez(calibration_path, **_feed_arrays(cal_feeds))
         logger.info("calibration data: %s", calibration_source)
     fds = feeds(samples, checked.inputs)
     first = checked.inputs[0]
@@ -82,11 +91,11 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False) ->
     metrics = compute_metrics(prog.program.get_metrics(), outputs, outputs, samples.labels,
                               where=os.path.join(checked.root, "program.py"))
     path = checked.work_dir / "eval.npz"
-    arrays = {f"feed{i}/{n}": a for i, f in enumerate(fds) for n, a in f.items()}
+    arrays = _feed_arrays(fds)
     arrays.update({f"ref/{n}": a for n, a in outputs.items()})
     if samples.labels is not None:
         arrays["labels"] = samples.labels
-    np.savez(path, **arrays, **{"meta/feeds": np.array(len(fds)), "meta/batched": np.array(batched)})
+    np.savez(path, **arrays, **{"meta/batched": np.array(batched)})
     logger.info("reference (onnxruntime) on %d samples in %d feeds: %s", samples.count, len(fds),
                 {k: round(v, 6) for k, v in metrics.items()})
     return ReferenceData(path=str(path), samples=samples.count, feeds=len(fds), metrics=metrics,
@@ -95,6 +104,4 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False) ->
 
 def load_calibration(path: str) -> list[dict[str, np.ndarray]]:
     with np.load(path, allow_pickle=False) as data:
-        n = int(data["meta/feeds"])
-        names = [k[len("feed0/"):] for k in data.files if k.startswith("feed0/")]
-        return [{name: data[f"feed{i}/{name}"] for name in names} for i in range(n)]
+        return _read_feeds(data)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from kiln.datasets import check_index_ranges, synthetic
+from kiln.datasets import Samples, check_index_ranges, synthetic
 from kiln.errors import DatasetError, ModelError, ProgramError
 from kiln.loader import LoadedProgram, load_program
 from kiln.onnx_inspect import index_guards, input_specs, load_model, output_specs, unsupported_ops
 from kiln.prepare import fix_input_shapes, infer_shapes
-from kiln.datasets import Samples
 from tasks.models import CheckedProgram
 
 
