@@ -18,11 +18,15 @@ from kiln.manifest import Manifest
 from tasks.build_ort import build_ort
 from tasks.compile import compile_tvm
 from tasks.evaluate import baseline, evaluate
+from tasks.image import check_image
+from tasks.image import image as build_image
 from tasks.prepare import prepare
 from tasks.publish import publish
 from tasks.reference import reference
 from tasks.report import report_candidates, report_result
 from tasks.select import select
+from tasks.upload import check_upload
+from tasks.upload import upload as upload_artifact
 from tasks.validate import validate
 
 CANDIDATES = ("onnxruntime", "tvm")
@@ -42,6 +46,8 @@ def optimize(
     threads: int | None = None,
     store: str | None = None,
     latency_repeats: int = 200,
+    upload: str | None = None,
+    image: str | None = None,
 ) -> dict:
     """Optimize a model program and publish the fastest candidate that stays inside every metric range.
 
@@ -57,6 +63,8 @@ def optimize(
         threads: threads for every backend while measuring (default: all cores).
         store: artifact store folder (default: KILN_STORE or ~/.kiln/store).
         latency_repeats: timed calls per candidate.
+        upload: s3://BUCKET/PREFIX to upload the artifact to (KILN_S3_* settings on the worker).
+        image: REGISTRY/NAME[:TAG] to build the model's runtime image as and push to (DOCKER_HOST on the worker).
     """
     chosen = list(candidates or DEFAULT_CANDIDATES)
     known = [*CANDIDATES, *registry.names()]
@@ -65,6 +73,10 @@ def optimize(
         raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {known}")
     ort_variants = [c for c in chosen if c in registry.REGISTRY]
     threads = threads or os.cpu_count() or 1
+    if upload:  # fail in seconds, not after hours of tuning, when the destination cannot take the result
+        check_upload(upload)
+    if image:
+        check_image(image)
     checked = validate(program, shapes, chosen)
     prepared = prepare(checked)
     ref = reference(checked, threads, any(registry.get(c).needs_calibration for c in ort_variants))
@@ -88,4 +100,9 @@ def optimize(
     artifact = publish(checked, prepared, evaluation, selected, target, store, options)
     speedup = Manifest.read(Path(artifact)).speedup_vs_baseline
     report_result(checked.name, evaluation.candidates, selected.name, artifact, speedup)
-    return {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup}
+    result = {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup}
+    if upload:
+        result["upload"] = upload_artifact(artifact, upload)
+    if image:
+        result["image"] = build_image(artifact, image)["reference"]
+    return result

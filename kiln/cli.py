@@ -87,6 +87,8 @@ def optimize(
                                           "tvm, ort-fp32-basic, ort-int8-dynamic, ort-int8-static]"),
     threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
+    upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),
+    image: str | None = typer.Option(None, help="also build the model's image as REGISTRY/NAME[:TAG] and push it"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
 ) -> None:
     """Optimize PROGRAM and publish the fastest candidate inside every metric range."""
@@ -111,6 +113,7 @@ def optimize(
         if not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+        _check_destinations(upload, image)
         _check_prefect_api()
     except KilnError as exc:
         _fail(exc)
@@ -140,7 +143,7 @@ def optimize(
         with bars:
             result = optimize_flow(program=program, shapes=shapes or None, trials=trials,
                                    max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
-                                   threads=threads, store=str(store) if store else None)
+                                   threads=threads, store=str(store) if store else None, upload=upload, image=image)
     except KilnError as exc:
         _fail(exc)
     except Exception as exc:  # not the user's mistake: say so, keep the traceback for -v
@@ -160,6 +163,22 @@ def optimize(
     out.print(candidate_table(manifest))
     out.print(f"published [bold]{manifest.selected}[/] ({manifest.speedup_vs_baseline:.2f}x vs onnxruntime p50)")
     out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
+    for key in ("upload", "image"):
+        if result.get(key):
+            out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+
+
+def _check_destinations(upload: str | None, image: str | None) -> None:
+    """Syntax and settings only (cheap); the flow checks reachability itself before it tunes."""
+    if upload:
+        from kiln.objectstore import S3Settings, parse_uri
+
+        parse_uri(upload)
+        S3Settings.from_env()
+    if image:
+        from kiln.image import check_repository
+
+        check_repository(image)
 
 
 @app.command()
@@ -212,10 +231,14 @@ def serve(
     threads: int | None = typer.Option(None, min=1, help="threads per model instance [default: cores / workers]"),
     log_requests: bool = typer.Option(True, help="one JSON line per request on stderr"),
 ) -> None:
-    """Serve an artifact over gRPC: the program's protocol, the v2 tensor protocol, health, reflection."""
+    """Serve an artifact over gRPC: the program's protocol, the v2 tensor protocol, health, reflection.
+
+    ARTIFACT may be s3://BUCKET/PREFIX/NAME[/ID]: it is pulled into the local store and verified first."""
     from kiln.serving.server import serve as run_server
 
     try:
+        if artifact.startswith("s3://"):
+            artifact = str(_pull(artifact, None))
         run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads,
                    log_requests=log_requests)
     except KilnError as exc:
@@ -264,6 +287,78 @@ def _manifest_of(artifact: str):
     from kiln.store import resolve
 
     return Manifest.read(resolve(artifact))
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+
+def _pull(uri: str, store: Path | None) -> Path:
+    from kiln.objectstore import ObjectStore
+    from kiln.store import ArtifactStore
+
+    err.print(f"pulling {uri}", highlight=False, soft_wrap=True)
+    folder = ObjectStore(on_retry=_warn).pull_artifact(uri, ArtifactStore(store))
+    err.print(f"[green]verified[/] {folder}", highlight=False, soft_wrap=True)
+    return folder
+
+
+@app.command()
+def pull(
+    uri: str = typer.Argument(..., help="s3://BUCKET/PREFIX/NAME (newest) or s3://BUCKET/PREFIX/NAME/ID"),
+    store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+) -> None:
+    """Download an artifact from S3/MinIO into the local store, verifying every file's sha256."""
+    try:
+        print(_pull(uri, store))
+    except KilnError as exc:
+        _fail(exc)
+
+
+@app.command()
+def upload(
+    artifact: str = typer.Argument(..., help="artifact folder, or NAME[/ID] in the store"),
+    uri: str = typer.Argument(..., help="s3://BUCKET/PREFIX; the artifact goes to PREFIX/NAME/ID/"),
+) -> None:
+    """Upload an artifact to S3/MinIO (KILN_S3_* settings) and verify every object."""
+    from datetime import UTC, datetime
+
+    from kiln.objectstore import ObjectStore
+    from kiln.store import record, resolve
+
+    try:
+        folder = resolve(artifact)
+        remote = ObjectStore(on_retry=_warn).upload_artifact(folder, uri)
+        record(folder, "uploads", {"uri": remote, "at": datetime.now(UTC).isoformat()})
+        print(remote)
+    except KilnError as exc:
+        _fail(exc)
+
+
+@app.command()
+def image(
+    artifact: str = typer.Argument(..., help="artifact folder, or NAME[/ID] in the store"),
+    repository: str = typer.Argument(..., help="REGISTRY/NAME[:TAG], e.g. 127.0.0.1:5000/digits"),
+    push: bool = typer.Option(True, help="push to the registry (and record the digest)"),
+    base: str | None = typer.Option(None, help="base image [default: KILN_BASE_IMAGE or ubuntu:24.04]"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show the build's output"),
+) -> None:
+    """Build the model's runtime image from an artifact, push it, record its digest in the manifest."""
+    from kiln.image import build_model_image
+    from kiln.store import resolve
+
+    try:
+        with err.status("building") as status:
+            def log(message: str) -> None:
+                if verbose:
+                    err.print(escape(message), highlight=False, soft_wrap=True)
+                elif message.startswith(("Step ", "building", "pushed", "pulling", "downloading", "retry")):
+                    status.update(escape(message[:100]))
+
+            entry = build_model_image(resolve(artifact), repository, push=push, base=base, log=log)
+    except KilnError as exc:
+        _fail(exc)
+    print(entry.get("reference") or f"{entry['repository']}:{entry['tags'][0]}")
 
 
 @app.command("list")

@@ -67,3 +67,28 @@ class GateError(KilnError):
 
 class ArtifactError(KilnError):
     """An artifact is missing, incomplete, or its files do not match their recorded hashes."""
+
+
+
+class ServiceError(KilnError):
+    """A service kiln ships to (object storage, the Docker engine, a registry) refused or could not be reached.
+
+    `transient` says whether the same call could succeed later (connection refused, 5xx), so retries are spent
+    only where they can help; a wrong key or a missing bucket fails at once.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None, transient: bool = False):
+        super().__init__(message, where=where, hint=hint)
+        self.extra = transient
+
+    @property
+    def transient(self) -> bool:
+        return bool(getattr(self, "extra", False))
+
+
+class StorageError(ServiceError):
+    """S3/MinIO."""
+
+
+class ImageError(ServiceError):
+    """The Docker engine or the registry."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     id: str = ""
     name: str
+    version: int | None = None  # 1, 2, ... per name in the store that published it
     created_at: str
     model: ModelInfo
     program: dict[str, Any]
@@ -67,9 +69,15 @@ class Manifest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+    # where it was shipped: recorded after publishing; not part of the artifact's hash
+    uploads: list[dict[str, Any]] = Field(default_factory=list)
+    images: list[dict[str, Any]] = Field(default_factory=list)
 
     def write(self, folder: Path) -> None:
-        (folder / MANIFEST).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        """Atomically: a reader sees the old manifest or the new one, never a torn file."""
+        tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        os.replace(tmp, folder / MANIFEST)
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

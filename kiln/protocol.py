@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 from types import ModuleType
 
-from kiln.errors import ProgramError
+from kiln.errors import ArtifactError, ProgramError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "proto_templates"
 SERVICE_PROTO = "kiln_service.proto"
@@ -119,6 +119,9 @@ class Protocol:
 def load(folder: Path, info: dict) -> Protocol:
     """Import the generated modules of an artifact's protocol folder."""
     stem = V2_PROTO[: -len(".proto")]
+    if not (folder / f"{stem}_pb2.py").is_file():
+        raise ArtifactError("the artifact has no generated protocol code (protocol/)", where=str(folder.parent),
+                            hint="it was published by an older kiln: optimize the program again")
     v2, v2_grpc = _module(folder, f"{stem}_pb2"), _module(folder, f"{stem}_pb2_grpc")
     if not info.get("service"):
         return Protocol(v2, v2_grpc, None, None, None, None)

@@ -37,6 +37,7 @@ class ArtifactStore:
         manifest.files = {k: v for k, v in tree_files(staged).items() if k != MANIFEST}
         manifest.id = json_sha256({"files": manifest.files, "selected": manifest.selected})[:16]
         final = self.root / manifest.name / manifest.id
+        manifest.version = self.next_version(manifest.name)
         if final.exists():
             shutil.rmtree(staged, ignore_errors=True)
             return final
@@ -50,10 +51,22 @@ class ArtifactStore:
             shutil.rmtree(staged, ignore_errors=True)
         return final
 
+    def next_version(self, name: str) -> int:
+        known = [Manifest.read(p.parent).version or 0 for p in (self.root / name).glob(f"*/{MANIFEST}")]
+        return max([len(known), *known]) + 1
+
     def artifacts(self) -> list[Path]:
         if not self.root.is_dir():
             return []
         return sorted(p.parent for p in self.root.glob(f"*/*/{MANIFEST}") if not p.parts[-3].startswith("."))
+
+
+def record(folder: Path, field: str, entry: dict) -> Manifest:
+    """Append where an artifact was shipped (an upload, an image) to its manifest; its hash is unchanged."""
+    manifest = Manifest.read(folder)
+    getattr(manifest, field).append(entry)
+    manifest.write(folder)
+    return manifest
 
 
 def verify(folder: Path) -> tuple[Manifest, list[str]]:

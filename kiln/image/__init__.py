@@ -1,0 +1,92 @@
+"""Docker images of artifacts: the generic runtime (built once per kiln/wheel set) and one image per model.
+
+    record = build_model_image(artifact, "127.0.0.1:5000/digits")   # build, tag, push, record the digest
+
+The base defaults to the official `ubuntu:24.04`; set KILN_BASE_IMAGE (e.g. kiln/ubuntu:24.04 from
+`make base-image`) where Docker Hub is out of reach.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kiln.errors import ArtifactError
+from kiln.hashing import json_sha256
+from kiln.image import context, engine
+from kiln.image.engine import Log, check_repository, connect, split_reference
+from kiln.manifest import MANIFEST
+
+RUNTIME_REPOSITORY = "kiln/runtime"
+__all__ = ["build_model_image", "build_runtime_image", "check_repository", "default_base"]
+
+
+def default_base() -> str:
+    return os.environ.get("KILN_BASE_IMAGE", "ubuntu:24.04")
+
+
+def _cache() -> Path:
+    from kiln.loader import kiln_home
+
+    return kiln_home() / "cache" / "image"
+
+
+def build_runtime_image(client=None, base: str | None = None, log: Log = print) -> str:
+    """The generic runtime image's tag, building it only when kiln, its wheels or the base changed."""
+    from docker.errors import ImageNotFound
+
+    from kiln import __version__
+
+    client = client or connect()
+    base = base or default_base()
+    folder, digest = context.runtime_context(_cache(), log)
+    tag = f"{RUNTIME_REPOSITORY}:{__version__}-{json_sha256([digest, base])[:12]}"
+    try:
+        client.images.get(tag)
+        return tag
+    except ImageNotFound:
+        pass
+    engine.ensure_base(client, base, log)
+    log(f"building the runtime image {tag} from {base}")
+    engine.build(client, tag=tag, path=str(folder), buildargs={"BASE": base, "KILN_VERSION": __version__},
+                 labels={"kiln.runtime": digest, "kiln.base": base}, log=log)
+    client.images.get(tag).tag(RUNTIME_REPOSITORY, "latest")
+    return tag
+
+
+def build_model_image(artifact: Path, repository: str, *, push: bool = True, base: str | None = None,
+                      log: Log = print) -> dict:
+    """Build REPOSITORY's image of ARTIFACT, tag it (artifact id, vN, and the given tag or latest), push it
+    and record it in the artifact's manifest; returns that record (with the registry digest when pushed)."""
+    from kiln.store import record, verify
+
+    check_repository(repository)
+    manifest, problems = verify(artifact)
+    if problems:
+        raise ArtifactError(f"{len(problems)} file(s) do not match the manifest: {problems[:3]}", where=str(artifact),
+                            hint="an image is only built from an intact artifact; publish it again")
+    client = connect()
+    runtime = build_runtime_image(client, base, log)
+    repo, given_tag = split_reference(repository)
+    tags = list(dict.fromkeys([manifest.id, *([f"v{manifest.version}"] if manifest.version else []),
+                               given_tag or "latest"]))
+    log(f"building {repo}:{manifest.id} from {runtime}")
+    image_id = engine.build(
+        client, tag=f"{repo}:{manifest.id}", fileobj=context.model_context(artifact, [*manifest.files, MANIFEST]),
+        buildargs={"RUNTIME": runtime},
+        labels={"kiln.model": manifest.name, "kiln.artifact": manifest.id, "kiln.selected": manifest.selected,
+                "kiln.version": str(manifest.version or ""), "org.opencontainers.image.title": manifest.name},
+        log=log)
+    image = client.images.get(image_id)
+    for tag in tags[1:]:
+        image.tag(repo, tag)
+    entry = {"repository": repo, "tags": tags, "image_id": image_id, "runtime": runtime,
+             "built_at": datetime.now(UTC).isoformat()}
+    if push:
+        digests = {tag: engine.push(client, repo, tag, log) for tag in tags}
+        entry["digest"] = digests[manifest.id]
+        entry["reference"] = f"{repo}@{entry['digest']}"
+        log(f"pushed {entry['reference']}")
+    record(artifact, "images", entry)
+    return entry

@@ -1,0 +1,217 @@
+"""Artifacts in S3-compatible object storage (MinIO, S3, moto): upload, verify, pull.
+
+Layout: s3://BUCKET/PREFIX/NAME/ID/<artifact files>, manifest.json written last so a half-uploaded artifact is
+never taken for a whole one. Every object carries its sha256 in metadata; uploads are checked against it and
+downloads are checked against the manifest before the artifact enters the local store. Only transient errors
+(connection refused, timeouts, 5xx, SlowDown) are retried; a wrong key or a missing bucket fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from kiln.errors import StorageError
+from kiln.hashing import file_sha256, tree_files
+from kiln.manifest import MANIFEST, Manifest
+from kiln.retry import with_retries
+from kiln.store import ArtifactStore
+
+SHA_KEY = "sha256"  # stored as x-amz-meta-sha256
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
+T = TypeVar("T")
+
+
+class S3Settings(BaseModel):
+    endpoint: str
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str | None = None
+    secure: bool = True
+    part_size_mb: int = 16  # files larger than this go up in parts (S3's minimum part is 5 MiB)
+    attempts: int = 4
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = os.environ.get("KILN_S3_ENDPOINT", "").strip()
+        if not endpoint:
+            raise StorageError("no object storage configured (KILN_S3_ENDPOINT is not set)",
+                               hint="export KILN_S3_ENDPOINT=host:port, KILN_S3_ACCESS_KEY, KILN_S3_SECRET_KEY "
+                                    "(and KILN_S3_SECURE=false for plain http)")
+        endpoint = re.sub(r"^https?://", "", endpoint).rstrip("/")
+        secure = os.environ.get("KILN_S3_SECURE", "true").strip().lower()
+        if secure not in {"true", "false", "1", "0", "yes", "no"}:
+            raise StorageError(f"KILN_S3_SECURE must be true or false, not {secure!r}")
+        return cls(endpoint=endpoint, access_key=os.environ.get("KILN_S3_ACCESS_KEY"),
+                   secret_key=os.environ.get("KILN_S3_SECRET_KEY"), region=os.environ.get("KILN_S3_REGION") or None,
+                   secure=secure in {"true", "1", "yes"},
+                   part_size_mb=int(os.environ.get("KILN_S3_PART_MB", "16")))
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket[/prefix] -> (bucket, prefix without slashes at either end)."""
+    if not uri.startswith("s3://"):
+        raise StorageError("not an s3:// URI", where=uri, hint="write s3://BUCKET/PREFIX")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not _BUCKET.match(bucket):
+        raise StorageError(f"{bucket!r} is not a valid bucket name", where=uri,
+                           hint="3-63 lowercase letters, digits, dots and hyphens")
+    prefix = prefix.strip("/")
+    if any(part in {"", ".", ".."} for part in prefix.split("/")) and prefix:
+        raise StorageError("the prefix has an empty, '.' or '..' part", where=uri)
+    return bucket, prefix
+
+
+class ObjectStore:
+    """One S3 endpoint; every call is retried on transient failures with exponential backoff."""
+
+    def __init__(self, settings: S3Settings | None = None, on_retry: Callable[[str], None] | None = None):
+        import urllib3
+        from minio import Minio
+
+        self.settings = settings or S3Settings.from_env()
+        self.on_retry = on_retry
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=120), retries=False, maxsize=8)
+        self.client = Minio(self.settings.endpoint, access_key=self.settings.access_key,
+                            secret_key=self.settings.secret_key, secure=self.settings.secure,
+                            region=self.settings.region, http_client=http)
+
+    # --- errors -------------------------------------------------------------------------------------------
+    def _explain(self, exc: Exception, what: str, uri: str) -> StorageError:
+        from minio.error import InvalidResponseError, S3Error, ServerError
+
+        endpoint = f"{'https' if self.settings.secure else 'http'}://{self.settings.endpoint}"
+        if isinstance(exc, S3Error):
+            if exc.code in _AUTH_CODES:
+                return StorageError(f"{endpoint} refused the credentials while {what} ({exc.code})", where=uri,
+                                    hint="check KILN_S3_ACCESS_KEY / KILN_S3_SECRET_KEY and the key's permissions")
+            if exc.code == "NoSuchBucket":
+                return self._missing_bucket(exc.bucket_name or parse_uri(uri)[0], uri)
+            if exc.code in {"NoSuchKey", "NoSuchObject"}:
+                return StorageError(f"no such object while {what}", where=uri)
+            return StorageError(f"{endpoint} answered {exc.code} while {what}: {exc.message}", where=uri,
+                                transient=exc.code in _TRANSIENT_CODES)
+        if isinstance(exc, ServerError | InvalidResponseError):
+            status = getattr(exc, "status_code", None) or getattr(exc, "_code", None)
+            return StorageError(f"{endpoint} answered HTTP {status} while {what}", where=uri,
+                                transient=not status or int(status) >= 500 or int(status) == 429)
+        return StorageError(f"cannot reach {endpoint} while {what} ({type(exc).__name__})", where=uri,
+                            hint="is the S3/MinIO server running, and are KILN_S3_ENDPOINT / KILN_S3_SECURE right?",
+                            transient=True)
+
+    def _call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        return with_retries(fn, lambda exc: self._explain(exc, what, uri), attempts=self.settings.attempts,
+                            on_retry=self.on_retry)
+
+    def check(self, uri: str) -> None:
+        """The URI is valid, the server answers, the credentials are accepted, the bucket exists."""
+        bucket, _ = parse_uri(uri)
+        if not self._call("checking the bucket", uri, lambda: self.client.bucket_exists(bucket)):
+            raise self._missing_bucket(bucket, uri)
+
+    def _missing_bucket(self, bucket: str, uri: str) -> StorageError:
+        return StorageError(f"bucket {bucket!r} does not exist on {self.settings.endpoint}", where=uri,
+                            hint="create it first (e.g. `mc mb`), or fix the bucket in the URI")
+
+    # --- upload -------------------------------------------------------------------------------------------
+    def upload_artifact(self, folder: Path, uri: str, progress: Callable[[int, int], None] | None = None) -> str:
+        """Upload an artifact folder under URI/NAME/ID/ and verify every object; returns the artifact's URI.
+
+        The local folder is only read. The manifest goes up last, so readers never see a partial artifact.
+        """
+        manifest = Manifest.read(folder)
+        bucket, prefix = parse_uri(uri)
+        self.check(uri)
+        base = "/".join(p for p in (prefix, manifest.name, manifest.id) if p)
+        files = {**manifest.files, MANIFEST: file_sha256(folder / MANIFEST)}
+        order = [rel for rel in sorted(files) if rel != MANIFEST] + [MANIFEST]
+        part = max(5, self.settings.part_size_mb) * 1024 * 1024
+        for i, rel in enumerate(order):
+            key = f"{base}/{rel}"
+            target = f"s3://{bucket}/{key}"
+            self._call(f"uploading {rel}", target, lambda rel=rel, key=key: self.client.fput_object(
+                bucket_name=bucket, object_name=key, file_path=str(folder / rel), metadata={SHA_KEY: files[rel]},
+                part_size=part))
+            stat = self._call(f"verifying {rel}", target, lambda key=key: self.client.stat_object(bucket, key))
+            recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA_KEY}")
+            if recorded != files[rel] or stat.size != (folder / rel).stat().st_size:
+                raise StorageError(f"{rel} did not arrive intact (size {stat.size}, sha256 {recorded})", where=target,
+                                   transient=True)
+            if progress:
+                progress(i + 1, len(order))
+        return f"s3://{bucket}/{base}"
+
+    # --- download -----------------------------------------------------------------------------------------
+    def _artifact_base(self, bucket: str, prefix: str, uri: str) -> str:
+        """PREFIX itself if it holds a manifest, else the newest artifact below it (PREFIX = .../NAME)."""
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(bucket, f"{prefix}/{MANIFEST}" if prefix else MANIFEST)
+            return prefix
+        except S3Error as exc:
+            if exc.code not in {"NoSuchKey", "NoSuchObject"}:
+                raise
+        below = [o.object_name for o in self.client.list_objects(bucket, prefix=f"{prefix}/" if prefix else "",
+                                                                 recursive=True)
+                 if o.object_name.endswith(f"/{MANIFEST}")]
+        below = [name for name in below if name.count("/") == (prefix.count("/") + 2 if prefix else 1)]
+        if not below:
+            raise StorageError("no artifact here (no manifest.json at or one level below this prefix)", where=uri,
+                               hint="give s3://BUCKET/PREFIX/NAME or s3://BUCKET/PREFIX/NAME/ID as printed by upload")
+        newest = max(below, key=lambda name: Manifest.model_validate_json(
+            self.client.get_object(bucket, name).read()).created_at)
+        return newest.rsplit("/", 1)[0]
+
+    def pull_artifact(self, uri: str, store: ArtifactStore | None = None) -> Path:
+        """Download and verify an artifact into the local store (a no-op when it is already there, intact)."""
+        from kiln.store import verify
+
+        store = store or ArtifactStore()
+        bucket, prefix = parse_uri(uri)
+        self.check(uri)
+        base = self._call("finding the artifact", uri, lambda: self._artifact_base(bucket, prefix, uri))
+        manifest_raw = self._call("reading the manifest", f"s3://{bucket}/{base}/{MANIFEST}",
+                                  lambda: self.client.get_object(bucket, f"{base}/{MANIFEST}").read())
+        try:
+            manifest = Manifest.model_validate_json(manifest_raw)
+        except Exception as exc:
+            raise StorageError(f"manifest.json is unreadable: {str(exc).splitlines()[0]}",
+                               where=f"s3://{bucket}/{base}") from None
+        final = store.root / manifest.name / manifest.id
+        if final.is_dir() and not verify(final)[1]:
+            return final
+        staged = store.staging()
+        try:
+            for rel, sha in manifest.files.items():
+                if rel.startswith("/") or ".." in Path(rel).parts:
+                    raise StorageError(f"the manifest names an unsafe path {rel!r}", where=f"s3://{bucket}/{base}")
+                dest = staged / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self._call(f"downloading {rel}", f"s3://{bucket}/{base}/{rel}",
+                           lambda rel=rel, dest=dest: self.client.fget_object(bucket, f"{base}/{rel}", str(dest)))
+                if file_sha256(dest) != sha:
+                    raise StorageError(f"{rel} does not match the sha256 in its manifest",
+                                       where=f"s3://{bucket}/{base}/{rel}",
+                                       hint="the remote artifact is corrupt or was altered; upload it again")
+            extra = set(tree_files(staged)) - set(manifest.files)
+            if extra:
+                raise StorageError(f"unexpected files {sorted(extra)}", where=f"s3://{bucket}/{base}")
+            (staged / MANIFEST).write_bytes(manifest_raw)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # present but damaged: keep it aside rather than delete what a user stored
+                os.rename(final, final.with_name(f".damaged-{final.name}-{int(time.time())}"))
+            os.rename(staged, final)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return final

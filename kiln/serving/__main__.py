@@ -1,0 +1,34 @@
+"""`python -m kiln.serving ARTIFACT`: the runtime image's entry point (argparse, no CLI framework needed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kiln.errors import KilnError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kiln.serving", description="Serve a kiln artifact over gRPC.")
+    parser.add_argument("artifact", help="artifact folder (the image's is /models/current)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KILN_PORT", "8001")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("KILN_WORKERS", "1")))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--max-message-mb", type=float, default=16.0)
+    parser.add_argument("--no-log-requests", dest="log_requests", action="store_false")
+    args = parser.parse_args(argv)
+    from kiln.serving.server import serve
+
+    try:
+        serve(args.artifact, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+              max_message_mb=args.max_message_mb, log_requests=args.log_requests)
+    except KilnError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""upload: copy the published artifact to S3/MinIO and verify it there; the local artifact is only read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from kiln.objectstore import ObjectStore
+from kiln.store import record
+from tasks.retrying import transient_only
+
+
+@task(name="check-upload", retries=2, retry_delay_seconds=[2, 5], retry_condition_fn=transient_only)
+def check_upload(uri: str) -> None:
+    """Before hours of tuning: the URI parses, credentials are set, the bucket exists and accepts the key."""
+    ObjectStore(on_retry=get_run_logger().warning).check(uri)
+
+
+@task(name="upload", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=transient_only)
+def upload(artifact: str, uri: str) -> str:
+    logger = get_run_logger()
+    store = ObjectStore(on_retry=logger.warning)
+    remote = store.upload_artifact(Path(artifact), uri,
+                                   progress=lambda done, total: logger.info("uploaded %d/%d files", done, total))
+    record(Path(artifact), "uploads", {"uri": remote, "at": datetime.now(UTC).isoformat()})
+    logger.info("uploaded %s to %s (verified)", artifact, remote)
+    return remote
