@@ -1,13 +1,15 @@
 """Artifacts in S3-compatible object storage (MinIO, S3, moto): upload, verify, pull.
 
-Layout: s3://BUCKET/PREFIX/NAME/ID/<artifact files>, manifest.json written last so a half-uploaded artifact is
-never taken for a whole one. Every object carries its sha256 in metadata; uploads are checked against it and
-downloads are checked against the manifest before the artifact enters the local store. Only transient errors
-(connection refused, timeouts, 5xx, SlowDown) are retried; a wrong key or a missing bucket fails at once.
+Layout: s3://BUCKET/PREFIX/NAME/ID/<artifact files>; manifest.json goes up after them, so a half-uploaded
+artifact is never taken for a whole one, then PREFIX/NAME/LATEST (the id), so pulling NAME gets the newest
+complete one. Every object carries its sha256 in metadata; uploads are checked against it and downloads
+against the manifest before the artifact enters the local store. Only transient errors (connection refused,
+timeouts, 5xx, SlowDown) are retried; a wrong key or a missing bucket fails at once.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ from kiln.retry import with_retries
 from kiln.store import ArtifactStore
 
 SHA_KEY = "sha256"  # stored as x-amz-meta-sha256
+LATEST = "LATEST"  # PREFIX/NAME/LATEST holds the id of the newest artifact uploaded under NAME
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -148,11 +151,19 @@ class ObjectStore:
                                    transient=True)
             if progress:
                 progress(i + 1, len(order))
+        # last: NAME/LATEST names this artifact, so `pull s3://.../NAME` finds the newest complete upload
+        pointer = "/".join(p for p in (prefix, manifest.name, LATEST) if p)
+        data = manifest.id.encode()
+        self._call("updating LATEST", f"s3://{bucket}/{pointer}", lambda: self.client.put_object(
+            bucket, pointer, io.BytesIO(data), len(data), content_type="text/plain"))
         return f"s3://{bucket}/{base}"
 
     # --- download -----------------------------------------------------------------------------------------
     def _artifact_base(self, bucket: str, prefix: str, uri: str) -> str:
-        """PREFIX itself if it holds a manifest, else the newest artifact below it (PREFIX = .../NAME)."""
+        """PREFIX itself if it holds a manifest, else the artifact its LATEST pointer names (PREFIX = .../NAME).
+
+        A pointer rather than a listing: one small read, and listings by prefix are not signed alike everywhere
+        (moto with auth rejects them)."""
         from minio.error import S3Error
 
         try:
@@ -161,16 +172,17 @@ class ObjectStore:
         except S3Error as exc:
             if exc.code not in {"NoSuchKey", "NoSuchObject"}:
                 raise
-        below = [o.object_name for o in self.client.list_objects(bucket, prefix=f"{prefix}/" if prefix else "",
-                                                                 recursive=True)
-                 if o.object_name.endswith(f"/{MANIFEST}")]
-        below = [name for name in below if name.count("/") == (prefix.count("/") + 2 if prefix else 1)]
-        if not below:
-            raise StorageError("no artifact here (no manifest.json at or one level below this prefix)", where=uri,
-                               hint="give s3://BUCKET/PREFIX/NAME or s3://BUCKET/PREFIX/NAME/ID as printed by upload")
-        newest = max(below, key=lambda name: Manifest.model_validate_json(
-            self.client.get_object(bucket, name).read()).created_at)
-        return newest.rsplit("/", 1)[0]
+        try:
+            latest = self.client.get_object(bucket, f"{prefix}/{LATEST}" if prefix else LATEST).read().decode().strip()
+        except S3Error as exc:
+            if exc.code not in {"NoSuchKey", "NoSuchObject"}:
+                raise
+            raise StorageError("no artifact here (neither a manifest.json nor a LATEST pointer)", where=uri,
+                               hint="give s3://BUCKET/PREFIX/NAME or s3://BUCKET/PREFIX/NAME/ID as printed by upload"
+                               ) from None
+        if not re.fullmatch(r"[0-9a-f]{8,64}", latest):
+            raise StorageError(f"the LATEST pointer holds {latest[:40]!r}, not an artifact id", where=uri)
+        return f"{prefix}/{latest}" if prefix else latest
 
     def pull_artifact(self, uri: str, store: ArtifactStore | None = None) -> Path:
         """Download and verify an artifact into the local store (a no-op when it is already there, intact)."""

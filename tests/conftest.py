@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).parent))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services import free_port, start_dockerd, start_registry, start_s3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -110,10 +105,11 @@ def digits_artifact(digits_program, prefect_server, kiln_home, tmp_path_factory)
 class Served:
     """A `kiln serve` subprocess on a free loopback port."""
 
-    def __init__(self, artifact: Path, *args: str):
+    def __init__(self, artifact: Path | str, *args: str, env: dict[str, str] | None = None):
         self.log = tempfile_path()
         self.proc = subprocess.Popen([str(BIN / "kiln"), "serve", str(artifact), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True, cwd=ROOT)
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True, cwd=ROOT,
+                                     env=env)
         line = self.proc.stdout.readline()  # "serving NAME (BACKEND) on HOST:PORT" once SERVING
         if not line.startswith("serving"):
             self.proc.kill()
@@ -179,3 +175,41 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
                         backend="tvm", speedup_vs_baseline=1.0, versions=versions(), protocol=info.as_dict(),
                         guards=[IndexGuard(input="ids", low=-50, high=50, node="embed")])
     return store.publish(staged, manifest), model
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A private dockerd; its data root persists in ~/.cache so local reruns reuse base and runtime layers."""
+    engine = start_dockerd(Path(os.environ.get("KILN_TEST_DOCKER_ROOT", Path.home() / ".cache/kiln-tests/docker")))
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine) -> str:
+    """Ubuntu 24.04 made by `runtime_image/make_base.sh` (debootstrap): Docker Hub is out of reach here."""
+    tag = "kiln/ubuntu:24.04"
+    proc = subprocess.run([str(ROOT / "runtime_image" / "make_base.sh"), tag], capture_output=True, text=True,
+                          env={**os.environ, **docker_engine.env, "DOCKER": shutil.which("docker") or "docker"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tag
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    service = start_registry(tmp_path_factory.mktemp("registry"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    service = start_s3(tmp_path_factory.mktemp("s3"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def ship_env(kiln_env, docker_engine, base_image, s3) -> dict[str, str]:
+    """kiln_env plus a Docker engine, the base image and S3 credentials, as a user's shell would have them."""
+    return {**kiln_env, **docker_engine.env, **s3.env, "KILN_BASE_IMAGE": base_image}

@@ -1,0 +1,130 @@
+"""Real outside services for the shipping tests: dockerd, Debian's docker-registry, moto's S3 server with auth.
+
+Each `start_*` returns a handle whose `stop()` ends exactly what it started. Missing binaries fail loudly with
+the command that installs them (`make system-deps`): a skipped test would hide a missing part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if not path:
+        raise RuntimeError(f"{binary} is not installed: run `make system-deps` (Debian package {package})")
+    return path
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:] if log else ''}")
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up in {timeout} s: {log.read_text()[-2000:] if log else ''}")
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    address: str = ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_dockerd(data_root: Path) -> Service:
+    """A private dockerd (no bridge, no iptables: builds and containers use the host network)."""
+    dockerd = need("dockerd", "docker.io")
+    run = Path(tempfile.mkdtemp(prefix="kd-", dir="/tmp"))  # short: unix socket paths are limited to 108 bytes
+    data_root.mkdir(parents=True, exist_ok=True)
+    log = run / "dockerd.log"
+    sock = f"unix://{run}/docker.sock"
+    proc = subprocess.Popen([dockerd, "--data-root", str(data_root), "--exec-root", str(run / "exec"),
+                             "--pidfile", str(run / "docker.pid"), "-H", sock, "--bridge=none", "--iptables=false",
+                             "--ip-masq=false"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    env = {"DOCKER_HOST": sock}
+
+    def ping() -> bool:
+        import docker
+
+        return docker.DockerClient(base_url=sock).ping()
+
+    wait_until(ping, 60, "dockerd", proc, log)
+    return Service(proc, log, env, sock)
+
+
+def start_registry(root: Path, port: int | None = None) -> Service:
+    """Debian's docker-registry (distribution 2.8) with a filesystem root on 127.0.0.1."""
+    binary = need("docker-registry", "docker-registry")
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+                      f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    log = root / "registry.log"
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(f"http://{address}/v2/", timeout=2).status_code == 200, 30, "registry", proc, log)
+    return Service(proc, log, {}, address)
+
+
+def start_s3(root: Path, buckets: tuple[str, ...] = ("models",), port: int | None = None) -> Service:
+    """moto's S3 server with signatures enforced: an IAM user and key are created with the first 3
+    unauthenticated calls (FACTS.md), every later call must be signed with that key."""
+    import boto3
+
+    binary = need("moto_server", "moto[server] (pip, dev extra)")
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "moto.log"
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+    endpoint = f"127.0.0.1:{port}"
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, 30, "moto_server",
+               proc, log)
+    anon = dict(endpoint_url=f"http://{endpoint}", region_name="us-east-1", aws_access_key_id="setup",
+                aws_secret_access_key="setup")
+    iam = boto3.client("iam", **anon)
+    iam.create_user(UserName="kiln")
+    iam.put_user_policy(UserName="kiln", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="kiln")["AccessKey"]
+    env = {"KILN_S3_ENDPOINT": endpoint, "KILN_S3_ACCESS_KEY": key["AccessKeyId"],
+           "KILN_S3_SECRET_KEY": key["SecretAccessKey"], "KILN_S3_SECURE": "false", "KILN_S3_REGION": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1",
+                      aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    for bucket in buckets:
+        s3.create_bucket(Bucket=bucket)
+    return Service(proc, log, env, endpoint)
