@@ -87,8 +87,13 @@ def verify(folder: Path) -> tuple[Manifest, list[str]]:
 def resolve(ref: str | Path, store: ArtifactStore | None = None) -> Path:
     """An artifact folder from a path, or NAME[/ID] in the store (the newest version of NAME)."""
     path = Path(ref).expanduser()
-    if (path / MANIFEST).is_file():
-        return path.resolve()
+    try:
+        if (path / MANIFEST).is_file():
+            return path.resolve()
+    except PermissionError:
+        raise ArtifactError(f"cannot read {MANIFEST} (permission denied for uid {os.getuid()})", where=str(path),
+                            hint="make the artifact readable by this user (a mounted folder: chmod -R a+rX it)"
+                            ) from None
     store = store or ArtifactStore()
     candidates = [p for p in store.artifacts() if p.parent.name == str(ref) or
                   f"{p.parent.name}/{p.name}" == str(ref) or p.name == str(ref)]

@@ -209,7 +209,12 @@ def s3(tmp_path_factory):
     service.stop()
 
 
+@pytest.fixture(scope="session")
+def shipping(docker_engine, base_image, s3) -> dict[str, str]:
+    """A Docker engine, the base image and S3 credentials, as a user's shell would have them."""
+    return {**docker_engine.env, **s3.env, "KILN_BASE_IMAGE": base_image}
+
+
 @pytest.fixture
-def ship_env(kiln_env, docker_engine, base_image, s3) -> dict[str, str]:
-    """kiln_env plus a Docker engine, the base image and S3 credentials, as a user's shell would have them."""
-    return {**kiln_env, **docker_engine.env, **s3.env, "KILN_BASE_IMAGE": base_image}
+def ship_env(kiln_env, shipping) -> dict[str, str]:
+    return {**kiln_env, **shipping}

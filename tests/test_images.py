@@ -1,0 +1,148 @@
+"""Runtime images through a real dockerd and registry: build, push, pull back by digest, run, call."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port, run_kiln, store_snapshot
+from services import start_registry
+
+import kiln
+from kiln.client import connect
+from kiln.store import verify
+
+
+def wait_serving(container, timeout: float = 90) -> float:
+    """Seconds from now until the container's log says SERVING; fails with the log otherwise."""
+    start = time.time()
+    while time.time() - start < timeout:
+        container.reload()
+        if "serving " in container.logs().decode():
+            return time.time() - start
+        if container.status == "exited":
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"container did not start serving:\n{container.logs().decode()[-3000:]}")
+
+
+def check_predictions(address: str, artifact: Path, program: Path) -> None:
+    rows = np.load(program / "digits.npz")["x_test"][:10]
+    local = kiln.load(artifact)
+    with connect(address, artifact=artifact) as client:  # the generated client of the artifact's protocol
+        for row in rows:
+            reply = client.predict(pixels=row.tolist())
+            want = local.run({"pixels": row.reshape(1, 64)})["probabilities"][0]
+            np.testing.assert_allclose(reply.probabilities, want, rtol=1e-5, atol=1e-6)
+            assert reply.label == int(want.argmax())
+
+
+@pytest.fixture(scope="module")
+def pushed(digits_artifact, shipping, registry, kiln_home):
+    """`kiln image` on the digits artifact: builds the generic runtime image and the model's, pushes every tag."""
+    env = {**os.environ, **shipping, "KILN_HOME": str(kiln_home)}
+    proc = run_kiln(["image", str(digits_artifact), f"{registry.address}/digits"], env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip()
+
+
+def test_build_push_pull_by_digest_run_and_call(pushed, digits_artifact, digits_program, ship_env, registry):
+    manifest = json.loads((digits_artifact / "manifest.json").read_text())
+    entry = manifest["images"][-1]
+    assert pushed == entry["reference"] == f"{registry.address}/digits@{entry['digest']}"
+    assert entry["tags"][0] == manifest["id"] and f"v{manifest['version']}" in entry["tags"]
+    assert verify(digits_artifact)[1] == []  # recording the image left the artifact's files as they were
+    tags = httpx.get(f"http://{registry.address}/v2/digits/tags/list").json()["tags"]
+    assert set(entry["tags"]) <= set(tags)
+    head = httpx.head(f"http://{registry.address}/v2/digits/manifests/{manifest['id']}",
+                      headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert head.headers["Docker-Content-Digest"] == entry["digest"]
+
+    client = docker.DockerClient(base_url=ship_env["DOCKER_HOST"])
+    runtime = client.images.get(entry["runtime"])
+    assert runtime.attrs["Config"]["User"] == "kiln"
+    for tag in entry["tags"]:  # drop every local copy: the run below must come from the registry
+        client.images.remove(f"{registry.address}/digits:{tag}", force=True)
+    client.images.pull(f"{registry.address}/digits@{entry['digest']}")
+    image = client.images.get(f"{registry.address}/digits@{entry['digest']}")
+    assert image.labels["kiln.artifact"] == manifest["id"] and image.labels["kiln.model"] == "digits"
+
+    port = free_port()
+    container = client.containers.run(image.id, detach=True, network_mode="host", environment={"KILN_PORT": str(port)})
+    try:
+        wait_serving(container)
+        check_predictions(f"127.0.0.1:{port}", digits_artifact, digits_program)
+        no_compiler = container.exec_run(["python", "-c", "import tvm, os; print(os.listdir(os.path.dirname("
+                                          "tvm.__file__) + '/lib'))"], user="kiln")
+        assert no_compiler.exit_code == 0 and "libtvm_compiler" not in no_compiler.output.decode()
+        assert "libtvm_runtime.so" in no_compiler.output.decode()
+        deadline = time.time() + 60  # HEALTHCHECK runs grpc.health.v1 inside the container
+        while time.time() < deadline:
+            container.reload()
+            if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                break
+            time.sleep(1)
+        assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        container.stop(timeout=10)
+        logs = container.logs().decode()
+        container.remove()
+    assert '"event": "stopped"' in logs  # SIGTERM drained and stopped cleanly
+
+
+def test_generic_image_serves_a_mounted_artifact(pushed, digits_artifact, digits_program, ship_env, tmp_path):
+    client = docker.DockerClient(base_url=ship_env["DOCKER_HOST"])
+    runtime = json.loads((digits_artifact / "manifest.json").read_text())["images"][-1]["runtime"]
+    private = tmp_path / "artifact"  # pytest's folders are 0700 root: the image's user (uid 10001) cannot read
+    shutil.copytree(digits_artifact, private)
+    port = free_port()
+    mount = {str(private): {"bind": "/models/current", "mode": "ro"}}
+    container = client.containers.run(runtime, detach=True, network_mode="host", environment={"KILN_PORT": str(port)},
+                                      volumes=mount)
+    container.wait(timeout=60)
+    logs = container.logs().decode()
+    container.remove()
+    assert "permission denied for uid 10001" in logs and "chmod -R a+rX" in logs and "Traceback" not in logs
+
+    readable = Path(tempfile.mkdtemp(prefix="kiln-mount-"))
+    try:
+        shutil.copytree(digits_artifact, readable / "artifact")
+        for p in [readable, *readable.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        container = client.containers.run(runtime, detach=True, network_mode="host",
+                                          environment={"KILN_PORT": str(port)},
+                                          volumes={str(readable / "artifact"): {"bind": "/models/current", "mode": "ro"}})
+        try:
+            wait_serving(container)
+            check_predictions(f"127.0.0.1:{port}", digits_artifact, digits_program)
+        finally:
+            container.remove(force=True)
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
+
+
+def test_stopped_registry_and_missing_engine_are_clear(digits_artifact, ship_env, pushed, tmp_path):
+    registry = start_registry(tmp_path / "registry")
+    address = registry.address
+    registry.stop()
+    before = store_snapshot(digits_artifact)
+    proc = run_kiln(["image", str(digits_artifact), f"{address}/digits"], ship_env, timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"pushing {address}/digits" in proc.stderr and "after 3 attempts" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert store_snapshot(digits_artifact) == before  # no image recorded for a push that did not happen
+
+    gone = run_kiln(["image", str(digits_artifact), f"{address}/digits"],
+                    {**ship_env, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert gone.returncode == 2 and "no Docker engine is reachable" in gone.stderr and "DOCKER_HOST" in gone.stderr
+
+    bad = run_kiln(["image", str(digits_artifact), "Not A Reference"], ship_env)
+    assert bad.returncode == 2 and "is not a valid image reference" in bad.stderr
