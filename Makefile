@@ -6,9 +6,29 @@ STAMP := $(VENV)/.installed
 DEMO_TRIALS ?= 32
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean examples
+# Debian packages the suite starts for real: dockerd, the registry, debootstrap (base image), Chromium (web form)
+SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium
+SYSTEM_STAMP := $(VENV)/.system-deps
+
+.PHONY: setup system-deps base-image demo test bench lint clean examples
 
 setup: $(STAMP)
+
+# installs only what is missing (needs root, as in CI); a machine that has them all is left alone
+system-deps: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP):
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
+
+# the Ubuntu 24.04 base of the runtime image, made with debootstrap where Docker Hub is out of reach;
+# then: export KILN_BASE_IMAGE=kiln/ubuntu:24.04
+base-image: system-deps
+	runtime_image/make_base.sh kiln/ubuntu:24.04
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,13 +44,14 @@ examples: examples/digits/model.onnx
 demo: setup examples
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/kiln optimize examples/digits --trials $(DEMO_TRIALS)
 
-test: setup
+test: setup system-deps
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup examples
+bench: setup system-deps examples
 	$(BIN)/python benchmarks/compile_vs_ort.py
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/images.py
 
 lint: setup
 	$(BIN)/ruff check kiln tasks flows tests benchmarks examples

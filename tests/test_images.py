@@ -117,9 +117,9 @@ def test_generic_image_serves_a_mounted_artifact(pushed, digits_artifact, digits
         shutil.copytree(digits_artifact, readable / "artifact")
         for p in [readable, *readable.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+        mount = {str(readable / "artifact"): {"bind": "/models/current", "mode": "ro"}}
         container = client.containers.run(runtime, detach=True, network_mode="host",
-                                          environment={"KILN_PORT": str(port)},
-                                          volumes={str(readable / "artifact"): {"bind": "/models/current", "mode": "ro"}})
+                                          environment={"KILN_PORT": str(port)}, volumes=mount)
         try:
             wait_serving(container)
             check_predictions(f"127.0.0.1:{port}", digits_artifact, digits_program)

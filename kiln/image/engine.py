@@ -72,12 +72,13 @@ def ensure_base(client, base: str, log: Log) -> None:
 
 
 def build(client, *, tag: str, log: Log, path: str | None = None, fileobj: Any = None,
-          buildargs: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> str:
+          buildargs: dict[str, str] | None = None, labels: dict[str, str] | None = None, nocache: bool = False
+          ) -> str:
     """Build and tag; streams the build's output to `log`; returns the image id."""
     from docker.errors import APIError
 
     kwargs = dict(tag=tag, rm=True, forcerm=True, decode=True, buildargs=buildargs or {}, labels=labels or {},
-                  network_mode="host")
+                  network_mode="host", nocache=nocache)
     if fileobj is not None:
         kwargs.update(fileobj=fileobj, custom_context=True)
     else:
