@@ -17,7 +17,8 @@ from kiln.errors import GateError, KilnError
 from kiln.manifest import Manifest
 from tasks.build_ort import build_ort
 from tasks.compile import compile_tvm
-from tasks.evaluate import baseline, evaluate
+from tasks.evaluate import INCUMBENT, baseline, evaluate
+from tasks.evaluate import incumbent as incumbent_candidate
 from tasks.image import check_image
 from tasks.image import image as build_image
 from tasks.prepare import prepare
@@ -48,6 +49,9 @@ def optimize(
     latency_repeats: int = 200,
     upload: str | None = None,
     image: str | None = None,
+    incumbent: str | None = None,
+    min_gain: float = 0.02,
+    name: str | None = None,
 ) -> dict:
     """Optimize a model program and publish the fastest candidate that stays inside every metric range.
 
@@ -65,6 +69,10 @@ def optimize(
         latency_repeats: timed calls per candidate.
         upload: s3://BUCKET/PREFIX to upload the artifact to (KILN_S3_* settings on the worker).
         image: REGISTRY/NAME[:TAG] to build the model's runtime image as and push to (DOCKER_HOST on the worker).
+        incumbent: the artifact now in service (set by reoptimize): TVM tuning continues from its database, it is
+            measured beside the new candidates, and a new version is published only if it is faster.
+        min_gain: how much faster (a fraction) a new candidate must be than the incumbent to replace it.
+        name: the model's name in the store (default: the program's `name`, else its folder or file name).
     """
     chosen = list(candidates or DEFAULT_CANDIDATES)
     known = [*CANDIDATES, *registry.names()]
@@ -77,30 +85,35 @@ def optimize(
         check_upload(upload)
     if image:
         check_image(image)
-    checked = validate(program, shapes, chosen)
+    checked = validate(program, shapes, chosen, name)
     prepared = prepare(checked)
     ref = reference(checked, threads, any(registry.get(c).needs_calibration for c in ort_variants))
-    built = [baseline(checked)]
+    built = [baseline(checked)] + ([incumbent_candidate(incumbent)] if incumbent else [])
     if ort_variants:
         built.extend(build_ort(checked, prepared, ref, ort_variants))
     if "tvm" in chosen:
-        state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, return_state=True)
+        saved_db = str(Path(incumbent) / "tuning") if incumbent else None
+        state = compile_tvm(checked, prepared, target, trials, max_trials_per_task, saved_db, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", trials, trials, "cached build, no tuning")
         built.append(state.result())
     evaluation = evaluate(checked, ref, built, threads, latency_repeats)
     report_candidates(checked.name, evaluation.candidates)
     try:
-        selected = select(evaluation)
+        selected = select(evaluation, INCUMBENT if incumbent else None, min_gain)
     except GateError as exc:
         report_result(checked.name, evaluation.candidates, None, None, None, exc.message)
         raise
+    if selected.name == INCUMBENT:
+        message = f"the current version is still the fastest inside every range: kept {incumbent}"
+        report_result(checked.name, evaluation.candidates, INCUMBENT, None, None, message)
+        return {"artifact": incumbent, "selected": INCUMBENT, "published": False}
     options = {"trials": trials, "max_trials_per_task": max_trials_per_task, "threads": threads,
                "candidates": chosen, "latency_repeats": latency_repeats}
     artifact = publish(checked, prepared, evaluation, selected, target, store, options)
     speedup = Manifest.read(Path(artifact)).speedup_vs_baseline
     report_result(checked.name, evaluation.candidates, selected.name, artifact, speedup)
-    result = {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup}
+    result = {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup, "published": True}
     if upload:
         result["upload"] = upload_artifact(artifact, upload)
     if image:

@@ -94,11 +94,7 @@ def optimize(
     """Optimize PROGRAM and publish the fastest candidate inside every metric range."""
     from kiln.loader import parse_shapes
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # a loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary server
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    if os.environ.get("PREFECT_HOME"):  # Prefect creates its home without parents and fails obscurely
-        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    _prepare_prefect()
     try:
         shapes = parse_shapes(shape)
         if target not in ("llvm", "cuda"):
@@ -110,7 +106,7 @@ def optimize(
         unknown = sorted(set(chosen or []) - set(known))
         if unknown:
             raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {', '.join(known)}")
-        if not Path(program).expanduser().exists():
+        if not program.startswith(("s3://", "file://")) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
         _check_destinations(upload, image)
@@ -166,6 +162,48 @@ def optimize(
     for key in ("upload", "image"):
         if result.get(key):
             out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def reoptimize(
+    extra_trials: int = typer.Option(64, min=0, help="trials to add to each model's TVM search"),
+    model: list[str] = typer.Option([], "--model", help="only this model (repeatable) [default: every model]"),
+    store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+    min_gain: float = typer.Option(0.02, min=0.0, max=0.9, help="how much faster a new version must be (fraction)"),
+    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
+) -> None:
+    """Continue tuning stored models; publish a new version only where it is faster than the current one."""
+    _prepare_prefect()
+    try:
+        if target not in ("llvm", "cuda"):
+            raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
+        _check_prefect_api()
+    except KilnError as exc:
+        _fail(exc)
+    from flows.reoptimize import reoptimize as reoptimize_flow
+
+    _quiet_prefect(verbose)
+    try:
+        with err.status(f"re-optimizing ({extra_trials} more trials per model)"):
+            outcomes = reoptimize_flow(extra_trials=extra_trials, models=model or None,
+                                       store=str(store) if store else None, target=target, min_gain=min_gain)
+    except KilnError as exc:
+        _fail(exc)
+    table = Table(title="re-optimization")
+    table.add_column("model")
+    table.add_column("outcome")
+    for o in outcomes:
+        table.add_row(o["model"], o["outcome"])
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def _prepare_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if os.environ.get("PREFECT_HOME"):  # Prefect creates its home without parents and fails obscurely
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def _check_destinations(upload: str | None, image: str | None) -> None:
@@ -369,7 +407,7 @@ def list_artifacts(store: Path | None = typer.Option(None, help="artifact store 
 
     st = ArtifactStore(store)
     table = Table(title=f"artifacts in {st.root}")
-    for col in ("name", "id", "created", "selected", "speed-up", "p50 ms"):
+    for col in ("name", "version", "id", "created", "selected", "speed-up", "p50 ms"):
         table.add_column(col)
     manifests = []
     for folder in st.artifacts():
@@ -380,7 +418,8 @@ def list_artifacts(store: Path | None = typer.Option(None, help="artifact store 
     for m in sorted(manifests, key=lambda m: m.created_at, reverse=True):
         sel = next((c for c in m.candidates if c.name == m.selected), None)
         p50 = f"{sel.latency_ms.p50:.4g}" if sel and sel.latency_ms else "-"
-        table.add_row(m.name, m.id, m.created_at[:19], m.selected, f"{m.speedup_vs_baseline:.2f}x", p50)
+        table.add_row(m.name, f"v{m.version}" if m.version else "-", m.id, m.created_at[:19], m.selected,
+                      f"{m.speedup_vs_baseline:.2f}x", p50)
     Console(width=max(Console().width, 120)).print(table)
 
 

@@ -68,6 +68,27 @@ def parse_shapes(items: list[str] | None) -> dict[str, list[int]]:
     return out
 
 
+def clean_name(name: str) -> str:
+    """A model name safe as a folder, an S3 key part and an image name: letters, digits, '.', '_', '-'."""
+    return _NAME_RE.sub("-", name).strip("-.") or "model"
+
+
+def localize(location: str) -> str:
+    """A program location as a local path: file:// is a path; s3:// is fetched into KILN_HOME/programs/s3."""
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(location)
+        if parsed.netloc not in ("", "localhost"):
+            raise ProgramError("file:// URIs must name a local path (file:///path)", where=location)
+        return unquote(parsed.path)
+    if location.startswith("s3://"):
+        from kiln.objectstore import ObjectStore
+
+        return str(ObjectStore().fetch_program(location, kiln_home() / "programs" / "s3"))
+    return location
+
+
 def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | None = None) -> LoadedProgram:
     """Resolve `location` to a LoadedProgram; raise ProgramError with file:line on any mistake."""
     path = Path(location).expanduser()
@@ -98,7 +119,7 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
     _check_declarations(program, root, program_file)
     merged = {**{k: list(v) for k, v in (program.shapes or {}).items()}, **(shapes or {})}
     return LoadedProgram(root=root, program=program, model_path=(root / program.model).resolve(),
-                         name=_NAME_RE.sub("-", name).strip("-") or "model", shapes=merged, members=members,
+                         name=clean_name(name), shapes=merged, members=members,
                          source=source, program_file=program_file)
 
 

@@ -22,6 +22,18 @@ def baseline(checked: CheckedProgram) -> BuiltCandidate:
                           settings={"optimization": "all"})
 
 
+INCUMBENT = "current"
+
+
+def incumbent(artifact: str) -> BuiltCandidate:
+    """The version in service, measured again beside the challengers (same process, data and threads)."""
+    from kiln.manifest import Manifest
+
+    manifest = Manifest.read(Path(artifact))
+    return BuiltCandidate(name=INCUMBENT, backend=manifest.backend, path=str(Path(artifact) / manifest.model.path),
+                          settings={**manifest.settings, "version": manifest.version, "artifact": manifest.id})
+
+
 @task(name="evaluate")
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
              latency_repeats: int = 200, latency_seconds: float = 5.0) -> Evaluation:
@@ -40,12 +52,14 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
                                            build_seconds=cand.build_seconds))
             continue
         settings = {"threads": threads, **cand.settings}  # a candidate may choose its own thread count
-        runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs,
-                             threads=settings["threads"], settings=settings)
+        runner = None
         try:
+            runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs,
+                                 threads=settings["threads"], settings=settings)
             outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batched)
-        except Exception as exc:  # a candidate that cannot run is reported, never fatal
-            runner.close()
+        except Exception as exc:  # a candidate that cannot load or run is reported, never fatal
+            if runner:
+                runner.close()
             if cand.name == "onnxruntime":
                 raise
             logger.warning("%s failed to run: %s", cand.name, exc)

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from kiln.datasets import Samples, check_index_ranges, synthetic
 from kiln.errors import DatasetError, ModelError, ProgramError
-from kiln.loader import LoadedProgram, load_program
+from kiln.loader import LoadedProgram, clean_name, load_program, localize
 from kiln.onnx_inspect import index_guards, input_specs, load_model, output_specs, unsupported_ops
 from kiln.prepare import fix_input_shapes, infer_shapes
 from tasks.models import CheckedProgram
@@ -23,10 +23,10 @@ def load_samples(prog: LoadedProgram, inputs, guards) -> Samples:
 
 @task(name="validate")
 def validate(location: str, shapes: dict[str, list[int]] | None = None,
-             candidates: list[str] | None = None) -> CheckedProgram:
+             candidates: list[str] | None = None, name: str | None = None) -> CheckedProgram:
     """Load the program and model and check them against each other; raise a KilnError on any mistake."""
     logger = get_run_logger()
-    prog = load_program(location, shapes)
+    prog = load_program(localize(location), shapes)
     where = str(prog.model_path)
     model = load_model(prog.model_path)
     inputs = input_specs(model, prog.shapes, where)
@@ -68,8 +68,8 @@ def validate(location: str, shapes: dict[str, list[int]] | None = None,
     if guards:
         logger.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in guards])
     return CheckedProgram(
-        location=str(location), source=str(prog.source), root=str(prog.root), name=prog.name,
-        model_path=str(prog.model_path),
+        location=str(location), source=str(prog.source), root=str(prog.root),
+        name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)

@@ -1,0 +1,126 @@
+"""The scheduled `reoptimize` flow: every model in the store gets more tuning, and a new version ships only
+when it is faster than the one in service and inside every range.
+
+For each model's newest version it runs `optimize` (as a subflow, visible in the UI) on the program saved in
+the artifact, with the artifact as the incumbent: the TVM search continues from its tuning database, the
+incumbent is measured again beside the new candidates on the same data, and nothing is published unless a
+candidate beats it by `min_gain`. A model whose program or data vanished is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from kiln.errors import KilnError
+from kiln.manifest import Manifest
+from kiln.store import ArtifactStore
+from flows.optimize import optimize
+
+
+def program_location(artifact: Path, manifest: Manifest) -> tuple[str | None, str | None]:
+    """(where the artifact's saved program is, why it cannot be used)."""
+    folder = artifact / "program"
+    if not folder.is_dir():
+        return None, f"its program folder {folder} is gone"
+    file = manifest.program.get("file") or "program.py"
+    if (folder / file).is_file():
+        return str(folder / file if file != "program.py" else folder), None
+    models = sorted(folder.glob("*.onnx"))
+    if len(models) == 1 and not any(folder.glob("*.py")):  # a bare .onnx was the program
+        return str(models[0]), None
+    return None, f"neither {file} nor a single .onnx model is in {folder}"
+
+
+def newest_versions(store: ArtifactStore, names: list[str] | None) -> dict[str, tuple[Path, Manifest]]:
+    out: dict[str, tuple[Path, Manifest]] = {}
+    for folder in store.artifacts():
+        try:
+            manifest = Manifest.read(folder)
+        except KilnError:
+            continue
+        if names and manifest.name not in names:
+            continue
+        known = out.get(manifest.name)
+        if not known or (manifest.version or 0, manifest.created_at) > (known[1].version or 0, known[1].created_at):
+            out[manifest.name] = (folder, manifest)
+    return out
+
+
+def history_markdown(store: ArtifactStore, outcomes: list[dict]) -> str:
+    """Every version of every model, oldest first: the speed-up growing over time is the point."""
+    lines = ["# Model versions", "", "| model | version | created | selected | p50 ms | vs onnxruntime |",
+             "|---|---|---|---|---|---|"]
+    rows = []
+    for folder in store.artifacts():
+        try:
+            m = Manifest.read(folder)
+        except KilnError:
+            continue
+        sel = next((c for c in m.candidates if c.name == m.selected), None)
+        p50 = f"{sel.latency_ms.p50:.4g}" if sel and sel.latency_ms else "-"
+        rows.append((m.name, m.version or 0, m.created_at[:19], m.selected, p50, f"{m.speedup_vs_baseline:.2f}x"))
+    lines += [f"| {' | '.join(str(v) for v in row)} |" for row in sorted(rows)]
+    lines += ["", "## This run", "", "| model | outcome |", "|---|---|"]
+    lines += [f"| {o['model']} | {o['outcome']} |" for o in outcomes]
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="reoptimize", log_prints=True)
+def reoptimize(
+    extra_trials: int = 64,
+    models: list[str] | None = None,
+    store: str | None = None,
+    target: Literal["llvm", "cuda"] = "llvm",
+    min_gain: float = 0.02,
+    latency_repeats: int = 200,
+) -> list[dict]:
+    """Continue tuning every stored model and publish a new version only where it is faster.
+
+    Args:
+        extra_trials: MetaSchedule trials to add to each model's search (its saved database is kept).
+        models: model names to re-optimize (default: every model in the store).
+        store: artifact store folder (default: KILN_STORE or ~/.kiln/store on the worker).
+        target: llvm (this CPU) or cuda.
+        min_gain: how much faster (a fraction, measured in the same run) a new version must be.
+        latency_repeats: timed calls per candidate.
+    """
+    logger = get_run_logger()
+    st = ArtifactStore(store)
+    outcomes = []
+    found = newest_versions(st, models)
+    for name in sorted(set(models or []) - set(found)):
+        logger.warning("skipping %s: no such model in the store %s", name, st.root)
+        outcomes.append({"model": name, "outcome": "skipped: not in the store"})
+    for name, (folder, manifest) in sorted(found.items()):
+        location, problem = program_location(folder, manifest)
+        if problem:
+            logger.warning("skipping %s v%s: %s", name, manifest.version, problem)
+            outcomes.append({"model": name, "outcome": f"skipped: {problem}"})
+            continue
+        options = manifest.options
+        try:
+            result = optimize(program=location, shapes=manifest.program.get("shapes") or None, trials=extra_trials,
+                              max_trials_per_task=options.get("max_trials_per_task"), target=target,
+                              candidates=options.get("candidates"), threads=options.get("threads"), store=store,
+                              latency_repeats=latency_repeats, incumbent=str(folder), min_gain=min_gain, name=name)
+        except KilnError as exc:  # the program or its data no longer load, or nothing passes its ranges
+            logger.warning("skipping %s v%s: %s", name, manifest.version, exc.render())
+            where = f"{exc.where}: " if exc.where else ""
+            outcomes.append({"model": name, "outcome": f"skipped: {where}{exc.message}"})
+            continue
+        if result.get("published"):
+            new = Manifest.read(Path(result["artifact"]))
+            outcomes.append({"model": name, "outcome": f"v{new.version} published ({new.selected}, "
+                                                       f"{new.speedup_vs_baseline:.2f}x vs onnxruntime)",
+                             "artifact": result["artifact"]})
+        else:
+            outcomes.append({"model": name, "outcome": f"v{manifest.version} kept: still the fastest",
+                             "artifact": str(folder)})
+        logger.info("%s: %s", name, outcomes[-1]["outcome"])
+    create_markdown_artifact(key="model-versions", markdown=history_markdown(st, outcomes),
+                             description="every version of every model, and what this re-optimization did")
+    return outcomes
