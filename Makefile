@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium
 SYSTEM_STAMP := $(VENV)/.system-deps
 
-.PHONY: setup system-deps base-image demo test bench lint clean examples
+.PHONY: setup system-deps base-image demo test bench lint clean examples up down
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ examples: examples/digits/model.onnx
 demo: setup examples
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/kiln optimize examples/digits --trials $(DEMO_TRIALS)
 
+# service mode: Prefect server (UI on 127.0.0.1:4200), deployments, a worker, the web form (127.0.0.1:8000)
+up: setup examples
+	$(BIN)/kiln up
+
+down:
+	@test -x $(BIN)/kiln && $(BIN)/kiln down || true
+
 test: setup system-deps
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -54,7 +61,7 @@ bench: setup system-deps examples
 	$(BIN)/python benchmarks/images.py
 
 lint: setup
-	$(BIN)/ruff check kiln tasks flows tests benchmarks examples
+	$(BIN)/ruff check kiln tasks flows web tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache examples/*/model.onnx

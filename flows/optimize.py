@@ -30,10 +30,6 @@ from tasks.upload import check_upload
 from tasks.upload import upload as upload_artifact
 from tasks.validate import validate
 
-CANDIDATES = ("onnxruntime", "tvm")
-# what runs when nothing is said: compilation, the cheaper graph level, and both int8 schemes (static int8 is
-# skipped, with that reason, when the program has no data to calibrate on)
-DEFAULT_CANDIDATES = ("onnxruntime", "tvm", "ort-fp32-basic", "ort-int8-dynamic", "ort-int8-static")
 
 
 @flow(name="optimize", log_prints=True)
@@ -56,14 +52,15 @@ def optimize(
     """Optimize a model program and publish the fastest candidate that stays inside every metric range.
 
     Args:
-        program: a program folder, a .zip/.tar.gz of one, or a bare .onnx file (path on the worker).
+        program: a program folder, a .zip/.tar.gz of one, or a bare .onnx file: a path on the worker, a file://
+            URI, or an s3:// URI (KILN_S3_* settings on the worker).
         shapes: concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}.
         trials: total MetaSchedule trial budget for the TVM candidate (0 = apply the database, no search).
         max_trials_per_task: cap per tuning task (default: trials spread evenly over the tasks).
         target: llvm (this CPU) or cuda.
         candidates: which candidates to build besides the onnxruntime baseline: tvm and the names in
             kiln.candidates (ort-fp32-basic, ort-fp32-extended, ort-int8-dynamic, ort-int8-static);
-            default: DEFAULT_CANDIDATES.
+            default: onnxruntime, tvm, ort-fp32-basic, ort-int8-dynamic, ort-int8-static.
         threads: threads for every backend while measuring (default: all cores).
         store: artifact store folder (default: KILN_STORE or ~/.kiln/store).
         latency_repeats: timed calls per candidate.
@@ -74,8 +71,8 @@ def optimize(
         min_gain: how much faster (a fraction) a new candidate must be than the incumbent to replace it.
         name: the model's name in the store (default: the program's `name`, else its folder or file name).
     """
-    chosen = list(candidates or DEFAULT_CANDIDATES)
-    known = [*CANDIDATES, *registry.names()]
+    chosen = list(candidates or registry.DEFAULT)
+    known = registry.all_names()
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {known}")

@@ -36,34 +36,18 @@ def program_location(artifact: Path, manifest: Manifest) -> tuple[str | None, st
 
 
 def newest_versions(store: ArtifactStore, names: list[str] | None) -> dict[str, tuple[Path, Manifest]]:
-    out: dict[str, tuple[Path, Manifest]] = {}
-    for folder in store.artifacts():
-        try:
-            manifest = Manifest.read(folder)
-        except KilnError:
-            continue
-        if names and manifest.name not in names:
-            continue
-        known = out.get(manifest.name)
-        if not known or (manifest.version or 0, manifest.created_at) > (known[1].version or 0, known[1].created_at):
-            out[manifest.name] = (folder, manifest)
-    return out
+    """name -> (folder, manifest) of its newest version (manifests() is sorted oldest first)."""
+    return {m.name: (folder, m) for folder, m in store.manifests() if not names or m.name in names}
 
 
 def history_markdown(store: ArtifactStore, outcomes: list[dict]) -> str:
     """Every version of every model, oldest first: the speed-up growing over time is the point."""
     lines = ["# Model versions", "", "| model | version | created | selected | p50 ms | vs onnxruntime |",
              "|---|---|---|---|---|---|"]
-    rows = []
-    for folder in store.artifacts():
-        try:
-            m = Manifest.read(folder)
-        except KilnError:
-            continue
-        sel = next((c for c in m.candidates if c.name == m.selected), None)
-        p50 = f"{sel.latency_ms.p50:.4g}" if sel and sel.latency_ms else "-"
-        rows.append((m.name, m.version or 0, m.created_at[:19], m.selected, p50, f"{m.speedup_vs_baseline:.2f}x"))
-    lines += [f"| {' | '.join(str(v) for v in row)} |" for row in sorted(rows)]
+    for _, m in store.manifests():
+        p50 = m.selected_p50()
+        lines.append(f"| {m.name} | {m.version or '-'} | {m.created_at[:19]} | {m.selected} | "
+                     f"{'-' if p50 is None else f'{p50:.4g}'} | {m.speedup_vs_baseline:.2f}x |")
     lines += ["", "## This run", "", "| model | outcome |", "|---|---|"]
     lines += [f"| {o['model']} | {o['outcome']} |" for o in outcomes]
     return "\n".join(lines) + "\n"

@@ -102,7 +102,7 @@ def optimize(
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
         from kiln import candidates as registry
 
-        known = ["onnxruntime", "tvm", *registry.names()]
+        known = registry.all_names()
         unknown = sorted(set(chosen or []) - set(known))
         if unknown:
             raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {', '.join(known)}")
@@ -416,11 +416,34 @@ def list_artifacts(store: Path | None = typer.Option(None, help="artifact store 
         except KilnError as exc:
             err.print(f"[yellow]skipped:[/] {exc.render()}", highlight=False, soft_wrap=True)
     for m in sorted(manifests, key=lambda m: m.created_at, reverse=True):
-        sel = next((c for c in m.candidates if c.name == m.selected), None)
-        p50 = f"{sel.latency_ms.p50:.4g}" if sel and sel.latency_ms else "-"
+        p50 = "-" if m.selected_p50() is None else f"{m.selected_p50():.4g}"
         table.add_row(m.name, f"v{m.version}" if m.version else "-", m.id, m.created_at[:19], m.selected,
                       f"{m.speedup_vs_baseline:.2f}x", p50)
     Console(width=max(Console().width, 120)).print(table)
+
+
+@app.command()
+def up() -> None:
+    """Start kiln as a service: Prefect server, work pool and deployments, a worker, the web app (127.0.0.1)."""
+    from kiln import service
+
+    try:
+        urls = service.up(log=lambda m: err.print(m, highlight=False))
+    except KilnError as exc:
+        _fail(exc)
+    print(f"Prefect UI:  {urls['ui']}\nweb form:    {urls['web']}  (token: {urls['token']})\n"
+          f"webhooks:    {urls['web']}/webhooks/mlflow  {urls['web']}/webhooks/huggingface\n"
+          "stop with `kiln down` (`make down`)")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what `kiln up` started."""
+    from kiln import service
+
+    stopped = service.down(log=lambda m: err.print(m, highlight=False))
+    if not stopped:
+        err.print("nothing kiln started is running")
 
 
 @app.command()

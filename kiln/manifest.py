@@ -73,6 +73,10 @@ class Manifest(BaseModel):
     uploads: list[dict[str, Any]] = Field(default_factory=list)
     images: list[dict[str, Any]] = Field(default_factory=list)
 
+    def selected_p50(self) -> float | None:
+        sel = next((c for c in self.candidates if c.name == self.selected), None)
+        return sel.latency_ms.p50 if sel and sel.latency_ms else None
+
     def write(self, folder: Path) -> None:
         """Atomically: a reader sees the old manifest or the new one, never a torn file."""
         tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"

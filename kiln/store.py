@@ -55,6 +55,16 @@ class ArtifactStore:
         known = [Manifest.read(p.parent).version or 0 for p in (self.root / name).glob(f"*/{MANIFEST}")]
         return max([len(known), *known]) + 1
 
+    def manifests(self) -> list[tuple[Path, Manifest]]:
+        """Every readable artifact with its manifest, by model name then version (unreadable ones are left out)."""
+        out = []
+        for folder in self.artifacts():
+            try:
+                out.append((folder, Manifest.read(folder)))
+            except ArtifactError:
+                continue
+        return sorted(out, key=lambda fm: (fm[1].name, fm[1].version or 0, fm[1].created_at))
+
     def artifacts(self) -> list[Path]:
         if not self.root.is_dir():
             return []

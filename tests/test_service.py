@@ -1,0 +1,285 @@
+"""kiln as a service, for real: `kiln up` starts a Prefect server, the work pool, the deployments, a worker and
+the web app; runs come from the REST API (as the UI creates them), the form in headless Chromium, and both
+webhook formats; `kiln down` stops exactly what was started. Tests run in file order on one service."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import tarfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import BIN, ROOT, free_port
+
+MLFLOW_SECRET = "mlflow-secret-for-tests"
+HF_SECRET = "hf-secret-for-tests"
+SCREENSHOTS = ROOT / "tests" / "output"
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, digits_program):
+    home = tmp_path_factory.mktemp("service")
+    env = {**os.environ, "KILN_HOME": str(home / "kiln"), "KILN_STORE": str(home / "store"),
+           "PREFECT_HOME": str(home / "prefect"), "KILN_PREFECT_PORT": str(free_port()),
+           "KILN_WEB_PORT": str(free_port()), "KILN_MLFLOW_WEBHOOK_SECRET": MLFLOW_SECRET,
+           "KILN_HF_WEBHOOK_SECRET": HF_SECRET, "KILN_WEB_MAX_UPLOAD_MB": "2",
+           "KILN_HF_SOURCE_TEMPLATE": str(digits_program.parent) + "/{name}",
+           "KILN_WEBHOOK_PARAMETERS": json.dumps({"candidates": ["onnxruntime"], "trials": 0})}
+    for key in ("PREFECT_API_URL", "KILN_WEB_TOKEN"):
+        env.pop(key, None)
+    proc = kiln(["up"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    token = proc.stdout.split("token: ", 1)[1].split(")", 1)[0]
+    svc = {"env": env, "token": token, "web": f"http://127.0.0.1:{env['KILN_WEB_PORT']}",
+           "api": f"http://127.0.0.1:{env['KILN_PREFECT_PORT']}/api", "store": Path(env["KILN_STORE"]),
+           "home": Path(env["KILN_HOME"]), "program": digits_program}
+    pids = {name: json.loads((svc["home"] / "service" / f"{name}.json").read_text())["pid"]
+            for name in ("prefect-server", "worker", "web")}
+    yield svc
+    proc = kiln(["down"], env)
+    assert proc.returncode == 0, proc.stderr
+    time.sleep(1)
+    alive = [n for n, pid in pids.items() if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not alive, f"still running after `kiln down`: {alive}"
+
+
+def kiln(args: list[str], env: dict[str, str]):
+    import subprocess
+
+    return subprocess.run([str(BIN / "kiln"), *args], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def deployment(svc, name: str) -> dict:
+    return httpx.get(f"{svc['api']}/deployments/name/{name}/{name}").json()
+
+
+def wait_run(svc, flow_run_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = httpx.get(f"{svc['api']}/flow_runs/{flow_run_id}").json()
+        if run["state_type"] in FINAL:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s: {run['state_type']}")
+
+
+def runs_named(svc, name: str) -> list[dict]:
+    return httpx.post(f"{svc['api']}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [name]}}}).json()
+
+
+def digits_zip(program: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(program.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                zf.write(p, f"digits/{p.relative_to(program)}")
+    return buf.getvalue()
+
+
+def test_up_serves_deployments_schedule_and_health(service):
+    assert httpx.get(f"{service['web']}/healthz").status_code == 200
+    optimize = deployment(service, "optimize")
+    props = optimize["parameter_openapi_schema"]["properties"]
+    assert "s3://" in props["program"]["description"]  # typed, documented parameters for the UI
+    assert props["trials"]["type"] == "integer" and props["upload"]["anyOf"]
+    assert optimize["work_pool_name"] == "kiln"
+    reoptimize = deployment(service, "reoptimize")
+    schedules = reoptimize["schedules"]
+    assert [(s["schedule"]["cron"], s["active"]) for s in schedules] == [("0 3 * * *", True)]
+    pool = httpx.get(f"{service['api']}/work_pools/kiln").json()
+    assert pool["type"] == "process"
+    assert httpx.get(f"{service['web']}/").status_code == 401  # no token, no form
+
+
+def test_run_created_through_the_rest_api_as_the_ui_does(service):
+    dep = deployment(service, "optimize")
+    created = httpx.post(f"{service['api']}/deployments/{dep['id']}/create_flow_run", json={
+        "parameters": {"program": str(service["program"]), "candidates": ["onnxruntime"], "trials": 0}}).json()
+    run = wait_run(service, created["id"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert any((service["store"] / "digits").glob("*/manifest.json"))
+
+
+def test_form_in_chromium(service, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    archive = tmp_path / "digits.zip"
+    archive.write_bytes(digits_zip(service["program"]))
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        response = page.goto(service["web"] + "/")
+        assert response.status == 401 and page.locator("#token").is_visible()
+        page.fill("#token", service["token"])
+        page.click("button[type=submit]")
+        page.wait_for_selector("#optimize-form")
+        page.set_input_files("#archive", str(archive))
+        page.fill("#trials", "0")
+        for box in page.locator("input[name=candidates]").all():
+            box.set_checked(box.get_attribute("value") == "onnxruntime")
+        page.screenshot(path=str(SCREENSHOTS / "form.png"), full_page=True)
+        page.click("#submit")
+        page.wait_for_selector("#prefect-link")
+        link = page.get_attribute("#prefect-link", "href")
+        flow_run_id = page.url.rsplit("/", 1)[1]
+        assert link == f"http://127.0.0.1:{service['env']['KILN_PREFECT_PORT']}/runs/flow-run/{flow_run_id}"
+        page.wait_for_selector("#state.COMPLETED", timeout=240_000)  # the page refreshes itself until final
+        page.screenshot(path=str(SCREENSHOTS / "form-run.png"), full_page=True)
+        page.goto(service["web"] + "/models")
+        assert page.locator("#model-digits").is_visible()
+        page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+        browser.close()
+    run = httpx.get(f"{service['api']}/flow_runs/{flow_run_id}").json()
+    assert run["parameters"]["program"].startswith(str(service["home"] / "uploads"))
+    assert (SCREENSHOTS / "form-run.png").stat().st_size > 10_000
+
+
+def _session(service) -> httpx.Client:
+    client = httpx.Client(base_url=service["web"], follow_redirects=False)
+    assert client.post("/login", data={"token": service["token"]}).status_code == 303
+    return client
+
+
+def test_form_refuses_bad_uploads_and_forged_posts(service, tmp_path):
+    client = _session(service)
+    csrf = client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    files = {"archive": ("digits.zip", digits_zip(service["program"]), "application/zip")}
+    forged = client.post("/runs", data={"trials": "0"}, files=files)  # a cross-site post has no CSRF token
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    huge = client.post("/runs", data={"csrf": csrf}, files={"archive": ("big.zip", os.urandom(3 << 20))})
+    assert huge.status_code == 413 and "limit" in huge.text
+
+    before = set(Path("/tmp").iterdir())
+    escape = io.BytesIO()
+    with zipfile.ZipFile(escape, "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+        zf.writestr("model.onnx", "x")
+    bad = client.post("/runs", data={"csrf": csrf}, files={"archive": ("evil.zip", escape.getvalue())})
+    assert bad.status_code == 400 and ".." in bad.text
+    link = io.BytesIO()
+    with tarfile.open(fileobj=link, mode="w:gz") as tf:
+        info = tarfile.TarInfo("program/passwd")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    bad = client.post("/runs", data={"csrf": csrf}, files={"archive": ("evil.tar.gz", link.getvalue())})
+    assert bad.status_code == 400 and "link" in bad.text
+    assert set(Path("/tmp").iterdir()) == before
+    assert not any(service["home"].rglob("escaped.txt")) and not list(service["home"].parent.glob("escaped.txt"))
+    uploads = service["home"] / "uploads"
+    assert not any(p.is_symlink() for p in uploads.rglob("*"))
+
+    wrong = client.post("/runs", data={"csrf": csrf, "image": "Not A Reference"}, files=files)
+    assert wrong.status_code == 400 and "not a valid image reference" in wrong.text
+
+
+def mlflow_delivery(body: dict | bytes, delivery: str, stamp: int | None = None,
+                    secret: str = MLFLOW_SECRET) -> tuple[bytes, dict]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    stamp = int(time.time()) if stamp is None else stamp
+    sig = base64.b64encode(hmac.new(secret.encode(), f"{delivery}.{stamp}.".encode() + raw, hashlib.sha256)
+                           .digest()).decode()
+    return raw, {"X-MLflow-Signature": f"v1,{sig}", "X-MLflow-Delivery-Id": delivery,
+                 "X-MLflow-Timestamp": str(stamp), "Content-Type": "application/json"}
+
+
+def mlflow_event(service, version: str) -> dict:
+    return {"entity": "model_version", "action": "created", "timestamp": int(time.time() * 1000),
+            "data": {"name": "digits-mlflow", "version": version, "source": f"file://{service['program']}",
+                     "run_id": "abc", "tags": {}, "description": None}}
+
+
+def test_mlflow_webhook_once_per_version_however_often_delivered(service):
+    url = f"{service['web']}/webhooks/mlflow"
+    raw, headers = mlflow_delivery(mlflow_event(service, "7"), "delivery-7")
+    with ThreadPoolExecutor(16) as pool:  # the registry retrying the same delivery, 50 times, concurrently
+        answers = list(pool.map(lambda _: httpx.post(url, content=raw, headers=headers, timeout=30), range(50)))
+    assert {a.status_code for a in answers} == {202}
+    ids = {a.json()["flow_run_id"] for a in answers}
+    assert len(ids) == 1
+    assert len(runs_named(service, "mlflow-digits-mlflow-7")) == 1
+    run = wait_run(service, ids.pop())
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert any((service["store"] / "digits-mlflow").glob("*/manifest.json"))
+
+    count = len(httpx.post(f"{service['api']}/flow_runs/filter", json={}).json())
+    raw8, good = mlflow_delivery(mlflow_event(service, "8"), "delivery-8")
+    assert httpx.post(url, content=raw8, headers={"Content-Type": "application/json"}).status_code == 401
+    assert httpx.post(url, content=raw8, headers={**good, "X-MLflow-Signature": "v1,AAAA"}).status_code == 403
+    _, forged = mlflow_delivery(mlflow_event(service, "8"), "delivery-8", secret="not-the-secret")
+    assert httpx.post(url, content=raw8, headers=forged).status_code == 403
+    stale_raw, stale = mlflow_delivery(mlflow_event(service, "8"), "delivery-8", stamp=int(time.time()) - 3600)
+    answer = httpx.post(url, content=stale_raw, headers=stale)
+    assert answer.status_code == 403 and "stale" in answer.json()["detail"]
+    bad_raw, bad = mlflow_delivery(b"{not json", "delivery-9")
+    assert httpx.post(url, content=bad_raw, headers=bad).status_code == 400
+    other_raw, other = mlflow_delivery({"entity": "registered_model", "action": "created", "data": {}}, "d-10")
+    answer = httpx.post(url, content=other_raw, headers=other)
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    assert len(httpx.post(f"{service['api']}/flow_runs/filter", json={}).json()) == count  # none of these ran
+
+
+def test_huggingface_webhook(service):
+    url = f"{service['web']}/webhooks/huggingface"
+    event = {"event": {"action": "update", "scope": "repo.content"},
+             "repo": {"type": "model", "name": "acme/digits", "id": "x", "headSha": "0123abcd"},
+             "webhook": {"id": "w", "version": 3}}
+    assert httpx.post(url, json=event, headers={"X-Webhook-Secret": "wrong"}).status_code == 403
+    assert httpx.post(url, json=event).status_code == 401
+    answers = [httpx.post(url, json=event, headers={"X-Webhook-Secret": HF_SECRET}) for _ in range(3)]
+    assert {a.status_code for a in answers} == {202} and len({a.json()["flow_run_id"] for a in answers}) == 1
+    run = wait_run(service, answers[0].json()["flow_run_id"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["program"] == str(service["program"])
+    assert run["parameters"]["candidates"] == ["onnxruntime"]  # KILN_WEBHOOK_PARAMETERS
+    discussion = {"event": {"action": "create", "scope": "discussion"}, "repo": {"type": "model", "name": "a/b"}}
+    assert httpx.post(url, json=discussion, headers={"X-Webhook-Secret": HF_SECRET}).json()["status"] == "ignored"
+
+
+def test_models_page_lists_versions(service):
+    client = _session(service)
+    text = client.get("/models").text
+    assert 'id="model-digits"' in text and 'id="model-digits-mlflow"' in text and "x</strong>" in text
+    assert "top1" in text  # the selected candidate's metrics with their ranges
+
+
+def test_prefect_down_then_back(service):
+    """Prefect stops: the form and webhooks answer 503 and start nothing; once `kiln up` has brought it back,
+    the registry's retry of the very same delivery is accepted."""
+    record = json.loads((service["home"] / "service" / "prefect-server.json").read_text())
+    os.killpg(record["pid"], 15)
+    deadline = time.time() + 60
+    while time.time() < deadline and psutil.pid_exists(record["pid"]) and \
+            psutil.Process(record["pid"]).status() != "zombie":
+        time.sleep(0.5)
+    assert httpx.get(f"{service['web']}/healthz").status_code == 503
+    raw, headers = mlflow_delivery(mlflow_event(service, "11"), "delivery-11")
+    down = httpx.post(f"{service['web']}/webhooks/mlflow", content=raw, headers=headers, timeout=30)
+    assert down.status_code == 503 and "retry" in down.json()["detail"]
+    client = _session(service)
+    page = client.get("/").text
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    form = client.post("/runs", data={"csrf": csrf, "trials": "0", "candidates": ["onnxruntime"]},
+                       files={"archive": ("digits.zip", digits_zip(service["program"]))})
+    assert form.status_code == 503 and "Prefect" in form.text
+
+    proc = kiln(["up"], service["env"])  # starts only what is not running
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "worker: already running" in proc.stderr and "web: already running" in proc.stderr
+    again = httpx.post(f"{service['web']}/webhooks/mlflow", content=raw, headers=headers, timeout=30)
+    assert again.status_code == 202
+    run = wait_run(service, again.json()["flow_run_id"])
+    assert run["state_type"] == "COMPLETED", run["state"]

@@ -1,0 +1,209 @@
+"""The kiln web service (FastAPI, server-rendered HTML): `uvicorn --factory web.app:create_app`.
+
+Pages: login, the upload form with recent runs, a run's state (linked to the Prefect UI), the models and
+their versions. Webhooks: /webhooks/mlflow and /webhooks/huggingface. /healthz answers 200 once Prefect does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from kiln import candidates as registry
+from kiln.errors import KilnError
+from kiln.store import ArtifactStore
+from web import security, uploads, webhooks
+from web.prefect_runs import PrefectUnavailable, Runs
+from web.settings import WebSettings
+
+log = logging.getLogger("kiln.web")
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def create_app(settings: WebSettings | None = None) -> FastAPI:
+    settings = settings or WebSettings.from_env()
+    app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(uploads.BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    runs = Runs(settings.prefect_api, settings.prefect_ui, settings.deployment)
+    templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+    token = settings.token
+
+    def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+        sid = security.session_id(request, token)
+        context.setdefault("csrf", security.csrf_token(token, sid) if sid else "")
+        return templates.TemplateResponse(request, name, {"ui": settings.prefect_ui, **context}, status_code=status)
+
+    def authorized(request: Request) -> bool:
+        return security.bearer_ok(request, token) or security.session_id(request, token) is not None
+
+    def login_required(request: Request, message: str = "sign in with the kiln web token") -> HTMLResponse:
+        return page(request, "login.html", 401, message=message)
+
+    def unavailable(request: Request, exc: PrefectUnavailable) -> HTMLResponse:
+        return page(request, "error.html", 503, title="Prefect is not reachable",
+                    message=f"{exc} - nothing was started; submit again once it is back.")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok = await runs.healthy()
+        return JSONResponse({"status": "ok" if ok else "unavailable", "prefect": settings.prefect_api},
+                            status_code=200 if ok else 503)
+
+    @app.get("/login", response_class=HTMLResponse)
+    async def login_page(request: Request) -> HTMLResponse:
+        return page(request, "login.html", message="")
+
+    @app.post("/login")
+    async def login(request: Request, token_given: str = Form("", alias="token")) -> Response:
+        import hmac
+
+        if not hmac.compare_digest(token_given.encode(), token.encode()):
+            return login_required(request, "wrong token")
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(security.COOKIE, security.new_session(token), httponly=True, samesite="strict",
+                            max_age=12 * 3600)
+        return response
+
+    @app.post("/logout")
+    async def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(security.COOKIE)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index(request: Request) -> HTMLResponse:
+        if not authorized(request):
+            return login_required(request)
+        try:
+            recent = await runs.recent()
+            problem = None
+        except PrefectUnavailable as exc:
+            recent, problem = [], str(exc)
+        return page(request, "index.html", recent=recent, problem=problem, link=runs.ui_link,
+                    candidates=registry.all_names(), defaults=registry.DEFAULT,
+                    max_mb=settings.max_upload_mb)
+
+    @app.post("/runs")
+    async def submit(request: Request, csrf: str = Form(""), archive: UploadFile | None = File(None),
+                     model: UploadFile | None = File(None), files: list[UploadFile] = File(default_factory=list),
+                     trials: int = Form(64), target: str = Form("llvm"), candidates: list[str] = Form([]),
+                     shapes: str = Form(""), upload: str = Form(""), image: str = Form("")) -> Response:
+        if not authorized(request):
+            return login_required(request)
+        sid = security.session_id(request, token)
+        if not security.bearer_ok(request, token) and not security.csrf_ok(token, sid, csrf):
+            return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
+                        "or stale: reload the form and submit again")
+        try:
+            parameters = _parameters(trials, target, candidates, shapes, upload, image)
+        except KilnError as exc:
+            return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
+        area = uploads.new_area(settings.uploads)
+        try:
+            parameters["program"] = str(await uploads.program_from_upload(area, archive, model, files))
+        except KilnError as exc:
+            uploads.discard(area)
+            return page(request, "error.html", 400, title="Cannot use this upload", message=exc.render())
+        try:
+            flow_run = await runs.create(parameters, tags=["web"])
+        except PrefectUnavailable as exc:
+            uploads.discard(area)
+            return unavailable(request, exc)
+        log.info("web: flow run %s for %s", flow_run.id, parameters["program"])
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"flow_run_id": str(flow_run.id), "ui": runs.ui_link(str(flow_run.id))}, 201)
+        return RedirectResponse(f"/runs/{flow_run.id}", status_code=303)
+
+    @app.get("/runs/{flow_run_id}", response_class=HTMLResponse)
+    async def run_page(request: Request, flow_run_id: str) -> HTMLResponse:
+        if not authorized(request):
+            return login_required(request)
+        try:
+            flow_run = await runs.read(flow_run_id)
+        except PrefectUnavailable as exc:
+            return unavailable(request, exc)
+        except Exception:
+            return page(request, "error.html", 404, title="No such run", message=flow_run_id)
+        state = flow_run.state.type.value if flow_run.state else "PENDING"
+        return page(request, "run.html", run=flow_run, state=state, final=state in FINAL,
+                    state_name=flow_run.state.name if flow_run.state else "Pending",
+                    message=flow_run.state.message if flow_run.state else "", link=runs.ui_link(flow_run_id))
+
+    @app.get("/models", response_class=HTMLResponse)
+    async def models(request: Request) -> HTMLResponse:
+        if not authorized(request):
+            return login_required(request)
+        by_name: dict[str, list] = {}
+        for _, manifest in ArtifactStore(settings.store).manifests():
+            by_name.setdefault(manifest.name, []).append(manifest)
+        return page(request, "models.html", models=by_name, store=settings.store)
+
+    async def deliver(request: Request, trigger: webhooks.Trigger | None) -> JSONResponse:
+        if trigger is None:
+            return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
+        from kiln.loader import clean_name
+
+        try:
+            flow_run = await runs.create({**settings.webhook_parameters, "program": trigger.source,
+                                          "name": clean_name(trigger.model)},
+                                         idempotency_key=trigger.key, tags=["webhook", trigger.registry],
+                                         name=clean_name(f"{trigger.registry}-{trigger.model}-{trigger.version}"))
+        except PrefectUnavailable as exc:
+            return JSONResponse({"status": "unavailable", "detail": f"{exc}; retry later"}, 503)
+        log.info("webhook %s: flow run %s (%s)", trigger.key, flow_run.id, trigger.event)
+        return JSONResponse({"status": "accepted", "flow_run_id": str(flow_run.id), "key": trigger.key}, 202)
+
+    @app.post("/webhooks/mlflow")
+    async def mlflow_webhook(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            trigger = webhooks.mlflow({k.lower(): v for k, v in request.headers.items()}, body,
+                                      settings.mlflow_secret, settings.webhook_window_s)
+        except webhooks.Rejected as exc:
+            return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
+        return await deliver(request, trigger)
+
+    @app.post("/webhooks/huggingface")
+    async def hf_webhook(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            trigger = webhooks.huggingface({k.lower(): v for k, v in request.headers.items()}, body,
+                                           settings.hf_secret, settings.hf_source_template)
+        except webhooks.Rejected as exc:
+            return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
+        return await deliver(request, trigger)
+
+    return app
+
+
+def _parameters(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str) -> dict:
+    """The optimize deployment's parameters from the form, each checked here so a typo fails in the browser."""
+    from kiln.loader import parse_shapes
+
+    if not 0 <= trials <= 100_000:
+        raise KilnError(f"trials must be between 0 and 100000, not {trials}")
+    if target not in ("llvm", "cuda"):
+        raise KilnError(f"unknown target {target!r}", hint="llvm or cuda")
+    unknown = sorted(set(candidates) - set(registry.all_names()))
+    if unknown:
+        raise KilnError(f"unknown candidates {unknown}")
+    out: dict = {"trials": trials, "target": target}
+    if candidates:
+        out["candidates"] = list(dict.fromkeys(["onnxruntime", *candidates]))
+    parsed = parse_shapes([s.strip() for s in shapes.replace(",", "\n").splitlines() if s.strip()])
+    if parsed:
+        out["shapes"] = parsed
+    if upload.strip():
+        from kiln.objectstore import parse_uri
+
+        parse_uri(upload.strip())
+        out["upload"] = upload.strip()
+    if image.strip():
+        from kiln.image import check_repository
+
+        out["image"] = check_repository(image.strip())
+    return out
