@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,21 @@ def test_stopped_server_is_retried_then_reported(digits_artifact, tmp_path):
         raise AssertionError("upload to a stopped server succeeded")
     assert len(retries) == 2 and "retry 1/2" in retries[0]
     assert store_snapshot(digits_artifact) == before
+
+
+def test_optimize_a_program_stored_in_s3(digits_program, kiln_env, s3, tmp_path):
+    """A program folder (every object below a prefix) and a program archive, both given as s3:// URIs."""
+    client = s3_client(s3.env)
+    for p in sorted(digits_program.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            client.fput_object("models", f"programs/digits/{p.relative_to(digits_program)}", str(p))
+    shutil.make_archive(str(tmp_path / "digits"), "zip", digits_program)
+    client.fput_object("models", "programs/digits.zip", str(tmp_path / "digits.zip"))
+    env = {**kiln_env, **s3.env}
+    for uri in ("s3://models/programs/digits", "s3://models/programs/digits.zip"):
+        proc = run_kiln(["optimize", uri, "--candidates", "onnxruntime", "--json"], env)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads(proc.stdout)
+        assert manifest["name"] == "digits" and manifest["program"]["source"] == uri
+    missing = run_kiln(["optimize", "s3://models/programs/nothing-here", "--candidates", "onnxruntime"], env)
+    assert missing.returncode == 2 and "no program here" in missing.stderr and "Traceback" not in missing.stderr
