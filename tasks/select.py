@@ -19,7 +19,7 @@ def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_
     base = next((c for c in candidates if c.name == BASELINE), None)
     for c in candidates:  # a candidate slower than the baseline is not an optimization
         if c.passed and base and base.latency_ms and c.latency_ms and c.latency_ms.p50 > base.latency_ms.p50 \
-                and c is not base:
+                and c is not base and c.name != incumbent:  # the incumbent yields only to a min_gain margin
             c.reasons.append(f"slower than {BASELINE} ({c.latency_ms.p50:.3g} > {base.latency_ms.p50:.3g} ms)")
     eligible = [c for c in candidates if c.passed and c.latency_ms and not c.reasons]
     if not eligible:

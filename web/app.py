@@ -142,11 +142,16 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             by_name.setdefault(manifest.name, []).append(manifest)
         return page(request, "models.html", models=by_name, store=settings.store)
 
-    async def deliver(request: Request, trigger: webhooks.Trigger | None) -> JSONResponse:
-        if trigger is None:
-            return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
+    async def deliver(request: Request, parse) -> JSONResponse:
+        """Verify and parse with `parse(headers, body)`, then start (or find) the run for its key."""
         from kiln.loader import clean_name
 
+        try:
+            trigger = parse({k.lower(): v for k, v in request.headers.items()}, await request.body())
+        except webhooks.Rejected as exc:
+            return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
+        if trigger is None:
+            return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
         try:
             flow_run = await runs.create({**settings.webhook_parameters, "program": trigger.source,
                                           "name": clean_name(trigger.model)},
@@ -159,23 +164,13 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.post("/webhooks/mlflow")
     async def mlflow_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        try:
-            trigger = webhooks.mlflow({k.lower(): v for k, v in request.headers.items()}, body,
-                                      settings.mlflow_secret, settings.webhook_window_s)
-        except webhooks.Rejected as exc:
-            return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
-        return await deliver(request, trigger)
+        return await deliver(request, lambda headers, body: webhooks.mlflow(
+            headers, body, settings.mlflow_secret, settings.webhook_window_s))
 
     @app.post("/webhooks/huggingface")
     async def hf_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        try:
-            trigger = webhooks.huggingface({k.lower(): v for k, v in request.headers.items()}, body,
-                                           settings.hf_secret, settings.hf_source_template)
-        except webhooks.Rejected as exc:
-            return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
-        return await deliver(request, trigger)
+        return await deliver(request, lambda headers, body: webhooks.huggingface(
+            headers, body, settings.hf_secret, settings.hf_source_template))
 
     return app
 
