@@ -212,7 +212,8 @@ def _check_destinations(upload: str | None, image: str | None) -> None:
         from kiln.objectstore import S3Settings, parse_uri
 
         parse_uri(upload)
-        S3Settings.from_env()
+        if not os.environ.get("KILN_S3_BLOCK"):  # a Prefect block is read by the flow itself
+            S3Settings.from_env()
     if image:
         from kiln.image import check_repository
 

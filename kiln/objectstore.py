@@ -49,7 +49,8 @@ class S3Settings(BaseModel):
         if not endpoint:
             raise StorageError("no object storage configured (KILN_S3_ENDPOINT is not set)",
                                hint="export KILN_S3_ENDPOINT=host:port, KILN_S3_ACCESS_KEY, KILN_S3_SECRET_KEY "
-                                    "(and KILN_S3_SECURE=false for plain http)")
+                                    "(and KILN_S3_SECURE=false for plain http); flows can also read a Prefect "
+                                    "kiln-s3 block named by KILN_S3_BLOCK")
         endpoint = re.sub(r"^https?://", "", endpoint).rstrip("/")
         secure = os.environ.get("KILN_S3_SECURE", "true").strip().lower()
         if secure not in {"true", "false", "1", "0", "yes", "no"}:

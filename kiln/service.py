@@ -163,6 +163,8 @@ def up(cfg: ServiceConfig | None = None, log: Log = print) -> dict[str, str]:
         log(f"prefect server: started ({cfg.ui})")
     _run([str(BIN / "prefect"), "work-pool", "create", cfg.pool, "--type", "process", "--overwrite"], env,
          "creating the work pool")
+    _run([str(BIN / "prefect"), "block", "register", "-m", "tasks.blocks"], env, "registering the kiln S3 block",
+         cwd=root)
     _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
           str(root / "deployments" / "prefect.yaml")], env, "applying deployments/prefect.yaml", cwd=root)
     log("deployments: optimize, reoptimize (cron 0 3 * * * UTC) applied to work pool " + cfg.pool)

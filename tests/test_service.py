@@ -186,6 +186,24 @@ def test_form_refuses_bad_uploads_and_forged_posts(service, tmp_path):
     assert wrong.status_code == 400 and "not a valid image reference" in wrong.text
 
 
+def test_separate_files_with_a_bearer_token(service, tmp_path):
+    """An API client (Bearer token, no cookie, so no CSRF) sending the model and the program's files apart."""
+    program = service["program"]
+    files = [("model", ("model.onnx", (program / "model.onnx").read_bytes())),
+             ("files", ("program.py", (program / "program.py").read_bytes())),
+             ("files", ("digits.proto", (program / "digits.proto").read_bytes())),
+             ("files", ("digits.npz", (program / "digits.npz").read_bytes()))]
+    answer = httpx.post(f"{service['web']}/runs", files=files, data={"trials": "0", "candidates": "onnxruntime"},
+                        headers={"Authorization": f"Bearer {service['token']}", "Accept": "application/json"})
+    assert answer.status_code == 201, answer.text
+    run = wait_run(service, answer.json()["flow_run_id"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert sorted(p.name for p in Path(run["parameters"]["program"]).iterdir()) == \
+        ["digits.npz", "digits.proto", "model.onnx", "program.py"]
+    wrong = httpx.post(f"{service['web']}/runs", files=files, headers={"Authorization": "Bearer not-the-token"})
+    assert wrong.status_code == 401
+
+
 def mlflow_delivery(body: dict | bytes, delivery: str, stamp: int | None = None,
                     secret: str = MLFLOW_SECRET) -> tuple[bytes, dict]:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -63,3 +63,34 @@ def test_wrong_key_fails_at_once_stopped_server_is_retried(digits_program, ship_
     runs = task_runs_of_latest_flow_run(ship_env["PREFECT_API_URL"])
     assert runs["check-upload"]["run_count"] == 3  # unreachable: Prefect retried the task twice
     assert store_snapshot(store) == before
+
+
+SAVE_BLOCK = """
+import os, sys
+from tasks.blocks import KilnS3
+KilnS3(endpoint=os.environ["KILN_S3_ENDPOINT"], access_key=os.environ["KILN_S3_ACCESS_KEY"],
+       secret_key=os.environ["KILN_S3_SECRET_KEY"], secure=False).save(sys.argv[1], overwrite=True)
+"""
+
+
+def test_upload_settings_from_a_prefect_block(digits_program, ship_env):
+    """Credentials kept in Prefect (a kiln-s3 block), not in the environment of whoever starts the run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    saved = subprocess.run([sys.executable, "-c", SAVE_BLOCK, "team-s3"], env=ship_env, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stderr
+    env = {k: v for k, v in ship_env.items() if not k.startswith("KILN_S3_")} | {"KILN_S3_BLOCK": "team-s3"}
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime", "--upload",
+                     "s3://models/from-block", "--json"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads(proc.stdout)
+    s3 = Minio(ship_env["KILN_S3_ENDPOINT"], ship_env["KILN_S3_ACCESS_KEY"], ship_env["KILN_S3_SECRET_KEY"],
+               secure=False)
+    assert s3.get_object("models", "from-block/digits/LATEST").read().decode() == manifest["id"]
+    missing = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime", "--upload",
+                        "s3://models/x"], {**env, "KILN_S3_BLOCK": "no-such-block"})
+    assert missing.returncode == 2 and "no kiln-s3 block named 'no-such-block'" in missing.stderr
