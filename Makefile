@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_TRIALS ?= 32
 PYTEST_ARGS ?=
 
-# Debian packages the suite starts for real: dockerd, the registry, debootstrap (base image), Chromium (web form)
-SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium
+# Debian packages the suite starts for real: dockerd, the registry, debootstrap (base image), Chromium (web form),
+# PostgreSQL (Prefect on PostgreSQL)
+SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium postgresql postgresql-client
 SYSTEM_STAMP := $(VENV)/.system-deps
 
 .PHONY: setup system-deps base-image demo test bench lint clean examples up down

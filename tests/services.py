@@ -128,3 +128,34 @@ def start_s3(root: Path, buckets: tuple[str, ...] = ("models",), port: int | Non
     for bucket in buckets:
         s3.create_bucket(Bucket=bucket)
     return Service(proc, log, env, endpoint)
+
+
+def start_postgres(root: Path, port: int | None = None) -> Service:
+    """A private PostgreSQL cluster on 127.0.0.1 (trust auth), run as the `postgres` user; database `prefect`."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted(bindir.glob("*/bin/initdb"))
+    if not versions:
+        raise RuntimeError("PostgreSQL is not installed: run `make system-deps` (Debian package postgresql)")
+    bin_ = versions[-1].parent
+    port = port or free_port()
+    data = root / "pgdata"
+    root.mkdir(parents=True, exist_ok=True)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        os.chmod(root, 0o755)
+        for parent in root.parents:  # pytest's base folder is 0700: let the postgres user through
+            if parent == Path("/tmp") or parent == Path("/"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o111)
+    subprocess.run([*as_postgres, str(bin_ / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    log = root / "postgres.log"
+    proc = subprocess.Popen([*as_postgres, str(bin_ / "postgres"), "-D", str(data), "-h", "127.0.0.1",
+                             "-p", str(port), "-k", str(root)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    wait_until(lambda: subprocess.run([str(bin_ / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                                      capture_output=True).returncode == 0, 30, "postgres", proc, log)
+    subprocess.run([str(bin_ / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect"],
+                   check=True, capture_output=True)
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    return Service(proc, log, {"PREFECT_API_DATABASE_CONNECTION_URL": url}, f"127.0.0.1:{port}")
