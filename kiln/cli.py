@@ -41,7 +41,7 @@ def _quiet_prefect(verbose: bool) -> None:
 def _fail(exc: KilnError) -> None:
     if isinstance(exc, GateError) and exc.table:
         err.print(exc.table, markup=False, highlight=False, soft_wrap=True)
-    err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -460,7 +460,7 @@ def main() -> None:
     try:
         app()
     except KilnError as exc:  # anything that slipped past a command's own handler
-        err.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

@@ -55,10 +55,13 @@ class S3Settings(BaseModel):
         secure = os.environ.get("KILN_S3_SECURE", "true").strip().lower()
         if secure not in {"true", "false", "1", "0", "yes", "no"}:
             raise StorageError(f"KILN_S3_SECURE must be true or false, not {secure!r}")
+        part = os.environ.get("KILN_S3_PART_MB", "16").strip()
+        if not part.isdigit() or int(part) < 5:
+            raise StorageError(f"KILN_S3_PART_MB must be a whole number of MiB >= 5 (S3's smallest part), not {part!r}")
         return cls(endpoint=endpoint, access_key=os.environ.get("KILN_S3_ACCESS_KEY"),
                    secret_key=os.environ.get("KILN_S3_SECRET_KEY"), region=os.environ.get("KILN_S3_REGION") or None,
                    secure=secure in {"true", "1", "yes"},
-                   part_size_mb=int(os.environ.get("KILN_S3_PART_MB", "16")))
+                   part_size_mb=int(part))
 
 
 def parse_uri(uri: str) -> tuple[str, str]:

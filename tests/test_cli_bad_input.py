@@ -156,3 +156,13 @@ def test_proto_message_that_does_not_exist(tmp_path, kiln_env, seeded_store, dig
     (prog / "program.py").write_text(text)
     expect_failure([str(prog)], kiln_env, seeded_store, "request message 'DigitRequest' is not defined in digits.proto",
                    "DigitsRequest")
+
+
+def test_error_text_with_brackets_is_printed_verbatim(kiln_env):
+    """Messages are plain text: `NAME[/ID]` in a hint once crashed the printer (rich markup) with a traceback."""
+    for args in (["serve", "no-such-model"], ["inspect", "no-such-model"], ["image", "no-such-model", "r/x"]):
+        proc = run_kiln(args, kiln_env)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "NAME[/ID]" in proc.stderr and "Traceback" not in proc.stderr
+    bad = run_kiln(["upload", "no-such-model", "s3://models/x"], {**kiln_env, "KILN_S3_PART_MB": "abc"})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
