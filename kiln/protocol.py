@@ -16,9 +16,10 @@ from pathlib import Path
 from string import Template
 from types import ModuleType
 
+from kiln.checkout import ROOT
 from kiln.errors import ArtifactError, ProgramError
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "proto_templates"
+TEMPLATES = ROOT / "proto_templates"
 SERVICE_PROTO = "kiln_service.proto"
 V2_PROTO = "kiln_inference_v2.proto"
 SERVICE_NAME = "kiln.Model"

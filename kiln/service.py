@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from kiln.checkout import checkout_file
 from kiln.errors import KilnError
 
 BIN = Path(sys.executable).parent
@@ -30,11 +31,7 @@ Log = Callable[[str], None]
 
 
 def repo_root() -> Path:
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "deployments" / "prefect.yaml").is_file():
-        raise KilnError(f"deployments/prefect.yaml not found next to kiln ({root})",
-                        hint="run `kiln up` from a kiln source checkout (`make up`)")
-    return root
+    return checkout_file("deployments/prefect.yaml", doing="`kiln up`").parents[1]
 
 
 @dataclass

@@ -16,6 +16,7 @@ import tarfile
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
+from kiln.checkout import checkout_file
 from kiln.errors import ImageError
 from kiln.hashing import json_sha256, tree_files
 
@@ -29,11 +30,7 @@ PLATFORMS = ("manylinux_2_39_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x
 
 def source_root() -> Path:
     """The checkout kiln runs from: runtime_image/ lives beside the package, like proto_templates/."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "runtime_image" / "Dockerfile").is_file():
-        raise ImageError(f"runtime_image/ not found next to kiln ({root})",
-                         hint="build images from a kiln source checkout (`pip install -e .`)")
-    return root
+    return checkout_file("runtime_image/Dockerfile", ImageError, "building images").parents[1]
 
 
 def requirements() -> list[str]:
