@@ -62,6 +62,13 @@ def test_build_push_pull_by_digest_run_and_call(pushed, digits_artifact, digits_
     assert verify(digits_artifact)[1] == []  # recording the image left the artifact's files as they were
     tags = httpx.get(f"http://{registry.address}/v2/digits/tags/list").json()["tags"]
     assert set(entry["tags"]) <= set(tags)
+    runtime_repo, runtime_digest = entry["runtime_reference"].split("@")  # the generic image is pushed too
+    assert runtime_repo == f"{registry.address}/kiln-runtime"
+    runtime_tag = entry["runtime"].rsplit(":", 1)[1]
+    assert runtime_tag in httpx.get(f"http://{registry.address}/v2/kiln-runtime/tags/list").json()["tags"]
+    head = httpx.head(f"http://{registry.address}/v2/kiln-runtime/manifests/{runtime_tag}",
+                      headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert head.headers["Docker-Content-Digest"] == runtime_digest
     head = httpx.head(f"http://{registry.address}/v2/digits/manifests/{manifest['id']}",
                       headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     assert head.headers["Docker-Content-Digest"] == entry["digest"]
@@ -100,7 +107,8 @@ def test_build_push_pull_by_digest_run_and_call(pushed, digits_artifact, digits_
 
 def test_generic_image_serves_a_mounted_artifact(pushed, digits_artifact, digits_program, ship_env, tmp_path):
     client = docker.DockerClient(base_url=ship_env["DOCKER_HOST"])
-    runtime = json.loads((digits_artifact / "manifest.json").read_text())["images"][-1]["runtime"]
+    runtime = json.loads((digits_artifact / "manifest.json").read_text())["images"][-1]["runtime_reference"]
+    client.images.pull(runtime)  # the generic image as pushed, by digest
     private = tmp_path / "artifact"  # pytest's folders are 0700 root: the image's user (uid 10001) cannot read
     shutil.copytree(digits_artifact, private)
     port = free_port()

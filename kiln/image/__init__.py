@@ -58,7 +58,8 @@ def build_runtime_image(client=None, base: str | None = None, log: Log = print) 
 def build_model_image(artifact: Path, repository: str, *, push: bool = True, base: str | None = None,
                       log: Log = print) -> dict:
     """Build REPOSITORY's image of ARTIFACT, tag it (artifact id, vN, and the given tag or latest), push it
-    and record it in the artifact's manifest; returns that record (with the registry digest when pushed)."""
+    and the generic runtime (as kiln-runtime in the same namespace), and record it in the artifact's manifest;
+    returns that record (with the registry digests when pushed)."""
     from kiln.store import record, verify
 
     check_repository(repository)
@@ -88,5 +89,11 @@ def build_model_image(artifact: Path, repository: str, *, push: bool = True, bas
         entry["digest"] = digests[manifest.id]
         entry["reference"] = f"{repo}@{entry['digest']}"
         log(f"pushed {entry['reference']}")
+        # the generic runtime goes beside it, for running other artifacts mounted at /models/current
+        runtime_repo = f"{repo.rsplit('/', 1)[0]}/kiln-runtime" if "/" in repo else "kiln-runtime"
+        runtime_tag = runtime.rsplit(":", 1)[1]
+        client.images.get(runtime).tag(runtime_repo, runtime_tag)
+        entry["runtime_reference"] = f"{runtime_repo}@{engine.push(client, runtime_repo, runtime_tag, log)}"
+        log(f"pushed {entry['runtime_reference']}")
     record(artifact, "images", entry)
     return entry
