@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(Path(__file__).parent))
 
-from services import free_port, start_dockerd, start_registry, start_s3  # noqa: E402
+from services import free_port, shared, start_dockerd, start_registry, start_s3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -179,8 +179,10 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def docker_engine():
-    """A private dockerd; its data root persists in ~/.cache so local reruns reuse base and runtime layers."""
-    engine = start_dockerd(Path(os.environ.get("KILN_TEST_DOCKER_ROOT", Path.home() / ".cache/kiln-tests/docker")))
+    """The dockerd .ci/run started (KILN_TEST_DOCKER_HOST), else a private one whose data root persists in
+    ~/.cache so local reruns reuse base and runtime layers."""
+    engine = shared("docker") or start_dockerd(
+        Path(os.environ.get("KILN_TEST_DOCKER_ROOT", Path.home() / ".cache/kiln-tests/docker")))
     yield engine
     engine.stop()
 
@@ -197,14 +199,16 @@ def base_image(docker_engine) -> str:
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
-    service = start_registry(tmp_path_factory.mktemp("registry"))
+    """The registry .ci/run started on 127.0.0.1:5000 (KILN_TEST_REGISTRY), else a private one."""
+    service = shared("registry") or start_registry(tmp_path_factory.mktemp("registry"))
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    service = start_s3(tmp_path_factory.mktemp("s3"))
+    """The moto_server .ci/run started (KILN_TEST_S3_*), else a private one; auth enforced, bucket `models`."""
+    service = shared("s3") or start_s3(tmp_path_factory.mktemp("s3"))
     yield service
     service.stop()
 

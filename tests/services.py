@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ def free_port() -> int:
 
 
 def need(binary: str, package: str) -> str:
-    path = shutil.which(binary)
+    """The venv's own copy first (moto_server comes with the dev extra), then PATH."""
+    beside = Path(sys.executable).parent / binary
+    path = str(beside) if beside.is_file() else shutil.which(binary)
     if not path:
         raise RuntimeError(f"{binary} is not installed: run `make system-deps` (Debian package {package})")
     return path
@@ -49,13 +52,13 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
 
 @dataclass
 class Service:
-    proc: subprocess.Popen
-    log: Path
+    proc: subprocess.Popen | None  # None: started by someone else (.ci/run), left running
+    log: Path | None
     env: dict[str, str] = field(default_factory=dict)
     address: str = ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
@@ -159,3 +162,58 @@ def start_postgres(root: Path, port: int | None = None) -> Service:
                    check=True, capture_output=True)
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
     return Service(proc, log, {"PREFECT_API_DATABASE_CONNECTION_URL": url}, f"127.0.0.1:{port}")
+
+
+# --- started once for a whole CI run (.ci/run), reused by the fixtures -----------------------------------
+SHARED = {  # fixture -> the variables `up` exports for it
+    "docker": ["KILN_TEST_DOCKER_HOST"],
+    "registry": ["KILN_TEST_REGISTRY"],
+    "s3": ["KILN_TEST_S3_ENDPOINT", "KILN_TEST_S3_ACCESS_KEY", "KILN_TEST_S3_SECRET_KEY"],
+}
+
+
+def shared(kind: str) -> Service | None:
+    """The service .ci/run started, when its variables are set; the fixtures start their own otherwise."""
+    names = SHARED[kind]
+    if not all(os.environ.get(n) for n in names):
+        return None
+    if kind == "docker":
+        return Service(None, None, {"DOCKER_HOST": os.environ[names[0]]}, os.environ[names[0]])
+    if kind == "registry":
+        return Service(None, None, {}, os.environ[names[0]])
+    endpoint, key, secret = (os.environ[n] for n in names)
+    return Service(None, None, {"KILN_S3_ENDPOINT": endpoint, "KILN_S3_ACCESS_KEY": key, "KILN_S3_SECRET_KEY": secret,
+                                "KILN_S3_SECURE": "false", "KILN_S3_REGION": "us-east-1"}, endpoint)
+
+
+def main(argv: list[str]) -> int:
+    """`python tests/services.py up DIR` starts dockerd, docker-registry on 127.0.0.1:5000 and moto_server (auth
+    enforced, bucket `models`) and writes DIR/env.sh; `down DIR` stops them."""
+    import shlex
+
+    if len(argv) != 3 or argv[1] not in ("up", "down"):
+        print("usage: python tests/services.py up|down DIR", file=sys.stderr)
+        return 2
+    folder = Path(argv[2]).resolve()
+    if argv[1] == "down":
+        for pid in json.loads((folder / "pids.json").read_text()).values() if (folder / "pids.json").is_file() else []:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    docker = start_dockerd(folder / "docker")
+    registry = start_registry(folder / "registry", port=5000)
+    s3 = start_s3(folder / "s3")
+    (folder / "pids.json").write_text(json.dumps({"docker": docker.proc.pid, "registry": registry.proc.pid,
+                                                  "s3": s3.proc.pid}))
+    exports = {"KILN_TEST_DOCKER_HOST": docker.env["DOCKER_HOST"], "KILN_TEST_REGISTRY": registry.address,
+               **{f"KILN_TEST_S3_{k}": s3.env[f"KILN_S3_{k}"] for k in ("ENDPOINT", "ACCESS_KEY", "SECRET_KEY")}}
+    (folder / "env.sh").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports.items()))
+    print(f"dockerd {docker.address}; registry {registry.address}; s3 {s3.address} (auth enforced)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
