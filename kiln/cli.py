@@ -360,16 +360,11 @@ def upload(
     uri: str = typer.Argument(..., help="s3://BUCKET/PREFIX; the artifact goes to PREFIX/NAME/ID/"),
 ) -> None:
     """Upload an artifact to S3/MinIO (KILN_S3_* settings) and verify every object."""
-    from datetime import UTC, datetime
-
     from kiln.objectstore import ObjectStore
-    from kiln.store import record, resolve
+    from kiln.store import resolve
 
     try:
-        folder = resolve(artifact)
-        remote = ObjectStore(on_retry=_warn).upload_artifact(folder, uri)
-        record(folder, "uploads", {"uri": remote, "at": datetime.now(UTC).isoformat()})
-        print(remote)
+        print(ObjectStore(on_retry=_warn).upload_artifact(resolve(artifact), uri))
     except KilnError as exc:
         _fail(exc)
 

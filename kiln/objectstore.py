@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +25,7 @@ from kiln.errors import StorageError
 from kiln.hashing import file_sha256, tree_files
 from kiln.manifest import MANIFEST, Manifest
 from kiln.retry import with_retries
-from kiln.store import ArtifactStore
+from kiln.store import ArtifactStore, record
 
 SHA_KEY = "sha256"  # stored as x-amz-meta-sha256
 LATEST = "LATEST"  # PREFIX/NAME/LATEST holds the id of the newest artifact uploaded under NAME
@@ -133,7 +134,8 @@ class ObjectStore:
     def upload_artifact(self, folder: Path, uri: str, progress: Callable[[int, int], None] | None = None) -> str:
         """Upload an artifact folder under URI/NAME/ID/ and verify every object; returns the artifact's URI.
 
-        The local folder is only read. The manifest goes up last, so readers never see a partial artifact.
+        The artifact's files are only read; once all is up, the upload is appended to its manifest (not hashed).
+        The manifest goes up last, so readers never see a partial artifact.
         """
         manifest = Manifest.read(folder)
         bucket, prefix = parse_uri(uri)
@@ -160,7 +162,9 @@ class ObjectStore:
         data = manifest.id.encode()
         self._call("updating LATEST", f"s3://{bucket}/{pointer}", lambda: self.client.put_object(
             bucket, pointer, io.BytesIO(data), len(data), content_type="text/plain"))
-        return f"s3://{bucket}/{base}"
+        remote = f"s3://{bucket}/{base}"
+        record(folder, "uploads", {"uri": remote, "at": datetime.now(UTC).isoformat()})
+        return remote
 
     # --- programs -----------------------------------------------------------------------------------------
     def fetch_program(self, uri: str, dest_root: Path) -> Path:

@@ -4,13 +4,11 @@ Settings: the kiln-s3 block named by KILN_S3_BLOCK, else the KILN_S3_* environme
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from kiln.objectstore import ObjectStore
-from kiln.store import record
 from tasks.blocks import s3_settings
 from tasks.retrying import transient_only
 
@@ -27,6 +25,5 @@ def upload(artifact: str, uri: str) -> str:
     store = ObjectStore(s3_settings(), on_retry=logger.warning)
     remote = store.upload_artifact(Path(artifact), uri,
                                    progress=lambda done, total: logger.info("uploaded %d/%d files", done, total))
-    record(Path(artifact), "uploads", {"uri": remote, "at": datetime.now(UTC).isoformat()})
     logger.info("uploaded %s to %s (verified)", artifact, remote)
     return remote

@@ -55,15 +55,15 @@ def constraints() -> list[str]:
 
 def download_wheels(cache: Path, log=print) -> Path:
     """Wheels for the runtime image (cached by what they pin); returns the folder, with requirements.txt."""
-    reqs = requirements()
-    key = json_sha256({"requirements": reqs, "constraints": constraints(), "python": IMAGE_PYTHON})[:16]
+    reqs, pins = requirements(), constraints()
+    key = json_sha256({"requirements": reqs, "constraints": pins, "python": IMAGE_PYTHON})[:16]
     folder = cache / "wheels" / key
     if (folder / "requirements.txt").is_file():
         return folder
     staging = folder.with_name(f".{key}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / "constraints.txt").write_text("\n".join(constraints()) + "\n")
+    (staging / "constraints.txt").write_text("\n".join(pins) + "\n")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp",
            "--python-version", IMAGE_PYTHON, *[a for p in PLATFORMS for a in ("--platform", p)],
            "-c", str(staging / "constraints.txt"), "-d", str(staging), *reqs]
