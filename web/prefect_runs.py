@@ -50,6 +50,13 @@ class Runs:
                     name=name)
         except (httpx.ConnectError, httpx.TimeoutException) as exc:
             raise PrefectUnavailable(f"the Prefect server at {self.api} stopped answering ({exc})") from None
+        except httpx.HTTPStatusError as exc:
+            # 503 is how Prefect says "retry": on SQLite, a write that lost a lock race; nothing was created.
+            # The client already retried it; past that, the caller gets 503 too, and its retry is safe.
+            if exc.response.status_code < 500:
+                raise
+            raise PrefectUnavailable(f"the Prefect server at {self.api} is busy (it answered "
+                                     f"{exc.response.status_code}, also on the client's retries)") from None
 
     async def read(self, flow_run_id: str):
         await self._ready()
