@@ -1,10 +1,13 @@
 """TVM vs onnxruntime on this machine: median latency, batch 1, both measured in the same process.
 
     python benchmarks/compile_vs_ort.py [--models digits resnet18 encoder] [--budgets digits=0,64 ...]
+    python benchmarks/compile_vs_ort.py --target cuda --budgets digits=0 resnet18=0 encoder=0   # on a GPU
 
-For each model: onnxruntime (all graph optimizations, all cores), then TVM built with each trial budget
-(0 = no search; the MetaSchedule database starts empty for every budget), each measured right after the
-other with the same thread count. Writes benchmarks/RESULTS.md (the "compile" section) and results.json.
+For each model: onnxruntime (all graph optimizations, all cores, CPU), then TVM built with each trial budget
+(0 = no search: on CUDA, TVM's DLight default schedules; the MetaSchedule database starts empty for every
+budget), each measured right after the other. TVM on CUDA is timed end to end from the host (inputs copied
+in, outputs copied out), as a caller sees it. Writes benchmarks/RESULTS.md (one section per target) and
+results.json (results-cuda.json).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def feed_for(specs, seed=0):
     return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
 
 
-def bench_model(name: str, budgets: list[int], threads: int) -> dict:
+def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm") -> dict:
     rel, script, shapes = MODELS[name]
     path = ROOT / rel
     if not path.is_file():
@@ -56,7 +59,7 @@ def bench_model(name: str, budgets: list[int], threads: int) -> dict:
     model = load_model(path)
     inputs = input_specs(model, shapes, rel)
     outputs = output_specs(model)
-    work = WORK / name
+    work = WORK / (name if target == "llvm" else f"{name}-{target}")
     shutil.rmtree(work, ignore_errors=True)
     prepared = work / "prepared.onnx"
     prepare(model, inputs, prepared, rel)
@@ -68,11 +71,11 @@ def bench_model(name: str, budgets: list[int], threads: int) -> dict:
     rows = []
     for budget in budgets:
         t0 = time.perf_counter()
-        res = compile_model(prepared, inputs, target_kind="llvm", trials=budget, max_trials_per_task=None,
+        res = compile_model(prepared, inputs, target_kind=target, trials=budget, max_trials_per_task=None,
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
                             progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0
-        runner = TvmRunner(res.module, inputs, outputs, threads=threads)
+        runner = TvmRunner(res.module, inputs, outputs, threads=threads, device="cuda" if target == "cuda" else "cpu")
         got = runner.run(feed)
         err = max(float(np.max(np.abs(got[k] - want[k])) / (np.max(np.abs(want[k])) or 1)) for k in want)
         lat = measure(lambda r=runner: r.run(feed), repeats=300, max_seconds=10, min_repeats=5)
@@ -88,25 +91,40 @@ def bench_model(name: str, budgets: list[int], threads: int) -> dict:
             "ort_p90_ms": ort_lat.p90, "runs": rows}
 
 
-def machine() -> dict:
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out.splitlines()[0] if out else "no GPU found"
+
+
+def machine(target: str = "llvm") -> dict:
     cpu = "unknown"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "llvm_mcpu": target_config("llvm")["mcpu"],
-            "python": platform.python_version(), "os": platform.platform()}
+            "python": platform.python_version(), "os": platform.platform(),
+            **({"gpu": gpu_name()} if target == "cuda" else {})}
 
 
-def write_results(results: list[dict], info: dict, command: str) -> None:
-    lines = ["## TVM vs onnxruntime (`make bench`)", "",
-             f"Measured {time.strftime('%Y-%m-%d')} on {info['cpu']} ({info['cores']} cores, LLVM mcpu "
+def write_results(results: list[dict], info: dict, command: str, target: str = "llvm") -> None:
+    heading = ("## TVM vs onnxruntime (`make bench`)" if target == "llvm" else
+               f"## TVM on {target.upper()} vs onnxruntime on the CPU (`{command}`)")
+    where = f"GPU {info['gpu']} (TVM); " if target == "cuda" else ""
+    lines = [heading, "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {where}{info['cpu']} ({info['cores']} cores, LLVM mcpu "
              f"`{info['llvm_mcpu']}`), {info['os']}, Python {info['python']}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
              f"Command: `{command}`", "",
              "Batch 1, random weights, median of up to 300 timed calls after warm-up; onnxruntime re-measured "
              "right after each TVM build in the same process with the same thread count. Ratio = TVM / "
-             "onnxruntime (below 1 = TVM faster).", "",
+             "onnxruntime (below 1 = TVM faster)." + (
+                 " TVM runs on the GPU, timed from the host with the copies in and out; onnxruntime is its CPU "
+                 "build on all cores; trials 0 = DLight's default GPU schedules." if target == "cuda" else ""), "",
              "| model | input | onnxruntime p50 ms | trials | tasks | tuning+build s | TVM p50 ms | TVM p90 ms | "
              "onnxruntime p50 ms (same moment) | ratio TVM/ORT | max rel diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -117,7 +135,8 @@ def write_results(results: list[dict], info: dict, command: str) -> None:
                          f"{run['build_s']} | {run['tvm_p50_ms']:.4f} | {run['tvm_p90_ms']:.4f} | "
                          f"{run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | {run['max_rel_diff']:.1e} |")
     write_section(lines[0], lines[1:])
-    (ROOT / "benchmarks" / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
+    name = "results.json" if target == "llvm" else f"results-{target}.json"
+    (ROOT / "benchmarks" / name).write_text(json.dumps({"machine": info, "results": results}, indent=2))
 
 
 def main() -> None:
@@ -125,14 +144,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--budgets", nargs="*", default=[], help="MODEL=T1,T2 overrides, e.g. resnet18=0,100")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--target", choices=["llvm", "cuda"], default="llvm", help="where TVM's code runs")
     args = parser.parse_args()
     budgets = dict(BUDGETS)
     for item in args.budgets:
         name, _, values = item.partition("=")
         budgets[name] = [int(v) for v in values.split(",")]
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    results = [bench_model(m, budgets[m], args.threads) for m in args.models]
-    write_results(results, machine(), "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:]))
+    results = [bench_model(m, budgets[m], args.threads, args.target) for m in args.models]
+    write_results(results, machine(args.target), "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:]),
+                  args.target)
 
 
 if __name__ == "__main__":
