@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_md import write_section  # noqa: E402
-from kiln.compiler import compile_model, target_config  # noqa: E402
+from kiln.compiler import compile_model, device_for, target_config  # noqa: E402
 from kiln.manifest import versions  # noqa: E402
 from kiln.onnx_inspect import input_specs, load_model, output_specs  # noqa: E402
 from kiln.prepare import prepare  # noqa: E402
@@ -75,7 +75,7 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
                             progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0
-        runner = TvmRunner(res.module, inputs, outputs, threads=threads, device="cuda" if target == "cuda" else "cpu")
+        runner = TvmRunner(res.module, inputs, outputs, threads=threads, device=device_for(target))
         got = runner.run(feed)
         err = max(float(np.max(np.abs(got[k] - want[k])) / (np.max(np.abs(want[k])) or 1)) for k in want)
         lat = measure(lambda r=runner: r.run(feed), repeats=300, max_seconds=10, min_repeats=5)

@@ -21,8 +21,8 @@ pack)
   for w in "$tmp"/whl/*.whl; do unzip -q -o "$w" -d "$tmp/site"; done
   rm -rf "$tmp"/site/tvm_ffi/{3rdparty,include,src,cython}
   tar -cJf .gpu/site.tar.xz -C "$tmp/site" .
-  tar -C "$site" --exclude=tvm/lib/libtvm_compiler.so --exclude=__pycache__ --exclude=tvm/3rdparty \
-    --exclude=tvm/web -cJf .gpu/tvm-rest.tar.xz tvm apache_tvm-0.27.0.post1.dist-info
+  (cd "$site" && tar --exclude=tvm/lib/libtvm_compiler.so --exclude=__pycache__ --exclude=tvm/3rdparty \
+    --exclude=tvm/web -cJf "$OLDPWD/.gpu/tvm-rest.tar.xz" tvm apache_tvm-*.dist-info)
   xz -T0 -9 -c "$site/tvm/lib/libtvm_compiler.so" > .gpu/libtvm_compiler.so.xz
   rm -rf "$tmp"; du -cb .gpu/* | tail -1 ;;
 run)

@@ -39,6 +39,11 @@ def target_config(kind: str) -> dict:
     raise ModelError(f"unknown target {kind!r}", hint="use --target llvm or --target cuda")
 
 
+def device_for(kind: str) -> str:
+    """The runtime device a module compiled for target `kind` runs on (the runners' `device` setting)."""
+    return "cuda" if kind == "cuda" else "cpu"
+
+
 def supported_ops() -> set[str]:
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 

@@ -77,7 +77,7 @@ def _cache_key(context: TaskRunContext, params: dict) -> str | None:
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
                 max_trials_per_task: int | None = None, continue_from: str | None = None) -> BuiltCandidate:
     """continue_from: an artifact's tuning/ folder, the search to continue where this machine has none."""
-    from kiln.compiler import compile_model, target_config
+    from kiln.compiler import compile_model, device_for, target_config
 
     logger = get_run_logger()
     records = seed_database(prepared, target, continue_from)
@@ -117,7 +117,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
                               build_seconds=time.perf_counter() - start)
     built = BuiltCandidate(
         name="tvm", backend="tvm", path=str(cache / "model.so"), build_seconds=result.seconds,
-        settings={"device": "cuda" if target == "cuda" else "cpu"},
+        settings={"device": device_for(target)},
         tuning={"trials": trials, "tasks": result.tasks, "records_added": result.tuned_records,
                 "seconds": round(result.seconds, 2), "database": str(db_dir), "target": result.target,
                 "max_trials_per_task": max_trials_per_task})

@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 from conftest import BIN, ROOT, free_port
+from prefect.client.base import PrefectHttpxSyncClient
 
 MLFLOW_SECRET = "mlflow-secret-for-tests"
 HF_SECRET = "hf-secret-for-tests"
@@ -61,17 +62,11 @@ def kiln(args: list[str], env: dict[str, str]):
 
 
 def api(svc, method: str, path: str, **kwargs):
-    """A call to the Prefect REST API, as the UI makes it; an error answer fails the test with its body.
-
-    On SQLite, Prefect answers a write that lost a lock race with 503 and nothing written (about 5 % of
-    create_flow_run calls while a worker polls, measured); its own client retries 503, and so does this."""
-    for attempt in range(6):
-        answer = httpx.request(method, f"{svc['api']}{path}", timeout=30, **kwargs)
-        if answer.status_code != 503:
-            break
-        time.sleep(0.2 * 2**attempt)
-    assert answer.is_success, f"{method} {path} -> {answer.status_code}: {answer.text[:2000]}"
-    return answer.json()
+    """A call to the Prefect REST API, as the UI makes it, through Prefect's own HTTP client: it retries 503,
+    which Prefect on SQLite answers to a write that lost a lock race (~5 % of run creations while a worker
+    polls), and raises with the answer's body on any other error."""
+    with PrefectHttpxSyncClient(base_url=svc["api"], timeout=30) as client:
+        return client.request(method, path, **kwargs).json()
 
 
 def deployment(svc, name: str) -> dict:

@@ -46,3 +46,7 @@ def test_a_busy_prefect_is_unavailable_not_an_error(busy_prefect):
     with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 1}), pytest.raises(PrefectUnavailable, match="busy"):
         asyncio.run(runs.create({"program": "/somewhere"}))
     assert sum("deployments/name/optimize/optimize" in c for c in BusyPrefect.calls) == 2  # retried once
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # the run page and the form's list of runs too
+        for call in (runs.read("0b9c2f4e-3d1a-4c5e-9f00-000000000000"), runs.recent()):
+            with pytest.raises(PrefectUnavailable, match="busy"):
+                asyncio.run(call)

@@ -1,18 +1,20 @@
 """Flow runs through the Prefect client: create `optimize` runs (exactly once per idempotency key), read them.
 
 Every call first checks that the Prefect API answers within a second or two, so the web answers 503 at once
-instead of waiting out the client's retries when the server is down.
+instead of waiting out the client's retries when the server is down; a server that stays busy is 503 too.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 
 class PrefectUnavailable(Exception):
-    """The Prefect API did not answer; nothing was created."""
+    """The Prefect API did not answer, or stayed busy; nothing was created."""
 
 
 class Runs:
@@ -29,37 +31,35 @@ class Runs:
         except httpx.HTTPError:
             return False
 
-    def _client(self):
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[Any]:
+        """A Prefect client, after a quick health check; a Prefect that is down, stops answering, or stays busy
+        past the client's own retries (503 is how Prefect on SQLite says "lost a lock race, retry"; nothing was
+        written) becomes PrefectUnavailable, so every page and webhook answers 503 and the caller can retry."""
         from prefect.client.orchestration import PrefectClient
 
-        return PrefectClient(self.api, httpx_settings={"timeout": 10})
-
-    async def _ready(self) -> None:
         if not await self.healthy():
             raise PrefectUnavailable(f"the Prefect server at {self.api} does not answer")
-
-    async def create(self, parameters: dict[str, Any], *, idempotency_key: str | None = None,
-                     tags: list[str] | None = None, name: str | None = None):
-        """A flow run of the optimize deployment; with an idempotency key, the existing run for that key."""
-        await self._ready()
         try:
-            async with self._client() as client:
-                deployment = await client.read_deployment_by_name(self.deployment)
-                return await client.create_flow_run_from_deployment(
-                    deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or [],
-                    name=name)
+            async with PrefectClient(self.api, httpx_settings={"timeout": 10}) as client:
+                yield client
         except (httpx.ConnectError, httpx.TimeoutException) as exc:
             raise PrefectUnavailable(f"the Prefect server at {self.api} stopped answering ({exc})") from None
         except httpx.HTTPStatusError as exc:
-            # 503 is how Prefect says "retry": on SQLite, a write that lost a lock race; nothing was created.
-            # The client already retried it; past that, the caller gets 503 too, and its retry is safe.
             if exc.response.status_code < 500:
                 raise
             raise PrefectUnavailable(f"the Prefect server at {self.api} is busy (it answered "
                                      f"{exc.response.status_code}, also on the client's retries)") from None
 
+    async def create(self, parameters: dict[str, Any], *, idempotency_key: str | None = None,
+                     tags: list[str] | None = None, name: str | None = None):
+        """A flow run of the optimize deployment; with an idempotency key, the existing run for that key."""
+        async with self._client() as client:
+            deployment = await client.read_deployment_by_name(self.deployment)
+            return await client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or [], name=name)
+
     async def read(self, flow_run_id: str):
-        await self._ready()
         async with self._client() as client:
             return await client.read_flow_run(flow_run_id)
 
@@ -67,7 +67,6 @@ class Runs:
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
         from prefect.client.schemas.sorting import FlowRunSort
 
-        await self._ready()
         async with self._client() as client:
             return await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[self.deployment.split("/")[-1]])),
