@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_md import write_section  # noqa: E402
+from kiln.artifact.manifest import versions  # noqa: E402
 from kiln.compiler import compile_model, device_for, target_config  # noqa: E402
-from kiln.manifest import versions  # noqa: E402
-from kiln.onnx_inspect import input_specs, load_model, output_specs  # noqa: E402
-from kiln.prepare import prepare  # noqa: E402
+from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
+from kiln.optimize.prepare import prepare_model  # noqa: E402
 from kiln.runtime.latency import measure  # noqa: E402
 from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
 
@@ -62,7 +62,7 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
     work = WORK / (name if target == "llvm" else f"{name}-{target}")
     shutil.rmtree(work, ignore_errors=True)
     prepared = work / "prepared.onnx"
-    prepare(model, inputs, prepared, rel)
+    prepare_model(model, inputs, prepared, rel)
     feed = feed_for(inputs)
     ort_runner = OrtRunner(path, threads=threads)
     want = ort_runner.run(feed)

@@ -2,7 +2,7 @@
 
     python benchmarks/compression.py [--models resnet18 encoder] [--calibration 16]
 
-Per model: every onnxruntime candidate of kiln.candidates is built (int8 static calibrated on
+Per model: every onnxruntime candidate of kiln.optimize.candidates is built (int8 static calibrated on
 --calibration synthetic inputs, MinMax), then each is timed right after the fp32 baseline. Accuracy on
 random weights and synthetic inputs means little, so the table shows agreement with fp32 (cosine, arg-max)
 for orientation only; the gate in a real run uses the program's data. Writes the "compression" section of
@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_md import write_section  # noqa: E402
-from kiln import candidates  # noqa: E402
-from kiln.datasets import feeds, synthetic  # noqa: E402
-from kiln.onnx_inspect import input_specs, load_model  # noqa: E402
-from kiln.prepare import prepare  # noqa: E402
+from kiln.optimize import candidates  # noqa: E402
+from kiln.optimize.feeds import feeds  # noqa: E402
+from kiln.optimize.inspect import input_specs, load_model  # noqa: E402
+from kiln.optimize.prepare import prepare_model  # noqa: E402
+from kiln.program.datasets import synthetic  # noqa: E402
 from kiln.runtime.latency import measure  # noqa: E402
 from kiln.runtime.runners import OrtRunner  # noqa: E402
 
@@ -43,7 +44,7 @@ def bench(name: str, n_cal: int, threads: int) -> list[dict]:
     specs = input_specs(model, MODELS[name], str(path))
     work = Path(tempfile.mkdtemp(prefix=f"kiln-compress-{name}-"))
     prepared = work / "prepared.onnx"
-    prepare(model, specs, prepared, str(path))
+    prepare_model(model, specs, prepared, str(path))
     calib = feeds(synthetic(specs, [], count=n_cal, seed=1), specs)
     feed = feeds(synthetic(specs, [], count=1, seed=2), specs)[0]
     base = OrtRunner(path, threads=threads)
@@ -60,8 +61,8 @@ def bench(name: str, n_cal: int, threads: int) -> list[dict]:
             rows.append({"model": name, "candidate": cand.name, "error": str(exc).splitlines()[0][:120]})
             continue
         build_s = time.perf_counter() - t0
-        runner = OrtRunner(built.path, threads=built.settings.get("threads", threads),
-                           optimization=built.settings.get("optimization", "all"))
+        runner = OrtRunner(built.path, threads=built.settings.threads or threads,
+                           optimization=built.settings.optimization or "all")
         got = runner.run(feed)
         fp32 = measure(lambda: base.run(feed), repeats=200, max_seconds=8)
         lat = measure(lambda r=runner: r.run(feed), repeats=200, max_seconds=8)

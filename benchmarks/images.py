@@ -50,9 +50,9 @@ def main() -> None:
 
     import numpy as np
 
-    from kiln.image import RUNTIME_REPOSITORY, build_model_image, context
-    from kiln.image import engine as docker_engine
-    from kiln.loader import kiln_home
+    from kiln.config import kiln_home
+    from kiln.ship import RUNTIME_REPOSITORY, build_model_image, context
+    from kiln.ship import engine as docker_engine
 
     client, stop_engine = engine()
     try:
@@ -136,7 +136,8 @@ def main() -> None:
 
 
 def _files(artifact: Path) -> list[str]:
-    from kiln.manifest import MANIFEST, Manifest
+    from kiln.artifact.layout import MANIFEST
+    from kiln.artifact.manifest import Manifest
 
     return [*Manifest.read(artifact).files, MANIFEST]
 

@@ -15,18 +15,20 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from kiln.errors import KilnError
-from kiln.manifest import Manifest
-from kiln.store import ArtifactStore
 from flows.optimize import optimize
+from kiln.artifact.layout import PROGRAM_DIR
+from kiln.artifact.manifest import Manifest
+from kiln.artifact.store import ArtifactStore
+from kiln.errors import KilnError
+from kiln.optimize.request import OptimizeRequest
 
 
 def program_location(artifact: Path, manifest: Manifest) -> tuple[str | None, str | None]:
     """(where the artifact's saved program is, why it cannot be used)."""
-    folder = artifact / "program"
+    folder = artifact / PROGRAM_DIR
     if not folder.is_dir():
         return None, f"its program folder {folder} is gone"
-    file = manifest.program.get("file") or "program.py"
+    file = manifest.program.file
     if (folder / file).is_file():
         return str(folder / file if file != "program.py" else folder), None
     models = sorted(folder.glob("*.onnx"))
@@ -87,10 +89,12 @@ def reoptimize(
             continue
         options = manifest.options
         try:
-            result = optimize(program=location, shapes=manifest.program.get("shapes") or None, trials=extra_trials,
-                              max_trials_per_task=options.get("max_trials_per_task"), target=target,
-                              candidates=options.get("candidates"), threads=options.get("threads"), store=store,
-                              latency_repeats=latency_repeats, incumbent=str(folder), min_gain=min_gain, name=name)
+            request = OptimizeRequest.of(
+                program=location, shapes=manifest.program.shapes or None, trials=extra_trials, target=target,
+                max_trials_per_task=options.max_trials_per_task if options else None,
+                candidates=options.candidates if options else None, threads=options.threads if options else None,
+                store=store, latency_repeats=latency_repeats, incumbent=str(folder), min_gain=min_gain, name=name)
+            result = optimize(request)
         except KilnError as exc:  # the program or its data no longer load, or nothing passes its ranges
             logger.warning("skipping %s v%s: %s", name, manifest.version, exc.render())
             where = f"{exc.where}: " if exc.where else ""

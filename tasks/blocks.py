@@ -3,12 +3,12 @@ worker's environment. `kiln up` registers the type; a flow uses it when KILN_S3_
 
 from __future__ import annotations
 
-import os
-
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from kiln.objectstore import S3Settings
+from kiln.artifact.remote import S3Settings
+from kiln.config import settings
+from kiln.errors import StorageError
 
 
 class KilnS3(Block):
@@ -31,11 +31,10 @@ class KilnS3(Block):
 
 def s3_settings() -> S3Settings:
     """The block named by KILN_S3_BLOCK, else the KILN_S3_* environment."""
-    name = os.environ.get("KILN_S3_BLOCK")
+    cfg = settings()
+    name = cfg.s3_block
     if not name:
-        return S3Settings.from_env()
-    from kiln.errors import StorageError
-
+        return S3Settings.from_settings(cfg)
     try:
         return KilnS3.load(name).settings()
     except ValueError as exc:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from kiln.image import build_model_image, check_repository
-from kiln.image.engine import connect
+from kiln.ship import build_model_image, check_repository, connect
 from tasks.retrying import transient_only
 
 
@@ -22,5 +21,5 @@ def check_image(repository: str) -> None:
 def image(artifact: str, repository: str, push: bool = True) -> dict:
     logger = get_run_logger()
     entry = build_model_image(Path(artifact), repository, push=push, log=logger.info)
-    logger.info("image %s", entry.get("reference") or f"{entry['repository']}:{entry['tags'][0]}")
-    return entry
+    logger.info("image %s", entry.reference or f"{entry.repository}:{entry.tags[0]}")
+    return entry.model_dump(mode="json")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from kiln import report as tables
-from kiln.manifest import CandidateResult
+from kiln.artifact.manifest import CandidateResult
+from kiln.optimize import report as tables
 
 
 def _key(name: str) -> str:
@@ -27,8 +29,6 @@ def report_result(name: str, candidates: list[CandidateResult], selected: str | 
                 f"Artifact: `{artifact}`\n\n")
     else:
         head = f"# {name}: nothing published\n\n{error}\n\n"
-    import base64
-
     plot = base64.b64encode(tables.svg_plot(candidates, selected=selected).encode()).decode()
     body = (head + tables.markdown(candidates, selected)
             + f"\n\n![speed vs accuracy](data:image/svg+xml;base64,{plot})\n")

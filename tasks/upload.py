@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from kiln.objectstore import ObjectStore
+from kiln.artifact.remote import ObjectStore
 from tasks.blocks import s3_settings
 from tasks.retrying import transient_only
 

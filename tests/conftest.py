@@ -152,29 +152,33 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
     the runtime-only path and the index guards are exercised on compiled code.
     """
     import onnx_models
+
+    from kiln.artifact.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, ProgramInfo, versions
+    from kiln.artifact.specs import IndexGuard, TensorSpec
+    from kiln.artifact.store import ArtifactStore
     from kiln.compiler import compile_model
-    from kiln.hashing import file_sha256
-    from kiln.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, versions
-    from kiln.protocol import generate
-    from kiln.specs import IndexGuard, TensorSpec
-    from kiln.store import ArtifactStore
+    from kiln.fs import file_sha256
+    from kiln.optimize.protocol import generate
 
     tmp = tmp_path_factory.mktemp("embed")
     model = onnx_models.embedding(tmp / "embed.onnx", vocab=50)
     inputs = [TensorSpec(name="ids", dtype="int64", shape=[1, 6])]
     outputs = [TensorSpec(name="pooled", dtype="float32", shape=[1, 8])]
     store = ArtifactStore(tmp / "store")
-    staged = store.staging()
-    compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp / "db",
-                  out=staged / "model.so")
-    info = generate(staged / "protocol")
-    cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)
-    manifest = Manifest(name="embed", created_at="2026-01-01T00:00:00", target="llvm", dataset="synthetic",
-                        model=ModelInfo(path="model.so", sha256=file_sha256(staged / "model.so"), source_sha256=""),
-                        program={}, inputs=inputs, outputs=outputs, candidates=[cand], selected="tvm",
-                        backend="tvm", speedup_vs_baseline=1.0, versions=versions(), protocol=info.as_dict(),
-                        guards=[IndexGuard(input="ids", low=-50, high=50, node="embed")])
-    return store.publish(staged, manifest), model
+
+    def fill(folder):
+        compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp / "db",
+                      out=folder / "model.so")
+        info = generate(folder / "protocol")
+        cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)
+        return Manifest(name="embed", created_at="2026-01-01T00:00:00", target="llvm", dataset="synthetic",
+                        model=ModelInfo(path="model.so", sha256=file_sha256(folder / "model.so"), source_sha256=""),
+                        program=ProgramInfo(sha256="", source=str(model)), inputs=inputs, outputs=outputs,
+                        candidates=[cand], selected="tvm", backend="tvm", speedup_vs_baseline=1.0,
+                        versions=versions(), protocol=info, guards=[IndexGuard(input="ids", low=-50, high=50,
+                                                                                node="embed")])
+
+    return store.publish(fill), model
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from conftest import run_kiln, store_snapshot
 
 INT8 = "onnxruntime,ort-fp32-basic,ort-int8-dynamic,ort-int8-static"
@@ -77,9 +76,9 @@ def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
     """A small CNN calibrated on synthetic data: every candidate is measured and gated, and the published
     artifact runs with the winner's backend and session settings, in kiln.load and in the server."""
     import onnx_models
+    from conftest import Served
 
     import kiln
-    from conftest import Served
     from kiln.client import connect
 
     prog = tmp_path / "cnn"
@@ -119,8 +118,8 @@ def test_calibration_methods_and_gemm_rewrite(tmp_path):
     import onnx_models
     import pytest
 
-    from kiln import candidates
     from kiln.errors import KilnError
+    from kiln.optimize import candidates
 
     model = onnx_models.small_cnn(tmp_path / "cnn.onnx")
     calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
@@ -130,7 +129,7 @@ def test_calibration_methods_and_gemm_rewrite(tmp_path):
         ctx = candidates.BuildContext(model=model, prepared=model, out_dir=out, calibration=calib,
                                       calibration_method=method)
         built = candidates.get("ort-int8-static").build(ctx)
-        assert method in built.settings["quantization"]
+        assert method in built.settings.quantization
         assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(built.path)).graph.node)
     ctx.calibration_method = "guess"
     with pytest.raises(KilnError, match="unknown calibration method 'guess'"):

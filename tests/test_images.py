@@ -17,8 +17,8 @@ from conftest import free_port, run_kiln, store_snapshot
 from services import start_registry
 
 import kiln
+from kiln.artifact.store import verify
 from kiln.client import connect
-from kiln.store import verify
 
 
 def wait_serving(container, timeout: float = 90) -> float:

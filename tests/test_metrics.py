@@ -3,7 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from kiln import metrics
-from kiln.metrics import Range
+from kiln.program.metrics import Range
 
 
 def test_absolute_and_relative_ranges():

@@ -2,16 +2,16 @@
 
 
 import numpy as np
+import onnx_models
 import onnxruntime as ort
 import pytest
 
-import onnx_models
+from kiln.artifact.specs import TensorSpec, check_index_ranges
 from kiln.compiler import import_onnx, supported_ops
-from kiln.datasets import Dataset, check_index_ranges
 from kiln.errors import DatasetError, InputError, ModelError
-from kiln.onnx_inspect import index_guards, input_specs, load_model, unsupported_ops
-from kiln.prepare import fix_input_shapes, infer_shapes, prepare
-from kiln.specs import TensorSpec
+from kiln.optimize.inspect import index_guards, input_specs, load_model, unsupported_ops
+from kiln.optimize.prepare import fix_input_shapes, infer_shapes, prepare_model
+from kiln.program.datasets import Dataset
 
 
 def test_not_onnx(tmp_path):
@@ -56,7 +56,7 @@ def test_prepare_turns_an_import_failure_into_a_matching_model(tmp_path):
     with pytest.raises(ModelError, match="Dynamic pads are not supported"):
         import_onnx(src, specs)
     out = tmp_path / "prepared.onnx"
-    prepare(model, specs, out, "m")
+    prepare_model(model, specs, out, "m")
     import_onnx(out, specs)  # no longer raises
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     a = ort.InferenceSession(str(src)).run(None, {"x": x})[0]

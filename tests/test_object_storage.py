@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from conftest import Served, run_kiln, store_snapshot
+from minio import Minio
 from services import start_s3
 
-from minio import Minio
-
+from kiln.artifact.remote import ObjectStore, S3Settings
+from kiln.artifact.store import ArtifactStore, verify
 from kiln.errors import StorageError
-from kiln.objectstore import ObjectStore, S3Settings
-from kiln.store import ArtifactStore, verify
 
 
 def s3_client(env: dict[str, str]) -> Minio:
@@ -72,14 +71,16 @@ def test_upload_pull_and_serve_from_s3(digits_artifact, digits_program, kiln_env
 
 def test_large_files_go_up_in_parts_and_come_back_verified(s3, tmp_path):
     """A 12 MiB module with 5 MiB parts: multipart upload (ETag 'md5-N'), sha256 kept in metadata."""
-    from kiln.manifest import Manifest, ModelInfo
+    from kiln.artifact.manifest import Manifest, ModelInfo, ProgramInfo
 
-    staged = ArtifactStore(tmp_path / "store").staging()
-    (staged / "model.so").write_bytes(os.urandom(12 * 1024 * 1024))
-    manifest = Manifest(name="big", created_at="2026-01-01T00:00:00", model=ModelInfo(path="model.so", sha256="",
-                        source_sha256=""), program={}, target="llvm", inputs=[], outputs=[], dataset="-",
-                        candidates=[], selected="tvm", backend="tvm", speedup_vs_baseline=1.0)
-    folder = ArtifactStore(tmp_path / "store").publish(staged, manifest)
+    def fill(folder):
+        (folder / "model.so").write_bytes(os.urandom(12 * 1024 * 1024))
+        return Manifest(name="big", created_at="2026-01-01T00:00:00", model=ModelInfo(path="model.so", sha256="",
+                        source_sha256=""), program=ProgramInfo(sha256="", source="-"), target="llvm", inputs=[],
+                        outputs=[], dataset="-", candidates=[], selected="tvm", backend="tvm",
+                        speedup_vs_baseline=1.0)
+
+    folder = ArtifactStore(tmp_path / "store").publish(fill)
     store = ObjectStore(S3Settings(endpoint=s3.env["KILN_S3_ENDPOINT"], access_key=s3.env["KILN_S3_ACCESS_KEY"],
                                    secret_key=s3.env["KILN_S3_SECRET_KEY"], secure=False, part_size_mb=5))
     remote = store.upload_artifact(folder, "s3://models/parts")

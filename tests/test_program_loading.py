@@ -6,11 +6,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx_models
 import pytest
 
-import onnx_models
 from kiln.errors import ProgramError
-from kiln.loader import load_program, parse_shapes
+from kiln.program.loader import load_program
+from kiln.program.naming import parse_shapes
 
 PROGRAM = """
 import kiln

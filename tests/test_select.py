@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kiln.manifest import CandidateResult, LatencyMs
-from tasks.select import choose
+from kiln.artifact.manifest import CandidateResult, LatencyMs
+from kiln.optimize.gate import choose
 
 
 def cand(name: str, p50: float, passed: bool = True) -> CandidateResult:

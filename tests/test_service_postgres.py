@@ -8,10 +8,9 @@ import subprocess
 import time
 
 import httpx
+from conftest import free_port
 from services import start_postgres
 from test_service import kiln, wait_run
-
-from conftest import free_port
 
 
 def test_up_on_postgresql(tmp_path, digits_program):

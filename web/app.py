@@ -13,9 +13,11 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from kiln import candidates as registry
+from kiln.artifact.store import ArtifactStore
 from kiln.errors import KilnError
-from kiln.store import ArtifactStore
+from kiln.optimize import candidates as registry
+from kiln.optimize.request import OptimizeRequest
+from kiln.program.naming import clean_name, parse_shapes
 from web import security, uploads, webhooks
 from web.prefect_runs import PrefectUnavailable, Runs
 from web.settings import WebSettings
@@ -25,7 +27,7 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def create_app(settings: WebSettings | None = None) -> FastAPI:
-    settings = settings or WebSettings.from_env()
+    settings = settings or WebSettings.of()
     app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(uploads.BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     runs = Runs(settings.prefect_api, settings.prefect_ui, settings.deployment)
@@ -98,22 +100,24 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         if not security.bearer_ok(request, token) and not security.csrf_ok(token, sid, csrf):
             return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
                         "or stale: reload the form and submit again")
-        try:
-            parameters = _parameters(trials, target, candidates, shapes, upload, image)
+        try:  # every field checked before the upload is unpacked, so a typo fails in the browser
+            form = _form_fields(trials, target, candidates, shapes, upload, image)
+            OptimizeRequest.of(program="-", **form)
         except KilnError as exc:
             return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
         area = uploads.new_area(settings.uploads)
         try:
-            parameters["program"] = str(await uploads.program_from_upload(area, archive, model, files))
+            run = OptimizeRequest.of(program=str(await uploads.program_from_upload(area, archive, model, files)),
+                                     **form)
         except KilnError as exc:
             uploads.discard(area)
             return page(request, "error.html", 400, title="Cannot use this upload", message=exc.render())
         try:
-            flow_run = await runs.create(parameters, tags=["web"])
+            flow_run = await runs.create(run.parameters(), tags=["web"])
         except PrefectUnavailable as exc:
             uploads.discard(area)
             return unavailable(request, exc)
-        log.info("web: flow run %s for %s", flow_run.id, parameters["program"])
+        log.info("web: flow run %s for %s", flow_run.id, run.program)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"flow_run_id": str(flow_run.id), "ui": runs.ui_link(str(flow_run.id))}, 201)
         return RedirectResponse(f"/runs/{flow_run.id}", status_code=303)
@@ -144,8 +148,6 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     async def deliver(request: Request, parse) -> JSONResponse:
         """Verify and parse with `parse(headers, body)`, then start (or find) the run for its key."""
-        from kiln.loader import clean_name
-
         try:
             trigger = parse({k.lower(): v for k, v in request.headers.items()}, await request.body())
         except webhooks.Rejected as exc:
@@ -153,9 +155,13 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         if trigger is None:
             return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
         try:
-            flow_run = await runs.create({**settings.webhook_parameters, "program": trigger.source,
-                                          "name": clean_name(trigger.model)},
-                                         idempotency_key=trigger.key, tags=["webhook", trigger.registry],
+            run = OptimizeRequest.of(**settings.webhook_parameters, program=trigger.source,
+                                     name=clean_name(trigger.model))
+        except KilnError as exc:  # KILN_WEBHOOK_PARAMETERS was checked at start-up; the source may be wrong
+            return JSONResponse({"status": "rejected", "detail": exc.render()}, 422)
+        try:
+            flow_run = await runs.create(run.parameters(), idempotency_key=trigger.key,
+                                         tags=["webhook", trigger.registry],
                                          name=clean_name(f"{trigger.registry}-{trigger.model}-{trigger.version}"))
         except PrefectUnavailable as exc:
             return JSONResponse({"status": "unavailable", "detail": f"{exc}; retry later"}, 503)
@@ -175,30 +181,13 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     return app
 
 
-def _parameters(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str) -> dict:
-    """The optimize deployment's parameters from the form, each checked here so a typo fails in the browser."""
-    from kiln.loader import parse_shapes
-
-    if not 0 <= trials <= 100_000:
-        raise KilnError(f"trials must be between 0 and 100000, not {trials}")
-    if target not in ("llvm", "cuda"):
-        raise KilnError(f"unknown target {target!r}", hint="llvm or cuda")
-    unknown = sorted(set(candidates) - set(registry.all_names()))
-    if unknown:
-        raise KilnError(f"unknown candidates {unknown}")
+def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str) -> dict:
+    """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
     out: dict = {"trials": trials, "target": target}
     if candidates:
-        out["candidates"] = list(dict.fromkeys(["onnxruntime", *candidates]))
+        out["candidates"] = list(dict.fromkeys([registry.BASELINE, *candidates]))
     parsed = parse_shapes([s.strip() for s in shapes.replace(",", "\n").splitlines() if s.strip()])
     if parsed:
         out["shapes"] = parsed
-    if upload.strip():
-        from kiln.objectstore import parse_uri
-
-        parse_uri(upload.strip())
-        out["upload"] = upload.strip()
-    if image.strip():
-        from kiln.image import check_repository
-
-        out["image"] = check_repository(image.strip())
+    out.update({k: v.strip() for k, v in (("upload", upload), ("image", image)) if v.strip()})
     return out

@@ -1,11 +1,12 @@
-"""The web service's settings, from the environment (what `kiln up` sets)."""
+"""The web service's settings: the part of kiln's Settings it uses (what `kiln up` sets)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
+
+from kiln.config import ConfigError, Settings, settings
 
 
 class WebSettings(BaseModel):
@@ -22,40 +23,34 @@ class WebSettings(BaseModel):
     webhook_window_s: int = 300
     webhook_parameters: dict = {}  # optimize parameters for webhook-started runs (e.g. upload, image, trials)
 
+    @field_validator("token")
     @classmethod
-    def from_env(cls) -> WebSettings:
-        from kiln.loader import kiln_home
-        from kiln.store import default_store
+    def _secret_enough(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ConfigError("KILN_WEB_TOKEN must be set to a secret of at least 16 characters",
+                              hint="`kiln up` makes one and prints it")
+        return value
 
-        token = os.environ.get("KILN_WEB_TOKEN", "")
-        if len(token) < 16:
-            raise SystemExit("KILN_WEB_TOKEN must be set to a secret of at least 16 characters "
-                             "(`kiln up` makes one and prints it)")
-        api = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
-        return cls(
-            token=token, prefect_api=api,
-            prefect_ui=os.environ.get("KILN_PREFECT_UI_URL", api.removesuffix("/api")),
-            deployment=os.environ.get("KILN_OPTIMIZE_DEPLOYMENT", "optimize/optimize"),
-            uploads=kiln_home() / "uploads", store=default_store(),
-            max_upload_mb=float(os.environ.get("KILN_WEB_MAX_UPLOAD_MB", "256")),
-            mlflow_secret=os.environ.get("KILN_MLFLOW_WEBHOOK_SECRET") or None,
-            hf_secret=os.environ.get("KILN_HF_WEBHOOK_SECRET") or None,
-            hf_source_template=os.environ.get("KILN_HF_SOURCE_TEMPLATE") or None,
-            webhook_window_s=int(os.environ.get("KILN_WEBHOOK_WINDOW_S", "300")),
-            webhook_parameters=_json_object("KILN_WEBHOOK_PARAMETERS"))
+    @field_validator("webhook_parameters")
+    @classmethod
+    def _optimize_fields(cls, value: dict) -> dict:
+        """Webhook runs would all fail on a typo here: check it once, at start-up."""
+        from kiln.optimize.request import OptimizeRequest
 
+        try:
+            OptimizeRequest.of(program="-", **value)
+        except Exception as exc:
+            raise ConfigError(f"KILN_WEBHOOK_PARAMETERS: {getattr(exc, 'message', exc)}",
+                              hint=getattr(exc, "hint", None)) from None
+        return value
 
-def _json_object(var: str) -> dict:
-    import json
-
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{var} is not JSON: {exc}") from None
-    if not isinstance(value, dict) or {"program", "name"} & set(value):
-        raise SystemExit(f"{var} must be a JSON object of optimize parameters other than program and name, "
-                         'e.g. {"trials": 128, "upload": "s3://models/registry"}')
-    return value
+    @classmethod
+    def of(cls, cfg: Settings | None = None, token: str | None = None) -> WebSettings:
+        cfg = cfg or settings()
+        api = (cfg.prefect_api_url or "http://127.0.0.1:4200/api").rstrip("/")
+        return cls(token=cfg.web_token if token is None else token, prefect_api=api,
+                   prefect_ui=cfg.prefect_ui_url or api.removesuffix("/api"), deployment=cfg.optimize_deployment,
+                   uploads=cfg.home_dir / "uploads", store=cfg.store_dir, max_upload_mb=cfg.web_max_upload_mb,
+                   mlflow_secret=cfg.mlflow_webhook_secret, hf_secret=cfg.hf_webhook_secret,
+                   hf_source_template=cfg.hf_source_template, webhook_window_s=cfg.webhook_window_s,
+                   webhook_parameters=cfg.webhook_parameters)

@@ -1,6 +1,6 @@
 """Uploaded programs: a size limit enforced while the body arrives, safe file names, safe unpacking.
 
-Everything lands under one upload folder per submission; an archive is unpacked by kiln.archive (no `..`, no
+Everything lands under one upload folder per submission; an archive is unpacked by kiln.program.archive (no `..`, no
 absolute paths, no links, a size limit), so nothing is ever written outside the upload area.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from fastapi import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.archive import extract, is_archive
 from kiln.errors import ProgramError
+from kiln.program.archive import extract, is_archive
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

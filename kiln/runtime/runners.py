@@ -12,7 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from kiln.specs import TensorSpec
+from kiln.artifact.manifest import RunSettings
+from kiln.artifact.specs import TensorSpec
 
 
 class Runner(Protocol):
@@ -128,11 +129,12 @@ class TvmRunner:
 
 
 def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                threads: int | None = None, settings: dict | None = None) -> Runner:
-    settings = settings or {}
+                settings: RunSettings | None = None) -> Runner:
+    """Load `path` for `backend` as `settings` say (threads, graph level, spinning, device)."""
+    settings = settings or RunSettings()
     if backend == "onnxruntime":
-        return OrtRunner(path, threads=threads, optimization=settings.get("optimization", "all"),
-                         spin=settings.get("spin", True))
+        return OrtRunner(path, threads=settings.threads, optimization=settings.optimization or "all",
+                         spin=True if settings.spin is None else settings.spin)
     if backend == "tvm":
-        return TvmRunner(path, inputs, outputs, threads=threads, device=settings.get("device", "cpu"))
+        return TvmRunner(path, inputs, outputs, threads=settings.threads, device=settings.device or "cpu")
     raise ValueError(f"unknown backend {backend!r}")

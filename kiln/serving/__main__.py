@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from kiln.config import settings
 from kiln.errors import KilnError
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = settings()
+    except KilnError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
     parser = argparse.ArgumentParser(prog="kiln.serving", description="Serve a kiln artifact over gRPC.")
     parser.add_argument("artifact", help="artifact folder (the image's is /models/current)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("KILN_PORT", "8001")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("KILN_WORKERS", "1")))
+    parser.add_argument("--port", type=int, default=cfg.port)
+    parser.add_argument("--workers", type=int, default=cfg.workers)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-message-mb", type=float, default=16.0)
     parser.add_argument("--no-log-requests", dest="log_requests", action="store_false")

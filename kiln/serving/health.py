@@ -5,7 +5,6 @@ The runtime image's HEALTHCHECK; also handy as a readiness probe (Kubernetes' gr
 
 from __future__ import annotations
 
-import os
 import sys
 
 import grpc
@@ -24,7 +23,9 @@ def check(address: str, service: str = "", timeout: float = 2.0) -> str:
 
 
 def main() -> int:
-    address = sys.argv[1] if len(sys.argv) > 1 else f"127.0.0.1:{os.environ.get('KILN_PORT', '8001')}"
+    from kiln.config import settings
+
+    address = sys.argv[1] if len(sys.argv) > 1 else f"127.0.0.1:{settings().port}"
     status = check(address)
     print(status)
     return 0 if status == "SERVING" else 1

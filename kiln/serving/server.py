@@ -25,10 +25,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kiln import protocol as protocols
+from kiln.artifact.layout import PROGRAM_DIR, PROTOCOL_DIR
+from kiln.artifact.manifest import Manifest
+from kiln.artifact.store import resolve
 from kiln.errors import InputError, KilnError
-from kiln.manifest import Manifest
-from kiln.predictor import Predictor, load
+from kiln.program.user_code import load_user_program
+from kiln.runtime.predictor import Predictor, load
+from kiln.serving import protocol as protocols
 from kiln.serving import tensors
 
 log = logging.getLogger("kiln.serve")
@@ -48,23 +51,19 @@ class ModelService:
         manifest = Manifest.read(folder)
         if threads is None:  # the winner's own thread count, shared out between the instances
             share = max(1, (os.cpu_count() or 1) // workers)
-            threads = min(manifest.settings.get("threads") or share, share)
+            threads = min(manifest.settings.threads or share, share)
         if spin is None:  # spinning intra-op threads help long multi-threaded runs and starve gRPC on short ones
             sel = next((c for c in manifest.candidates if c.name == manifest.selected), None)
             spin = bool(sel and sel.latency_ms and sel.latency_ms.p50 >= 1.0 and threads > 1)
-        settings = {"spin": spin}
-        first = load(folder, threads=threads, settings=settings)  # verifies every file's sha256 once
+        first = load(folder, threads=threads, spin=spin)  # verifies every file's sha256 once
         self.manifest: Manifest = first.manifest
         self.pool: queue.Queue[Predictor] = queue.Queue()
         self.pool.put(first)
         for _ in range(workers - 1):
-            self.pool.put(load(folder, threads=threads, verify_files=False, settings=settings))
+            self.pool.put(load(folder, threads=threads, verify_files=False, spin=spin))
         self.program = None
-        if (self.manifest.protocol or {}).get("service"):
-            from kiln.loader import load_program
-
-            program = folder / "program" / self.manifest.program.get("file", "program.py")
-            self.program = load_program(program, self.manifest.program.get("shapes")).program
+        if self.manifest.protocol and self.manifest.protocol.service:
+            self.program = load_user_program(folder / PROGRAM_DIR / self.manifest.program.file)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         predictor = self.pool.get()
@@ -243,14 +242,12 @@ class Handlers:
 
 async def _serve(artifact: str, host: str, port: int, workers: int, max_message_mb: float, threads: int | None,
                  grace_s: float, log_requests: bool) -> None:
-    from kiln.store import resolve
-
     limit = int(max_message_mb * (1 << 20))
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
     folder = resolve(artifact)
     manifest = Manifest.read(folder)
-    handlers = Handlers(manifest, protocols.load(folder / "protocol", manifest.protocol or {}))
+    handlers = Handlers(manifest, protocols.load(folder / PROTOCOL_DIR, manifest.protocol))
     handlers.requests.enabled = log_requests
     flusher = asyncio.ensure_future(handlers.requests.run())
     server.add_generic_rpc_handlers(handlers.generic_handlers())

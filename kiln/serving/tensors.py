@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.artifact.specs import TensorSpec
 from kiln.errors import InputError
-from kiln.specs import TensorSpec
 
 V2_DTYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
              "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",

@@ -1,0 +1,15 @@
+"""The names inside an artifact folder: the contract between what publishes it and what serves it."""
+
+MANIFEST = "manifest.json"
+PROGRAM_DIR = "program"  # the program as given (mapping code, .proto, data), for re-optimization and serving
+PROTOCOL_DIR = "protocol"  # the generated gRPC code the server and clients import
+TUNING_DIR = "tuning"  # the TVM tuning database a later re-optimization continues from
+REPORT_DIR = "report"  # candidates.md and candidates.svg
+TVM_MODULE = "model.so"
+ONNX_MODULE = "model.onnx"
+
+# generated protocol files and services
+SERVICE_PROTO = "kiln_service.proto"
+V2_PROTO = "kiln_inference_v2.proto"
+SERVICE_NAME = "kiln.Model"
+V2_SERVICE_NAME = "inference.GRPCInferenceService"

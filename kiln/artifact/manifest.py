@@ -1,0 +1,200 @@
+"""The artifact manifest: everything needed to trust, reproduce and serve an optimized model.
+
+Every section is a typed model; the JSON written is what earlier versions wrote, so artifacts stay readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln.artifact.layout import MANIFEST, PROGRAM_DIR, V2_SERVICE_NAME
+from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+BASELINE = "onnxruntime"  # the unoptimized model in onnxruntime: what every speed-up is measured against
+
+
+class LatencyMs(BaseModel):
+    p50: float
+    p90: float
+
+
+class MetricResult(BaseModel):
+    value: float | None
+    range: str
+    passed: bool
+
+
+class RunSettings(BaseModel):
+    """How a backend runs the selected module; what `kiln.load` and the server reproduce."""
+
+    model_config = ConfigDict(extra="allow")  # a newer kiln may add settings; keep them
+
+    threads: int | None = None
+    optimization: Literal["disable", "basic", "extended", "all"] | None = None  # onnxruntime graph level
+    device: Literal["cpu", "cuda"] | None = None  # tvm
+    spin: bool | None = None  # onnxruntime intra-op spinning (servers turn it off for short models)
+    quantization: str | None = None
+    calibration_feeds: int | None = None
+    version: int | None = None  # the incumbent's: the version in service measured beside the challengers
+    artifact: str | None = None
+
+    def merged(self, **overrides: Any) -> RunSettings:
+        """These settings with `overrides` on top (None overrides nothing)."""
+        return self.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+class CandidateResult(BaseModel):
+    """One candidate as evaluated: where it came from, how fast, how accurate, whether it qualified."""
+
+    name: str
+    backend: str
+    latency_ms: LatencyMs | None = None
+    metrics: dict[str, MetricResult] = Field(default_factory=dict)
+    passed: bool = False
+    reasons: list[str] = Field(default_factory=list)
+    settings: RunSettings = Field(default_factory=RunSettings)
+    build_seconds: float | None = None
+
+
+class ModelInfo(BaseModel):
+    path: str
+    sha256: str
+    source_sha256: str
+
+
+class ProgramInfo(BaseModel):
+    """The program the artifact was made from, saved in program/."""
+
+    sha256: str
+    path: str = f"{PROGRAM_DIR}/"
+    shapes: dict[str, list[int]] = Field(default_factory=dict)
+    source: str  # where it was given (a path, file:// or s3:// URI)
+    file: str = "program.py"  # the program's .py in program/ (one of several in a folder)
+
+
+class TuningInfo(BaseModel):
+    """The TVM search behind a tvm candidate; `database` is tuning/ inside the artifact once published."""
+
+    trials: int
+    tasks: int
+    records_added: int
+    seconds: float
+    database: str
+    target: dict[str, Any]
+    max_trials_per_task: int | None = None
+
+
+class ProtocolInfo(BaseModel):
+    """The generated gRPC code in protocol/: the program's service (None: the generic tensor protocol only)."""
+
+    service: str | None = None
+    request: str | None = None
+    response: str | None = None
+    proto: str | None = None  # the program's .proto file name inside protocol/
+    v2_service: str = V2_SERVICE_NAME
+
+
+class OptimizeOptions(BaseModel):
+    """The options the run was given, so a re-optimization can repeat them."""
+
+    trials: int
+    max_trials_per_task: int | None = None
+    threads: int
+    candidates: list[str]
+    latency_repeats: int
+
+
+class Upload(BaseModel):
+    uri: str
+    at: str
+
+
+class ImageRecord(BaseModel):
+    repository: str
+    tags: list[str]
+    image_id: str
+    runtime: str
+    built_at: str
+    digest: str | None = None
+    reference: str | None = None
+    runtime_reference: str | None = None
+
+
+class Manifest(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    id: str = ""
+    name: str
+    version: int | None = None  # 1, 2, ... per name in the store that published it
+    created_at: str
+    model: ModelInfo
+    program: ProgramInfo
+    target: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    guards: list[IndexGuard] = Field(default_factory=list)
+    dataset: str
+    candidates: list[CandidateResult]
+    selected: str
+    backend: str
+    settings: RunSettings = Field(default_factory=RunSettings)
+    speedup_vs_baseline: float
+    tuning: TuningInfo | None = None
+    protocol: ProtocolInfo | None = None
+    options: OptimizeOptions | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    # where it was shipped: recorded after publishing; not part of the artifact's hash
+    uploads: list[Upload] = Field(default_factory=list)
+    images: list[ImageRecord] = Field(default_factory=list)
+
+    def selected_p50(self) -> float | None:
+        sel = next((c for c in self.candidates if c.name == self.selected), None)
+        return sel.latency_ms.p50 if sel and sel.latency_ms else None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", exclude_none=False), indent=2) + "\n"
+
+    def write(self, folder: Path) -> None:
+        """Atomically: a reader sees the old manifest or the new one, never a torn file."""
+        tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(self.to_json())
+        os.replace(tmp, folder / MANIFEST)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise ArtifactError("not an artifact (no manifest.json)", where=str(folder),
+                                hint="give the folder printed by `kiln optimize`")
+        try:
+            return cls.model_validate_json(path.read_text())
+        except Exception as exc:
+            raise ArtifactError(f"manifest.json is unreadable: {str(exc).splitlines()[0]}", where=str(path)) from None
+
+
+def speedup(baseline: CandidateResult | None, candidate: CandidateResult) -> float | None:
+    """How many times faster than the baseline (p50); None when either was not measured."""
+    if not baseline or not baseline.latency_ms or not candidate.latency_ms or candidate.latency_ms.p50 <= 0:
+        return None
+    return baseline.latency_ms.p50 / candidate.latency_ms.p50
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that shaped the artifact (read from metadata: no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist, key in [("kiln", "kiln"), ("apache-tvm", "tvm"), ("apache-tvm-ffi", "tvm_ffi"),
+                      ("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("numpy", "numpy")]:
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out[key] = "absent"
+    return out

@@ -1,0 +1,56 @@
+"""The typer app every command module registers on, and how the CLI talks to a person: a private stderr
+console, errors printed as plain text (no traceback for a user's mistake), tables of candidates."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kiln.errors import GateError, KilnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="kiln: optimize an ONNX model ahead of time, gated by your metrics.")
+
+
+def _console() -> Console:
+    # a private copy of stderr: tuning redirects fds 1/2 to a log file, the progress bar must stay visible
+    return Console(file=os.fdopen(os.dup(2), "w", buffering=1), stderr=True)
+
+
+err = _console()
+
+
+def wide() -> Console:
+    """stdout, at least 120 columns (candidate tables are wide)."""
+    return Console(width=max(Console().width, 120))
+
+
+def fail(exc: KilnError) -> NoReturn:
+    if isinstance(exc, GateError) and exc.table:
+        err.print(exc.table, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
+
+
+def candidate_table(manifest) -> Table:
+    from kiln.optimize import report
+
+    rows = report.rows(manifest.candidates, manifest.selected)
+    table = Table(title=f"{manifest.name}: candidates (* = published)",
+                  caption="ranges: " + "; ".join(report.ranges(manifest.candidates)))
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "backend"]  # the name says it
+    for c in cols:
+        table.add_column(c, overflow="fold", no_wrap=c != "why not",
+                         max_width=48 if c == "why not" else None)
+    for r in rows:
+        table.add_row(*(r.get(c, "") for c in cols), style="bold green" if r["candidate"].endswith("*") else None)
+    return table

@@ -1,0 +1,172 @@
+"""`kiln optimize` and `kiln reoptimize`: build an OptimizeRequest, run the flow on embedded Prefect or a
+server (PREFECT_API_URL), show progress, print the candidate table."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from kiln.artifact.manifest import Manifest
+from kiln.artifact.remote import S3Settings
+from kiln.cli.app import app, candidate_table, err, fail, wide
+from kiln.config import Settings, settings
+from kiln.errors import KilnError
+from kiln.program.sources import REMOTE_SCHEMES
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Prefect logs still go to the API (the UI); the terminal shows kiln's own progress unless --verbose."""
+    import logging
+
+    if verbose:
+        return
+    for name in ["prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", ""]:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL + 1)
+
+
+def _check_prefect_api(url: str | None) -> None:
+    """With PREFECT_API_URL set, the server must answer before any work starts."""
+    import httpx
+
+    if not url:
+        return
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise KilnError(f"cannot reach the Prefect server at {url} ({type(exc).__name__})",
+                        hint="start it (`prefect server start`) or unset PREFECT_API_URL to run on embedded "
+                             "Prefect") from None
+
+
+@app.command()
+def optimize(
+    program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx"),
+    trials: int = typer.Option(64, min=0, help="total TVM tuning trials (0: no search)"),
+    max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task"),
+    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+    shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
+    candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: onnxruntime, "
+                                          "tvm, ort-fp32-basic, ort-int8-dynamic, ort-int8-static]"),
+    threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
+    upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),
+    image: str | None = typer.Option(None, help="also build the model's image as REGISTRY/NAME[:TAG] and push it"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
+) -> None:
+    """Optimize PROGRAM and publish the fastest candidate inside every metric range."""
+    from kiln.optimize.request import OptimizeRequest
+
+    try:
+        cfg = _prepare_prefect()
+        chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
+        request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials,
+                                     max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
+                                     threads=threads, store=str(store) if store else None, upload=upload, image=image)
+        if not program.startswith(REMOTE_SCHEMES) and not Path(program).expanduser().exists():
+            raise KilnError("no such file or folder", where=program,
+                            hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
+        if upload and not cfg.s3_block:  # a Prefect block is read by the flow itself
+            S3Settings.from_settings(cfg)
+        _check_prefect_api(cfg.prefect_api_url)
+    except KilnError as exc:
+        fail(exc)
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from flows.optimize import optimize as optimize_flow
+    from kiln import progress as bus
+
+    _quiet_prefect(verbose)
+    where = cfg.prefect_api_url or "embedded Prefect"
+    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(), console=err,
+                    transient=False)
+    tasks: dict[str, int] = {}
+    labels = {"tune": f"tuning ({trials} trials)", "evaluate": "evaluating candidates"}
+
+    def on_progress(stage: str, done: float, total: float | None, message: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(labels.get(stage, stage), total=total or 1)
+        bars.update(tasks[stage], completed=done, total=total or 1,
+                    description=labels.get(stage, stage) + (f" ({escape(message)})" if message else ""))
+
+    unsubscribe = bus.subscribe(on_progress)
+    err.print(f"optimizing [bold]{program}[/] on {where}", highlight=False, soft_wrap=True)
+    try:
+        with bars:
+            result = optimize_flow(request)
+    except KilnError as exc:
+        fail(exc)
+    except Exception as exc:  # not the user's mistake: say so, keep the traceback for -v
+        if verbose:
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))[:500]}\n"
+                  "this is a kiln bug or an environment problem; rerun with -v for the traceback",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
+    finally:
+        unsubscribe()
+    manifest = Manifest.read(Path(result["artifact"]))
+    if as_json:
+        sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+        return
+    out = wide()
+    out.print(candidate_table(manifest))
+    out.print(f"published [bold]{manifest.selected}[/] ({manifest.speedup_vs_baseline:.2f}x vs onnxruntime p50)")
+    out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
+    for key in ("upload", "image"):
+        if result.get(key):
+            out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def reoptimize(
+    extra_trials: int = typer.Option(64, min=0, help="trials to add to each model's TVM search"),
+    model: list[str] = typer.Option([], "--model", help="only this model (repeatable) [default: every model]"),
+    store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
+    min_gain: float = typer.Option(0.02, min=0.0, max=0.9, help="how much faster a new version must be (fraction)"),
+    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
+) -> None:
+    """Continue tuning stored models; publish a new version only where it is faster than the current one."""
+    try:
+        cfg = _prepare_prefect()
+        if target not in ("llvm", "cuda"):
+            raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
+        _check_prefect_api(cfg.prefect_api_url)
+    except KilnError as exc:
+        fail(exc)
+    from flows.reoptimize import reoptimize as reoptimize_flow
+
+    _quiet_prefect(verbose)
+    try:
+        with err.status(f"re-optimizing ({extra_trials} more trials per model)"):
+            outcomes = reoptimize_flow(extra_trials=extra_trials, models=model or None,
+                                       store=str(store) if store else None, target=target, min_gain=min_gain)
+    except KilnError as exc:
+        fail(exc)
+    table = Table(title="re-optimization")
+    table.add_column("model")
+    table.add_column("outcome")
+    for o in outcomes:
+        table.add_row(o["model"], o["outcome"])
+    wide().print(table)
+
+
+def _prepare_prefect() -> Settings:
+    """kiln's settings, checked, and Prefect's environment made safe for a run from the terminal."""
+    cfg = settings()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary server
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if cfg.prefect_home:  # Prefect creates its home without parents and fails obscurely
+        cfg.prefect_home.expanduser().mkdir(parents=True, exist_ok=True)
+    return cfg

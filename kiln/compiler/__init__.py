@@ -1,0 +1,11 @@
+"""TVM only: import, pipelines as named data, MetaSchedule tuning and its databases, targets.
+
+Nothing outside kiln.optimize (and benchmarks) imports this package; the serving runtime never does."""
+
+from kiln.compiler.build import CompileResult, compile_model
+from kiln.compiler.database import DB_FILES
+from kiln.compiler.frontend import import_onnx, supported_ops
+from kiln.compiler.targets import device_for, target_config
+
+__all__ = ["DB_FILES", "CompileResult", "compile_model", "device_for", "import_onnx", "supported_ops",
+           "target_config"]

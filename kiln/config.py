@@ -1,0 +1,126 @@
+"""kiln's settings: the one place that reads the environment (KILN_* variables and a `.env` file).
+
+Every setting is a field of `Settings`, named like its variable without the prefix (`KILN_S3_PART_MB` ->
+`s3_part_mb`); the few that belong to other tools (PREFECT_API_URL, PREFECT_HOME, DOCKER_HOST) keep their own
+names. `settings()` reads them afresh on each call, so a test or a `kiln up` that changes the environment is
+seen at once; a value that does not parse is a `ConfigError` naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from kiln.errors import KilnError
+
+
+class ConfigError(KilnError):
+    """An environment variable (or `.env` entry) holds a value kiln cannot use."""
+
+
+def _alias(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    # where kiln keeps its state: programs, work folders, caches, tuning databases, the store
+    home: Path = Field(default_factory=lambda: Path.home() / ".kiln")
+    store: Path | None = None  # default: HOME/store
+    max_archive_mb: float = Field(1024.0, gt=0)
+
+    # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
+    s3_endpoint: str = ""
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str | None = None
+    s3_secure: bool = True
+    s3_part_mb: int = Field(16, ge=5, description="S3's smallest part is 5 MiB")
+    s3_block: str | None = None
+
+    # compiling and shipping
+    cuda_arch: str = "sm_90a"
+    base_image: str = "ubuntu:24.04"
+    docker_host: str = Field("unix:///var/run/docker.sock", validation_alias=_alias("DOCKER_HOST"))
+
+    # serving (the runtime image's entry point)
+    port: int = Field(8001, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+
+    # service mode (`kiln up`) and the web app
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    web_port: int = Field(8000, ge=1, le=65535)
+    worker_limit: int = Field(1, ge=1)
+    web_token: str = ""
+    prefect_ui_url: str | None = None
+    optimize_deployment: str = "optimize/optimize"
+    web_max_upload_mb: float = Field(256.0, gt=0)
+    mlflow_webhook_secret: str | None = None
+    hf_webhook_secret: str | None = None
+    hf_source_template: str | None = None  # e.g. s3://models/hf/{repo}/{revision}.zip
+    webhook_window_s: int = Field(300, ge=1)
+    webhook_parameters: dict[str, Any] = Field(default_factory=dict)
+
+    # Prefect's own
+    prefect_api_url: str | None = Field(None, validation_alias=_alias("PREFECT_API_URL"))
+    prefect_home: Path | None = Field(None, validation_alias=_alias("PREFECT_HOME"))
+
+    @field_validator("s3_region", "s3_access_key", "s3_secret_key", "s3_block", "prefect_ui_url",
+                     "mlflow_webhook_secret", "hf_webhook_secret", "hf_source_template", "prefect_api_url",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_parameters")
+    @classmethod
+    def _optimize_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if {"program", "name"} & set(value):
+            raise ValueError("must be a JSON object of optimize parameters other than program and name, "
+                             'e.g. {"trials": 128, "upload": "s3://models/registry"}')
+        return value
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def store_dir(self) -> Path:
+        return (self.store or self.home_dir / "store").expanduser()
+
+    @property
+    def max_archive_bytes(self) -> int:
+        return int(self.max_archive_mb * (1 << 20))
+
+
+_ENV_NAMES = {"docker_host": "DOCKER_HOST", "prefect_api_url": "PREFECT_API_URL", "prefect_home": "PREFECT_HOME"}
+
+
+def env_name(field: str) -> str:
+    """The variable that sets `field`."""
+    return _ENV_NAMES.get(field, f"KILN_{field.upper()}")
+
+
+def settings() -> Settings:
+    """The settings as the environment says now; ConfigError names the first variable that does not parse."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first.get("loc") else "?"
+        value = first.get("input")
+        shown = f", not {value!r}" if isinstance(value, str | int | float) else ""
+        raise ConfigError(f"{env_name(field)}: {first['msg']}{shown}",
+                          hint=f"fix or unset {env_name(field)} (in the environment or .env)") from None
+    except SettingsError as exc:  # a value that should be JSON and is not
+        field = next((f for f in Settings.model_fields if f'"{f}"' in str(exc)), "?")
+        raise ConfigError(f"{env_name(field)} is not valid JSON", hint=f"fix or unset {env_name(field)}") from None
+
+
+def kiln_home() -> Path:
+    return settings().home_dir

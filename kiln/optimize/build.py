@@ -1,0 +1,54 @@
+"""build: the baseline and every transform candidate (graph levels, int8) from the registry, in seconds each.
+
+A candidate that fails to build is returned with its reason and never fails the run; the baseline must build.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from kiln.optimize import candidates as registry
+from kiln.optimize.feeds import load_calibration
+from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel, ReferenceData
+
+_log = logging.getLogger("kiln.optimize")
+
+
+def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],
+                     log: logging.Logger | logging.LoggerAdapter = _log) -> list[BuiltCandidate]:
+    method = checked.load().program.calibration_method
+    calibration = load_calibration(ref.calibration_path) if ref.calibration_path else None
+    out = []
+    for name in names:
+        cand = registry.get(name)
+        is_baseline = cand.stage == "baseline"
+        folder = checked.work_dir / "candidates" / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        start = time.perf_counter()
+        if cand.needs_calibration and calibration is None:
+            reason = f"skipped: no calibration data ({ref.calibration_source or 'none'})"
+            log.info("%s %s", name, reason)
+            out.append(BuiltCandidate(name=name, backend=cand.backend, error=reason))
+            continue
+        context = registry.BuildContext(model=Path(checked.model_path), prepared=Path(prepared.path), out_dir=folder,
+                                        calibration=calibration, calibration_method=method)
+        try:
+            built = cand.build(context)  # type: ignore[misc]  (registered transforms always have one)
+        except Exception as exc:  # quantizer errors, unsupported ops: report and go on
+            if is_baseline:
+                raise
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            log.warning("%s failed to build: %s", name, message)
+            out.append(BuiltCandidate(name=name, backend=cand.backend, error=message,
+                                      build_seconds=time.perf_counter() - start))
+            continue
+        seconds = time.perf_counter() - start
+        out.append(BuiltCandidate(name=name, backend=cand.backend, path=str(built.path), settings=built.settings,
+                                  build_seconds=None if is_baseline else seconds, baseline=is_baseline))
+        if not is_baseline:
+            log.info("%s built in %.1f s", name, seconds)
+    return out

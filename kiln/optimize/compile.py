@@ -1,0 +1,107 @@
+"""compile: the TVM candidate, built by tuning and cached by the content hash of its inputs.
+
+The tuning database lives per (target, prepared model) under KILN_HOME/tuning, so a later run with the same
+workloads continues from it; a finished build lives under KILN_HOME/cache/tvm/KEY and is never tuned again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kiln.artifact.manifest import RunSettings, TuningInfo, versions
+from kiln.compiler import DB_FILES, compile_model, device_for, target_config
+from kiln.config import kiln_home
+from kiln.errors import KilnError
+from kiln.fs import atomic_dir, file_sha256, json_sha256
+from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
+
+RESULT = "result.json"
+_log = logging.getLogger("kiln.optimize")
+
+
+def tuning_dir(prepared: PreparedModel, target: str) -> Path:
+    """The MetaSchedule database of one (target, prepared model): every run on them adds to it."""
+    return kiln_home() / "tuning" / json_sha256(json.dumps(target_config(target), sort_keys=True))[:12] / \
+        prepared.sha256[:24]
+
+
+def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
+                continue_from: str | None = None) -> str:
+    """Same model, target and budget: the same build. Continuing a search also depends on what the database
+    holds now, so a second re-optimization tunes again instead of returning the first one's build."""
+    v = versions()
+    db = tuning_dir(prepared, target) / DB_FILES[1]
+    state = file_sha256(db) if continue_from and db.is_file() else None
+    return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
+                        "tvm": v["tvm"], "kiln": v["kiln"], "db": state})[:24]
+
+
+def seed_database(prepared: PreparedModel, target: str, saved: str | None) -> int:
+    """Start from an artifact's saved database (tuning/) when this machine has none; returns its records."""
+    db_dir = tuning_dir(prepared, target)
+    if saved and not (db_dir / DB_FILES[1]).is_file() and (Path(saved) / DB_FILES[1]).is_file():
+        db_dir.mkdir(parents=True, exist_ok=True)
+        for name in DB_FILES:
+            shutil.copy2(Path(saved) / name, db_dir / name)
+    records = db_dir / DB_FILES[1]
+    return sum(1 for line in records.open() if line.strip()) if records.is_file() else 0
+
+
+def cache_dir(key: str) -> Path:
+    return kiln_home() / "cache" / "tvm" / key
+
+
+def cached_build(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
+                 continue_from: str | None = None) -> Path | None:
+    """The cache folder of a finished build of exactly these inputs, or None (the database is seeded first,
+    since the key of a continued search depends on it)."""
+    seed_database(prepared, target, continue_from)
+    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from))
+    return folder if (folder / RESULT).is_file() else None
+
+
+def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
+                max_trials_per_task: int | None = None, continue_from: str | None = None,
+                log: logging.Logger | logging.LoggerAdapter = _log,
+                on_progress: Callable[[int, int], None] | None = None) -> BuiltCandidate:
+    """Tune and build the tvm candidate, or return the cached build of the same inputs.
+
+    continue_from: an artifact's tuning/ folder, the search to continue where this machine has none. A build
+    that fails is returned with its reason (the run goes on with the other candidates)."""
+    records = seed_database(prepared, target, continue_from)
+    if continue_from:
+        log.info("continuing the search from %d tuning records", records)
+    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from))
+    if (cache / RESULT).is_file():
+        built = BuiltCandidate.model_validate_json((cache / RESULT).read_text())
+        if built.path and Path(built.path).is_file():
+            log.info("reusing the build %s (same model, target and budget): no tuning", cache)
+            return built.model_copy(update={"cached": True})
+    db_dir = tuning_dir(prepared, target)
+    log.info("tuning with %d trials for target %s; database %s", trials,
+             json.dumps(target_config(target), sort_keys=True), db_dir)
+    start = time.perf_counter()
+    try:
+        with atomic_dir(cache, existing="replace") as staged:
+            result = compile_model(Path(prepared.path), checked.inputs, target_kind=target, trials=trials,
+                                   max_trials_per_task=max_trials_per_task, db_dir=db_dir,
+                                   out=staged.path / "model.so", progress=on_progress)
+            built = BuiltCandidate(
+                name="tvm", backend="tvm", path=str(cache / "model.so"), build_seconds=result.seconds,
+                settings=RunSettings(device=device_for(target)),
+                tuning=TuningInfo(trials=trials, tasks=result.tasks, records_added=result.tuned_records,
+                                  seconds=round(result.seconds, 2), database=str(db_dir), target=result.target,
+                                  max_trials_per_task=max_trials_per_task))
+            (staged.path / RESULT).write_text(built.model_dump_json(indent=2))
+    except KilnError as exc:
+        log.warning("TVM candidate failed to build: %s", exc)
+        return BuiltCandidate(name="tvm", backend="tvm", error=exc.message,
+                              build_seconds=time.perf_counter() - start)
+    log.info("TVM build done in %.1f s: %d tasks, %d new tuning records", result.seconds, result.tasks,
+             result.tuned_records)
+    return built

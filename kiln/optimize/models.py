@@ -1,0 +1,80 @@
+"""What the stages hand to each other: small, serializable descriptions; bulk data stays in the work folder.
+
+They cross process boundaries (Prefect may run tasks elsewhere), so they hold paths and specs, never arrays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kiln.artifact.manifest import CandidateResult, RunSettings, TuningInfo
+from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.config import kiln_home
+from kiln.program.loader import LoadedProgram, load_program
+
+
+class CheckedProgram(BaseModel):
+    """A program that passed validation."""
+
+    location: str
+    source: str  # what load_program() takes again: the program folder, or the bare .onnx
+    root: str
+    name: str
+    model_path: str
+    model_sha256: str
+    program_sha256: str
+    shapes: dict[str, list[int]]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    guards: list[IndexGuard] = Field(default_factory=list)
+    dataset: str
+    samples: int
+    has_labels: bool
+
+    def load(self) -> LoadedProgram:
+        """The user's program again (stages may run in different processes)."""
+        return load_program(self.source, self.shapes)
+
+    @property
+    def work_dir(self) -> Path:
+        path = kiln_home() / "work" / self.program_sha256[:16]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class PreparedModel(BaseModel):
+    path: str
+    sha256: str
+    guards: list[IndexGuard] = Field(default_factory=list)
+
+
+class ReferenceData(BaseModel):
+    """Evaluation feeds, labels and the reference (onnxruntime, unoptimized model) outputs, on disk."""
+
+    path: str
+    samples: int
+    feeds: int
+    metrics: dict[str, float]
+    calibration_path: str | None = None
+    calibration_source: str | None = None
+
+
+class BuiltCandidate(BaseModel):
+    """A candidate ready to evaluate, or one that failed to build (error set)."""
+
+    name: str
+    backend: str
+    path: str | None = None
+    settings: RunSettings = Field(default_factory=RunSettings)
+    build_seconds: float | None = None
+    cached: bool = False
+    tuning: TuningInfo | None = None
+    error: str | None = None
+    baseline: bool = False  # the reference itself: it must run, or nothing can be judged
+
+
+class Evaluation(BaseModel):
+    candidates: list[CandidateResult]
+    built: list[BuiltCandidate]

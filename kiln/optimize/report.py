@@ -1,0 +1,111 @@
+"""Tables of candidates, for the terminal, for Prefect artifacts and for failed gates."""
+
+from __future__ import annotations
+
+from kiln.artifact.manifest import BASELINE, CandidateResult, speedup
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def rows(candidates: list[CandidateResult], selected: str | None = None) -> list[dict[str, str]]:
+    """One flat dict per candidate; keys are column titles."""
+    base = next((c for c in candidates if c.name == BASELINE and c.latency_ms), None)
+    out = []
+    for c in candidates:
+        row = {
+            "candidate": c.name + (" *" if c.name == selected else ""),
+            "backend": c.backend,
+            "p50 ms": _fmt(c.latency_ms.p50) if c.latency_ms else "-",
+            "p90 ms": _fmt(c.latency_ms.p90) if c.latency_ms else "-",
+            "speed-up": f"{gain:.2f}x" if (gain := speedup(base, c)) is not None else "-",
+        }
+        for name, m in c.metrics.items():
+            row[name] = f"{_fmt(m.value)} {'ok' if m.passed else 'FAIL'}"
+        row["passed"] = "yes" if c.passed else "no"
+        row["why not"] = "; ".join(c.reasons)
+        out.append(row)
+    return out
+
+
+def ranges(candidates: list[CandidateResult]) -> list[str]:
+    """`metric: range` lines (ranges relative to the reference are resolved to numbers)."""
+    seen: dict[str, str] = {}
+    for c in candidates:
+        for name, m in c.metrics.items():
+            seen.setdefault(name, m.range)
+    return [f"{k}: {v}" for k, v in seen.items()]
+
+
+def markdown(candidates: list[CandidateResult], selected: str | None = None) -> str:
+    table = rows(candidates, selected)
+    cols = list(dict.fromkeys(k for r in table for k in r))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table:
+        lines.append("| " + " | ".join(r.get(c, "").replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines + ["", "Acceptable ranges: " + "; ".join(ranges(candidates))])
+
+
+def text(candidates: list[CandidateResult], selected: str | None = None) -> str:
+    """A plain-text table (rich renders a nicer one in the CLI)."""
+    table = rows(candidates, selected)
+    cols = list(dict.fromkeys(k for r in table for k in r))
+    widths = {c: max(len(c), *(len(r.get(c, "")) for r in table)) for c in cols}
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(r.get(c, "").ljust(widths[c]) for c in cols) for r in table]
+    lines += ["acceptable ranges: " + "; ".join(ranges(candidates))]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def svg_plot(candidates: list[CandidateResult], metric: str | None = None, selected: str | None = None) -> str:
+    """Speed vs accuracy: p50 latency (x, log scale) against one metric (y; default: the one that varies most
+    between candidates). Green: published; blue: inside every range; red: outside a range."""
+    import math
+    from html import escape
+
+    measured = [c for c in candidates if c.latency_ms and c.metrics]
+    if metric is None:
+        def spread(name: str) -> float:
+            vals = [c.metrics[name].value for c in measured if name in c.metrics and c.metrics[name].value is not None]
+            return (max(vals) - min(vals)) / (max(abs(v) for v in vals) or 1.0) if vals else -1.0
+
+        names = list(dict.fromkeys(n for c in measured for n in c.metrics))
+        metric = max(names, key=spread) if names else "metric"
+    pts = [(c, c.latency_ms.p50, c.metrics[metric].value) for c in measured
+           if metric in c.metrics and c.metrics[metric].value is not None]
+    w, h, pad = 640, 400, 60
+    if not pts:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><text x="20" y="40">' \
+               "no measured candidates</text></svg>"
+    xs = [math.log10(x) for _, x, _ in pts]
+    ys = [y for _, _, y in pts]
+    x0, x1 = min(xs) - 0.1, max(xs) + 0.1
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5 * (abs(y0) or 1), y1 + 0.5 * (abs(y1) or 1)
+    sx = lambda v: pad + (v - x0) / (x1 - x0) * (w - 2 * pad)  # noqa: E731
+    sy = lambda v: h - pad - (v - y0) / (y1 - y0) * (h - 2 * pad)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+             f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">p50 latency, ms (log scale)</text>',
+             f'<text x="{pad}" y="{pad - 15}" text-anchor="middle">{escape(metric)}</text>',
+             f'<text x="{pad}" y="{h - pad + 15}" text-anchor="middle">{10 ** x0:.3g}</text>',
+             f'<text x="{w - pad}" y="{h - pad + 15}" text-anchor="middle">{10 ** x1:.3g}</text>',
+             f'<text x="{pad - 5}" y="{h - pad}" text-anchor="end">{y0:.4g}</text>',
+             f'<text x="{pad - 5}" y="{pad + 4}" text-anchor="end">{y1:.4g}</text>']
+    for i, ((c, _, y), lx) in enumerate(zip(pts, xs, strict=True)):
+        color = "#2a9d3a" if c.name == selected else ("#2c6fbb" if c.passed else "#c0392b")
+        r = 7 if c.name == selected else 5
+        ty = sy(y) - 8 - 14 * (i % 3)  # stagger labels so neighbours stay readable
+        parts.append(f'<circle cx="{sx(lx):.1f}" cy="{sy(y):.1f}" r="{r}" fill="{color}"/>')
+        parts.append(f'<line x1="{sx(lx):.1f}" y1="{sy(y):.1f}" x2="{sx(lx) + 6:.1f}" y2="{ty + 2:.1f}" '
+                     'stroke="#999"/>')
+        parts.append(f'<text x="{sx(lx) + 8:.1f}" y="{ty:.1f}">{escape(c.name)}'
+                     f'{" (published)" if c.name == selected else ""}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

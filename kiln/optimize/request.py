@@ -1,0 +1,137 @@
+"""`OptimizeRequest`: what one optimization is asked to do, checked once for every front door.
+
+The CLI, the web form, webhooks, the Prefect UI and the reoptimize flow all build one; it is the optimize
+flow's only parameter, so a typo in a candidate, a target, a shape or a destination fails before any work,
+with the same message wherever it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kiln.errors import KilnError
+from kiln.program.naming import parse_shapes
+
+
+class RequestError(KilnError, ValueError):
+    """A request field is wrong (a ValueError too, so pydantic reports it as a validation error)."""
+
+
+class OptimizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    program: str = Field(description="a program folder, a .zip/.tar.gz of one, or a bare .onnx file: a path on "
+                                     "the worker, a file:// URI, or an s3:// URI (KILN_S3_* settings on the worker)")
+    shapes: dict[str, list[int]] | None = Field(
+        None, description='concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}')
+    trials: int = Field(64, ge=0, le=100_000,
+                        description="total MetaSchedule trial budget for the TVM candidate (0: apply the database)")
+    max_trials_per_task: int | None = Field(None, ge=1, description="cap per tuning task (default: the budget "
+                                                                    "spread evenly over the tasks)")
+    target: str = Field("llvm", description="llvm (this CPU) or cuda")
+    candidates: list[str] | None = Field(None, description="candidates to build; the onnxruntime baseline is "
+                                                           "always measured (default: kiln's default set)")
+    threads: int | None = Field(None, ge=1, description="threads for every backend while measuring (default: all "
+                                                        "cores)")
+    store: str | None = Field(None, description="artifact store folder (default: KILN_STORE or ~/.kiln/store)")
+    latency_repeats: int = Field(200, ge=1, description="timed calls per candidate")
+    upload: str | None = Field(None, description="s3://BUCKET/PREFIX to upload the artifact to (KILN_S3_* settings "
+                                                 "or the kiln-s3 block on the worker)")
+    image: str | None = Field(None, description="REGISTRY/NAME[:TAG] to build the model's runtime image as and push "
+                                                "to (DOCKER_HOST on the worker)")
+    incumbent: str | None = Field(None, description="the artifact now in service (set by reoptimize): tuning "
+                                                    "continues from its database and it must be beaten by min_gain")
+    min_gain: float = Field(0.02, ge=0.0, le=0.9, description="how much faster (a fraction) a new candidate must be "
+                                                              "than the incumbent to replace it")
+    name: str | None = Field(None, description="the model's name in the store (default: the program's `name`, "
+                                               "else its folder or file name)")
+
+    @field_validator("shapes", mode="before")
+    @classmethod
+    def _shapes(cls, value: Any) -> Any:
+        """NAME=DxDxD strings (the CLI's --shape, the form's lines) or a mapping of positive dimensions."""
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return parse_shapes(list(value)) or None
+        if isinstance(value, dict):
+            for key, dims in value.items():
+                if not isinstance(dims, list | tuple) or not dims or not all(
+                        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+                    raise RequestError(f"shape of {key!r} must be a list of positive integers, not {dims!r}")
+        return value or None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value not in ("llvm", "cuda"):
+            raise RequestError(f"unknown target {value!r}", hint="use --target llvm or --target cuda")
+        return value
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from kiln.optimize.candidates import check
+
+        try:
+            check(value)
+        except KilnError as exc:
+            raise RequestError(exc.message, hint=exc.hint) from None
+        return list(dict.fromkeys(value)) or None
+
+    @field_validator("upload")
+    @classmethod
+    def _upload(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from kiln.artifact.remote import parse_uri
+
+        _as_request_error(parse_uri, value.strip())
+        return value.strip()
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from kiln.ship.engine import check_repository
+
+        return _as_request_error(check_repository, value.strip())
+
+    @property
+    def chosen(self) -> list[str]:
+        """The candidates to build: the baseline first, then the chosen or default set."""
+        from kiln.optimize.candidates import DEFAULT, check
+
+        return check(list(self.candidates or DEFAULT))
+
+    def parameters(self) -> dict[str, Any]:
+        """The flow's parameters for a deployment run (what the Prefect API takes)."""
+        return {"request": self.model_dump(mode="json", exclude_defaults=True)}
+
+    @classmethod
+    def of(cls, **fields: Any) -> OptimizeRequest:
+        """Build one from front-door input; the first mistake is a KilnError saying what, where and how to fix."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            cause = (first.get("ctx") or {}).get("error")
+            if isinstance(cause, KilnError):
+                raise _plain(cause) from None
+            field = ".".join(str(p) for p in first.get("loc", ())) or "request"
+            raise KilnError(f"{field}: {first['msg']}", hint="see `kiln optimize --help`") from None
+
+
+def _as_request_error(check, value: str):
+    try:
+        return check(value)
+    except KilnError as exc:
+        raise RequestError(exc.message, where=exc.where, hint=exc.hint) from None
+
+
+def _plain(err: KilnError) -> KilnError:
+    """A RequestError as a plain KilnError (it must not look like a ValueError to callers)."""
+    return KilnError(err.message, where=err.where, hint=err.hint)

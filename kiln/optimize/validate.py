@@ -1,0 +1,80 @@
+"""validate: everything that can be wrong with a program is found here, before any compiling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kiln.artifact.specs import check_index_ranges
+from kiln.errors import DatasetError, ModelError, ProgramError
+from kiln.optimize.candidates import of_stage
+from kiln.optimize.inspect import index_guards, input_specs, load_model, output_specs, unsupported_ops
+from kiln.optimize.models import CheckedProgram
+from kiln.optimize.prepare import fix_input_shapes, infer_shapes
+from kiln.optimize.protocol import check as check_protocol
+from kiln.program.datasets import Samples, synthetic
+from kiln.program.loader import LoadedProgram, load_program
+from kiln.program.naming import clean_name
+from kiln.program.sources import localize
+
+_log = logging.getLogger("kiln.optimize")
+
+
+def load_samples(prog: LoadedProgram, inputs, guards) -> Samples:
+    """The program's evaluation samples (its dataset, or synthetic ones from the declared shapes)."""
+    if prog.program.dataset is None:
+        return synthetic(inputs, guards, count=prog.program.synthetic_samples)
+    return prog.program.dataset.load(prog.root, inputs)
+
+
+def validate(location: str, shapes: dict[str, list[int]] | None, candidates: list[str], name: str | None = None,
+             log: logging.Logger | logging.LoggerAdapter = _log) -> CheckedProgram:
+    """Load the program and model and check them against each other; raise a KilnError on any mistake.
+
+    `candidates` are the ones to build: operators TVM cannot compile are an error only when a compile-stage
+    candidate is among them."""
+    prog = load_program(localize(location), shapes)
+    where = str(prog.model_path)
+    model = load_model(prog.model_path)
+    inputs = input_specs(model, prog.shapes, where)
+    if not inputs:
+        raise ModelError("the model has no inputs", where=where)
+    if of_stage(candidates, "compile"):
+        from kiln.compiler import supported_ops
+
+        missing = unsupported_ops(model, supported_ops())
+        if missing:
+            listing = "; ".join(f"{op} (nodes: {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
+                                for op, nodes in sorted(missing.items()))
+            raise ModelError(f"TVM cannot compile {len(missing)} operator type(s): {listing}", where=where,
+                             hint="replace these operators in the export, or run only onnxruntime candidates "
+                                  "with --candidates onnxruntime")
+    fixed = infer_shapes(fix_input_shapes(model, inputs), where)
+    guards = index_guards(fixed)
+    samples = load_samples(prog, inputs, guards)
+    check_index_ranges(samples.inputs, guards, where=f"dataset {samples.source}")
+    metrics = prog.program.get_metrics()
+    label_needers = [m.name for m in metrics if m.needs_labels]
+    if label_needers and samples.labels is None:
+        raise DatasetError(f"metrics {label_needers} need labels, but the dataset has none",
+                           where=samples.source, hint="add labels to the dataset, or use reference-agreement "
+                                                      "metrics (agreement, cosine, max_abs_diff)")
+    outputs = output_specs(model)
+    out_names = [o.name for o in outputs]
+    for m in metrics:
+        if m.output is not None and m.output not in out_names:
+            raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",
+                               where=str(prog.root / "program.py"))
+    if prog.program.proto:
+        check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
+    log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", prog.name,
+                Path(prog.model_path).name, [(s.name, s.shape, s.dtype) for s in inputs], samples.count,
+                samples.source, [m.name for m in metrics])
+    if guards:
+        log.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in guards])
+    return CheckedProgram(
+        location=str(location), source=str(prog.source), root=str(prog.root),
+        name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
+        model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
+        program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
+        dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)

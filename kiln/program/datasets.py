@@ -1,0 +1,190 @@
+"""Datasets: where evaluation samples come from, checked against the model's inputs.
+
+Arrays carry a leading sample axis. A model input of shape [B, *rest] is fed batches of B samples whose
+per-sample shape is `rest`; a model input whose shape has no batch axis is fed one sample at a time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.errors import DatasetError
+
+LABEL_KEYS = ("labels", "label", "y")
+
+
+class Samples(BaseModel):
+    """Loaded samples: one array per model input (sample axis first) and optional labels."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = "synthetic"
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, idx: np.ndarray | slice) -> Samples:
+        return Samples(inputs={k: v[idx] for k, v in self.inputs.items()},
+                       labels=None if self.labels is None else self.labels[idx], source=self.source)
+
+
+class Dataset(BaseModel):
+    """A dataset file (npz, csv, parquet) or a Python loader.
+
+    `inputs` maps each model input to an npz key, or to column names / a glob of columns for tables.
+    `labels` names the label key/column. Left out, keys equal to the input names and a key named
+    labels/label/y are used.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    path: str | None = None
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
+    labels: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    loader: Callable[[], dict[str, np.ndarray]] | None = Field(default=None, exclude=True)
+
+    def describe(self) -> str:
+        return self.path or getattr(self.loader, "__name__", "loader")
+
+    def load(self, root: Path, specs: list[TensorSpec]) -> Samples:
+        """Read the data, map it to the model's inputs, and check shapes and dtypes."""
+        raw = self._read(root)
+        names = [s.name for s in specs]
+        inputs: dict[str, np.ndarray] = {}
+        for spec in specs:
+            key = self.inputs.get(spec.name, spec.name)
+            inputs[spec.name] = self._column(raw, key, spec.name)
+        extra = set(self.inputs) - set(names)
+        if extra:
+            raise DatasetError(f"maps {sorted(extra)} but the model's inputs are {names}", where=self.describe(),
+                               hint="fix the keys of Dataset(inputs=...)")
+        frame = raw.get("__frame__")
+        keys = list(frame.columns) if frame is not None else list(raw)
+        label_key = self.labels or next((k for k in LABEL_KEYS if k in keys), None)
+        labels = None
+        if label_key is not None:
+            if label_key not in keys:
+                raise DatasetError(f"has no labels {label_key!r}; it holds {sorted(keys)[:20]}",
+                                   where=self.describe())
+            labels = np.asarray(frame[label_key].to_numpy() if frame is not None else raw[label_key])
+        samples = Samples(inputs=inputs, labels=labels, source=self.describe())
+        check_samples(samples, specs, self.describe())
+        if self.limit:
+            samples = samples.take(slice(0, self.limit))
+        return samples
+
+    def _read(self, root: Path) -> dict[str, np.ndarray]:
+        if self.loader is not None:
+            try:
+                data = self.loader()
+            except Exception as exc:  # user code: report, do not crash
+                raise DatasetError(f"the dataset loader raised {type(exc).__name__}: {exc}",
+                                   where=self.describe()) from exc
+            if not isinstance(data, dict):
+                raise DatasetError("a dataset loader must return a dict of arrays", where=self.describe())
+            return {k: np.asarray(v) for k, v in data.items()}
+        if not self.path:
+            raise DatasetError("a Dataset needs a path or a loader")
+        path = (root / self.path).resolve()
+        if not path.is_file():
+            raise DatasetError("file not found", where=str(self.path),
+                               hint="paths are relative to the program folder")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as npz:
+                    return {k: npz[k] for k in npz.files}
+            if suffix in (".csv", ".parquet", ".pq"):
+                import pandas as pd
+
+                frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+                return {"__frame__": frame}  # type: ignore[dict-item]
+        except Exception as exc:
+            raise DatasetError(f"cannot read {suffix} file: {exc}", where=str(self.path)) from exc
+        raise DatasetError(f"unsupported dataset format {suffix!r}", where=str(self.path),
+                           hint="use .npz, .csv, .parquet, or Dataset(loader=...)")
+
+    def _column(self, raw: dict, key: str | list[str], input_name: str) -> np.ndarray:
+        frame = raw.get("__frame__")
+        if frame is not None:
+            cols = key if isinstance(key, list) else (
+                fnmatch.filter(list(frame.columns), key) if any(c in key for c in "*?[") else [key])
+            missing = [c for c in cols if c not in frame.columns]
+            if missing or not cols:
+                raise DatasetError(f"input {input_name!r} needs columns {missing or key}, not in the table "
+                                   f"(columns: {list(frame.columns)[:20]})", where=self.describe(),
+                                   hint="map the input with Dataset(inputs={...: [columns] or 'glob*'})")
+            return frame[cols].to_numpy()
+        if isinstance(key, list) or key not in raw:
+            raise DatasetError(f"has no array {key!r} for model input {input_name!r}; it holds {sorted(raw)}",
+                               where=self.describe(), hint="map the input with Dataset(inputs={...})")
+        return np.asarray(raw[key])
+
+
+def per_sample_shape(spec: TensorSpec, sample_rank: int) -> tuple[list[int], bool]:
+    """(shape of one sample, whether the model's first axis is a batch axis) for an input."""
+    if sample_rank == len(spec.shape):  # arrays are [N, *spec.shape[1:]]: batch axis
+        return spec.shape[1:], True
+    return spec.shape, False
+
+
+def check_samples(samples: Samples, specs: list[TensorSpec], where: str) -> None:
+    """Refuse data whose per-sample shape or dtype kind does not fit the model inputs."""
+    counts = set()
+    for spec in specs:
+        arr = samples.inputs[spec.name]
+        if arr.ndim == 0:
+            raise DatasetError(f"input {spec.name!r} is a scalar; expected samples of shape {spec.shape[1:]}",
+                               where=where)
+        sample_shape, _ = per_sample_shape(spec, arr.ndim)
+        if list(arr.shape[1:]) != list(sample_shape):
+            raise DatasetError(
+                f"input {spec.name!r} has shape {list(arr.shape)}, which does not fit the model input "
+                f"{spec.name!r} of shape {spec.shape} (expected [N, {', '.join(map(str, spec.shape[1:]))}])",
+                where=where, hint="reshape the data, or declare the model's input shape in the program")
+        want = np.dtype(spec.dtype)
+        if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
+            raise DatasetError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects {want}",
+                               where=where, hint=f"store the data as {want}")
+        counts.add(len(arr))
+    if samples.labels is not None:
+        counts.add(len(samples.labels))
+    if len(counts) > 1:
+        raise DatasetError(f"inputs and labels have different sample counts {sorted(counts)}", where=where)
+    if counts == {0}:
+        raise DatasetError("has no samples", where=where)
+    for spec in specs:
+        samples.inputs[spec.name] = samples.inputs[spec.name].astype(spec.dtype, copy=False)
+
+
+def synthetic(specs: list[TensorSpec], guards: list[IndexGuard], count: int = 8, seed: int = 0) -> Samples:
+    """Deterministic random samples for a program without data (floats ~N(0,1), indices in range)."""
+    rng = np.random.default_rng(seed)
+    bounds = {g.input: (max(g.low, 0), g.high) for g in guards}
+    inputs = {}
+    for spec in specs:
+        batch = spec.shape[0] if spec.shape else 1
+        shape = [count * batch, *spec.shape[1:]] if spec.shape else [count]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            arr = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind in "iu":
+            low, high = bounds.get(spec.name, (0, 2))
+            arr = rng.integers(low, high, size=shape).astype(dtype)
+        elif dtype.kind == "b":
+            arr = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            raise DatasetError(f"cannot make synthetic data for input {spec.name!r} of dtype {dtype}",
+                               hint="give the program a dataset")
+        inputs[spec.name] = arr
+    return Samples(inputs=inputs, source=f"synthetic ({count} feeds, seed {seed})")

@@ -1,0 +1,189 @@
+"""Metrics with acceptable ranges: the gate every candidate must pass before it may be published.
+
+A metric is computed on a candidate's outputs for the evaluation dataset, against the dataset's labels or
+against the reference (unoptimized, onnxruntime) outputs. Its `Range` is absolute (`at_least`/`at_most`)
+or relative to what the reference model scored (`max_degradation`, a fraction: 0.005 = 0.5 %).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Outputs = dict[str, np.ndarray]
+
+
+class Range(BaseModel):
+    """Acceptable values of one metric."""
+
+    at_least: float | None = None
+    at_most: float | None = None
+    max_degradation: float | None = Field(
+        default=None, ge=0, description="largest allowed worsening relative to the reference, as a fraction"
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Range:
+        if self.at_least is None and self.at_most is None and self.max_degradation is None:
+            raise ValueError("a range needs at_least, at_most or max_degradation")
+        return self
+
+    def check(self, value: float, reference: float | None, higher_is_better: bool) -> bool:
+        if not np.isfinite(value):
+            return False
+        if self.at_least is not None and value < self.at_least:
+            return False
+        if self.at_most is not None and value > self.at_most:
+            return False
+        if self.max_degradation is not None and reference is not None:
+            slack = abs(reference) * self.max_degradation
+            if higher_is_better and value < reference - slack - 1e-12:
+                return False
+            if not higher_is_better and value > reference + slack + 1e-12:
+                return False
+        return True
+
+    def describe(self, reference: float | None = None, higher_is_better: bool = True) -> str:
+        parts = []
+        if self.at_least is not None:
+            parts.append(f">= {self.at_least:g}")
+        if self.at_most is not None:
+            parts.append(f"<= {self.at_most:g}")
+        if self.max_degradation is not None:
+            text = f"max degradation {self.max_degradation * 100:g} %"
+            if reference is not None:
+                slack = abs(reference) * self.max_degradation
+                bound = reference - slack if higher_is_better else reference + slack
+                text += f" ({'>=' if higher_is_better else '<='} {bound:.6g})"
+            parts.append(text)
+        return ", ".join(parts)
+
+
+Kind = Literal["topk", "mae", "rmse", "max_abs_diff", "max_rel_diff", "cosine", "agreement", "custom"]
+_NEEDS_LABELS = {"topk", "mae", "rmse"}
+_HIGHER_IS_BETTER = {"topk": True, "mae": False, "rmse": False, "max_abs_diff": False, "max_rel_diff": False,
+                     "cosine": True, "agreement": True}
+
+
+class Metric(BaseModel):
+    """One measured quantity and its acceptable range."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    kind: Kind
+    range: Range
+    output: str | None = Field(default=None, description="model output to score; default: the first")
+    k: int = 1
+    higher_is_better: bool = True
+    fn: Callable[..., float] | None = Field(default=None, exclude=True)
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.kind in _NEEDS_LABELS
+
+    @property
+    def compares_to_reference(self) -> bool:
+        return self.kind in {"max_abs_diff", "max_rel_diff", "cosine", "agreement"}
+
+    def compute(self, outputs: Outputs, reference: Outputs, labels: np.ndarray | None) -> float:
+        name = self.output or next(iter(outputs))
+        if name not in outputs:
+            raise KeyError(f"metric {self.name!r} scores output {name!r}, but the model's outputs are "
+                           f"{sorted(outputs)}")
+        out = np.asarray(outputs[name], dtype=np.float64)
+        ref = np.asarray(reference[name], dtype=np.float64)
+        if self.kind == "custom":
+            assert self.fn is not None
+            params = inspect.signature(self.fn).parameters
+            args: list[Any] = [outputs, labels, reference][: max(1, len(params))]
+            return float(self.fn(*args))
+        if self.kind == "topk":
+            assert labels is not None
+            top = np.argsort(-out.reshape(len(out), -1), axis=1)[:, : self.k]
+            return float(np.mean([lab in row for lab, row in zip(labels.reshape(-1), top, strict=True)]))
+        if self.kind in ("mae", "rmse"):
+            assert labels is not None
+            diff = out.reshape(labels.shape) - labels if out.size == labels.size else out - labels
+            return float(np.mean(np.abs(diff)) if self.kind == "mae" else np.sqrt(np.mean(diff**2)))
+        if self.kind == "max_abs_diff":
+            return float(np.max(np.abs(out - ref))) if out.size else 0.0
+        if self.kind == "max_rel_diff":
+            scale = float(np.max(np.abs(ref))) or 1.0
+            return float(np.max(np.abs(out - ref)) / scale) if out.size else 0.0
+        if self.kind == "cosine":
+            a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+            denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            same = np.all(a == b, axis=1)
+            cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+            return float(np.min(np.where(same, 1.0, cos)))
+        if self.kind == "agreement":
+            a, b = out.reshape(len(out), -1).argmax(1), ref.reshape(len(ref), -1).argmax(1)
+            return float(np.mean(a == b))
+        raise ValueError(f"unknown metric kind {self.kind}")
+
+
+def _metric(kind: str, name: str, output: str | None, k: int = 1, **bounds: float | None) -> Metric:
+    return Metric(name=name, kind=kind, output=output, k=k, range=Range(**bounds),
+                  higher_is_better=_HIGHER_IS_BETTER[kind])
+
+
+def top1(*, at_least: float | None = None, max_degradation: float | None = None,
+         output: str | None = None, name: str = "top1") -> Metric:
+    """Fraction of samples whose arg-max equals the label."""
+    return _metric("topk", name, output, 1, at_least=at_least, max_degradation=max_degradation)
+
+
+def topk(k: int, *, at_least: float | None = None, max_degradation: float | None = None,
+         output: str | None = None, name: str | None = None) -> Metric:
+    """Fraction of samples whose label is among the k highest scores."""
+    return _metric("topk", name or f"top{k}", output, k, at_least=at_least, max_degradation=max_degradation)
+
+
+def mae(*, at_most: float | None = None, max_degradation: float | None = None,
+        output: str | None = None, name: str = "mae") -> Metric:
+    """Mean absolute error against the labels (regression)."""
+    return _metric("mae", name, output, at_most=at_most, max_degradation=max_degradation)
+
+
+def rmse(*, at_most: float | None = None, max_degradation: float | None = None,
+         output: str | None = None, name: str = "rmse") -> Metric:
+    """Root mean squared error against the labels (regression)."""
+    return _metric("rmse", name, output, at_most=at_most, max_degradation=max_degradation)
+
+
+def max_abs_diff(*, at_most: float, output: str | None = None, name: str = "max_abs_diff") -> Metric:
+    """Largest absolute difference from the reference model's outputs."""
+    return _metric("max_abs_diff", name, output, at_most=at_most)
+
+
+def max_rel_diff(*, at_most: float, output: str | None = None, name: str = "max_rel_diff") -> Metric:
+    """Largest absolute difference from the reference, divided by the reference's largest magnitude."""
+    return _metric("max_rel_diff", name, output, at_most=at_most)
+
+
+def cosine(*, at_least: float, output: str | None = None, name: str = "cosine") -> Metric:
+    """Smallest per-sample cosine similarity with the reference model's outputs."""
+    return _metric("cosine", name, output, at_least=at_least)
+
+
+def agreement(*, at_least: float, output: str | None = None, name: str = "agreement") -> Metric:
+    """Fraction of samples whose arg-max equals the reference model's arg-max."""
+    return _metric("agreement", name, output, at_least=at_least)
+
+
+def custom(fn: Callable[..., float], *, name: str, higher_is_better: bool = True,
+           at_least: float | None = None, at_most: float | None = None,
+           max_degradation: float | None = None) -> Metric:
+    """A user callable `fn(outputs[, labels[, reference_outputs]]) -> float`."""
+    return Metric(name=name, kind="custom", fn=fn, higher_is_better=higher_is_better,
+                  range=Range(at_least=at_least, at_most=at_most, max_degradation=max_degradation))
+
+
+def default_metrics() -> list[Metric]:
+    """Agreement with onnxruntime: what a bare .onnx is held to."""
+    return [max_rel_diff(at_most=1e-3), cosine(at_least=0.9999)]

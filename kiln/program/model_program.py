@@ -1,0 +1,55 @@
+"""`kiln.ModelProgram`: what a user declares about a model, with a default for every part.
+
+A bare `ModelProgram()` describes `model.onnx` with synthetic inputs, agreement with onnxruntime as the
+metric, and the generic tensor protocol. Subclass it in `program.py` and override what you need.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from kiln.program.datasets import Dataset
+from kiln.program.metrics import Metric, default_metrics
+
+
+class ModelProgram:
+    """Base class of a model program. Class attributes are the declaration; methods are the mapping code."""
+
+    #: a short name for the store (letters, digits, -_.); default: the program folder's name
+    name: ClassVar[str | None] = None
+    #: the ONNX file, relative to the program folder (external data files beside it are picked up)
+    model: ClassVar[str] = "model.onnx"
+    #: concrete shapes for inputs with dynamic dimensions, e.g. {"pixels": [1, 64]}
+    shapes: ClassVar[dict[str, list[int]]] = {}
+    #: evaluation data; None = synthetic inputs from the declared shapes
+    dataset: ClassVar[Dataset | None] = None
+    #: how many synthetic feeds to make when there is no dataset
+    synthetic_samples: ClassVar[int] = 8
+    #: data to calibrate int8 quantization on; None = split `calibration_fraction` off the dataset
+    calibration: ClassVar[Dataset | None] = None
+    calibration_fraction: ClassVar[float] = 0.2
+    #: how static int8 picks its ranges: "minmax", "entropy" or "percentile"
+    calibration_method: ClassVar[str] = "minmax"
+    #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
+    calibrate_on_synthetic: ClassVar[bool] = False
+    #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference
+    metrics: ClassVar[list[Metric]] = []
+    #: the .proto file and its request/response message names; None = generic tensor protocol
+    proto: ClassVar[str | None] = None
+    request: ClassVar[str | None] = None
+    response: ClassVar[str | None] = None
+
+    def get_metrics(self) -> list[Metric]:
+        return list(self.metrics) or default_metrics()
+
+    def to_model_inputs(self, request: Any) -> dict[str, np.ndarray]:
+        """Map a request message to model inputs. Default: the request already is {name: array}."""
+        if isinstance(request, dict):
+            return {k: np.asarray(v) for k, v in request.items()}
+        raise NotImplementedError(f"{type(self).__name__}.to_model_inputs must map {type(request).__name__}")
+
+    def from_model_outputs(self, outputs: dict[str, np.ndarray], response_type: Any = None) -> Any:
+        """Map model outputs to a response message. Default: the outputs themselves."""
+        return outputs

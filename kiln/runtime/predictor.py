@@ -1,0 +1,73 @@
+"""`kiln.load(artifact)`: a predictor that runs the selected module with the runtime only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kiln.artifact.manifest import Manifest
+from kiln.artifact.specs import check_index_ranges
+from kiln.artifact.store import resolve, verify
+from kiln.errors import ArtifactError, InputError
+from kiln.runtime.runners import Runner, open_runner
+
+
+class Predictor:
+    """Validated calls into an optimized model. `run` refuses bad feeds before the model sees them."""
+
+    def __init__(self, folder: Path, manifest: Manifest, runner: Runner):
+        self.folder = folder
+        self.manifest = manifest
+        self.runner = runner
+        self.inputs = manifest.inputs
+        self.outputs = manifest.outputs
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    def check(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return the feed cast to the model's dtypes; raise InputError naming the field and the problem."""
+        names = [s.name for s in self.inputs]
+        missing = [n for n in names if n not in feed]
+        extra = [n for n in feed if n not in names]
+        if missing or extra:
+            raise InputError(f"expected inputs {names}; missing {missing}, unexpected {extra}")
+        out = {}
+        for spec in self.inputs:
+            arr = np.asarray(feed[spec.name])
+            want = np.dtype(spec.dtype)
+            if list(arr.shape) != spec.shape:
+                raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {spec.shape}")
+            if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
+                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want}")
+            out[spec.name] = np.ascontiguousarray(arr, dtype=want)
+        check_index_ranges(out, self.manifest.guards, where="request")
+        return out
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.run(self.check(feed))
+
+    __call__ = run
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_files: bool = True,
+         spin: bool | None = None) -> Predictor:
+    """Open an artifact folder (or NAME[/ID] in the store) and load its selected module with the settings it
+    was selected with; `threads` and `spin` override them (a server shares cores between instances)."""
+    folder = resolve(artifact)
+    if verify_files:
+        manifest, problems = verify(folder)
+        if problems:
+            raise ArtifactError("files do not match the manifest: " + "; ".join(problems[:5]), where=str(folder),
+                                hint="the artifact was modified or is incomplete; fetch or publish it again")
+    else:
+        manifest = Manifest.read(folder)
+    runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
+                         manifest.settings.merged(threads=threads, spin=spin))
+    return Predictor(folder, manifest, runner)

@@ -1,0 +1,87 @@
+"""The optimize stages as Prefect tasks: each a thin wrapper (logging, progress, caching) around one plain
+function of kiln.optimize, which holds the logic and can be used and tested without Prefect."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+
+from kiln import progress
+from kiln.artifact.manifest import CandidateResult, OptimizeOptions
+from kiln.fs import json_sha256
+from kiln.optimize import build, compile, evaluate, gate, prepare, publish, reference, validate
+from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel, ReferenceData
+
+
+@task(name="validate")
+def validate_program(location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
+                     name: str | None = None) -> CheckedProgram:
+    return validate.validate(location, shapes, candidates, name, log=get_run_logger())
+
+
+@task(name="prepare")
+def prepare_model(checked: CheckedProgram) -> PreparedModel:
+    return prepare.prepare(checked, log=get_run_logger())
+
+
+@task(name="reference")
+def run_reference(checked: CheckedProgram, threads: int, calibrate: bool = False) -> ReferenceData:
+    return reference.reference(checked, threads, calibrate, log=get_run_logger())
+
+
+@task(name="build-onnxruntime")
+def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData,
+                     names: list[str]) -> list[BuiltCandidate]:
+    """The baseline and the transform candidates; one that fails to build is reported, never fatal."""
+    return build.build_candidates(checked, prepared, ref, names, log=get_run_logger())
+
+
+def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
+    """A Prefect cache hit only when the on-disk build it points to is still there.
+
+    The key names the cache folder itself (KILN_HOME included): Prefect's result storage may be shared by
+    several KILN_HOMEs, and a record must never point into another one.
+    """
+    folder = compile.cached_build(params["prepared"], params["target"], params["trials"],
+                                  params.get("max_trials_per_task"), params.get("continue_from"))
+    return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if folder else None
+
+
+@task(name="compile-tvm", cache_key_fn=_compile_cache_key, persist_result=True)
+def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
+                max_trials_per_task: int | None = None, continue_from: str | None = None) -> BuiltCandidate:
+    """Tuning with a progress bar in the terminal (kiln.progress) and a progress artifact in the UI."""
+    artifact_id = create_progress_artifact(0.0, description=f"TVM tuning, {trials} trials")
+
+    def on_progress(done: int, total: int) -> None:
+        progress.report("tune", done, total)
+        if artifact_id and total:
+            try:
+                update_progress_artifact(artifact_id, 100.0 * done / total)
+            except Exception:
+                pass  # the UI's bar must never break tuning
+
+    built = compile.compile_tvm(checked, prepared, target, trials, max_trials_per_task, continue_from,
+                                log=get_run_logger(), on_progress=on_progress)
+    if built.cached:
+        progress.report("tune", trials, trials, "cached build, no tuning")
+    return built
+
+
+@task(name="evaluate")
+def evaluate_candidates(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
+                        latency_repeats: int = 200) -> Evaluation:
+    return evaluate.evaluate(checked, ref, built, threads, latency_repeats, log=get_run_logger(),
+                             on_progress=lambda done, total, name: progress.report("evaluate", done, total, name))
+
+
+@task(name="select")
+def select(evaluation: Evaluation, incumbent: str | None = None, min_gain: float = 0.0) -> CandidateResult:
+    return gate.choose(evaluation.candidates, incumbent, min_gain)
+
+
+@task(name="publish", retries=2, retry_delay_seconds=2)
+def publish_artifact(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation,
+                     selected: CandidateResult, target: str, store: str | None, options: OptimizeOptions) -> str:
+    return publish.publish(checked, prepared, evaluation, selected, target, store, options, log=get_run_logger())
