@@ -61,8 +61,10 @@ bench: setup system-deps examples
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/images.py
 
+# ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: setup
 	$(BIN)/ruff check kiln tasks flows web tests benchmarks examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache examples/*/model.onnx

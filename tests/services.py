@@ -105,7 +105,8 @@ def start_registry(root: Path, port: int | None = None) -> Service:
 
 def start_s3(root: Path, buckets: tuple[str, ...] = ("models",), port: int | None = None) -> Service:
     """moto's S3 server with signatures enforced: an IAM user and key are created with the first 3
-    unauthenticated calls (FACTS.md), every later call must be signed with that key."""
+    unauthenticated calls (moto enforces auth once INITIAL_NO_AUTH_ACTION_COUNT is used up; before that it
+    accepts any credentials), every later call must be signed with that key."""
     import boto3
 
     binary = need("moto_server", "moto[server] (pip, dev extra)")

@@ -91,6 +91,14 @@ def test_build_push_pull_by_digest_run_and_call(pushed, digits_artifact, digits_
                                           "tvm.__file__) + '/lib'))"], user="kiln")
         assert no_compiler.exit_code == 0 and "libtvm_compiler" not in no_compiler.output.decode()
         assert "libtvm_runtime.so" in no_compiler.output.decode()
+        layers = container.exec_run(["python", "-c", "import kiln, os; print(sorted(os.listdir(os.path.dirname("
+                                     "kiln.__file__))))"], user="kiln")
+        assert layers.exit_code == 0, layers.output.decode()
+        present = layers.output.decode()
+        for layer in ("'runtime'", "'serving'", "'artifact'", "'program'"):
+            assert layer in present, present
+        for layer in ("'compiler'", "'optimize'", "'ship'", "'cli'", "'service'"):  # the optimizer side stays out
+            assert layer not in present, present
         deadline = time.time() + 60  # HEALTHCHECK runs grpc.health.v1 inside the container
         while time.time() < deadline:
             container.reload()

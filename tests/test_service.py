@@ -99,7 +99,9 @@ def digits_zip(program: Path) -> bytes:
 def test_up_serves_deployments_schedule_and_health(service):
     assert httpx.get(f"{service['web']}/healthz").status_code == 200
     optimize = deployment(service, "optimize")
-    props = optimize["parameter_openapi_schema"]["properties"]
+    schema = optimize["parameter_openapi_schema"]
+    assert schema["required"] == ["request"]  # one OptimizeRequest, the model every front door builds
+    props = schema["definitions"]["OptimizeRequest"]["properties"]
     assert "s3://" in props["program"]["description"]  # typed, documented parameters for the UI
     assert props["trials"]["type"] == "integer" and props["upload"]["anyOf"]
     assert optimize["work_pool_name"] == "kiln"
@@ -114,7 +116,7 @@ def test_up_serves_deployments_schedule_and_health(service):
 def test_run_created_through_the_rest_api_as_the_ui_does(service):
     dep = deployment(service, "optimize")
     created = api(service, "POST", f"/deployments/{dep['id']}/create_flow_run", json={
-        "parameters": {"program": str(service["program"]), "candidates": ["onnxruntime"], "trials": 0}})
+        "parameters": {"request": {"program": str(service["program"]), "candidates": ["onnxruntime"], "trials": 0}}})
     run = wait_run(service, created["id"])
     assert run["state_type"] == "COMPLETED", run["state"]
     assert any((service["store"] / "digits").glob("*/manifest.json"))
@@ -153,7 +155,7 @@ def test_form_in_chromium(service, tmp_path):
         page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
         browser.close()
     run = api(service, "GET", f"/flow_runs/{flow_run_id}")
-    assert run["parameters"]["program"].startswith(str(service["home"] / "uploads"))
+    assert run["parameters"]["request"]["program"].startswith(str(service["home"] / "uploads"))
     assert (SCREENSHOTS / "form-run.png").stat().st_size > 10_000
 
 
@@ -207,7 +209,7 @@ def test_separate_files_with_a_bearer_token(service, tmp_path):
     assert answer.status_code == 201, answer.text
     run = wait_run(service, answer.json()["flow_run_id"])
     assert run["state_type"] == "COMPLETED", run["state"]
-    assert sorted(p.name for p in Path(run["parameters"]["program"]).iterdir()) == \
+    assert sorted(p.name for p in Path(run["parameters"]["request"]["program"]).iterdir()) == \
         ["digits.npz", "digits.proto", "model.onnx", "program.py"]
     wrong = httpx.post(f"{service['web']}/runs", files=files, headers={"Authorization": "Bearer not-the-token"})
     assert wrong.status_code == 401
@@ -270,8 +272,8 @@ def test_huggingface_webhook(service):
     assert {a.status_code for a in answers} == {202} and len({a.json()["flow_run_id"] for a in answers}) == 1
     run = wait_run(service, answers[0].json()["flow_run_id"])
     assert run["state_type"] == "COMPLETED", run["state"]
-    assert run["parameters"]["program"] == str(service["program"])
-    assert run["parameters"]["candidates"] == ["onnxruntime"]  # KILN_WEBHOOK_PARAMETERS
+    assert run["parameters"]["request"]["program"] == str(service["program"])
+    assert run["parameters"]["request"]["candidates"] == ["onnxruntime"]  # KILN_WEBHOOK_PARAMETERS
     discussion = {"event": {"action": "create", "scope": "discussion"}, "repo": {"type": "model", "name": "a/b"}}
     assert httpx.post(url, json=discussion, headers={"X-Webhook-Secret": HF_SECRET}).json()["status"] == "ignored"
 

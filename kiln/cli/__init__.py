@@ -8,9 +8,13 @@ import sys
 
 from rich.markup import escape
 
-from kiln.cli import artifacts, optimize, service, serving  # noqa: F401  (registration)
 from kiln.cli.app import app, err
 from kiln.errors import KilnError
+
+# registration, in the order `kiln --help` lists the commands
+# isort: off
+from kiln.cli import optimize, serving, artifacts, service  # noqa: E402, F401
+# isort: on
 
 
 def main() -> None:
