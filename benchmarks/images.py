@@ -28,6 +28,7 @@ from kiln.client import connect  # noqa: E402
 def engine():
     """(client, stop) for DOCKER_HOST if it answers, else for a private dockerd like the tests'."""
     import docker
+
     from services import start_dockerd
 
     if os.environ.get("DOCKER_HOST"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kiln.errors import KilnError
@@ -19,10 +19,6 @@ from kiln.errors import KilnError
 
 class ConfigError(KilnError):
     """An environment variable (or `.env` entry) holds a value kiln cannot use."""
-
-
-def _alias(name: str) -> AliasChoices:
-    return AliasChoices(name)
 
 
 class Settings(BaseSettings):
@@ -45,7 +41,7 @@ class Settings(BaseSettings):
     # compiling and shipping
     cuda_arch: str = "sm_90a"
     base_image: str = "ubuntu:24.04"
-    docker_host: str = Field("unix:///var/run/docker.sock", validation_alias=_alias("DOCKER_HOST"))
+    docker_host: str = Field("unix:///var/run/docker.sock", validation_alias="DOCKER_HOST")
 
     # serving (the runtime image's entry point)
     port: int = Field(8001, ge=0, le=65535)
@@ -67,8 +63,8 @@ class Settings(BaseSettings):
     webhook_parameters: dict[str, Any] = Field(default_factory=dict)
 
     # Prefect's own
-    prefect_api_url: str | None = Field(None, validation_alias=_alias("PREFECT_API_URL"))
-    prefect_home: Path | None = Field(None, validation_alias=_alias("PREFECT_HOME"))
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+    prefect_home: Path | None = Field(None, validation_alias="PREFECT_HOME")
 
     @field_validator("s3_region", "s3_access_key", "s3_secret_key", "s3_block", "prefect_ui_url",
                      "mlflow_webhook_secret", "hf_webhook_secret", "hf_source_template", "prefect_api_url",

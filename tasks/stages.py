@@ -30,7 +30,7 @@ def run_reference(checked: CheckedProgram, threads: int, calibrate: bool = False
     return reference.reference(checked, threads, calibrate, log=get_run_logger())
 
 
-@task(name="build-onnxruntime")
+@task(name="build-candidates")
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData,
                      names: list[str]) -> list[BuiltCandidate]:
     """The baseline and the transform candidates; one that fails to build is reported, never fatal."""

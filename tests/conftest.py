@@ -151,14 +151,14 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
     The flow would publish onnxruntime for it (faster); this builds the TVM-selected artifact directly so
     the runtime-only path and the index guards are exercised on compiled code.
     """
-    import onnx_models
-
     from kiln.artifact.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, ProgramInfo, versions
     from kiln.artifact.specs import IndexGuard, TensorSpec
     from kiln.artifact.store import ArtifactStore
     from kiln.compiler import compile_model
     from kiln.fs import file_sha256
     from kiln.optimize.protocol import generate
+
+    import onnx_models
 
     tmp = tmp_path_factory.mktemp("embed")
     model = onnx_models.embedding(tmp / "embed.onnx", vocab=50)

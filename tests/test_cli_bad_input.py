@@ -9,8 +9,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx_models
 import pytest
+
+import onnx_models
 from conftest import run_kiln, store_snapshot
 
 TRIALS = "8"  # the same budget as the integration test, so the TVM build is shared through the cache

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
 from conftest import run_kiln, store_snapshot
 
 INT8 = "onnxruntime,ort-fp32-basic,ort-int8-dynamic,ort-int8-static"
@@ -75,11 +76,11 @@ def test_dataset_too_small_to_split(kiln_env, tmp_path, digits_program):
 def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
     """A small CNN calibrated on synthetic data: every candidate is measured and gated, and the published
     artifact runs with the winner's backend and session settings, in kiln.load and in the server."""
-    import onnx_models
-    from conftest import Served
-
     import kiln
     from kiln.client import connect
+
+    import onnx_models
+    from conftest import Served
 
     prog = tmp_path / "cnn"
     prog.mkdir()
@@ -115,11 +116,12 @@ def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
 def test_calibration_methods_and_gemm_rewrite(tmp_path):
     """Static int8 with each calibration method; dynamic int8 sees Gemm as MatMul+Add and never touches Conv."""
     import onnx
-    import onnx_models
     import pytest
 
     from kiln.errors import KilnError
     from kiln.optimize import candidates
+
+    import onnx_models
 
     model = onnx_models.small_cnn(tmp_path / "cnn.onnx")
     calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]

@@ -13,12 +13,13 @@ import docker
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, run_kiln, store_snapshot
-from services import start_registry
 
 import kiln
 from kiln.artifact.store import verify
 from kiln.client import connect
+
+from conftest import free_port, run_kiln, store_snapshot
+from services import start_registry
 
 
 def wait_serving(container, timeout: float = 90) -> float:

@@ -2,7 +2,6 @@
 
 
 import numpy as np
-import onnx_models
 import onnxruntime as ort
 import pytest
 
@@ -12,6 +11,8 @@ from kiln.errors import DatasetError, InputError, ModelError
 from kiln.optimize.inspect import index_guards, input_specs, load_model, unsupported_ops
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes, prepare_model
 from kiln.program.datasets import Dataset
+
+import onnx_models
 
 
 def test_not_onnx(tmp_path):

@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import Served, run_kiln, store_snapshot
 from minio import Minio
-from services import start_s3
 
 from kiln.artifact.remote import ObjectStore, S3Settings
 from kiln.artifact.store import ArtifactStore, verify
 from kiln.errors import StorageError
+
+from conftest import Served, run_kiln, store_snapshot
+from services import start_s3
 
 
 def s3_client(env: dict[str, str]) -> Minio:

@@ -12,9 +12,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import run_kiln
 
 import kiln
+
+from conftest import run_kiln
 
 TRIALS = "8"
 

@@ -6,12 +6,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx_models
 import pytest
 
 from kiln.errors import ProgramError
 from kiln.program.loader import load_program
 from kiln.program.naming import parse_shapes
+
+import onnx_models
 
 PROGRAM = """
 import kiln

@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import BIN, ROOT, free_port
 from prefect.client.base import PrefectHttpxSyncClient
+
+from conftest import BIN, ROOT, free_port
 
 MLFLOW_SECRET = "mlflow-secret-for-tests"
 HF_SECRET = "hf-secret-for-tests"

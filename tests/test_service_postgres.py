@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import httpx
+
 from conftest import free_port
 from services import start_postgres
 from test_service import kiln, wait_run

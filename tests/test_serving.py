@@ -14,12 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import BIN, ROOT, Served
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import kiln
 from kiln.client import connect
+
+from conftest import BIN, ROOT, Served
 
 
 def healthy(address: str, service: str = "") -> bool:

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import httpx
-from conftest import run_kiln, store_snapshot
 from minio import Minio
+
+from conftest import run_kiln, store_snapshot
 from services import start_s3
 
 

@@ -159,7 +159,7 @@ class Manifest(BaseModel):
         return sel.latency_ms.p50 if sel and sel.latency_ms else None
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", exclude_none=False), indent=2) + "\n"
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
 
     def write(self, folder: Path) -> None:
         """Atomically: a reader sees the old manifest or the new one, never a torn file."""
