@@ -5,6 +5,8 @@ Each case runs the real `kiln optimize` against a real Prefect server.
 
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -166,3 +168,19 @@ def test_error_text_with_brackets_is_printed_verbatim(kiln_env):
         assert "NAME[/ID]" in proc.stderr and "Traceback" not in proc.stderr
     bad = run_kiln(["upload", "no-such-model", "s3://models/x"], {**kiln_env, "KILN_S3_PART_MB": "abc"})
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_every_help_renders(kiln_env):
+    """`--help` is the first thing a new user types: every command's must print, whatever its text holds."""
+    import typer
+
+    from kiln.cli import app
+
+    names = sorted(typer.main.get_command(app).commands)
+    assert {"optimize", "serve", "client", "inspect", "up"} <= set(names)
+    for args in [[], *([name] for name in names)]:
+        proc = run_kiln([*args, "--help"], kiln_env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr[-800:])
+        assert "Usage:" in proc.stdout, args
+    serving = subprocess.run([sys.executable, "-m", "kiln.serving", "--help"], capture_output=True, text=True)
+    assert serving.returncode == 0 and "usage:" in serving.stdout

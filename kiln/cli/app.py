@@ -13,7 +13,8 @@ from rich.table import Table
 
 from kiln.errors import GateError, KilnError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# help texts are plain text: `NAME[/ID]` would be a (broken) closing tag to rich's markup parser
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="kiln: optimize an ONNX model ahead of time, gated by your metrics.")
 
 
