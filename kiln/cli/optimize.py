@@ -120,6 +120,9 @@ def optimize(
         return
     out = wide()
     out.print(candidate_table(manifest))
+    for c in manifest.candidates:  # the table folds long reasons; a skipped candidate's is worth reading whole
+        if c.reasons and c.reasons[0].startswith("skipped"):
+            err.print(f"{c.name} {c.reasons[0]}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"published [bold]{manifest.selected}[/] ({manifest.speedup_vs_baseline:.2f}x vs onnxruntime p50)")
     out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
     for key in ("upload", "image"):

@@ -18,6 +18,7 @@ from kiln.compiler import DB_FILES, compile_model, device_for, target_config
 from kiln.config import kiln_home
 from kiln.errors import KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
+from kiln.optimize.inspect import describe_unsupported
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
 
 RESULT = "result.json"
@@ -73,6 +74,9 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
 
     continue_from: an artifact's tuning/ folder, the search to continue where this machine has none. A build
     that fails is returned with its reason (the run goes on with the other candidates)."""
+    if checked.unsupported_ops:
+        return BuiltCandidate(name="tvm", backend="tvm",
+                              error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
     records = seed_database(prepared, target, continue_from)
     if continue_from:
         log.info("continuing the search from %d tuning records", records)

@@ -134,6 +134,13 @@ def unsupported_ops(model: onnx.ModelProto, supported: set[str]) -> dict[str, li
     return dict(missing)
 
 
+def describe_unsupported(missing: dict[str, list[str]]) -> str:
+    """`TVM cannot compile N operator type(s): OP (nodes: a, b, ...); ...`"""
+    listing = "; ".join(f"{op} (nodes: {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
+                        for op, nodes in sorted(missing.items()))
+    return f"TVM cannot compile {len(missing)} operator type(s): {listing}"
+
+
 def index_guards(model: onnx.ModelProto) -> list[IndexGuard]:
     """Integer graph inputs that (through shape-only ops) index a Gather whose axis length is known."""
     inputs = {i.name for i in graph_inputs(model)}

@@ -8,7 +8,14 @@ from pathlib import Path
 from kiln.artifact.specs import check_index_ranges
 from kiln.errors import DatasetError, ModelError, ProgramError
 from kiln.optimize.candidates import of_stage
-from kiln.optimize.inspect import index_guards, input_specs, load_model, output_specs, unsupported_ops
+from kiln.optimize.inspect import (
+    describe_unsupported,
+    index_guards,
+    input_specs,
+    load_model,
+    output_specs,
+    unsupported_ops,
+)
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.protocol import check as check_protocol
@@ -39,16 +46,13 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     inputs = input_specs(model, prog.shapes, where)
     if not inputs:
         raise ModelError("the model has no inputs", where=where)
-    if of_stage(candidates, "compile"):
+    missing: dict[str, list[str]] = {}
+    if of_stage(candidates, "compile"):  # not a refusal: the other candidates can still ship
         from kiln.compiler import supported_ops
 
         missing = unsupported_ops(model, supported_ops())
         if missing:
-            listing = "; ".join(f"{op} (nodes: {', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
-                                for op, nodes in sorted(missing.items()))
-            raise ModelError(f"TVM cannot compile {len(missing)} operator type(s): {listing}", where=where,
-                             hint="replace these operators in the export, or run only onnxruntime candidates "
-                                  "with --candidates onnxruntime")
+            log.warning("%s; the tvm candidate is skipped", describe_unsupported(missing))
     fixed = infer_shapes(fix_input_shapes(model, inputs), where)
     guards = index_guards(fixed)
     samples = load_samples(prog, inputs, guards)
@@ -77,4 +81,5 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
+        unsupported_ops=missing,
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)
