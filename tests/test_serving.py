@@ -128,6 +128,13 @@ def test_bad_inputs_get_clear_statuses(digits_server, digits_artifact):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "datatype INT64, the model expects FP32" in msg
         code, msg = _status(client.infer, {"nope": np.zeros((1, 64), np.float32)})
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown input 'nope'" in msg
+        poisoned = np.zeros((1, 64), np.float32)
+        poisoned[0, 5], poisoned[0, 9] = np.nan, np.inf
+        code, msg = _status(client.infer, {"pixels": poisoned})  # NaN in, NaN probabilities and label 0 out: no
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "'pixels' holds 2 NaN/Inf value(s)" in msg, msg
+        assert "at index [0, 5]" in msg
+        code, msg = _status(client.predict, client.Request(pixels=[0.0] * 5 + [float("nan")] + [0.0] * 58))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "'pixels' holds 1 NaN/Inf value(s)" in msg, msg
         code, msg = _status(client.predict, client.Request(pixels=[0.0] * (300 * 1024)))  # > --max-message-mb 1
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert healthy(address) and digits_server.proc.poll() is None

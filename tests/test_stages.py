@@ -199,3 +199,35 @@ def test_atomic_dir_publishes_whole_folders_or_nothing(tmp_path):
         (staged.path / "a").write_text("fourth")
     assert (final / "a").read_text() == "fourth"
     assert [p.name.startswith(".damaged-out-") for p in tmp_path.iterdir() if p.name != "out"] == [True]
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_nonfinite_inputs_are_refused_unless_the_program_allows_them(tmp_path, allow):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kiln.artifact.store import ArtifactStore
+    from kiln.errors import InputError
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+
+    def fill(folder: Path) -> Manifest:
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+        m = manifest().model_copy(update={"backend": "onnxruntime", "selected": "onnxruntime", "tuning": None,
+                                          "settings": RunSettings(optimization="all")})
+        m.model = ModelInfo(path="model.onnx", sha256="", source_sha256="")
+        m.program = ProgramInfo(sha256="c", source="/p", allow_nonfinite=allow)
+        return m
+
+    predictor = kiln.load(ArtifactStore(tmp_path / "store").publish(fill))
+    x = np.ones((2, 3), np.float32)
+    x[1, 2] = np.nan
+    if allow:
+        assert np.isnan(predictor.run({"x": x})["y"][1, 2])
+    else:
+        with pytest.raises(InputError, match=re.escape("input 'x' holds 1 NaN/Inf value(s), the first (nan) at "
+                                                       "index [1, 2]")):
+            predictor.run({"x": x})
+    assert predictor.run({"x": np.ones((2, 3), np.float32)})["y"].sum() == 6

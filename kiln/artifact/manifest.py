@@ -77,6 +77,7 @@ class ProgramInfo(BaseModel):
     shapes: dict[str, list[int]] = Field(default_factory=dict)
     source: str  # where it was given (a path, file:// or s3:// URI)
     file: str = "program.py"  # the program's .py in program/ (one of several in a folder)
+    allow_nonfinite: bool = False  # the program accepts NaN/Inf inputs (servers refuse them otherwise)
 
 
 class TuningInfo(BaseModel):

@@ -41,3 +41,14 @@ def check_index_ranges(inputs: dict[str, np.ndarray], guards: list[IndexGuard], 
             raise InputError(
                 f"input {g.input!r} holds {arr[pos]} at index {list(pos)}; it indexes {g.node!r}, whose valid "
                 f"range is [{g.low}, {g.high})", where=where, hint="fix the index values before sending them")
+
+
+def check_finite(inputs: dict[str, np.ndarray], where: str) -> None:
+    """Refuse NaN and Inf in float inputs: a model answers them with NaN scores that look like results."""
+    for name, arr in inputs.items():
+        if arr.dtype.kind in "fc" and arr.size and not np.isfinite(arr).all():
+            bad = ~np.isfinite(arr)
+            pos = [int(i) for i in np.argwhere(bad)[0]]
+            raise InputError(f"input {name!r} holds {int(bad.sum())} NaN/Inf value(s), the first ({arr[tuple(pos)]}) "
+                             f"at index {pos}", where=where,
+                             hint="send finite numbers (a program that wants them sets allow_nonfinite = True)")

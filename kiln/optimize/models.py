@@ -32,6 +32,7 @@ class CheckedProgram(BaseModel):
     dataset: str
     samples: int
     has_labels: bool
+    allow_nonfinite: bool = False
     unsupported_ops: dict[str, list[str]] = Field(default_factory=dict)  # op type -> nodes TVM cannot import
 
     def load(self) -> LoadedProgram:

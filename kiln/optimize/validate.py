@@ -81,5 +81,5 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
-        unsupported_ops=missing,
+        unsupported_ops=missing, allow_nonfinite=bool(prog.program.allow_nonfinite),
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)

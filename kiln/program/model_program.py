@@ -34,6 +34,8 @@ class ModelProgram:
     calibration_method: ClassVar[str] = "minmax"
     #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
     calibrate_on_synthetic: ClassVar[bool] = False
+    #: accept NaN and Inf in float inputs when serving (default: refused, naming the input)
+    allow_nonfinite: ClassVar[bool] = False
     #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference
     metrics: ClassVar[list[Metric]] = []
     #: the .proto file and its request/response message names; None = generic tensor protocol

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.artifact.manifest import Manifest
-from kiln.artifact.specs import check_index_ranges
+from kiln.artifact.specs import check_finite, check_index_ranges
 from kiln.artifact.store import resolve, verify
 from kiln.errors import ArtifactError, InputError
 from kiln.runtime.runners import Runner, open_runner
@@ -45,6 +45,8 @@ class Predictor:
                 raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want}")
             out[spec.name] = np.ascontiguousarray(arr, dtype=want)
         check_index_ranges(out, self.manifest.guards, where="request")
+        if not self.manifest.program.allow_nonfinite:
+            check_finite(out, where="request")
         return out
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
