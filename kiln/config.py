@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".kiln")
     store: Path | None = None  # default: HOME/store
     max_archive_mb: float = Field(1024.0, gt=0)
+    max_input_mb: float = Field(4096.0, gt=0)  # what the declared input shapes may need for the feeds kiln makes
 
     # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
     s3_endpoint: str = ""

@@ -193,3 +193,55 @@ def test_every_help_renders(kiln_env):
         assert "Usage:" in proc.stdout, args
     serving = subprocess.run([sys.executable, "-m", "kiln.serving", "--help"], capture_output=True, text=True)
     assert serving.returncode == 0 and "usage:" in serving.stdout
+
+
+def _with_data(prog: Path, **changes) -> None:
+    data = dict(np.load(prog / "digits.npz"))
+    data.update(changes)
+    np.savez(prog / "digits.npz", **data)
+
+
+def test_labels_outside_the_classes(tmp_path, kiln_env, seeded_store, digits_program):
+    """42 and -1 for 10 digits would count as wrong for every candidate alike: refused, naming the first."""
+    prog = _program_copy(digits_program, tmp_path)
+    labels = np.load(prog / "digits.npz")["y_test"].copy()
+    labels[[7, 9]] = [42, -1]
+    _with_data(prog, y_test=labels)
+    expect_failure([str(prog)], kiln_env, seeded_store, "2 label(s) lie outside the 10 classes [0, 10)",
+                   "'probabilities'", "the first is 42 (sample 7)")
+
+
+def test_nonfinite_values_in_the_dataset(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    x = np.load(prog / "digits.npz")["x_test"].copy()
+    x[3, 5], x[11, 0] = np.nan, np.inf
+    _with_data(prog, x_test=x)
+    expect_failure([str(prog)], kiln_env, seeded_store, "input 'pixels' holds 2 NaN/Inf value(s), the first in "
+                   "sample 3", "digits.npz")
+
+
+def test_impossible_range_and_dataset_key_typo(tmp_path, kiln_env, seeded_store, digits_program):
+    prog = _program_copy(digits_program, tmp_path)
+    text = (prog / "program.py").read_text()
+    (prog / "program.py").write_text(text.replace("metrics.agreement(at_least=0.99)",
+                                                  "metrics.cosine(at_least=0.99, name='c'), "
+                                                  "kiln.metrics.custom(lambda o: 1.0, name='x', at_least=0.9, "
+                                                  "at_most=0.5)"))
+    line = next(i for i, t in enumerate((prog / "program.py").read_text().splitlines(), 1) if "at_most=0.5" in t)
+    expect_failure([str(prog)], kiln_env, seeded_store, "at_least 0.9 is above at_most 0.5: no value can pass",
+                   f"program.py:{line}")
+    (prog / "program.py").write_text(text.replace('inputs={"pixels": "x_test"}', 'inputs={"pixel": "x_test"}'))
+    expect_failure([str(prog)], kiln_env, seeded_store, "maps ['pixel'], which the model does not have",
+                   "the model's inputs are ['pixels']")
+
+
+def test_declared_shape_too_large_and_graph_without_outputs(tmp_path, kiln_env, seeded_store, digits_program):
+    expect_failure([str(digits_program / "model.onnx"), "--shape", f"pixels={2**40}x64"], kiln_env, seeded_store,
+                   "over the 4 GiB limit", "'pixels' [1099511627776, 64] float32", "KILN_MAX_INPUT_MB")
+    import onnx
+
+    model = onnx.load(str(digits_program / "model.onnx"))
+    del model.graph.output[:]
+    onnx.save(model, str(tmp_path / "no-outputs.onnx"))
+    expect_failure([str(tmp_path / "no-outputs.onnx"), "--shape", "pixels=1x64"], kiln_env, seeded_store,
+                   "graph has no outputs")

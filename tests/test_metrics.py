@@ -44,3 +44,9 @@ def test_unknown_output_is_named():
     m = metrics.top1(at_least=0.5, output="nope")
     with pytest.raises(KeyError, match="nope"):
         m.compute({"p": np.zeros((1, 2))}, {"p": np.zeros((1, 2))}, np.zeros(1))
+
+
+def test_impossible_range_is_refused_when_declared():
+    with pytest.raises(ValidationError, match="at_least 0.9 is above at_most 0.5: no value can pass"):
+        metrics.custom(lambda o: 1.0, name="x", at_least=0.9, at_most=0.5)
+    assert Range(at_least=0.5, at_most=0.5).check(0.5, None, True)  # a point is a valid range

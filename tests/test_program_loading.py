@@ -103,8 +103,9 @@ def test_zip_and_tar_archives(program_dir, tmp_path):
 
 
 def _zip_with(path: Path, name: str, data: bytes = b"x", symlink: bool = False) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
         if symlink:
             info.external_attr = (0o120777 << 16)
         zf.writestr(info, data)
@@ -140,12 +141,34 @@ def test_archive_symlinks_are_refused(tmp_path, monkeypatch):
 
 
 def test_archive_size_limit(tmp_path, monkeypatch):
+    """Bombs: small archives that unpack past the limit (zip and tar.gz) are refused before anything is written."""
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KILN_MAX_ARCHIVE_MB", "1")
-    big = _zip_with(tmp_path / "big.zip", "prog/data.bin", np.zeros(2 << 20, np.uint8).tobytes())
-    with pytest.raises(ProgramError, match="over the 1 MiB limit"):
-        load_program(big)
+    zeros = np.zeros(2 << 20, np.uint8).tobytes()
+    big = _zip_with(tmp_path / "big.zip", "prog/data.bin", zeros)
+    tar = tmp_path / "big.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        info = tarfile.TarInfo("prog/data.bin")
+        info.size = len(zeros)
+        tf.addfile(info, io.BytesIO(zeros))
+    for bomb in (big, tar):
+        assert bomb.stat().st_size < 100_000  # the file itself is far under the limit
+        with pytest.raises(ProgramError, match="archive unpacks to 2.0 MiB, over the 1 MiB limit"):
+            load_program(bomb)
     assert not any((tmp_path / "home").rglob("data.bin"))
+
+
+def test_archive_whose_headers_lie_is_damaged_not_a_crash(tmp_path, monkeypatch):
+    """A zip whose directory declares 10 bytes for a 4 KiB member: a program error, not BadZipFile."""
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("prog/model.onnx", b"x" * 4096)
+        zf.filelist[0].file_size = 10  # the central directory is written from this at close
+    with pytest.raises(ProgramError, match="the archive is damaged") as info:
+        load_program(path)
+    assert "build the archive again" in info.value.hint
+    assert not any((tmp_path / "home").rglob("model.onnx"))
 
 
 def test_not_a_program(tmp_path):

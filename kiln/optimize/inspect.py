@@ -33,6 +33,9 @@ def load_model(path: Path, *, external_data: bool = True) -> onnx.ModelProto:
     if not model.graph.node and not model.graph.output:
         raise ModelError("not an ONNX model (no graph found in the file)", where=where,
                          hint="the file may be truncated or of another format")
+    if not model.graph.output:
+        raise ModelError("the model's graph has no outputs, so there is nothing to compute or compare",
+                         where=where, hint="re-export the model with its outputs declared")
     if external_data:
         try:
             onnx.load_external_data_for_model(model, str(path.parent))

@@ -31,7 +31,7 @@ def split_calibration(prog: LoadedProgram, samples: Samples, checked: CheckedPro
     unless the program says synthetic inputs will do."""
     p = prog.program
     if p.calibration is not None:
-        return samples, p.calibration.load(prog.root, checked.inputs), p.calibration.describe()
+        return samples, p.calibration.load(prog.root, checked.inputs, bool(p.allow_nonfinite)), p.calibration.describe()
     if p.dataset is None:
         if not p.calibrate_on_synthetic:
             return samples, None, "none (no dataset; set calibrate_on_synthetic = True to use synthetic inputs)"

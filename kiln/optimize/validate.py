@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
-from kiln.artifact.specs import check_index_ranges
+import numpy as np
+
+from kiln.artifact.specs import TensorSpec, check_index_ranges
+from kiln.config import settings
 from kiln.errors import DatasetError, ModelError, ProgramError
 from kiln.optimize.candidates import of_stage
 from kiln.optimize.inspect import (
@@ -21,17 +25,57 @@ from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.protocol import check as check_protocol
 from kiln.program.datasets import Samples, synthetic
 from kiln.program.loader import LoadedProgram, load_program
+from kiln.program.metrics import Metric
 from kiln.program.naming import clean_name
 from kiln.program.sources import localize
 
 _log = logging.getLogger("kiln.optimize")
 
 
+def check_feed_size(inputs: list[TensorSpec], feeds: int, where: str) -> None:
+    """Refuse shapes whose feeds would not fit, before anything is allocated (a dimension of 2**40 is a typo
+    that would otherwise end in MemoryError, or in the machine swapping)."""
+    limit = settings().max_input_mb * (1 << 20)
+    sizes = {s.name: math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in inputs}
+    total = sum(sizes.values()) * feeds
+    if total > limit:
+        largest = max(inputs, key=lambda s: sizes[s.name])
+        raise ModelError(f"the declared input shapes need {total / 2**30:.3g} GiB for {feeds} feed(s), over the "
+                         f"{limit / 2**30:.3g} GiB limit; the largest input is {largest.name!r} {largest.shape} "
+                         f"{largest.dtype} ({sizes[largest.name] / 2**30:.3g} GiB)", where=where,
+                         hint="declare smaller shapes (--shape / shapes = {...}), or raise KILN_MAX_INPUT_MB")
+
+
+def check_labels(metrics: list[Metric], outputs: list[TensorSpec], samples: Samples) -> None:
+    """Top-k labels must be class indices of the scored output: 42 or -1 for 10 classes would silently count
+    as wrong for every candidate alike, so the gate could never tell them apart."""
+    if samples.labels is None:
+        return
+    for m in metrics:
+        if m.kind != "topk":
+            continue
+        spec = next((o for o in outputs if o.name == m.output), outputs[0])
+        classes = spec.shape[-1] if spec.shape else -1
+        labels = np.asarray(samples.labels).reshape(-1)
+        if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+            i = int(np.argwhere(labels != np.round(labels))[0][0])
+            raise DatasetError(f"metric {m.name!r} needs integer class labels; label {i} is {labels[i]}",
+                               where=samples.source, hint="store the class index of each sample as its label")
+        if classes > 0:
+            bad = (labels < 0) | (labels >= classes)
+            if bad.any():
+                i = int(np.argwhere(bad)[0][0])
+                raise DatasetError(f"{int(bad.sum())} label(s) lie outside the {classes} classes [0, {classes}) of "
+                                   f"output {spec.name!r} that metric {m.name!r} scores; the first is {labels[i]} "
+                                   f"(sample {i})", where=samples.source,
+                                   hint="fix the labels, or point the metric at the right output (output=...)")
+
+
 def load_samples(prog: LoadedProgram, inputs, guards) -> Samples:
     """The program's evaluation samples (its dataset, or synthetic ones from the declared shapes)."""
     if prog.program.dataset is None:
         return synthetic(inputs, guards, count=prog.program.synthetic_samples)
-    return prog.program.dataset.load(prog.root, inputs)
+    return prog.program.dataset.load(prog.root, inputs, bool(prog.program.allow_nonfinite))
 
 
 def validate(location: str, shapes: dict[str, list[int]] | None, candidates: list[str], name: str | None = None,
@@ -53,6 +97,7 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
         missing = unsupported_ops(model, supported_ops())
         if missing:
             log.warning("%s; the tvm candidate is skipped", describe_unsupported(missing))
+    check_feed_size(inputs, 1 if prog.program.dataset is not None else prog.program.synthetic_samples, where)
     fixed = infer_shapes(fix_input_shapes(model, inputs), where)
     guards = index_guards(fixed)
     samples = load_samples(prog, inputs, guards)
@@ -69,6 +114,7 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
         if m.output is not None and m.output not in out_names:
             raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",
                                where=str(prog.root / "program.py"))
+    check_labels(metrics, outputs, samples)
     if prog.program.proto:
         check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
     log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", prog.name,

@@ -7,7 +7,6 @@ that is renamed into place only when complete.
 
 from __future__ import annotations
 
-import shutil
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -60,6 +59,39 @@ def _members(archive: Path) -> list[tuple[str, int]]:
     return out
 
 
+def _unpack(archive: Path, names: list[str], dest: Path, limit: int) -> None:
+    """Write the members, counting the bytes actually unpacked: headers can lie about sizes (a zip bomb
+    declares small files), so the limit is enforced on what is written, and CRCs are checked as zip reads."""
+    written = 0
+
+    def copy(src, target: Path, name: str) -> None:
+        nonlocal written
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise ProgramError(f"archive unpacks to more than the {limit / 2**20:.0f} MiB limit (at member "
+                                       f"{name!r}), more than its headers declare", where=str(archive),
+                                       hint="raise KILN_MAX_ARCHIVE_MB if the program is really this large")
+                dst.write(chunk)
+
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for name in names:
+                with zf.open(name) as src:
+                    copy(src, dest / name, name)
+        return
+    with tarfile.open(archive) as tf:
+        for member in tf.getmembers():
+            if member.isdir():
+                (dest / member.name).mkdir(parents=True, exist_ok=True)
+                continue
+            src = tf.extractfile(member)
+            if src is not None:
+                copy(src, dest / member.name, member.name)
+
+
 def extract(archive: Path, dest_parent: Path, name: str) -> Path:
     """Extract `archive` to dest_parent/name (reused if already there) and return the program folder."""
     limit = settings().max_archive_bytes
@@ -75,17 +107,12 @@ def extract(archive: Path, dest_parent: Path, name: str) -> Path:
         raise ProgramError("archive holds no files", where=str(archive))
     final = dest_parent / name
     if not final.exists():
-        with atomic_dir(final) as staged:  # a concurrent extraction of the same archive may win: kept
-            if archive.name.lower().endswith(".zip"):
-                with zipfile.ZipFile(archive) as zf:
-                    for fname, _ in members:
-                        target = staged.path / fname
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        with zf.open(fname) as src, open(target, "wb") as dst:
-                            shutil.copyfileobj(src, dst)
-            else:
-                with tarfile.open(archive) as tf:
-                    tf.extractall(staged.path, filter="data")
+        try:
+            with atomic_dir(final) as staged:  # a concurrent extraction of the same archive may win: kept
+                _unpack(archive, [f for f, _ in members], staged.path, limit)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise ProgramError(f"the archive is damaged: {exc}", where=str(archive),
+                               hint="build the archive again (its headers do not match its contents)") from None
     entries = [p for p in final.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]

@@ -56,18 +56,18 @@ class Dataset(BaseModel):
     def describe(self) -> str:
         return self.path or getattr(self.loader, "__name__", "loader")
 
-    def load(self, root: Path, specs: list[TensorSpec]) -> Samples:
+    def load(self, root: Path, specs: list[TensorSpec], allow_nonfinite: bool = False) -> Samples:
         """Read the data, map it to the model's inputs, and check shapes and dtypes."""
         raw = self._read(root)
         names = [s.name for s in specs]
+        extra = set(self.inputs) - set(names)
+        if extra:  # before any lookup: a typo in a mapped name is the mistake to report, not a missing key
+            raise DatasetError(f"maps {sorted(extra)}, which the model does not have; the model's inputs are "
+                               f"{names}", where=self.describe(), hint="fix the keys of Dataset(inputs=...)")
         inputs: dict[str, np.ndarray] = {}
         for spec in specs:
             key = self.inputs.get(spec.name, spec.name)
             inputs[spec.name] = self._column(raw, key, spec.name)
-        extra = set(self.inputs) - set(names)
-        if extra:
-            raise DatasetError(f"maps {sorted(extra)} but the model's inputs are {names}", where=self.describe(),
-                               hint="fix the keys of Dataset(inputs=...)")
         frame = raw.get("__frame__")
         keys = list(frame.columns) if frame is not None else list(raw)
         label_key = self.labels or next((k for k in LABEL_KEYS if k in keys), None)
@@ -78,7 +78,7 @@ class Dataset(BaseModel):
                                    where=self.describe())
             labels = np.asarray(frame[label_key].to_numpy() if frame is not None else raw[label_key])
         samples = Samples(inputs=inputs, labels=labels, source=self.describe())
-        check_samples(samples, specs, self.describe())
+        check_samples(samples, specs, self.describe(), allow_nonfinite)
         if self.limit:
             samples = samples.take(slice(0, self.limit))
         return samples
@@ -138,8 +138,19 @@ def per_sample_shape(spec: TensorSpec, sample_rank: int) -> tuple[list[int], boo
     return spec.shape, False
 
 
-def check_samples(samples: Samples, specs: list[TensorSpec], where: str) -> None:
-    """Refuse data whose per-sample shape or dtype kind does not fit the model inputs."""
+def _first_nonfinite(arr: np.ndarray) -> tuple[int, int] | None:
+    """(how many NaN/Inf values, the sample of the first) in a float array, or None when all are finite."""
+    if arr.dtype.kind not in "fc" or not arr.size:
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    return int(bad.sum()), int(np.argwhere(bad)[0][0])
+
+
+def check_samples(samples: Samples, specs: list[TensorSpec], where: str, allow_nonfinite: bool = False) -> None:
+    """Refuse data whose per-sample shape or dtype kind does not fit the model inputs, or that holds NaN/Inf
+    (a reference computed on NaN agrees with anything, so every candidate would pass)."""
     counts = set()
     for spec in specs:
         arr = samples.inputs[spec.name]
@@ -163,6 +174,15 @@ def check_samples(samples: Samples, specs: list[TensorSpec], where: str) -> None
         raise DatasetError(f"inputs and labels have different sample counts {sorted(counts)}", where=where)
     if counts == {0}:
         raise DatasetError("has no samples", where=where)
+    named = [(f"input {n!r}", a) for n, a in samples.inputs.items() if not allow_nonfinite]
+    if samples.labels is not None and samples.labels.dtype != object:
+        named.append(("the labels", samples.labels))
+    for what, arr in named:
+        found = _first_nonfinite(np.asarray(arr))
+        if found:
+            raise DatasetError(f"{what} holds {found[0]} NaN/Inf value(s), the first in sample {found[1]}",
+                               where=where, hint="clean the data (or set allow_nonfinite = True in the program if "
+                                                 "the model is meant to take them)")
     for spec in specs:
         samples.inputs[spec.name] = samples.inputs[spec.name].astype(spec.dtype, copy=False)
 

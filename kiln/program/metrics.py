@@ -30,6 +30,8 @@ class Range(BaseModel):
     def _not_empty(self) -> Range:
         if self.at_least is None and self.at_most is None and self.max_degradation is None:
             raise ValueError("a range needs at_least, at_most or max_degradation")
+        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
+            raise ValueError(f"at_least {self.at_least:g} is above at_most {self.at_most:g}: no value can pass")
         return self
 
     def check(self, value: float, reference: float | None, higher_is_better: bool) -> bool:

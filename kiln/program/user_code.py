@@ -32,7 +32,7 @@ def import_program(root: Path, program_file: str = PROGRAM_FILE) -> ModelProgram
     except Exception as exc:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
         where = f"{file}:{frames[-1].lineno}" if frames else str(file)
-        raise ProgramError(f"importing the program raised {type(exc).__name__}: {exc}", where=where) from None
+        raise ProgramError(f"importing the program raised {_describe(exc)}", where=where) from None
     finally:
         sys.path.remove(str(root))
         for name, mod in list(sys.modules.items()):  # helpers imported from root must not leak into the next program
@@ -51,6 +51,17 @@ def import_program(root: Path, program_file: str = PROGRAM_FILE) -> ModelProgram
     except Exception as exc:
         raise ProgramError(f"creating {classes[0].__name__}() raised {type(exc).__name__}: {exc}",
                            where=str(file)) from None
+
+
+def _describe(exc: Exception) -> str:
+    """`Type: message`; a pydantic error (a metric's impossible range, a bad Dataset) by its first message."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{exc.title}: {field + ': ' if field else ''}{first['msg'].removeprefix('Value error, ')}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def check_declarations(program: ModelProgram, root: Path, program_file: str = PROGRAM_FILE) -> None:
