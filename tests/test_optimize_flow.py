@@ -147,3 +147,24 @@ print("runtime-only OK")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "runtime-only OK" in proc.stdout
+
+
+def test_two_runs_of_one_model_at_once_publish_two_versions(digits_program, prefect_server, kiln_home, tmp_path):
+    """Versions are assigned atomically: two concurrent runs of the same model get v1 and v2, nothing is lost."""
+    import subprocess
+
+    from conftest import BIN, ROOT
+
+    env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(tmp_path / "store"),
+           "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    args = [str(BIN / "kiln"), "optimize", str(digits_program), "--candidates", "onnxruntime,ort-fp32-basic",
+            "--trials", "0", "--json"]
+    runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    manifests = [json.loads(out) for out, _ in outputs]
+    assert len({m["id"] for m in manifests}) == 2  # two measurements, two artifacts
+    assert sorted(m["version"] for m in manifests) == [1, 2]
+    stored = [json.loads(p.read_text())["version"] for p in (tmp_path / "store" / "digits").glob("*/manifest.json")]
+    assert sorted(stored) == [1, 2]

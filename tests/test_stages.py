@@ -231,3 +231,22 @@ def test_nonfinite_inputs_are_refused_unless_the_program_allows_them(tmp_path, a
                                                        "index [1, 2]")):
             predictor.run({"x": x})
     assert predictor.run({"x": np.ones((2, 3), np.float32)})["y"].sum() == 6
+
+
+def _publish_many(root: str, worker: int, count: int) -> list[int]:
+    from kiln.artifact.store import ArtifactStore
+
+    def fill(folder: Path) -> Manifest:
+        (folder / "model.onnx").write_text(f"{worker}-{os.getpid()}-{os.urandom(8).hex()}")
+        return manifest()
+
+    return [Manifest.read(ArtifactStore(root).publish(fill)).version for _ in range(count)]
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        versions = [v for vs in pool.map(_publish_many, [str(tmp_path)] * 4, range(4), [5] * 4) for v in vs]
+    assert sorted(versions) == list(range(1, 21))  # 20 artifacts, 20 versions, none assigned twice
+    assert len(list((tmp_path / "m").glob("*/manifest.json"))) == 20

@@ -6,8 +6,10 @@ complete (staged in STORE/.staging and renamed), and an existing artifact is nev
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.artifact.layout import MANIFEST
@@ -31,11 +33,28 @@ class ArtifactStore:
 
     def publish(self, fill: Callable[[Path], Manifest]) -> Path:
         """`fill(folder)` writes the artifact's files and returns its manifest; the files are hashed, the id
-        derived from them, the manifest written, and the folder moved into place (an identical one is kept)."""
-        with self.staging() as staged:
-            manifest = fill(staged.path)
-            self._name(staged, manifest)
+        derived from them, the manifest written, and the folder moved into place (an identical one is kept).
+
+        The version is assigned and the folder renamed under a per-name lock, so two runs publishing the same
+        model at once get two versions, never the same one twice."""
+        with contextlib.ExitStack() as locked:
+            with self.staging() as staged:
+                manifest = fill(staged.path)
+                locked.enter_context(self._lock(manifest.name))  # held until the rename below is done
+                self._name(staged, manifest)
         return staged.final  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """An exclusive lock on NAME's versions in this store (flock: released if the process dies)."""
+        folder = self.root / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{name}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _name(self, staged: Staging, manifest: Manifest) -> None:
         manifest.files = {k: v for k, v in tree_files(staged.path).items() if k != MANIFEST}
