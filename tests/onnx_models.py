@@ -111,3 +111,31 @@ def small_cnn(path: Path, size: int = 32) -> Path:
          c("w2", rng.standard_normal((32, 16, 3, 3)) * 0.1), c("b2", np.zeros(32)),
          c("fc_w", rng.standard_normal((10, 32)) * 0.3), c("fc_b", np.zeros(10))])
     return _save(graph, path)
+
+
+def slowed(model_path: Path, path: Path, layers: int = 40, width: int = 1000) -> Path:
+    """The same model and the same outputs, made slow on purpose: its first output gets `0 * sum(h)` added,
+    where h is `layers` rounds of tanh(h @ M) (width x width). Run with graph optimization disabled, nothing
+    folds it away, so the copy is certainly many times slower: a controlled latency for gate tests."""
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    x, out = graph.input[0].name, graph.output[0].name
+    for node in graph.node:
+        node.output[:] = ["orig_" + o if o == out else o for o in node.output]
+    flat = int(np.prod([d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]))
+    rng = np.random.default_rng(1)
+    graph.initializer.extend([
+        numpy_helper.from_array((rng.standard_normal((flat, width)) / np.sqrt(flat)).astype(np.float32), "slow_in"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "slow_m"),
+        numpy_helper.from_array(np.zeros((), np.float32), "slow_zero")])
+    nodes = [helper.make_node("Flatten", [x], ["slow_flat"]),
+             helper.make_node("MatMul", ["slow_flat", "slow_in"], ["slow_h0"])]
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [f"slow_h{i}", "slow_m"], [f"slow_p{i}"]),
+                  helper.make_node("Tanh", [f"slow_p{i}"], [f"slow_h{i + 1}"])]
+    nodes += [helper.make_node("ReduceSum", [f"slow_h{layers}"], ["slow_sum"], keepdims=0),
+              helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+              helper.make_node("Add", ["orig_" + out, "slow_nothing"], [out])]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return path

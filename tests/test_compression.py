@@ -47,10 +47,18 @@ def test_classification_ranges_accept_int8(kiln_env, digits_program):
     assert cands["ort-int8-static"]["passed"] and cands["ort-int8-dynamic"]["passed"]
     selected = cands[manifest["selected"]]
     assert selected["latency_ms"]["p50"] == min(c["latency_ms"]["p50"] for c in cands.values() if c["passed"])
+    import onnx
+    import onnxruntime as ort
+
     import kiln
 
     folder = Path(kiln_env["KILN_STORE"]) / "digits" / manifest["id"]
-    assert kiln.load(folder).runner.backend == "onnxruntime"
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}  # the winner's model was shipped
+    quantized = bool(ops & {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger"})
+    assert quantized == manifest["selected"].startswith("ort-int8"), (manifest["selected"], ops)
+    level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    session = kiln.load(folder).runner.session  # and it runs with the winner's graph level
+    assert session.get_session_options().graph_optimization_level == level[selected["settings"]["optimization"]]
 
 
 def test_no_calibration_data_skips_static_int8(kiln_env, digits_program):

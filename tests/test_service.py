@@ -172,6 +172,13 @@ def test_form_refuses_bad_uploads_and_forged_posts(service, tmp_path):
     files = {"archive": ("digits.zip", digits_zip(service["program"]), "application/zip")}
     forged = client.post("/runs", data={"trials": "0"}, files=files)  # a cross-site post has no CSRF token
     assert forged.status_code == 403 and "CSRF" in forged.text
+    guessed = client.post("/runs", data={"csrf": "0" * len(csrf), "trials": "0"}, files=files)
+    assert guessed.status_code == 403 and "CSRF" in guessed.text
+    other = _session(service)  # another browser's valid token is bound to that browser's session, not this one
+    stolen = other.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    assert stolen != csrf
+    replayed = client.post("/runs", data={"csrf": stolen, "trials": "0"}, files=files)
+    assert replayed.status_code == 403 and "CSRF" in replayed.text
     huge = client.post("/runs", data={"csrf": csrf}, files={"archive": ("big.zip", os.urandom(3 << 20))})
     assert huge.status_code == 413 and "limit" in huge.text
 
@@ -244,6 +251,7 @@ def test_mlflow_webhook_once_per_version_however_often_delivered(service):
     run = wait_run(service, ids.pop())
     assert run["state_type"] == "COMPLETED", run["state"]
     assert any((service["store"] / "digits-mlflow").glob("*/manifest.json"))
+    assert 'id="model-digits-mlflow"' in _session(service).get("/models").text
 
     count = len(api(service, "POST", "/flow_runs/filter", json={}))
     raw8, good = mlflow_delivery(mlflow_event(service, "8"), "delivery-8")
@@ -280,9 +288,14 @@ def test_huggingface_webhook(service):
 
 
 def test_models_page_lists_versions(service):
+    dep = deployment(service, "optimize")  # its own published version: the test does not rely on earlier ones
+    created = api(service, "POST", f"/deployments/{dep['id']}/create_flow_run", json={
+        "parameters": {"request": {"program": str(service["program"]), "candidates": ["onnxruntime"],
+                                   "trials": 0}}})
+    assert wait_run(service, created["id"])["state_type"] == "COMPLETED"
     client = _session(service)
     text = client.get("/models").text
-    assert 'id="model-digits"' in text and 'id="model-digits-mlflow"' in text and "x</strong>" in text
+    assert 'id="model-digits"' in text and "x</strong>" in text
     assert "top1" in text  # the selected candidate's metrics with their ranges
 
 

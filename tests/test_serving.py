@@ -3,6 +3,7 @@ reflection; every bad input is sent to the live server, which must keep serving.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,21 +183,46 @@ def test_out_of_range_indices_never_reach_compiled_code(embed_tvm_artifact):
         assert served.stop() == 0
 
 
-def test_graceful_shutdown_drains_and_exits_zero(digits_artifact):
-    served = Served(digits_artifact)
-    done = []
+def _slow_copy(artifact: Path, dest: Path, seconds: float) -> Path:
+    """The artifact with mapping code that takes `seconds` when the first pixel is 7 (hashes recomputed), so a
+    call is certainly in flight when the server is told to stop."""
+    from kiln.artifact.manifest import Manifest
+    from kiln.fs import tree_files
+
+    shutil.copytree(artifact, dest)
+    program = dest / "program" / "program.py"
+    program.write_text(program.read_text().replace(
+        "        pixels = np.asarray(request.pixels, dtype=np.float32)\n",
+        "        pixels = np.asarray(request.pixels, dtype=np.float32)\n"
+        f"        if pixels[0] == 7.0:\n            __import__('time').sleep({seconds})\n"))
+    manifest = Manifest.read(dest)
+    manifest.files = {k: v for k, v in tree_files(dest).items() if k != "manifest.json"}
+    manifest.write(dest)
+    return dest
+
+
+def test_graceful_shutdown_drains_and_exits_zero(digits_artifact, tmp_path):
+    """SIGTERM while a call is in flight: that call completes with its answer, then the server exits 0."""
+    served = Served(_slow_copy(digits_artifact, tmp_path / "slow", 3.0))
+    answers, errors = [], []
 
     def caller():
-        with connect(served.address, artifact=digits_artifact) as client:
-            for _ in range(50):
-                done.append(client.predict(pixels=[1.0] * 64).label)
+        try:
+            with connect(served.address, artifact=digits_artifact) as client:
+                answers.append(client.predict(pixels=[7.0] + [1.0] * 63))
+        except grpc.RpcError as exc:
+            errors.append(exc)
 
     t = threading.Thread(target=caller)
     t.start()
-    time.sleep(0.2)
+    time.sleep(1.0)  # the call now sleeps inside the mapping code
+    started = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
     t.join(timeout=30)
     assert served.proc.wait(timeout=30) == 0
+    assert not errors and len(answers) == 1, errors  # the in-flight call got its answer, not an error
+    assert len(answers[0].probabilities) == 10 and 0 <= answers[0].label < 10
+    assert time.monotonic() - started >= 1.0  # the server waited for it instead of cutting it off
     assert '"event": "stopped"' in served.logs()
 
 
