@@ -97,7 +97,7 @@ def test_datasets_in_every_format(tmp_path):
 def test_dataset_mismatches_are_explained(tmp_path):
     spec = [TensorSpec(name="x", dtype="float32", shape=[1, 3])]
     np.savez(tmp_path / "wrong_shape.npz", x=np.zeros((4, 5), np.float32))
-    with pytest.raises(DatasetError, match=r"shape \[4, 5\].*expected \[N, 3\]"):
+    with pytest.raises(DatasetError, match=r"shape \[4, 5\].*expected whole tensors \[N, 1, 3\] or rows \[M, 3\]"):
         Dataset(path="wrong_shape.npz").load(tmp_path, spec)
     np.savez(tmp_path / "wrong_dtype.npz", x=np.array([["a", "b", "c"]]))
     with pytest.raises(DatasetError, match="dtype <U1, the model expects float32"):

@@ -50,7 +50,7 @@ def program(tmp_path: Path, **declared) -> LoadedProgram:
 
 def samples(n: int) -> Samples:
     return Samples(inputs={"x": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}, labels=np.arange(n),
-                   source="data.npz")
+                   source="data.npz", batch=2)  # rows of the model's batch of 2
 
 
 def test_calibration_split_is_kept_apart_from_the_evaluation_split(tmp_path):
@@ -71,7 +71,8 @@ def test_calibration_split_refuses_too_few_samples_and_skips_without_data(tmp_pa
     assert calibration is None and evaluation.count == 8 and "calibrate_on_synthetic" in source
     synthetic = program(tmp_path, calibrate_on_synthetic=True, synthetic_samples=3)
     _, calibration, source = split_calibration(synthetic, samples(8), checked(tmp_path))
-    assert source == "synthetic" and calibration.count == 6  # 3 feeds of batch 2
+    assert source == "synthetic" and calibration.count == 3  # 3 whole-tensor feeds
+    assert calibration.batch is None and calibration.inputs["x"].shape == (3, 2, 3)
 
 
 def test_metrics_are_computed_and_scored_against_the_reference():
@@ -102,13 +103,35 @@ def test_eval_file_round_trip(tmp_path):
     fds = feeds_io.feeds(s, [SPEC])
     assert len(fds) == 3 and fds[-1]["x"].shape == (2, 3)  # the short last batch is padded
     np.testing.assert_array_equal(fds[-1]["x"][1], fds[-1]["x"][0])
-    outputs = feeds_io.gather_outputs([{"y": f["x"] * 2} for f in fds], s.count, batched=True)
+    outputs = feeds_io.gather_outputs([{"y": f["x"] * 2} for f in fds], s.count, batch=2)
     assert outputs["y"].shape == (5, 3)  # padding dropped again
-    feeds_io.save_eval(tmp_path / "eval.npz", fds, outputs, s.labels, True)
-    back, ref, labels, batched = feeds_io.load_eval(tmp_path / "eval.npz")
-    assert batched and list(labels) == list(s.labels)
+    feeds_io.save_eval(tmp_path / "eval.npz", fds, outputs, s.labels, 2)
+    back, ref, labels, batch = feeds_io.load_eval(tmp_path / "eval.npz")
+    assert batch == 2 and list(labels) == list(s.labels)
     np.testing.assert_array_equal(ref["y"], outputs["y"])
     assert all(np.array_equal(a["x"], b["x"]) for a, b in zip(back, fds, strict=True))
+
+
+def test_whole_tensor_feeds_need_no_batch_axis():
+    """Scalars, vectors without a batch axis and empty tensors: one feed per sample, outputs stacked."""
+    from kiln.program.datasets import check_samples, synthetic
+
+    specs = [TensorSpec(name="a", dtype="float32", shape=[3]), TensorSpec(name="s", dtype="int64", shape=[]),
+             TensorSpec(name="e", dtype="float32", shape=[0, 4])]
+    s = synthetic(specs, [], count=4)
+    assert s.batch is None and s.inputs["a"].shape == (4, 3) and s.inputs["s"].shape == (4,)
+    fds = feeds_io.feeds(s, specs)
+    assert len(fds) == 4 and fds[0]["a"].shape == (3,) and fds[0]["s"].shape == () and fds[0]["e"].shape == (0, 4)
+    outs = feeds_io.gather_outputs([{"dot": np.float32(f["a"].sum()), "none": f["e"]} for f in fds], 4, None)
+    assert outs["dot"].shape == (4,) and outs["none"].shape == (4, 0, 4)
+    given = Samples(inputs={"a": np.zeros((5, 3), np.float32), "s": np.zeros(5, np.int64),
+                            "e": np.zeros((5, 0, 4), np.float32)}, source="d")
+    check_samples(given, specs, "d")
+    assert given.batch is None
+    mixed = Samples(inputs={"x": np.zeros((6, 3), np.float32), "y": np.zeros((6, 2, 3), np.float32)}, source="d")
+    with pytest.raises(DatasetError, match="inputs mix whole tensors and rows of a batch"):
+        check_samples(mixed, [TensorSpec(name="x", dtype="float32", shape=[2, 3]),
+                              TensorSpec(name="y", dtype="float32", shape=[2, 3])], "d")
 
 
 def manifest() -> Manifest:

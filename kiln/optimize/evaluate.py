@@ -41,7 +41,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
     A candidate that cannot load or run is reported with its reason, never fatal, except the baseline."""
     os.environ["TVM_NUM_THREADS"] = str(threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
-    fds, reference, labels, batched = load_eval(ref.path)
+    fds, reference, labels, batch = load_eval(ref.path)
     results = []
     for i, cand in enumerate(built):
         if on_progress:
@@ -53,7 +53,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         runner = None
         try:
             runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs, settings)
-            outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batched)
+            outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
         except Exception as exc:
             if runner:
                 runner.close()

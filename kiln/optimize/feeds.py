@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from kiln.artifact.specs import TensorSpec
-from kiln.program.datasets import Samples, per_sample_shape
+from kiln.program.datasets import Samples
 
 Feed = dict[str, np.ndarray]
 
 
 def feeds(samples: Samples, specs: list[TensorSpec]) -> list[Feed]:
-    """Cut samples into model feeds; a short last batch is padded by repeating its last sample."""
-    first = specs[0]
-    arr0 = samples.inputs[first.name]
-    _, batched = per_sample_shape(first, arr0.ndim)
-    step = first.shape[0] if batched and first.shape else 1
+    """Cut samples into model feeds: one per sample for whole tensors; B rows at a time for rows of a batch,
+    the last feed padded by repeating its last row."""
+    if samples.batch is None:
+        return [{s.name: np.asarray(samples.inputs[s.name][i], order="C") for s in specs} for i in range(samples.count)]
+    step = samples.batch
     out = []
     for start in range(0, samples.count, step):
         feed = {}
@@ -26,23 +26,23 @@ def feeds(samples: Samples, specs: list[TensorSpec]) -> list[Feed]:
             part = samples.inputs[spec.name][start : start + step]
             if len(part) < step:
                 part = np.concatenate([part, np.repeat(part[-1:], step - len(part), axis=0)])
-            _, spec_batched = per_sample_shape(spec, samples.inputs[spec.name].ndim)
-            feed[spec.name] = np.ascontiguousarray(part if spec_batched else part[0])
+            feed[spec.name] = np.asarray(part, order="C")
         out.append(feed)
     return out
 
 
-def gather_outputs(per_feed: list[Feed], count: int, batched: bool) -> Feed:
-    """Join per-feed outputs back into arrays with one row per sample."""
-    names = list(per_feed[0])
-    if batched:
-        return {n: np.concatenate([o[n] for o in per_feed], axis=0)[:count] for n in names}
-    return {n: np.stack([o[n] for o in per_feed])[:count] for n in names}
-
-
-def is_batched(samples: Samples, specs: list[TensorSpec]) -> bool:
-    first = specs[0]
-    return per_sample_shape(first, samples.inputs[first.name].ndim)[1]
+def gather_outputs(per_feed: list[Feed], count: int, batch: int | None) -> Feed:
+    """Outputs with one row per sample: per-feed outputs stacked ([N, *output shape], scalars and empty
+    tensors included), or, for rows of a batch, joined along the batch axis and cut back to `count` rows.
+    An output without that batch axis stays one entry per feed."""
+    out = {}
+    for name in per_feed[0]:
+        parts = [np.asarray(o[name]) for o in per_feed]
+        if batch is not None and all(p.ndim and p.shape[0] == batch for p in parts):
+            out[name] = np.concatenate(parts, axis=0)[:count]
+        else:
+            out[name] = np.stack(parts)
+    return out
 
 
 def _feed_arrays(fds: list[Feed]) -> dict[str, np.ndarray]:
@@ -57,21 +57,21 @@ def _read_feeds(data) -> list[Feed]:
     return [{n: data[f"feed{i}/{n}"] for n in names} for i in range(int(data["meta/feeds"]))]
 
 
-def save_eval(path: Path, fds: list[Feed], reference: Feed, labels: np.ndarray | None, batched: bool) -> None:
+def save_eval(path: Path, fds: list[Feed], reference: Feed, labels: np.ndarray | None, batch: int | None) -> None:
     arrays = _feed_arrays(fds)
     arrays.update({f"ref/{n}": a for n, a in reference.items()})
     if labels is not None:
         arrays["labels"] = labels
-    np.savez(path, **arrays, **{"meta/batched": np.array(batched)})
+    np.savez(path, **arrays, **{"meta/batch": np.array(batch or 0)})
 
 
-def load_eval(path: str | Path) -> tuple[list[Feed], Feed, np.ndarray | None, bool]:
-    """(feeds, reference outputs, labels, batched) as saved by save_eval."""
+def load_eval(path: str | Path) -> tuple[list[Feed], Feed, np.ndarray | None, int | None]:
+    """(feeds, reference outputs, labels, rows per feed or None) as saved by save_eval."""
     with np.load(path, allow_pickle=False) as data:
         fds = _read_feeds(data)
         ref = {k[len("ref/"):]: data[k] for k in data.files if k.startswith("ref/")}
         labels = data["labels"] if "labels" in data.files else None
-        return fds, ref, labels, bool(data["meta/batched"])
+        return fds, ref, labels, int(data["meta/batch"]) or None
 
 
 def save_calibration(path: Path, fds: list[Feed]) -> None:

@@ -36,7 +36,7 @@ def split_calibration(prog: LoadedProgram, samples: Samples, checked: CheckedPro
         if not p.calibrate_on_synthetic:
             return samples, None, "none (no dataset; set calibrate_on_synthetic = True to use synthetic inputs)"
         return samples, synthetic(checked.inputs, checked.guards, count=p.synthetic_samples, seed=1), "synthetic"
-    batch = checked.inputs[0].shape[0] if checked.inputs[0].shape else 1
+    batch = samples.per_feed
     n_cal = max(batch, int(samples.count * p.calibration_fraction))
     if samples.count - n_cal < batch:
         raise DatasetError(f"has {samples.count} samples, too few to split {p.calibration_fraction:.0%} off for "
@@ -59,17 +59,16 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
             feeds_io.save_calibration(Path(calibration_path), feeds_io.feeds(calib, checked.inputs))
         log.info("calibration data: %s", calibration_source)
     fds = feeds_io.feeds(samples, checked.inputs)
-    batched = feeds_io.is_batched(samples, checked.inputs)
     runner = open_runner("onnxruntime", Path(checked.model_path), checked.inputs, checked.outputs,
                          RunSettings(threads=threads))
     try:
-        outputs = feeds_io.gather_outputs(feeds_io.run_all(runner.run, fds), samples.count, batched)
+        outputs = feeds_io.gather_outputs(feeds_io.run_all(runner.run, fds), samples.count, samples.batch)
     finally:
         runner.close()
     metrics = compute_metrics(prog.program.get_metrics(), outputs, outputs, samples.labels,
                               where=os.path.join(checked.root, "program.py"))
     path = checked.work_dir / "eval.npz"
-    feeds_io.save_eval(path, fds, outputs, samples.labels, batched)
+    feeds_io.save_eval(path, fds, outputs, samples.labels, samples.batch)
     log.info("reference (onnxruntime) on %d samples in %d feeds: %s", samples.count, len(fds),
              {k: round(v, 6) for k, v in metrics.items()})
     return ReferenceData(path=str(path), samples=samples.count, feeds=len(fds), metrics=metrics,

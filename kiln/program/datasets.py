@@ -1,7 +1,10 @@
 """Datasets: where evaluation samples come from, checked against the model's inputs.
 
-Arrays carry a leading sample axis. A model input of shape [B, *rest] is fed batches of B samples whose
-per-sample shape is `rest`; a model input whose shape has no batch axis is fed one sample at a time.
+Arrays carry a leading sample axis, in one of two layouts, told apart by rank:
+- whole tensors: every input is [N, *input shape], one model call (feed) per sample; this works for any
+  input, scalars and inputs without a batch axis included (what synthetic data uses);
+- rows of a batch: every input is [M, *input shape[1:]] and the model's first axis is a batch of B rows, so
+  rows are fed B at a time (the last feed padded) and outputs are cut back to one row per sample.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ class Samples(BaseModel):
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "synthetic"
+    batch: int | None = None  # rows per feed when the arrays are rows of a batch; None: whole tensors
 
     @property
     def count(self) -> int:
         return len(next(iter(self.inputs.values())))
 
+    @property
+    def per_feed(self) -> int:
+        """Samples per model call."""
+        return self.batch or 1
+
     def take(self, idx: np.ndarray | slice) -> Samples:
         return Samples(inputs={k: v[idx] for k, v in self.inputs.items()},
-                       labels=None if self.labels is None else self.labels[idx], source=self.source)
+                       labels=None if self.labels is None else self.labels[idx], source=self.source,
+                       batch=self.batch)
 
 
 class Dataset(BaseModel):
@@ -131,11 +141,14 @@ class Dataset(BaseModel):
         return np.asarray(raw[key])
 
 
-def per_sample_shape(spec: TensorSpec, sample_rank: int) -> tuple[list[int], bool]:
-    """(shape of one sample, whether the model's first axis is a batch axis) for an input."""
-    if sample_rank == len(spec.shape):  # arrays are [N, *spec.shape[1:]]: batch axis
-        return spec.shape[1:], True
-    return spec.shape, False
+def layout(arr: np.ndarray, spec: TensorSpec) -> int | None | bool:
+    """How an array holds samples for an input: None (whole tensors), B (rows of a batch of B), False (neither)."""
+    shape = list(arr.shape)
+    if shape[1:] == list(spec.shape):
+        return None
+    if spec.shape and len(shape) == len(spec.shape) and shape[1:] == list(spec.shape[1:]):
+        return spec.shape[0]
+    return False
 
 
 def _first_nonfinite(arr: np.ndarray) -> tuple[int, int] | None:
@@ -152,22 +165,28 @@ def check_samples(samples: Samples, specs: list[TensorSpec], where: str, allow_n
     """Refuse data whose per-sample shape or dtype kind does not fit the model inputs, or that holds NaN/Inf
     (a reference computed on NaN agrees with anything, so every candidate would pass)."""
     counts = set()
+    layouts: dict[str, int | None] = {}
     for spec in specs:
         arr = samples.inputs[spec.name]
-        if arr.ndim == 0:
-            raise DatasetError(f"input {spec.name!r} is a scalar; expected samples of shape {spec.shape[1:]}",
-                               where=where)
-        sample_shape, _ = per_sample_shape(spec, arr.ndim)
-        if list(arr.shape[1:]) != list(sample_shape):
+        found = layout(arr, spec) if arr.ndim else False
+        if found is False:
+            rows = f" or rows [M, {', '.join(map(str, spec.shape[1:]))}]" if spec.shape else ""
             raise DatasetError(
                 f"input {spec.name!r} has shape {list(arr.shape)}, which does not fit the model input "
-                f"{spec.name!r} of shape {spec.shape} (expected [N, {', '.join(map(str, spec.shape[1:]))}])",
+                f"{spec.name!r} of shape {spec.shape} (expected whole tensors "
+                f"[N{''.join(', ' + str(d) for d in spec.shape)}]{rows})",
                 where=where, hint="reshape the data, or declare the model's input shape in the program")
+        layouts[spec.name] = found
         want = np.dtype(spec.dtype)
         if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
             raise DatasetError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects {want}",
                                where=where, hint=f"store the data as {want}")
         counts.add(len(arr))
+    if len(set(layouts.values())) > 1:
+        described = ", ".join(f"{n}: {'whole tensors' if b is None else f'rows of {b}'}" for n, b in layouts.items())
+        raise DatasetError(f"inputs mix whole tensors and rows of a batch ({described})", where=where,
+                           hint="give every input as whole tensors [N, *input shape], or every one as rows")
+    samples.batch = next(iter(layouts.values()), None)
     if samples.labels is not None:
         counts.add(len(samples.labels))
     if len(counts) > 1:
@@ -193,8 +212,7 @@ def synthetic(specs: list[TensorSpec], guards: list[IndexGuard], count: int = 8,
     bounds = {g.input: (max(g.low, 0), g.high) for g in guards}
     inputs = {}
     for spec in specs:
-        batch = spec.shape[0] if spec.shape else 1
-        shape = [count * batch, *spec.shape[1:]] if spec.shape else [count]
+        shape = [count, *spec.shape]  # whole tensors: no input is assumed to have a batch axis
         dtype = np.dtype(spec.dtype)
         if dtype.kind == "f":
             arr = rng.standard_normal(shape).astype(dtype)

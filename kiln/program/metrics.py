@@ -124,6 +124,8 @@ class Metric(BaseModel):
             cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
             return float(np.min(np.where(same, 1.0, cos)))
         if self.kind == "agreement":
+            if out.size == 0:  # an empty output: nothing to disagree on
+                return 1.0
             a, b = out.reshape(len(out), -1).argmax(1), ref.reshape(len(ref), -1).argmax(1)
             return float(np.mean(a == b))
         raise ValueError(f"unknown metric kind {self.kind}")

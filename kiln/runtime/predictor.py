@@ -43,7 +43,7 @@ class Predictor:
                 raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {spec.shape}")
             if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
                 raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want}")
-            out[spec.name] = np.ascontiguousarray(arr, dtype=want)
+            out[spec.name] = np.asarray(arr, dtype=want, order="C")  # a 0-d input stays 0-d
         check_index_ranges(out, self.manifest.guards, where="request")
         if not self.manifest.program.allow_nonfinite:
             check_finite(out, where="request")

@@ -119,7 +119,7 @@ class TvmRunner:
             result = self.main(*args)
             values = [result] if hasattr(result, "numpy") else list(result)
             return {n: np.from_dlpack(v) for n, v in zip(self.output_names, values, strict=True)}
-        args = [self._tvm.runtime.tensor(np.ascontiguousarray(feed[n]), self.device) for n in self.input_names]
+        args = [self._tvm.runtime.tensor(np.asarray(feed[n], order="C"), self.device) for n in self.input_names]
         result = self.main(*args)
         values = [result] if hasattr(result, "numpy") else list(result)
         return {n: v.numpy() for n, v in zip(self.output_names, values, strict=True)}

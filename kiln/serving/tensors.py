@@ -64,7 +64,7 @@ def encode_outputs(response, outputs: dict[str, np.ndarray], requested: list[str
     for name in names:
         if name not in outputs:
             raise InputError(f"unknown output {name!r}; the model's outputs are {list(outputs)}")
-        arr = np.ascontiguousarray(outputs[name])
+        arr = np.asarray(outputs[name], order="C")
         out = response.outputs.add()
         out.name, out.datatype = name, v2_datatype(arr.dtype.name)
         out.shape.extend(arr.shape)
@@ -88,7 +88,7 @@ def decode_outputs(response) -> dict[str, np.ndarray]:
 def encode_inputs(request, feed: dict[str, np.ndarray]) -> None:
     """Fill a ModelInferRequest with raw little-endian input tensors (client side)."""
     for name, value in feed.items():
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value, order="C")
         t = request.inputs.add()
         t.name, t.datatype = name, v2_datatype(arr.dtype.name)
         t.shape.extend(arr.shape)
