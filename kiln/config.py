@@ -8,6 +8,7 @@ seen at once; a value that does not parse is a `ConfigError` naming the variable
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ class Settings(BaseSettings):
     store: Path | None = None  # default: HOME/store
     max_archive_mb: float = Field(1024.0, gt=0)
     max_input_mb: float = Field(4096.0, gt=0)  # what the declared input shapes may need for the feeds kiln makes
+
+    # child processes: the user's program (import, loaders, metrics) and each candidate's build and evaluation
+    program_timeout_s: float = Field(600.0, gt=0)
+    candidate_timeout_s: float = Field(1800.0, gt=0)
+    candidate_memory_mb: float = Field(0.0, ge=0)  # address-space limit per candidate child; 0: 75 % of RAM
 
     # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
     s3_endpoint: str = ""
@@ -89,6 +95,12 @@ class Settings(BaseSettings):
     @property
     def store_dir(self) -> Path:
         return (self.store or self.home_dir / "store").expanduser()
+
+    @property
+    def candidate_memory_limit_mb(self) -> float:
+        if self.candidate_memory_mb:
+            return self.candidate_memory_mb
+        return 0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 20)
 
     @property
     def max_archive_bytes(self) -> int:

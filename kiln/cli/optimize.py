@@ -3,9 +3,12 @@ server (PREFECT_API_URL), show progress, print the candidate table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -101,10 +104,13 @@ def optimize(
     unsubscribe = bus.subscribe(on_progress)
     err.print(f"optimizing [bold]{program}[/] on {where}", highlight=False, soft_wrap=True)
     try:
-        with bars:
+        with bars, _stopped_by_signals():
             result = optimize_flow(request)
     except KilnError as exc:
         fail(exc)
+    except Interrupted as exc:
+        err.print(f"[bold red]stopped:[/] {exc}; nothing was published", highlight=False)
+        raise typer.Exit(128 + exc.signum) from None
     except Exception as exc:  # not the user's mistake: say so, keep the traceback for -v
         if verbose:
             raise
@@ -151,17 +157,46 @@ def reoptimize(
 
     _quiet_prefect(verbose)
     try:
-        with err.status(f"re-optimizing ({extra_trials} more trials per model)"):
+        with err.status(f"re-optimizing ({extra_trials} more trials per model)"), _stopped_by_signals():
             outcomes = reoptimize_flow(extra_trials=extra_trials, models=model or None,
                                        store=str(store) if store else None, target=target, min_gain=min_gain)
     except KilnError as exc:
         fail(exc)
+    except Interrupted as exc:
+        err.print(f"[bold red]stopped:[/] {exc}", highlight=False)
+        raise typer.Exit(128 + exc.signum) from None
     table = Table(title="re-optimization")
     table.add_column("model")
     table.add_column("outcome")
     for o in outcomes:
         table.add_row(o["model"], o["outcome"])
     wide().print(table)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: unwinds the run (children killed, staging removed) instead of dying mid-write."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name} received")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """While a run is under way, SIGTERM and SIGINT kill its child processes at once and end it within
+    seconds; the handlers are restored afterwards."""
+    from kiln.optimize.isolation import terminate_children
+
+    def stop(signum, frame):
+        terminate_children()
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _prepare_prefect() -> Settings:

@@ -10,17 +10,25 @@ import shutil
 import time
 from pathlib import Path
 
+from kiln.config import settings
 from kiln.optimize import candidates as registry
 from kiln.optimize.feeds import load_calibration
+from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel, ReferenceData
 
 _log = logging.getLogger("kiln.optimize")
 
 
+def build_one(name: str, context: registry.BuildContext, calibration_path: str | None) -> registry.Built:
+    """One candidate's build, in its child process (quantizers can crash, hang or exhaust memory)."""
+    if calibration_path:
+        context.calibration = load_calibration(calibration_path)
+    return registry.get(name).build(context)  # type: ignore[misc]  (registered transforms always have one)
+
+
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],
                      log: logging.Logger | logging.LoggerAdapter = _log) -> list[BuiltCandidate]:
-    method = checked.load().program.calibration_method
-    calibration = load_calibration(ref.calibration_path) if ref.calibration_path else None
+    cfg = settings()
     out = []
     for name in names:
         cand = registry.get(name)
@@ -29,16 +37,18 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         start = time.perf_counter()
-        if cand.needs_calibration and calibration is None:
+        if cand.needs_calibration and ref.calibration_path is None:
             reason = f"skipped: no calibration data ({ref.calibration_source or 'none'})"
             log.info("%s %s", name, reason)
             out.append(BuiltCandidate(name=name, backend=cand.backend, error=reason))
             continue
         context = registry.BuildContext(model=Path(checked.model_path), prepared=Path(prepared.path), out_dir=folder,
-                                        calibration=calibration, calibration_method=method)
+                                        calibration_method=checked.calibration_method)
         try:
-            built = cand.build(context)  # type: ignore[misc]  (registered transforms always have one)
-        except Exception as exc:  # quantizer errors, unsupported ops: report and go on
+            built = run_isolated(build_one, name, context, ref.calibration_path if cand.needs_calibration else None,
+                                 what=f"building candidate {name}", timeout=cfg.candidate_timeout_s,
+                                 memory_mb=cfg.candidate_memory_limit_mb)
+        except Exception as exc:  # quantizer errors, unsupported ops, crashes: report and go on
             if is_baseline:
                 raise
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.artifact.manifest import CandidateResult, LatencyMs, Manifest, RunSettings
+from kiln.config import settings
+from kiln.errors import ModelError
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
+from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.runtime.latency import measure
@@ -32,16 +35,44 @@ def _unbuilt(cand: BuiltCandidate) -> CandidateResult:
                            build_seconds=cand.build_seconds)
 
 
+def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
+                 latency_repeats: int, latency_seconds: float) -> CandidateResult:
+    """One candidate, in its child process: run it on every feed, score it, time it. A candidate that cannot
+    load or run comes back with its reason; a metric that raises is the program's mistake and is raised."""
+    os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
+    metrics = checked.load().program.get_metrics()
+    fds, reference, labels, batch = load_eval(ref.path)
+    runner = None
+    try:
+        runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings)
+        outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
+    except Exception as exc:
+        if runner:
+            runner.close()
+        return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
+                               reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
+                               build_seconds=cand.build_seconds)
+    try:
+        values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
+        lat = measure(lambda r=runner: r.run(fds[0]), repeats=latency_repeats, max_seconds=latency_seconds)
+    finally:
+        runner.close()
+    metric_results, reasons = score(metrics, values, ref.metrics)
+    return CandidateResult(name=cand.name, backend=cand.backend, latency_ms=LatencyMs(p50=lat.p50, p90=lat.p90),
+                           metrics=metric_results, passed=not reasons, reasons=reasons, settings=settings,
+                           build_seconds=cand.build_seconds)
+
+
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
              latency_repeats: int = 200, latency_seconds: float = 5.0,
              log: logging.Logger | logging.LoggerAdapter = _log,
              on_progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
     """Run every built candidate on the evaluation feeds, score it against the reference, and time it.
 
-    A candidate that cannot load or run is reported with its reason, never fatal, except the baseline."""
-    os.environ["TVM_NUM_THREADS"] = str(threads)  # TVM reads it once, when its thread pool starts
-    metrics = checked.load().program.get_metrics()
-    fds, reference, labels, batch = load_eval(ref.path)
+    Each candidate runs in its own child process with the same thread count, time and memory limits: one
+    that cannot load or run, crashes (compiled code can segfault), hangs or runs out of memory is reported
+    with its reason and the run goes on. Only the baseline must run."""
+    cfg = settings()
     results = []
     for i, cand in enumerate(built):
         if on_progress:
@@ -49,33 +80,27 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         if cand.error or not cand.path:
             results.append(_unbuilt(cand))
             continue
-        settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
-        runner = None
+        run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
         try:
-            runner = open_runner(cand.backend, Path(cand.path), checked.inputs, checked.outputs, settings)
-            outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
-        except Exception as exc:
-            if runner:
-                runner.close()
+            result = run_isolated(evaluate_one, checked, ref, cand, run_settings, latency_repeats, latency_seconds,
+                                  what=f"candidate {cand.name}", timeout=cfg.candidate_timeout_s,
+                                  memory_mb=cfg.candidate_memory_limit_mb)
+        except IsolationError as exc:
             if cand.baseline:
                 raise
-            log.warning("%s failed to run: %s", cand.name, exc)
-            results.append(CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
-                                           reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
-                                           build_seconds=cand.build_seconds))
-            continue
-        try:
-            values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
-            lat = measure(lambda r=runner: r.run(fds[0]), repeats=latency_repeats, max_seconds=latency_seconds)
-        finally:
-            runner.close()
-        metric_results, reasons = score(metrics, values, ref.metrics)
-        results.append(CandidateResult(name=cand.name, backend=cand.backend,
-                                       latency_ms=LatencyMs(p50=lat.p50, p90=lat.p90), metrics=metric_results,
-                                       passed=not reasons, reasons=reasons, settings=settings,
-                                       build_seconds=cand.build_seconds))
-        log.info("%s: p50 %.4f ms, p90 %.4f ms (%d runs), metrics %s, %s", cand.name, lat.p50, lat.p90,
-                 lat.runs, {k: round(v, 6) for k, v in values.items()}, "passed" if not reasons else reasons)
+            result = CandidateResult(name=cand.name, backend=cand.backend, settings=run_settings,
+                                     reasons=[f"failed to run: {exc.message.removeprefix(f'candidate {cand.name} ')}"],
+                                     build_seconds=cand.build_seconds)
+        if result.latency_ms is None and cand.baseline:
+            raise ModelError(f"the unoptimized model does not run in onnxruntime: {'; '.join(result.reasons)}",
+                             where=checked.model_path)
+        if result.latency_ms is None:
+            log.warning("%s %s", cand.name, "; ".join(result.reasons))
+        else:
+            log.info("%s: p50 %.4f ms, p90 %.4f ms, metrics %s, %s", cand.name, result.latency_ms.p50,
+                     result.latency_ms.p90, {k: m.value for k, m in result.metrics.items()},
+                     "passed" if result.passed else result.reasons)
+        results.append(result)
     if on_progress:
         on_progress(len(built), len(built), "")
     return Evaluation(candidates=results, built=built)

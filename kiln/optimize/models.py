@@ -33,10 +33,14 @@ class CheckedProgram(BaseModel):
     samples: int
     has_labels: bool
     allow_nonfinite: bool = False
+    calibration_method: str = "minmax"
+    proto: str | None = None  # the program's protocol: what publish needs without importing program.py again
+    request: str | None = None
+    response: str | None = None
     unsupported_ops: dict[str, list[str]] = Field(default_factory=dict)  # op type -> nodes TVM cannot import
 
     def load(self) -> LoadedProgram:
-        """The user's program again (stages may run in different processes)."""
+        """The user's program again: only ever called in a child process (kiln.optimize.isolation)."""
         return load_program(self.source, self.shapes)
 
     @property

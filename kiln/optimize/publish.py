@@ -77,9 +77,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
     def fill(folder: Path) -> Manifest:
         module_name = _copy_module(built, checked, folder)
         _copy_program(checked, folder / layout.PROGRAM_DIR)
-        program = checked.load().program
-        protocol = generate_protocol(folder / layout.PROTOCOL_DIR, Path(checked.root), program.proto,
-                                     program.request, program.response)
+        protocol = generate_protocol(folder / layout.PROTOCOL_DIR, Path(checked.root), checked.proto,
+                                     checked.request, checked.response)
         tuning = _copy_tuning(evaluation, folder)
         (folder / layout.REPORT_DIR).mkdir()
         (folder / layout.REPORT_DIR / "candidates.svg").write_text(svg_plot(evaluation.candidates,

@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings
+from kiln.config import settings
 from kiln.errors import DatasetError
 from kiln.optimize import feeds as feeds_io
+from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram, ReferenceData
 from kiln.optimize.scoring import compute_metrics
 from kiln.optimize.validate import load_samples
@@ -48,7 +50,20 @@ def split_calibration(prog: LoadedProgram, samples: Samples, checked: CheckedPro
 def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
               log: logging.Logger | logging.LoggerAdapter = _log) -> ReferenceData:
     """Run the baseline on the evaluation split; save feeds, outputs and labels (eval.npz) and, when asked,
-    the calibration split (calibration.npz) in the work folder."""
+    the calibration split (calibration.npz) in the work folder. The user's loaders and metrics run in a
+    child process, like everything of the program."""
+    ref = run_isolated(compute_reference, checked, threads, calibrate, what="the program's data and metrics",
+                       timeout=settings().program_timeout_s,
+                       hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes this long")
+    if calibrate:
+        log.info("calibration data: %s", ref.calibration_source)
+    log.info("reference (onnxruntime) on %d samples in %d feeds: %s", ref.samples, ref.feeds,
+             {k: round(v, 6) for k, v in ref.metrics.items()})
+    return ref
+
+
+def compute_reference(checked: CheckedProgram, threads: int, calibrate: bool) -> ReferenceData:
+    """reference's work, in the child process."""
     prog = checked.load()
     samples = load_samples(prog, checked.inputs, checked.guards)
     calibration_path, calibration_source = None, None
@@ -57,7 +72,6 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
         if calib is not None:
             calibration_path = str(checked.work_dir / "calibration.npz")
             feeds_io.save_calibration(Path(calibration_path), feeds_io.feeds(calib, checked.inputs))
-        log.info("calibration data: %s", calibration_source)
     fds = feeds_io.feeds(samples, checked.inputs)
     runner = open_runner("onnxruntime", Path(checked.model_path), checked.inputs, checked.outputs,
                          RunSettings(threads=threads))
@@ -69,7 +83,5 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
                               where=os.path.join(checked.root, "program.py"))
     path = checked.work_dir / "eval.npz"
     feeds_io.save_eval(path, fds, outputs, samples.labels, samples.batch)
-    log.info("reference (onnxruntime) on %d samples in %d feeds: %s", samples.count, len(fds),
-             {k: round(v, 6) for k, v in metrics.items()})
     return ReferenceData(path=str(path), samples=samples.count, feeds=len(fds), metrics=metrics,
                          calibration_path=calibration_path, calibration_source=calibration_source)

@@ -20,6 +20,7 @@ from kiln.optimize.inspect import (
     output_specs,
     unsupported_ops,
 )
+from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.protocol import check as check_protocol
@@ -82,9 +83,27 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
              log: logging.Logger | logging.LoggerAdapter = _log) -> CheckedProgram:
     """Load the program and model and check them against each other; raise a KilnError on any mistake.
 
-    `candidates` are the ones to build: operators TVM cannot compile are an error only when a compile-stage
-    candidate is among them."""
-    prog = load_program(localize(location), shapes)
+    The user's code (program.py, dataset loaders, metrics) runs in a child process with a time limit, so a
+    program that hangs, exits or crashes is reported as such. Operators TVM cannot compile are not a mistake:
+    the tvm candidate is skipped with them named."""
+    program_file = localize(location)  # an s3:// program is fetched here, with retries and their logs
+    checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name,
+                                    what="the program", timeout=settings().program_timeout_s,
+                                    hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes this long")
+    if checked.unsupported_ops:
+        log.warning("%s; the tvm candidate is skipped", describe_unsupported(checked.unsupported_ops))
+    log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", checked.name,
+             Path(checked.model_path).name, [(s.name, s.shape, s.dtype) for s in checked.inputs], checked.samples,
+             checked.dataset, metrics)
+    if checked.guards:
+        log.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in checked.guards])
+    return checked
+
+
+def check_program(path: str, location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
+                  name: str | None = None) -> tuple[CheckedProgram, list[str]]:
+    """validate's work, in the child process: (the checked program, its metric names)."""
+    prog = load_program(path, shapes)
     where = str(prog.model_path)
     model = load_model(prog.model_path)
     inputs = input_specs(model, prog.shapes, where)
@@ -95,8 +114,6 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
         from kiln.compiler import supported_ops
 
         missing = unsupported_ops(model, supported_ops())
-        if missing:
-            log.warning("%s; the tvm candidate is skipped", describe_unsupported(missing))
     check_feed_size(inputs, 1 if prog.program.dataset is not None else prog.program.synthetic_samples, where)
     fixed = infer_shapes(fix_input_shapes(model, inputs), where)
     guards = index_guards(fixed)
@@ -117,15 +134,12 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     check_labels(metrics, outputs, samples)
     if prog.program.proto:
         check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
-    log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", prog.name,
-                Path(prog.model_path).name, [(s.name, s.shape, s.dtype) for s in inputs], samples.count,
-                samples.source, [m.name for m in metrics])
-    if guards:
-        log.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in guards])
+    p = prog.program
     return CheckedProgram(
         location=str(location), source=str(prog.source), root=str(prog.root),
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
-        unsupported_ops=missing, allow_nonfinite=bool(prog.program.allow_nonfinite),
-        dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None)
+        unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), calibration_method=p.calibration_method,
+        proto=p.proto, request=p.request, response=p.response,
+        dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None), [m.name for m in metrics]

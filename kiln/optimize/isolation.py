@@ -1,0 +1,123 @@
+"""Child processes for everything that may crash, hang or exit: the user's program (its import, dataset
+loaders, metrics) and each candidate's build and evaluation.
+
+A child is forked from a forkserver (started once per run, single-threaded, numpy/onnx/onnxruntime already
+imported), so it starts in milliseconds without inheriting the flow's threads. It dies with its parent
+(PR_SET_PDEATHSIG), so SIGKILL to `kiln optimize` or a cancelled flow run leaves nothing behind; SIGTERM and
+SIGINT end it at once through `terminate_children`. What the child returns or raises comes back pickled;
+a timeout, a `sys.exit`, a signal (SIGSEGV, SIGKILL from the memory limit) or a lost connection become an
+`IsolationError` that says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kiln.errors import KilnError
+
+T = TypeVar("T")
+_PRELOAD = ["numpy", "onnx", "onnxruntime", "pydantic", "kiln.optimize.models", "kiln.program.loader"]
+_children: set[multiprocessing.process.BaseProcess] = set()
+_lock = threading.Lock()
+_context: Any = None
+
+
+class IsolationError(KilnError):
+    """A child process did not return: it timed out, exited, or was killed by a signal."""
+
+
+def _ctx():
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(_PRELOAD)
+    return _context
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, memory_mb: float | None) -> None:
+    _die_with_parent()
+    logging.getLogger().addHandler(logging.NullHandler())  # libraries' warnings (the quantizer's) stay quiet
+    if memory_mb:
+        limit = int(memory_mb * (1 << 20))
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        conn.send(("ok", fn(*args, **kwargs)))
+    except SystemExit as exc:  # user code calling sys.exit(): say so rather than vanish
+        conn.send(("exit", exc.code))
+    except MemoryError:
+        conn.send(("memory", None))
+    except BaseException as exc:
+        try:
+            conn.send(("error", exc))
+        except Exception:  # an exception that does not pickle travels as text
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | None = None,
+                 memory_mb: float | None = None, hint: str | None = None, **kwargs: Any) -> T:
+    """fn(*args, **kwargs) in a child process; its result, its own exception, or an IsolationError naming
+    `what` (e.g. "program.py", "candidate ort-int8-static") and how it ended."""
+    ctx = _ctx()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb), daemon=True)
+    with _lock:
+        proc.start()
+        _children.add(proc)
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            proc.kill()
+            raise IsolationError(f"{what} did not finish within {timeout:g} s", hint=hint)
+        try:
+            status, value = receiver.recv()
+        except EOFError:  # the child died without a word: a signal, or os._exit
+            proc.join(5)
+            raise IsolationError(f"{what} {_ended(proc.exitcode)}", hint=hint) from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        with _lock:
+            _children.discard(proc)
+        receiver.close()
+    if status == "ok":
+        return value
+    if status == "exit":
+        raise IsolationError(f"{what} called sys.exit({value!r})", hint=hint or "a program must not exit the process; "
+                             "raise an exception with a message instead")
+    if status == "memory":
+        raise IsolationError(f"{what} ran out of memory" + (f" (limit {memory_mb:g} MiB)" if memory_mb else ""),
+                             hint=hint)
+    raise value
+
+
+def _ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        why = " (the memory limit or the system's OOM killer)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{why}"
+    return f"exited with code {code} without a result"
+
+
+def terminate_children() -> None:
+    """Kill every child now (SIGTERM/SIGINT to the run: end within seconds, leave nothing running)."""
+    with _lock:
+        for proc in list(_children):
+            with contextlib.suppress(Exception):
+                os.kill(proc.pid, signal.SIGKILL)

@@ -1,0 +1,104 @@
+"""User code and candidates run in child processes: a program that hangs, exits or crashes, and a candidate
+that segfaults or hangs, are each reported for what they did; the run (or the next candidate) goes on, and
+SIGTERM ends everything within seconds."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import onnx_models
+from conftest import BIN, ROOT, run_kiln, store_snapshot
+
+
+def program(tmp_path: Path, body: str) -> Path:
+    prog = tmp_path / "prog"
+    prog.mkdir()
+    onnx_models.small_cnn(prog / "model.onnx", size=8)
+    (prog / "program.py").write_text("import kiln\n" + body + "\n\nclass P(kiln.ModelProgram):\n    pass\n")
+    return prog
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("while True:\n    pass", "the program did not finish within 5 s"),
+    ("import sys\nsys.exit(3)", "the program called sys.exit(3)"),
+    ("import ctypes\nctypes.string_at(0)", "the program was killed by SIGSEGV"),
+])
+def test_a_program_that_hangs_exits_or_crashes_is_named(tmp_path, kiln_env, body, needle):
+    prog = program(tmp_path, body)
+    before = store_snapshot(Path(kiln_env["KILN_STORE"]))
+    start = time.monotonic()
+    proc = run_kiln(["optimize", str(prog), "--candidates", "onnxruntime"], {**kiln_env, "KILN_PROGRAM_TIMEOUT_S": "5"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 120
+    assert store_snapshot(Path(kiln_env["KILN_STORE"])) == before
+
+
+def test_sigterm_ends_the_run_and_its_children_within_seconds(tmp_path, kiln_env):
+    """A dataset loader that would take ten minutes: SIGTERM to `kiln optimize` ends it and every process
+    it started within seconds."""
+    prog = program(tmp_path, "import time")
+    (prog / "program.py").write_text((prog / "program.py").read_text().replace(
+        "    pass", "    dataset = kiln.Dataset(loader=lambda: time.sleep(600))"))
+    proc = subprocess.Popen([str(BIN / "kiln"), "optimize", str(prog), "--candidates", "onnxruntime"], cwd=ROOT,
+                            env=kiln_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait for the child that runs the loader
+        if any("forkserver" not in " ".join(c.cmdline()) for c in me.children(recursive=True)
+               if c.is_running()) and len(me.children(recursive=True)) >= 2:
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    family = me.children(recursive=True)
+    assert family, "no child process was started"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 20, "took too long to stop"
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM received" in stderr and "Traceback" not in stderr
+    time.sleep(1)
+    alive = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"still running after SIGTERM: {alive}"
+
+
+def _library(tmp_path: Path, body: str) -> Path:
+    src = tmp_path / "lib.c"
+    src.write_text("#include <unistd.h>\n__attribute__((constructor)) static void on_load(void) { " + body + " }\n")
+    out = tmp_path / f"lib{abs(hash(body))}.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    return out
+
+
+def test_a_candidate_that_segfaults_or_hangs_fails_alone(tmp_path, monkeypatch):
+    """Compiled code that crashes the process or never returns: that candidate fails with the reason, the
+    baseline and the others are measured as usual (kiln.optimize without Prefect)."""
+    from kiln.optimize.build import build_candidates
+    from kiln.optimize.evaluate import evaluate
+    from kiln.optimize.models import BuiltCandidate
+    from kiln.optimize.prepare import prepare
+    from kiln.optimize.reference import reference
+    from kiln.optimize.validate import validate
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KILN_CANDIDATE_TIMEOUT_S", "20")
+    model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=8)
+    checked = validate(str(model), None, ["onnxruntime"])
+    ref = reference(checked, threads=1)
+    built = build_candidates(checked, prepare(checked), ref, ["onnxruntime", "ort-fp32-basic"])
+    crash = BuiltCandidate(name="crash", backend="tvm", path=str(_library(tmp_path, "*(volatile int *)0 = 1;")))
+    hang = BuiltCandidate(name="hang", backend="tvm", path=str(_library(tmp_path, "for (;;) pause();")))
+    start = time.monotonic()
+    evaluation = evaluate(checked, ref, [built[0], crash, hang, built[1]], threads=1, latency_repeats=20)
+    by_name = {c.name: c for c in evaluation.candidates}
+    assert by_name["crash"].reasons == ["failed to run: was killed by SIGSEGV"]
+    assert by_name["hang"].reasons == ["failed to run: did not finish within 20 s"]
+    assert by_name["onnxruntime"].passed and by_name["ort-fp32-basic"].passed  # measured as usual around them
+    assert time.monotonic() - start < 90
