@@ -48,8 +48,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, memory_mb: float | None) -> None:
+def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, memory_mb: float | None,
+           env: dict[str, str]) -> None:
     _die_with_parent()
+    os.environ.clear()  # the caller's environment now, not the forkserver's from when it started
+    os.environ.update(env)
     logging.getLogger().addHandler(logging.NullHandler())  # libraries' warnings (the quantizer's) stay quiet
     if memory_mb:
         limit = int(memory_mb * (1 << 20))
@@ -75,7 +78,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
     `what` (e.g. "program.py", "candidate ort-int8-static") and how it ended."""
     ctx = _ctx()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb), daemon=True)
+    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb, dict(os.environ)), daemon=True)
     with _lock:
         proc.start()
         _children.add(proc)

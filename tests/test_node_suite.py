@@ -1,0 +1,65 @@
+"""ONNX's own backend node tests as a coverage test: ~150 single-operator models, across operator types, each
+with its recorded inputs as the program's dataset, optimized with the onnxruntime and tvm candidates at
+0 trials. None may end in an internal error: kiln publishes, or refuses with a KilnError that explains why.
+A TVM candidate that compiles and agrees is published, or loses only on speed.
+
+The optimize flow runs in this process against the session's Prefect server (a CLI process per case would
+spend most of its time starting up); user code and candidates run in child processes as always.
+`python benchmarks/node_suite.py` runs the whole suite through the CLI and writes the pass rates."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SAMPLE = 150
+
+
+@pytest.mark.integration
+def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monkeypatch):
+    import node_suite
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.optimize import optimize
+    from kiln.errors import KilnError
+    from kiln.optimize.request import OptimizeRequest
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KILN_STORE", str(tmp_path / "store"))
+    cases = node_suite.cases(SAMPLE)
+    assert len(cases) == SAMPLE and len({c[1].graph.node[0].op_type for c in cases}) >= 120  # across op types
+    outcomes: collections.Counter[str] = collections.Counter()
+    internal, gate_mistakes, tvm_agrees = [], [], 0
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        for case in cases:
+            folder = node_suite.write_program(case, tmp_path / "programs" / case[0])
+            request = OptimizeRequest(program=str(folder), candidates=["onnxruntime", "tvm"], trials=0,
+                                      latency_repeats=20)
+            try:
+                result = optimize(request)
+            except KilnError as exc:
+                outcomes["refused: " + type(exc).__name__] += 1
+                continue
+            except Exception as exc:  # anything else is a kiln bug
+                internal.append(f"{case[0]}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            outcomes["published"] += 1
+            from kiln.artifact.manifest import Manifest
+
+            manifest = Manifest.read(Path(result["artifact"]))
+            tvm = next(c for c in manifest.candidates if c.name == "tvm")
+            if tvm.metrics and all(m.passed for m in tvm.metrics.values()):
+                tvm_agrees += 1
+                if manifest.selected != "tvm" and not any(r.startswith("slower than") for r in tvm.reasons):
+                    gate_mistakes.append(f"{case[0]}: tvm agrees but was not published: {tvm.reasons}")
+    summary = f"{dict(outcomes)}; tvm agrees on {tvm_agrees}/{len(cases)}"
+    print(summary)
+    assert not internal, f"internal errors ({len(internal)}; {summary}):\n" + "\n".join(internal)
+    assert not gate_mistakes, "\n".join(gate_mistakes)
+    assert outcomes["published"] >= 0.75 * len(cases), summary  # onnxruntime runs ~84 % of the suite
