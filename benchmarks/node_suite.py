@@ -4,12 +4,13 @@ internal error, and how often its TVM candidate compiles and agrees, beside raw 
 The cases come from the installed onnx package (`onnx.backend.test.case.node.collect_testcases`: each an
 ONNX model with its inputs and expected outputs). Each becomes a model program: model.onnx, data.npz with the
 recorded inputs as one whole-tensor sample, and program.py naming it. Then, per case:
-- kiln: `kiln optimize` with the onnxruntime and tvm candidates at 0 trials: outcome published / gate / mistake
-  (a KilnError: exit 1 or 2) / internal error (anything else: a kiln bug), and whether the tvm candidate passed;
+- kiln: the optimize flow (in this process, against one Prefect server; what `kiln optimize` runs) with the
+  onnxruntime and tvm candidates at 0 trials: outcome published / gate (GateError) / mistake (another
+  KilnError) / internal error (anything else: a kiln bug), and whether the tvm candidate passed its ranges;
 - raw TVM: relax's ONNX importer, the default pipeline, and the recorded outputs (allclose 1e-3);
 - onnxruntime: an InferenceSession and the recorded outputs (allclose 1e-3).
 
-    python benchmarks/node_suite.py            # the whole suite (1,855 cases with tensor I/O; ~1 h on 2 cores)
+    python benchmarks/node_suite.py            # the whole suite (1,855 cases with tensor I/O; ~2 h on 2 cores)
     python benchmarks/node_suite.py --limit 40 # a sample, one case per operator first
 
 Writes benchmarks/node_suite.json and a section of benchmarks/RESULTS.md.
@@ -85,25 +86,29 @@ def write_program(case, folder: Path) -> Path:
     return folder
 
 
-def run_kiln(folder: Path, env: dict[str, str], timeout: float = 300) -> dict:
-    """`kiln optimize` on one case: the outcome and the tvm candidate's verdict."""
+def run_kiln(folder: Path) -> dict:
+    """The optimize flow on one case: the outcome and the tvm candidate's verdict."""
+    from flows.optimize import optimize
+    from kiln.artifact.manifest import Manifest
+    from kiln.errors import GateError, KilnError
+    from kiln.optimize.request import OptimizeRequest
+
     start = time.perf_counter()
+    out: dict = {}
     try:
-        proc = subprocess.run([str(Path(sys.executable).parent / "kiln"), "optimize", str(folder), "--candidates",
-                               "onnxruntime,tvm", "--trials", "0", "--json"], env=env, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"outcome": "timeout", "seconds": timeout}
-    out: dict = {"seconds": round(time.perf_counter() - start, 2), "exit": proc.returncode}
-    if proc.returncode == 0:
-        manifest = json.loads(proc.stdout)
-        tvm = next(c for c in manifest["candidates"] if c["name"] == "tvm")
-        out.update(outcome="published", selected=manifest["selected"], tvm_passed=tvm["passed"],
-                   tvm_reasons=tvm["reasons"])
-    elif proc.returncode in (1, 2) and "Traceback" not in proc.stderr:
-        out.update(outcome="gate" if proc.returncode == 1 else "mistake", message=proc.stderr.strip()[-400:])
-    else:
-        out.update(outcome="internal error", message=proc.stderr.strip()[-800:])
+        result = optimize(OptimizeRequest(program=str(folder), candidates=["onnxruntime", "tvm"], trials=0,
+                                          latency_repeats=20))
+        manifest = Manifest.read(Path(result["artifact"]))
+        tvm = next(c for c in manifest.candidates if c.name == "tvm")
+        out.update(outcome="published", selected=manifest.selected, tvm_passed=tvm.passed or (
+            bool(tvm.metrics) and all(m.passed for m in tvm.metrics.values())), tvm_reasons=tvm.reasons)
+    except GateError as exc:
+        out.update(outcome="gate", message=exc.message)
+    except KilnError as exc:
+        out.update(outcome="mistake", message=exc.render()[-400:])
+    except Exception as exc:
+        out.update(outcome="internal error", message=f"{type(exc).__name__}: {str(exc)[:600]}")
+    out["seconds"] = round(time.perf_counter() - start, 2)
     return out
 
 
@@ -150,11 +155,24 @@ def raw_checks(case) -> dict:
     return result
 
 
-def _raw_in_child(case) -> dict:
-    with ProcessPoolExecutor(1) as pool:
+class RawChecks:
+    """raw_checks in one long-lived child process (TVM imported once), started again after a crash."""
+
+    def __init__(self):
+        self.pool = None
+
+    def __call__(self, case) -> dict:
+        import multiprocessing
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         try:
-            return pool.submit(raw_checks, case).result(timeout=120)
+            return self.pool.submit(raw_checks, case).result(timeout=180)
         except (BrokenProcessPool, TimeoutError):
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.kill()
+            self.pool = None
             return {"onnxruntime": False, "raw_tvm": False, "raw_crashed": True}
 
 
@@ -163,6 +181,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="a sample of N cases (default: all)")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "node_suite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "node_suite.json")
+    parser.add_argument("--fresh", action="store_true", help="measure every case again instead of resuming")
     args = parser.parse_args()
     picked = cases(args.limit)
     home = args.work / "home"
@@ -188,13 +207,21 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-    rows = []
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("KILN_", "PREFECT_"))})
+    done = {}  # resumable: cases already measured (same limit) are kept
+    if args.out.is_file() and not args.fresh:
+        done = {r["case"]: r for r in json.loads(args.out.read_text()).get("cases", [])}
+    rows, raw = [], RawChecks()
     try:
         for i, case in enumerate(picked):
+            if case[0] in done:
+                rows.append(done[case[0]])
+                continue
             folder = write_program(case, args.work / "programs" / case[0])
-            row = {"case": case[0], "op": case[1].graph.node[0].op_type, **run_kiln(folder, env),
-                   **_raw_in_child(case)}
+            row = {"case": case[0], "op": case[1].graph.node[0].op_type, **run_kiln(folder), **raw(case)}
             rows.append(row)
+            if len(rows) % 10 == 0:  # progress survives an interruption
+                args.out.write_text(json.dumps({"summary": summarize(rows), "cases": rows}, indent=1) + "\n")
             print(f"[{i + 1}/{len(picked)}] {case[0]}: {row['outcome']} tvm={row.get('tvm_passed')} "
                   f"raw_tvm={row['raw_tvm']} ort={row['onnxruntime']}", flush=True)
     finally:
@@ -203,6 +230,43 @@ def main() -> None:
     summary = summarize(rows)
     args.out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1) + "\n")
     print(json.dumps(summary, indent=2))
+    if args.limit is None:
+        write_results(summary, rows)
+
+
+def write_results(summary: dict, rows: list[dict]) -> None:
+    """The pass rates as a section of RESULTS.md (replacing an earlier one)."""
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    head = "## ONNX backend node tests through kiln"
+    errors = [r for r in rows if r["outcome"] == "internal error"]
+    section = "\n".join([
+        head, "",
+        f"`python benchmarks/node_suite.py` ({summary['cpu']}, {summary['cases']} cases with tensor I/O from onnx "
+        f"{_version('onnx')}; tvm {_version('apache-tvm')}, onnxruntime {_version('onnxruntime')}). A case passes "
+        "when its outputs match the recorded ones (raw: allclose 1e-3) or, for kiln's tvm candidate, when it is "
+        "inside the default ranges against onnxruntime (max_rel_diff <= 1e-3, cosine >= 0.9999).", "",
+        "| | pass rate |", "|---|---|",
+        f"| onnxruntime, raw | {summary['onnxruntime_pass_pct']} % |",
+        f"| TVM, raw (relax ONNX importer, default pipeline) | {summary['raw_tvm_pass_pct']} % |",
+        f"| kiln's tvm candidate (prepare: shapes fixed, functions inlined, constants folded) | "
+        f"{summary['kiln_tvm_pass_pct']} % |",
+        f"| kiln published an artifact | {summary['kiln_published_pct']} % |", "",
+        f"Outcomes: {summary['outcomes']}; internal errors: {len(errors)}"
+        + ("".join(f"\n- {r['case']}: {r['message'][:200]}" for r in errors[:20])), ""])
+    text = results.read_text() if results.is_file() else ""
+    if head in text:
+        start = text.index(head)
+        end = text.find("\n## ", start + len(head))
+        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    results.write_text(text)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 def summarize(rows: list[dict]) -> dict:

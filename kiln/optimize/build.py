@@ -47,7 +47,7 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         try:
             built = run_isolated(build_one, name, context, ref.calibration_path if cand.needs_calibration else None,
                                  what=f"building candidate {name}", timeout=cfg.candidate_timeout_s,
-                                 memory_mb=cfg.candidate_memory_limit_mb)
+                                 memory_mb=cfg.candidate_memory_limit_mb, timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
         except Exception as exc:  # quantizer errors, unsupported ops, crashes: report and go on
             if is_baseline:
                 raise

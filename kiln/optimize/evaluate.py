@@ -84,7 +84,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         try:
             result = run_isolated(evaluate_one, checked, ref, cand, run_settings, latency_repeats, latency_seconds,
                                   what=f"candidate {cand.name}", timeout=cfg.candidate_timeout_s,
-                                  memory_mb=cfg.candidate_memory_limit_mb)
+                                  memory_mb=cfg.candidate_memory_limit_mb, timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
         except IsolationError as exc:
             if cand.baseline:
                 raise

@@ -73,9 +73,9 @@ def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, memory_mb: f
 
 
 def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | None = None,
-                 memory_mb: float | None = None, hint: str | None = None, **kwargs: Any) -> T:
+                 memory_mb: float | None = None, timeout_hint: str | None = None, **kwargs: Any) -> T:
     """fn(*args, **kwargs) in a child process; its result, its own exception, or an IsolationError naming
-    `what` (e.g. "program.py", "candidate ort-int8-static") and how it ended."""
+    `what` (e.g. "the program", "candidate ort-int8-static") and how it ended (`timeout_hint` for a timeout)."""
     ctx = _ctx()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb, dict(os.environ)), daemon=True)
@@ -86,12 +86,12 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
     try:
         if not receiver.poll(timeout):
             proc.kill()
-            raise IsolationError(f"{what} did not finish within {timeout:g} s", hint=hint)
+            raise IsolationError(f"{what} did not finish within {timeout:g} s", hint=timeout_hint)
         try:
             status, value = receiver.recv()
         except EOFError:  # the child died without a word: a signal, or os._exit
             proc.join(5)
-            raise IsolationError(f"{what} {_ended(proc.exitcode)}", hint=hint) from None
+            raise IsolationError(f"{what} {_ended(proc.exitcode)}") from None
     finally:
         if proc.is_alive():
             proc.kill()
@@ -102,11 +102,11 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
     if status == "ok":
         return value
     if status == "exit":
-        raise IsolationError(f"{what} called sys.exit({value!r})", hint=hint or "a program must not exit the process; "
-                             "raise an exception with a message instead")
+        raise IsolationError(f"{what} called sys.exit({value!r})",
+                             hint="a program must not exit the process; raise an exception with a message instead")
     if status == "memory":
         raise IsolationError(f"{what} ran out of memory" + (f" (limit {memory_mb:g} MiB)" if memory_mb else ""),
-                             hint=hint)
+                             hint="KILN_CANDIDATE_MEMORY_MB sets the limit" if memory_mb else None)
     raise value
 
 

@@ -54,7 +54,7 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
     child process, like everything of the program."""
     ref = run_isolated(compute_reference, checked, threads, calibrate, what="the program's data and metrics",
                        timeout=settings().program_timeout_s,
-                       hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes this long")
+                       timeout_hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes this long")
     if calibrate:
         log.info("calibration data: %s", ref.calibration_source)
     log.info("reference (onnxruntime) on %d samples in %d feeds: %s", ref.samples, ref.feeds,

@@ -89,7 +89,8 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     program_file = localize(location)  # an s3:// program is fetched here, with retries and their logs
     checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name,
                                     what="the program", timeout=settings().program_timeout_s,
-                                    hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes this long")
+                                    timeout_hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes "
+                                                 "this long")
     if checked.unsupported_ops:
         log.warning("%s; the tvm candidate is skipped", describe_unsupported(checked.unsupported_ops))
     log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", checked.name,
