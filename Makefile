@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium postgresql postgresql-client
 SYSTEM_STAMP := $(VENV)/.system-deps
 
-.PHONY: setup system-deps base-image demo test bench lint clean examples up down
+.PHONY: setup system-deps base-image demo test bench bench-long lint clean examples up down
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench: setup system-deps examples
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/images.py
+
+# hours, not minutes: run alone on the machine. ONNX's 1,855 backend node tests through kiln (resumable)
+bench-long: setup
+	$(BIN)/python benchmarks/node_suite.py
 
 # ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: setup

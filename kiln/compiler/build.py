@@ -66,7 +66,11 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     tgt_conf = target_config(target_kind)
     target = tvm.target.Target(tgt_conf)
     mod = import_onnx(model_path, inputs)
-    n_tasks = pipelines.count_tasks(mod, target)
+    try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
+        n_tasks = pipelines.count_tasks(mod, target)
+    except Exception as exc:
+        raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                         where=str(model_path), hint="--candidates without tvm skips TVM") from None
     per_task = max_trials_per_task or max(1, -(-trials // max(n_tasks, 1)))
     db_dir.mkdir(parents=True, exist_ok=True)  # MetaSchedule's JSONDatabase needs it to exist
     before = count_records(db_dir)
