@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA benchmark on a lent GPU machine that has Python 3.12, numpy, onnx and onnxruntime but no TVM:
-#   benchmarks/cuda_device.sh pack        # here: .gpu/ = TVM (compiler xz -9), tvm-ffi and pydantic for cp312 (~63 MiB)
+#   benchmarks/cuda_device.sh pack        # here: .gpu/ = TVM (compiler xz -9), tvm-ffi, pydantic(-settings) for cp312 (~63 MiB)
 #   benchmarks/cuda_device.sh run [cuda]  # there, carrying .gpu: unpack, make the example models, run
 #                                         # compile_vs_ort.py --target cuda at budget 0; RESULTS.md etc. to $OUT
 # .gpu/ is build output: add `/.gpu/` to .git/info/exclude. The carry limit is 64 MiB, so the TVM package goes
@@ -17,7 +17,8 @@ pack)
     "apache-tvm-ffi==$(.venv/bin/python -c 'from importlib.metadata import version; print(version("apache-tvm-ffi"))')" \
     "pydantic==$(.venv/bin/python -c 'import pydantic; print(pydantic.VERSION)')" \
     "pydantic-core==$(.venv/bin/python -c 'import pydantic_core; print(pydantic_core.__version__)')" \
-    annotated-types typing-inspection
+    "pydantic-settings==$(.venv/bin/python -c 'from importlib.metadata import version; print(version("pydantic-settings"))')" \
+    python-dotenv annotated-types typing-inspection
   for w in "$tmp"/whl/*.whl; do unzip -q -o "$w" -d "$tmp/site"; done
   rm -rf "$tmp"/site/tvm_ffi/{3rdparty,include,src,cython}
   tar -cJf .gpu/site.tar.xz -C "$tmp/site" .
