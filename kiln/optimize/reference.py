@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings
 from kiln.config import settings
-from kiln.errors import DatasetError
+from kiln.errors import DatasetError, ModelError
 from kiln.optimize import feeds as feeds_io
 from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram, ReferenceData
@@ -73,12 +73,20 @@ def compute_reference(checked: CheckedProgram, threads: int, calibrate: bool) ->
             calibration_path = str(checked.work_dir / "calibration.npz")
             feeds_io.save_calibration(Path(calibration_path), feeds_io.feeds(calib, checked.inputs))
     fds = feeds_io.feeds(samples, checked.inputs)
-    runner = open_runner("onnxruntime", Path(checked.model_path), checked.inputs, checked.outputs,
-                         RunSettings(threads=threads))
-    try:
+    runner = None
+    try:  # the reference must run: a model onnxruntime cannot run on this data is the input's problem
+        runner = open_runner("onnxruntime", Path(checked.model_path), checked.inputs, checked.outputs,
+                             RunSettings(threads=threads))
         outputs = feeds_io.gather_outputs(feeds_io.run_all(runner.run, fds), samples.count, samples.batch)
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:400]
+        raise ModelError(f"onnxruntime cannot run the model on the data from {samples.source}: {message}",
+                         where=checked.model_path,
+                         hint="kiln measures every candidate against onnxruntime; check the model and the input "
+                              "values (shapes that only the data reveals, out-of-range indices)") from None
     finally:
-        runner.close()
+        if runner:
+            runner.close()
     metrics = compute_metrics(prog.program.get_metrics(), outputs, outputs, samples.labels,
                               where=os.path.join(checked.root, "program.py"))
     path = checked.work_dir / "eval.npz"
