@@ -102,3 +102,29 @@ def test_a_candidate_that_segfaults_or_hangs_fails_alone(tmp_path, monkeypatch):
     assert by_name["hang"].reasons == ["failed to run: did not finish within 20 s"]
     assert by_name["onnxruntime"].passed and by_name["ort-fp32-basic"].passed  # measured as usual around them
     assert time.monotonic() - start < 90
+
+
+def test_a_model_the_reference_cannot_run_on_the_data_is_a_model_error(tmp_path, monkeypatch):
+    """Shapes only the data reveals (a Reshape target given as an input): a ModelError naming the data."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kiln.errors import ModelError
+    from kiln.optimize.reference import reference
+    from kiln.optimize.validate import validate
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    prog = tmp_path / "reshape"
+    prog.mkdir()
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 5])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(prog / "model.onnx"))
+    np.savez(prog / "data.npz", x=np.ones((1, 2, 3), np.float32), shape=np.array([[5, 5]], np.int64))
+    (prog / "program.py").write_text("import kiln\n\nclass P(kiln.ModelProgram):\n"
+                                     "    dataset = kiln.Dataset(path='data.npz')\n")
+    checked = validate(str(prog), None, ["onnxruntime"])
+    with pytest.raises(ModelError, match="onnxruntime cannot run the model on the data from data.npz"):
+        reference(checked, threads=1)
