@@ -12,6 +12,7 @@ recorded inputs as one whole-tensor sample, and program.py naming it. Then, per 
 
     python benchmarks/node_suite.py            # the whole suite (1,855 cases with tensor I/O; ~2 h on 2 cores)
     python benchmarks/node_suite.py --limit 40 # a sample, one case per operator first
+    python benchmarks/node_suite.py --report   # RESULTS.md from what was measured so far
 
 Writes benchmarks/node_suite.json and a section of benchmarks/RESULTS.md.
 """
@@ -182,8 +183,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "node_suite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "node_suite.json")
     parser.add_argument("--fresh", action="store_true", help="measure every case again instead of resuming")
+    parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the saved results")
     args = parser.parse_args()
     picked = cases(args.limit)
+    if args.report:
+        rows = json.loads(args.out.read_text())["cases"]
+        write_results(summarize(rows), rows, len(picked))
+        return
     home = args.work / "home"
     env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(args.work / "store"),
            "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -231,17 +237,19 @@ def main() -> None:
     args.out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1) + "\n")
     print(json.dumps(summary, indent=2))
     if args.limit is None:
-        write_results(summary, rows)
+        write_results(summary, rows, len(picked))
 
 
-def write_results(summary: dict, rows: list[dict]) -> None:
+def write_results(summary: dict, rows: list[dict], total: int) -> None:
     """The pass rates as a section of RESULTS.md (replacing an earlier one)."""
     results = ROOT / "benchmarks" / "RESULTS.md"
     head = "## ONNX backend node tests through kiln"
     errors = [r for r in rows if r["outcome"] == "internal error"]
     section = "\n".join([
         head, "",
-        f"`python benchmarks/node_suite.py` ({summary['cpu']}, {summary['cases']} cases with tensor I/O from onnx "
+        f"`python benchmarks/node_suite.py` ({summary['cpu']}, {summary['cases']} of the {total} cases with tensor I/O "
+        f"and numeric data{' so far, in alphabetical order: the run is resumable' if summary['cases'] < total else ''}"
+        f"; onnx "
         f"{_version('onnx')}; tvm {_version('apache-tvm')}, onnxruntime {_version('onnxruntime')}). A case passes "
         "when its outputs match the recorded ones (raw: allclose 1e-3) or, for kiln's tvm candidate, when it is "
         "inside the default ranges against onnxruntime (max_rel_diff <= 1e-3, cosine >= 0.9999).", "",
