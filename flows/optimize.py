@@ -25,6 +25,7 @@ from tasks.stages import (
     build_candidates,
     compile_tvm,
     evaluate_candidates,
+    find_current,
     prepare_model,
     publish_artifact,
     run_reference,
@@ -50,29 +51,34 @@ def optimize(request: OptimizeRequest) -> dict:
     if r.image:
         check_image(r.image)
     checked = validate_program(r.program, r.shapes, chosen, r.name)
+    current = r.incumbent or (find_current(checked.name, r.store) if r.compare_with_current else None)
     prepared = prepare_model(checked)
     transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
     ref = run_reference(checked, threads, any(registry.get(c).needs_calibration for c in transforms))
     built = build_candidates(checked, prepared, ref, transforms)
-    if r.incumbent:
-        built.insert(1, incumbent_candidate(r.incumbent))
+    if current:
+        built.insert(1, incumbent_candidate(current))
     for _ in registry.of_stage(chosen, "compile"):
+        # reoptimize continues the search from the version in service; a plain re-run hits the build cache
         saved_db = str(Path(r.incumbent) / "tuning") if r.incumbent else None
         state = compile_tvm(checked, prepared, r.target, r.trials, r.max_trials_per_task, saved_db, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", r.trials, r.trials, "cached build, no tuning")
         built.append(state.result())
     evaluation = evaluate_candidates(checked, ref, built, threads, r.latency_repeats)
-    report_candidates(checked.name, evaluation.candidates)
     try:
-        selected = select(evaluation, INCUMBENT if r.incumbent else None, r.min_gain)
+        selected = select(evaluation, INCUMBENT if current else None, r.min_gain)
     except GateError as exc:
+        report_candidates(checked.name, evaluation.candidates)
         report_result(checked.name, evaluation.candidates, None, None, None, exc.message)
         raise
+    report_candidates(checked.name, evaluation.candidates)
     if selected.name == INCUMBENT:
-        message = f"the current version is still the fastest inside every range: kept {r.incumbent}"
+        message = (f"the current version ({current}) is still the fastest inside every range; no candidate beat it "
+                   f"beyond the noise and by {r.min_gain:.0%}")
         report_result(checked.name, evaluation.candidates, INCUMBENT, None, None, message)
-        return {"artifact": r.incumbent, "selected": INCUMBENT, "published": False}
+        return {"artifact": current, "selected": INCUMBENT, "published": False, "name": checked.name,
+                "message": message, "candidates": [c.model_dump(mode="json") for c in evaluation.candidates]}
     options = OptimizeOptions(trials=r.trials, max_trials_per_task=r.max_trials_per_task, threads=threads,
                               candidates=chosen, latency_repeats=r.latency_repeats)
     artifact = publish_artifact(checked, prepared, evaluation, selected, r.target, r.store, options)

@@ -9,6 +9,7 @@ from prefect.context import TaskRunContext
 
 from kiln import progress
 from kiln.artifact.manifest import CandidateResult, OptimizeOptions
+from kiln.artifact.store import ArtifactStore
 from kiln.fs import json_sha256
 from kiln.optimize import build, compile, evaluate, gate, prepare, publish, reference, validate
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel, ReferenceData
@@ -76,8 +77,17 @@ def evaluate_candidates(checked: CheckedProgram, ref: ReferenceData, built: list
                              on_progress=lambda done, total, name: progress.report("evaluate", done, total, name))
 
 
+@task(name="find-current-version")
+def find_current(name: str, store: str | None) -> str | None:
+    """The newest version of `name` in the store: the incumbent a new optimization must beat."""
+    folder = ArtifactStore(store).newest(name)
+    if folder:
+        get_run_logger().info("%s already has a version in the store (%s): it is the one to beat", name, folder)
+    return str(folder) if folder else None
+
+
 @task(name="select")
-def select(evaluation: Evaluation, incumbent: str | None = None, min_gain: float = 0.0) -> CandidateResult:
+def select(evaluation: Evaluation, incumbent: str | None = None, min_gain: float = gate.MIN_GAIN) -> CandidateResult:
     return gate.choose(evaluation.candidates, incumbent, min_gain)
 
 

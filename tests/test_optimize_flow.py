@@ -81,15 +81,24 @@ def test_prefect_shows_the_candidate_table(digits_run):
     assert any({r["candidate"].rstrip(" *") for r in version} >= {"onnxruntime", "tvm"} for version in rows)
 
 
-def test_rerun_does_not_tune_again(digits_run, digits_program, kiln_home):
+def test_rerun_does_not_tune_again_and_publishes_nothing_new(digits_run, digits_program, kiln_home):
     manifest, env, _ = digits_run
     records = list(Path(kiln_home, "tuning").rglob("database_tuning_record.json"))
     assert records
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in records}
+    versions = sorted(Path(env["KILN_STORE"], "digits").glob("*/manifest.json"))
     proc = run_kiln(["optimize", str(digits_program), "--trials", TRIALS, "--json"], env)
     assert proc.returncode == 0, proc.stderr
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in records} == before
     assert "cached build, no tuning" in proc.stderr  # the tuning bar says it reused the build
+    # the version in the store was measured beside the new candidates; the same program finds nothing faster
+    # beyond the noise, so nothing new is published and the result names the version kept
+    result = json.loads(proc.stdout)
+    assert result["published"] is False and result["selected"] == "current", result.get("message")
+    assert Path(result["artifact"]) == versions[-1].parent
+    assert sorted(Path(env["KILN_STORE"], "digits").glob("*/manifest.json")) == versions
+    current = next(c for c in result["candidates"] if c["name"] == "current")
+    assert current["passed"] and current["eligible"] and current["latency_ms"]["rounds"]
 
 
 def test_inspect_verifies_hashes(digits_run, tmp_path):
@@ -158,7 +167,7 @@ def test_two_runs_of_one_model_at_once_publish_two_versions(digits_program, pref
     env = {**os.environ, "KILN_HOME": str(kiln_home), "KILN_STORE": str(tmp_path / "store"),
            "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     args = [str(BIN / "kiln"), "optimize", str(digits_program), "--candidates", "onnxruntime,ort-fp32-basic",
-            "--trials", "0", "--json"]
+            "--trials", "0", "--json", "--ignore-current"]
     runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runs]

@@ -21,8 +21,14 @@ BASELINE = "onnxruntime"  # the unoptimized model in onnxruntime: what every spe
 
 
 class LatencyMs(BaseModel):
+    """Milliseconds per call. `rounds` holds the median of each interleaved timing round: candidates timed in
+    the same run are compared round by round, which cancels what the shared machine did meanwhile."""
+
     p50: float
     p90: float
+    p10: float | None = None
+    runs: int | None = None
+    rounds: list[float] = Field(default_factory=list)
 
 
 class MetricResult(BaseModel):
@@ -50,6 +56,24 @@ class RunSettings(BaseModel):
         return self.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
+class Speedup(BaseModel):
+    """How many times faster than a reference, measured in the same run: the median of the per-round ratios,
+    with a bootstrap interval of that median (what the noise of the machine allows us to claim)."""
+
+    value: float
+    low: float
+    high: float
+
+    def beyond_noise(self, min_gain: float = 0.0) -> bool:
+        """Faster even at the low end of the interval, and by at least `min_gain` (a fraction of latency)."""
+        return self.low > 1.0 and self.value >= 1.0 / (1.0 - min_gain)
+
+    def describe(self) -> str:
+        if abs(self.high - self.low) < 5e-3:
+            return f"{self.value:.2f}x"
+        return f"{self.value:.2f}x (90% interval {self.low:.2f}-{self.high:.2f}x)"
+
+
 class CandidateResult(BaseModel):
     """One candidate as evaluated: where it came from, how fast, how accurate, whether it qualified."""
 
@@ -57,8 +81,10 @@ class CandidateResult(BaseModel):
     backend: str
     latency_ms: LatencyMs | None = None
     metrics: dict[str, MetricResult] = Field(default_factory=dict)
-    passed: bool = False
-    reasons: list[str] = Field(default_factory=list)
+    passed: bool = False  # inside every metric range
+    eligible: bool = False  # passed, and faster than the baseline beyond the noise (the baseline itself: passed)
+    reasons: list[str] = Field(default_factory=list)  # why not passed, or why not eligible
+    speedup: Speedup | None = None  # vs the baseline, set by the gate
     settings: RunSettings = Field(default_factory=RunSettings)
     build_seconds: float | None = None
 

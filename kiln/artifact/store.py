@@ -77,6 +77,11 @@ class ArtifactStore:
                 continue
         return sorted(out, key=lambda fm: (fm[1].name, fm[1].version or 0, fm[1].created_at))
 
+    def newest(self, name: str) -> Path | None:
+        """The folder of `name`'s newest readable version, or None."""
+        versions = [folder for folder, m in self.manifests() if m.name == name]
+        return versions[-1] if versions else None
+
     def artifacts(self) -> list[Path]:
         if not self.root.is_dir():
             return []

@@ -42,12 +42,15 @@ def warn(message: str) -> None:
     err.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
-def candidate_table(manifest) -> Table:
+def candidate_table(manifest=None, *, name: str = "", candidates=None, selected: str | None = None) -> Table:
+    """The candidates of a manifest, or of a run that published nothing (`candidates` with `name`)."""
     from kiln.optimize import report
 
-    rows = report.rows(manifest.candidates, manifest.selected)
-    table = Table(title=f"{manifest.name}: candidates (* = published)",
-                  caption="ranges: " + "; ".join(report.ranges(manifest.candidates)))
+    if manifest is not None:
+        name, candidates, selected = manifest.name, manifest.candidates, manifest.selected
+    rows = report.rows(candidates, selected)
+    table = Table(title=f"{name}: candidates (* = {'published' if manifest is not None else 'kept'})",
+                  caption="ranges: " + "; ".join(report.ranges(candidates)))
     cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "backend"]  # the name says it
     for c in cols:
         table.add_column(c, overflow="fold", no_wrap=c != "why not",

@@ -63,9 +63,13 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),
     image: str | None = typer.Option(None, help="also build the model's image as REGISTRY/NAME[:TAG] and push it"),
+    against_current: bool = typer.Option(True, "--against-current/--ignore-current",
+                                         help="gate against the newest stored version of the same name: a re-run "
+                                              "that finds nothing faster publishes nothing new"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
 ) -> None:
-    """Optimize PROGRAM and publish the fastest candidate inside every metric range."""
+    """Optimize PROGRAM and publish the fastest candidate inside every metric range that is faster than
+    onnxruntime (and than the version already in the store) beyond the noise of the measurement."""
     from kiln.optimize.request import OptimizeRequest
 
     try:
@@ -73,7 +77,8 @@ def optimize(
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
         request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials,
                                      max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
-                                     threads=threads, store=str(store) if store else None, upload=upload, image=image)
+                                     threads=threads, store=str(store) if store else None, upload=upload, image=image,
+                                     compare_with_current=against_current)
         if not program.startswith(REMOTE_SCHEMES) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
@@ -120,6 +125,9 @@ def optimize(
         raise typer.Exit(3) from None
     finally:
         unsubscribe()
+    if not result.get("published", True):
+        _kept(result, as_json)
+        return
     manifest = Manifest.read(Path(result["artifact"]))
     if as_json:
         sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
@@ -134,6 +142,22 @@ def optimize(
     for key in ("upload", "image"):
         if result.get(key):
             out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+
+
+def _kept(result: dict, as_json: bool) -> None:
+    """The version in service stayed: show this run's table and why nothing new was published."""
+    from kiln.artifact.manifest import CandidateResult
+
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    out = wide()
+    candidates = [CandidateResult.model_validate(c) for c in result.get("candidates", [])]
+    if candidates:
+        out.print(candidate_table(name=result.get("name", ""), candidates=candidates, selected=result["selected"]))
+    out.print(f"nothing new published: {result.get('message', 'the current version is still the fastest')}",
+              highlight=False, soft_wrap=True)
+    out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
 
 
 @app.command()

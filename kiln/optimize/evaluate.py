@@ -14,7 +14,7 @@ from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.scoring import compute_metrics, score
-from kiln.runtime.latency import measure
+from kiln.runtime.latency import interleaved
 from kiln.runtime.runners import open_runner
 
 INCUMBENT = "current"  # the version in service, when a re-optimization measures it beside the challengers
@@ -28,6 +28,10 @@ def incumbent(artifact: str) -> BuiltCandidate:
                           settings=manifest.settings.merged(version=manifest.version, artifact=manifest.id))
 
 
+def _failed(result: CandidateResult) -> bool:
+    return any(r.startswith("failed to run") for r in result.reasons)
+
+
 def _unbuilt(cand: BuiltCandidate) -> CandidateResult:
     skipped = bool(cand.error and cand.error.startswith("skipped"))
     return CandidateResult(name=cand.name, backend=cand.backend, settings=cand.settings,
@@ -35,10 +39,10 @@ def _unbuilt(cand: BuiltCandidate) -> CandidateResult:
                            build_seconds=cand.build_seconds)
 
 
-def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
-                 latency_repeats: int, latency_seconds: float) -> CandidateResult:
-    """One candidate, in its child process: run it on every feed, score it, time it. A candidate that cannot
-    load or run comes back with its reason; a metric that raises is the program's mistake and is raised."""
+def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings
+                 ) -> CandidateResult:
+    """One candidate's accuracy, in its child process: run it on every feed and score it. A candidate that
+    cannot load or run comes back with its reason; a metric that raises is the program's mistake and is raised."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
     fds, reference, labels, batch = load_eval(ref.path)
@@ -47,20 +51,35 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
         runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings)
         outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
     except Exception as exc:
-        if runner:
-            runner.close()
         return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
                                reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
                                build_seconds=cand.build_seconds)
-    try:
-        values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
-        lat = measure(lambda r=runner: r.run(fds[0]), repeats=latency_repeats, max_seconds=latency_seconds)
     finally:
-        runner.close()
+        if runner:
+            runner.close()
+    values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
     metric_results, reasons = score(metrics, values, ref.metrics)
-    return CandidateResult(name=cand.name, backend=cand.backend, latency_ms=LatencyMs(p50=lat.p50, p90=lat.p90),
-                           metrics=metric_results, passed=not reasons, reasons=reasons, settings=settings,
-                           build_seconds=cand.build_seconds)
+    return CandidateResult(name=cand.name, backend=cand.backend, metrics=metric_results, passed=not reasons,
+                           reasons=reasons, settings=settings, build_seconds=cand.build_seconds)
+
+
+def time_together(checked: CheckedProgram, ref: ReferenceData, cands: list[tuple[BuiltCandidate, RunSettings]],
+                  repeats: int, seconds: float) -> dict[str, LatencyMs]:
+    """Latency of every candidate, in one child process, timed in interleaved rounds on the first feed."""
+    threads = {s.threads for _, s in cands if s.threads}
+    os.environ["TVM_NUM_THREADS"] = str(max(threads or {1}))
+    fds = load_eval(ref.path)[0]
+    runners = {}
+    try:
+        for cand, settings in cands:
+            runners[cand.name] = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs,
+                                             settings)
+        calls = {name: (lambda r=r: r.run(fds[0])) for name, r in runners.items()}
+        timed = interleaved(calls, repeats=repeats, max_seconds=seconds)
+    finally:
+        for r in runners.values():
+            r.close()
+    return {name: LatencyMs(**t.summary()) for name, t in timed.items()}
 
 
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
@@ -73,34 +92,69 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
     that cannot load or run, crashes (compiled code can segfault), hangs or runs out of memory is reported
     with its reason and the run goes on. Only the baseline must run."""
     cfg = settings()
-    results = []
+    limits = dict(timeout=cfg.candidate_timeout_s, memory_mb=cfg.candidate_memory_limit_mb,
+                  timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
+    results, runnable = [], []
     for i, cand in enumerate(built):
         if on_progress:
-            on_progress(i, len(built), cand.name)
+            on_progress(i, len(built) + 1, cand.name)
         if cand.error or not cand.path:
             results.append(_unbuilt(cand))
             continue
         run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
         try:
-            result = run_isolated(evaluate_one, checked, ref, cand, run_settings, latency_repeats, latency_seconds,
-                                  what=f"candidate {cand.name}", timeout=cfg.candidate_timeout_s,
-                                  memory_mb=cfg.candidate_memory_limit_mb, timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
+            result = run_isolated(evaluate_one, checked, ref, cand, run_settings, what=f"candidate {cand.name}",
+                                  **limits)
         except IsolationError as exc:
             if cand.baseline:
                 raise
             result = CandidateResult(name=cand.name, backend=cand.backend, settings=run_settings,
                                      reasons=[f"failed to run: {exc.message.removeprefix(f'candidate {cand.name} ')}"],
                                      build_seconds=cand.build_seconds)
-        if result.latency_ms is None and cand.baseline:
+        if not _failed(result):  # it ran: it is timed with the others
+            runnable.append((cand, run_settings))
+        elif cand.baseline:
             raise ModelError(f"the unoptimized model does not run in onnxruntime: {'; '.join(result.reasons)}",
                              where=checked.model_path)
-        if result.latency_ms is None:
-            log.warning("%s %s", cand.name, "; ".join(result.reasons))
-        else:
-            log.info("%s: p50 %.4f ms, p90 %.4f ms, metrics %s, %s", cand.name, result.latency_ms.p50,
-                     result.latency_ms.p90, {k: m.value for k, m in result.metrics.items()},
-                     "passed" if result.passed else result.reasons)
         results.append(result)
     if on_progress:
-        on_progress(len(built), len(built), "")
+        on_progress(len(built), len(built) + 1, "timing in interleaved rounds")
+    latencies = _time(checked, ref, runnable, latency_repeats, latency_seconds, limits, log)
+    for result in results:
+        result.latency_ms = latencies.get(result.name)
+        if result.latency_ms is None:
+            log.warning("%s %s", result.name, "; ".join(result.reasons))
+        else:
+            log.info("%s: p50 %.4f ms (p10-p90 %.4f-%.4f), metrics %s, %s", result.name, result.latency_ms.p50,
+                     result.latency_ms.p10, result.latency_ms.p90, {k: m.value for k, m in result.metrics.items()},
+                     "inside every range" if result.passed else result.reasons)
+    if on_progress:
+        on_progress(len(built) + 1, len(built) + 1, "")
     return Evaluation(candidates=results, built=built)
+
+
+def _time(checked: CheckedProgram, ref: ReferenceData, runnable: list[tuple[BuiltCandidate, RunSettings]],
+          repeats: int, seconds: float, limits: dict, log) -> dict[str, LatencyMs]:
+    """All together in interleaved rounds; if that child dies (one candidate crashed only when timed), each
+    alone, so the one that crashes is named and the others still get a latency (without pairing)."""
+    if not runnable:
+        return {}
+    together = {**limits, "timeout": limits["timeout"] and limits["timeout"] * len(runnable)}
+    try:
+        return run_isolated(time_together, checked, ref, runnable, repeats, seconds, what="timing the candidates",
+                            **together)
+    except IsolationError as exc:
+        if len(runnable) == 1:
+            raise ModelError(f"the unoptimized model does not run in onnxruntime: {exc.message}",
+                             where=checked.model_path) from None
+        log.warning("timing in interleaved rounds failed (%s); timing each candidate alone", exc.message)
+    out = {}
+    for cand, run_settings in runnable:
+        try:
+            out.update(run_isolated(time_together, checked, ref, [(cand, run_settings)], repeats, seconds,
+                                    what=f"timing candidate {cand.name}", **limits))
+        except IsolationError as exc:
+            if cand.baseline:
+                raise
+            log.warning("%s failed while timed: %s", cand.name, exc.message)
+    return out

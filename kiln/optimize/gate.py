@@ -1,30 +1,64 @@
-"""The gate: the fastest candidate inside every range, never slower than the baseline; else fail with the table."""
+"""The gate: the fastest candidate inside every range that is faster than the baseline beyond the noise of
+the measurement; else fail with the table.
+
+`passed` means inside every range; `eligible` means passed and faster than the baseline by more than the
+noise and by `min_gain` (the baseline itself is eligible when it passed). With an incumbent (the version in
+service, measured in the same run) the winner must beat it by the same rule, or the incumbent stays.
+"""
 
 from __future__ import annotations
 
 from kiln.artifact.manifest import BASELINE, CandidateResult
 from kiln.errors import GateError
 from kiln.optimize import report
+from kiln.optimize.noise import speedup
+
+MIN_GAIN = 0.02  # a new candidate must be at least this much faster (a fraction of latency) to ship
 
 
-def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = 0.0
+def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | None, min_gain: float) -> None:
+    """Set `c.speedup` and `c.eligible`; add the reason when it passed but may not ship."""
+    if base and base.latency_ms and c.latency_ms:
+        c.speedup = speedup(base.latency_ms, c.latency_ms)
+    c.eligible = False
+    if not c.passed or not c.latency_ms:
+        return
+    if c is base or c.name == incumbent:  # the incumbent is judged against the winner, below
+        c.eligible = True
+        return
+    if c.speedup is None:
+        c.reasons.append(f"{BASELINE} was not timed")
+    elif c.speedup.beyond_noise(min_gain):
+        c.eligible = True
+    elif c.speedup.value < 1.0:
+        c.reasons.append(f"slower than {BASELINE}: {c.speedup.describe()}")
+    else:
+        c.reasons.append(f"not faster than {BASELINE} beyond the noise and by {min_gain:.0%}: "
+                         f"{c.speedup.describe()}")
+
+
+def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = MIN_GAIN
            ) -> CandidateResult:
-    """The fastest eligible candidate; with an `incumbent` (the version in service, measured in the same run),
-    a challenger must be faster than it by `min_gain` (a fraction) to replace it, so noise never ships."""
+    """The fastest eligible candidate, or the `incumbent` when no eligible one beats it beyond noise and by
+    `min_gain`: a re-run with unchanged inputs ships nothing new."""
     base = next((c for c in candidates if c.name == BASELINE), None)
-    for c in candidates:  # a candidate slower than the baseline is not an optimization
-        if c.passed and base and base.latency_ms and c.latency_ms and c.latency_ms.p50 > base.latency_ms.p50 \
-                and c is not base and c.name != incumbent:  # the incumbent yields only to a min_gain margin
-            c.reasons.append(f"slower than {BASELINE} ({c.latency_ms.p50:.3g} > {base.latency_ms.p50:.3g} ms)")
-    eligible = [c for c in candidates if c.passed and c.latency_ms and not c.reasons]
+    for c in candidates:
+        _judge(c, base, incumbent, min_gain)
+    eligible = [c for c in candidates if c.eligible]
     if not eligible:
+        if any(c.passed for c in candidates):  # only when the baseline itself is outside a range
+            raise GateError(f"no candidate is both inside every metric range and faster than {BASELINE}; "
+                            "nothing was published", report.text(candidates),
+                            hint=f"{BASELINE} (the unchanged model) is outside a range: check the ranges and data")
         raise GateError("no candidate is inside every metric range; nothing was published",
                         report.text(candidates),
                         hint="widen the ranges in program.py if these scores are acceptable, or fix the model")
     best = min(eligible, key=lambda c: (c.latency_ms.p50, c.name != BASELINE))
     current = next((c for c in eligible if c.name == incumbent), None)
-    if current and best is not current and best.latency_ms.p50 > current.latency_ms.p50 * (1 - min_gain):
-        best.reasons.append(f"not {min_gain:.0%} faster than the current version "
-                            f"({best.latency_ms.p50:.3g} vs {current.latency_ms.p50:.3g} ms)")
-        return current
+    if current and best is not current:
+        gain = speedup(current.latency_ms, best.latency_ms)
+        if not gain.beyond_noise(min_gain):
+            best.reasons.append(f"not faster than the current version beyond the noise and by {min_gain:.0%}: "
+                                f"{gain.describe()}")
+            return current
     return best

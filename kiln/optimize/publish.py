@@ -72,7 +72,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             target: str, store: str | None, options: OptimizeOptions,
             log: logging.Logger | logging.LoggerAdapter = _log) -> str:
     built = next(b for b in evaluation.built if b.name == selected.name)
-    gain = speedup(next(c for c in evaluation.candidates if c.name == BASELINE), selected) or 1.0
+    gain = selected.speedup.value if selected.speedup else \
+        speedup(next(c for c in evaluation.candidates if c.name == BASELINE), selected) or 1.0
 
     def fill(folder: Path) -> Manifest:
         module_name = _copy_module(built, checked, folder)

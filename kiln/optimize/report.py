@@ -11,6 +11,14 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
+def _speedup(base: CandidateResult | None, c: CandidateResult) -> str:
+    """`1.84x (1.80-1.88)`: the paired median ratio and its interval, once the gate has judged it."""
+    if c.speedup:
+        s = c.speedup
+        return f"{s.value:.2f}x" if s.high - s.low < 5e-3 else f"{s.value:.2f}x ({s.low:.2f}-{s.high:.2f})"
+    return f"{gain:.2f}x" if (gain := speedup(base, c)) is not None else "-"
+
+
 def rows(candidates: list[CandidateResult], selected: str | None = None) -> list[dict[str, str]]:
     """One flat dict per candidate; keys are column titles."""
     base = next((c for c in candidates if c.name == BASELINE and c.latency_ms), None)
@@ -20,12 +28,13 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
             "candidate": c.name + (" *" if c.name == selected else ""),
             "backend": c.backend,
             "p50 ms": _fmt(c.latency_ms.p50) if c.latency_ms else "-",
-            "p90 ms": _fmt(c.latency_ms.p90) if c.latency_ms else "-",
-            "speed-up": f"{gain:.2f}x" if (gain := speedup(base, c)) is not None else "-",
+            "p10-p90 ms": f"{_fmt(c.latency_ms.p10)}-{_fmt(c.latency_ms.p90)}" if c.latency_ms else "-",
+            "speed-up": _speedup(base, c),
         }
         for name, m in c.metrics.items():
             row[name] = f"{_fmt(m.value)} {'ok' if m.passed else 'FAIL'}"
-        row["passed"] = "yes" if c.passed else "no"
+        row["in ranges"] = "yes" if c.passed else "no"
+        row["eligible"] = "yes" if c.eligible else "no"
         row["why not"] = "; ".join(c.reasons)
         out.append(row)
     return out

@@ -43,8 +43,12 @@ class OptimizeRequest(BaseModel):
                                                 "to (DOCKER_HOST on the worker)")
     incumbent: str | None = Field(None, description="the artifact now in service (set by reoptimize): tuning "
                                                     "continues from its database and it must be beaten by min_gain")
-    min_gain: float = Field(0.02, ge=0.0, le=0.9, description="how much faster (a fraction) a new candidate must be "
-                                                              "than the incumbent to replace it")
+    min_gain: float = Field(0.02, ge=0.0, le=0.9, description="how much faster (a fraction), beyond the noise of "
+                                                              "the measurement, a candidate must be than the "
+                                                              "baseline and the incumbent to replace them")
+    compare_with_current: bool = Field(True, description="gate against the newest version of the same name in the "
+                                                         "store, so a re-run that finds nothing faster publishes "
+                                                         "nothing new (false: publish regardless)")
     name: str | None = Field(None, description="the model's name in the store (default: the program's `name`, "
                                                "else its folder or file name)")
 

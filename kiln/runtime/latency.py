@@ -33,3 +33,46 @@ def measure(call: Callable[[], object], *, warmup: int = 10, repeats: int = 200,
     arr = np.asarray(times)
     return Latency(p50=float(np.median(arr)), p90=float(np.percentile(arr, 90)), mean=float(arr.mean()),
                    runs=len(arr))
+
+
+class Rounds(BaseModel):
+    """One callable's times from interleaved rounds: every call, and which round it fell in."""
+
+    times: list[list[float]]  # milliseconds, one list per round
+
+    def summary(self) -> dict[str, float | int | list[float]]:
+        flat = np.concatenate([np.asarray(r) for r in self.times])
+        return {"p10": float(np.percentile(flat, 10)), "p50": float(np.median(flat)),
+                "p90": float(np.percentile(flat, 90)), "runs": int(flat.size),
+                "rounds": [float(np.median(r)) for r in self.times]}
+
+
+def interleaved(calls: dict[str, Callable[[], object]], *, repeats: int = 200, max_seconds: float = 5.0,
+                rounds: int = 10, warmup: int = 5) -> dict[str, Rounds]:
+    """Time several callables in alternating rounds (A, B, C, A, B, C, ...), so a load change on a shared machine
+    hits all of them alike and their per-round medians can be compared pairwise.
+
+    Each callable gets about `repeats` timed calls, or `max_seconds` of calls (whichever is fewer), spread over
+    `rounds` rounds. Before each callable's share of a round one untimed call lets the previous callable's
+    spinning threads (onnxruntime's) go idle, unless a call takes long enough for that not to matter."""
+    per_call: dict[str, float] = {}
+    for name, call in calls.items():
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
+            call()
+            per_call[name] = time.perf_counter() - t0
+    budget = {n: max(1, min(repeats, int(max_seconds / max(t, 1e-9)))) for n, t in per_call.items()}
+    n_rounds = max(1, min(rounds, max(budget.values())))
+    per_round = {n: max(1, b // n_rounds) for n, b in budget.items()}
+    times: dict[str, list[list[float]]] = {n: [] for n in calls}
+    for _ in range(n_rounds):
+        for name, call in calls.items():
+            if per_call[name] < 0.05:
+                call()
+            got = []
+            for _ in range(per_round[name]):
+                t0 = time.perf_counter_ns()
+                call()
+                got.append((time.perf_counter_ns() - t0) / 1e6)
+            times[name].append(got)
+    return {n: Rounds(times=t) for n, t in times.items()}
