@@ -50,7 +50,7 @@ def optimize(request: OptimizeRequest) -> dict:
         check_upload(r.upload)
     if r.image:
         check_image(r.image)
-    checked = validate_program(r.program, r.shapes, chosen, r.name)
+    checked = validate_program(r.program, r.shapes, chosen, r.name, r.data, r.ranges)
     current = r.incumbent or (find_current(checked.name, r.store) if r.compare_with_current else None)
     prepared = prepare_model(checked)
     transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]

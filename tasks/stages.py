@@ -17,8 +17,9 @@ from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, Pre
 
 @task(name="validate")
 def validate_program(location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
-                     name: str | None = None) -> CheckedProgram:
-    return validate.validate(location, shapes, candidates, name, log=get_run_logger())
+                     name: str | None = None, data: str | None = None, ranges: list[str] | None = None
+                     ) -> CheckedProgram:
+    return validate.validate(location, shapes, candidates, name, log=get_run_logger(), data=data, ranges=ranges)
 
 
 @task(name="prepare")

@@ -69,6 +69,42 @@ def test_no_calibration_data_skips_static_int8(kiln_env, digits_program):
     assert not static["passed"] and static["reasons"][0].startswith("skipped: no calibration data")
 
 
+def test_bare_model_with_data_ranges_and_name(kiln_env, digits_program, tmp_path):
+    """A bare model.onnx with the user's samples and ranges, no program.py: static int8 calibrates on the
+    samples, the ranges given are the gate, the name is the store's, and the artifact holds the program.py
+    kiln wrote (so reoptimize finds the same data and ranges)."""
+    folder = tmp_path / "digits-mlp"
+    folder.mkdir()
+    shutil.copy(digits_program / "model.onnx", folder / "model.onnx")
+    digits = np.load(digits_program / "digits.npz")
+    np.savez(tmp_path / "samples.npz", pixels=digits["x_test"][:60], labels=digits["y_test"][:60])
+    args = ["optimize", str(folder / "model.onnx"), "--shape", "pixels=1x64", "--data", str(tmp_path / "samples.npz"),
+            "--range", "top1>=0.9", "--range", "agreement>=0.95", "--candidates", "onnxruntime,ort-int8-static",
+            "--trials", "0", "--json"]
+    proc = run_kiln(args, kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["name"] == "digits-mlp"  # model.onnx is named after its folder
+    static = _by_name(manifest)["ort-int8-static"]
+    assert static["settings"]["calibration_feeds"] > 0 and static["metrics"]["top1"]["value"] > 0.9
+    assert set(static["metrics"]) == {"top1", "agreement"}  # the ranges given replace the default ones
+    assert static["metrics"]["agreement"]["range"] == ">= 0.95"
+    saved = Path(kiln_env["KILN_STORE"]) / "digits-mlp" / manifest["id"] / "program"
+    assert "kiln.metrics.agreement(at_least=0.95" in (saved / "program.py").read_text()
+    assert sorted(p.name for p in saved.iterdir()) == ["data.npz", "model.onnx", "program.py"]
+
+    named = run_kiln([*args[:-1], "--name", "mlp-v2", "--json"], kiln_env)
+    assert named.returncode == 0 and json.loads(named.stdout)["name"] == "mlp-v2", named.stderr
+    for bad, needle in ((["--range", "cosine<=0.9"], "cosine is higher is better"),
+                        (["--range", "accuracy>=0.9"], "unknown metric 'accuracy'"),
+                        (["--data", str(tmp_path / "missing.npz")], "no such file or folder")):
+        proc = run_kiln(["optimize", str(folder / "model.onnx"), "--shape", "pixels=1x64", "--trials", "0",
+                         "--candidates", "onnxruntime", *bad], kiln_env)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run_kiln(["optimize", str(digits_program), "--range", "top1>=0.9", "--candidates", "onnxruntime"], kiln_env)
+    assert proc.returncode == 2 and "describe a bare .onnx model" in proc.stderr, proc.stderr
+
+
 def test_dataset_too_small_to_split(kiln_env, tmp_path, digits_program):
     prog = tmp_path / "tiny"
     shutil.copytree(digits_program, prog)

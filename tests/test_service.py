@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from prefect.client.base import PrefectHttpxSyncClient
@@ -158,6 +159,48 @@ def test_form_in_chromium(service, tmp_path):
     run = api(service, "GET", f"/flow_runs/{flow_run_id}")
     assert run["parameters"]["request"]["program"].startswith(str(service["home"] / "uploads"))
     assert (SCREENSHOTS / "form-run.png").stat().st_size > 10_000
+
+
+def test_form_bare_model_with_samples_ranges_and_name_in_chromium(service, tmp_path):
+    """A model uploaded alone, with samples, ranges and a name typed into the form: the run gates on those
+    ranges and publishes under that name, with the program kiln wrote for it."""
+    from playwright.sync_api import sync_playwright
+
+    digits = np.load(service["program"] / "digits.npz")
+    np.savez(tmp_path / "samples.npz", pixels=digits["x_test"][:40], labels=digits["y_test"][:40])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(service["web"] + "/")
+        page.fill("#token", service["token"])
+        page.click("button[type=submit]")
+        page.wait_for_selector("#optimize-form")
+        page.set_input_files("#model", str(service["program"] / "model.onnx"))
+        page.set_input_files("#data", str(tmp_path / "samples.npz"))
+        page.fill("#ranges", "top1>=0.9\nagreement>=0.97")
+        page.fill("#name", "digits-from-form")
+        page.fill("#shapes", "pixels=1x64")
+        page.fill("#trials", "0")
+        for box in page.locator("input[name=candidates]").all():
+            box.set_checked(box.get_attribute("value") in ("onnxruntime", "ort-int8-static"))
+        page.click("#submit")
+        page.wait_for_selector("#state.COMPLETED", timeout=240_000)
+        browser.close()
+    folder = next((service["store"] / "digits-from-form").glob("*/manifest.json")).parent
+    manifest = json.loads((folder / "manifest.json").read_text())
+    static = next(c for c in manifest["candidates"] if c["name"] == "ort-int8-static")
+    assert set(static["metrics"]) == {"top1", "agreement"} and static["settings"]["calibration_feeds"] > 0
+    assert "agreement(at_least=0.97" in (folder / "program" / "program.py").read_text()
+
+    client = _session(service)  # ranges beside a whole program are refused in the browser, not in the worker
+    csrf = client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    files = {"archive": ("digits.zip", digits_zip(service["program"]), "application/zip")}
+    refused = client.post("/runs", data={"csrf": csrf, "ranges": "top1>=0.9"}, files=files)
+    assert refused.status_code == 400 and "bare .onnx" in refused.text
+    unreadable = client.post("/runs", data={"csrf": csrf, "ranges": "top1=>0.9"}, files=files)
+    assert unreadable.status_code == 400 and "cannot read range" in unreadable.text
 
 
 def _session(service) -> httpx.Client:

@@ -93,7 +93,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def submit(request: Request, csrf: str = Form(""), archive: UploadFile | None = File(None),
                      model: UploadFile | None = File(None), files: list[UploadFile] = File(default_factory=list),
                      trials: int = Form(64), target: str = Form("llvm"), candidates: list[str] = Form([]),
-                     shapes: str = Form(""), upload: str = Form(""), image: str = Form("")) -> Response:
+                     shapes: str = Form(""), upload: str = Form(""), image: str = Form(""),
+                     data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form("")
+                     ) -> Response:
         if not authorized(request):
             return login_required(request)
         sid = security.session_id(request, token)
@@ -101,14 +103,20 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
                         "or stale: reload the form and submit again")
         try:  # every field checked before the upload is unpacked, so a typo fails in the browser
-            form = _form_fields(trials, target, candidates, shapes, upload, image)
+            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name)
             OptimizeRequest.of(program="-", **form)
         except KilnError as exc:
             return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
         area = uploads.new_area(settings.uploads)
         try:
-            run = OptimizeRequest.of(program=str(await uploads.program_from_upload(area, archive, model, files)),
-                                     **form)
+            program = await uploads.program_from_upload(area, archive, model, files)
+            if program.suffix.lower() == ".onnx" and not form.get("name"):  # not the upload folder's name
+                form["name"] = clean_name(program.stem)
+            if data is not None and data.filename:
+                form["data"] = str(await uploads.data_from_upload(area, data, program))
+            elif form.get("ranges"):
+                uploads.check_bare(program, "ranges")
+            run = OptimizeRequest.of(program=str(program), **form)
         except KilnError as exc:
             uploads.discard(area)
             return page(request, "error.html", 400, title="Cannot use this upload", message=exc.render())
@@ -181,7 +189,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     return app
 
 
-def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str) -> dict:
+def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str,
+                 ranges: str = "", name: str = "") -> dict:
     """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
     out: dict = {"trials": trials, "target": target}
     if candidates:
@@ -189,5 +198,7 @@ def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, u
     parsed = parse_shapes([s.strip() for s in shapes.replace(",", "\n").splitlines() if s.strip()])
     if parsed:
         out["shapes"] = parsed
-    out.update({k: v.strip() for k, v in (("upload", upload), ("image", image)) if v.strip()})
+    out.update({k: v.strip() for k, v in (("upload", upload), ("image", image), ("name", name)) if v.strip()})
+    if ranges.strip():
+        out["ranges"] = ranges
     return out

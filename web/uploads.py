@@ -107,5 +107,23 @@ async def program_from_upload(area: Path, archive: UploadFile | None, model: Upl
     return folder
 
 
+def check_bare(program: Path, what: str) -> None:
+    """Data and ranges from the form describe a bare model: refuse them beside a program (its program.py says)."""
+    if program.suffix.lower() != ".onnx":
+        raise ProgramError(f"{what} are for a model uploaded alone (a bare .onnx)",
+                           hint="a program declares its dataset and metrics in program.py")
+
+
+async def data_from_upload(area: Path, data: UploadFile, program: Path) -> Path:
+    """The samples for a bare model: a .npz saved beside it."""
+    check_bare(program, "samples")
+    name = safe_name(data.filename, "samples.npz")
+    if not name.lower().endswith(".npz"):
+        raise ProgramError(f"{name} is not a .npz", hint="upload the samples as a .npz of arrays keyed by input name "
+                                                        "(first axis: samples)")
+    (area / "data").mkdir(exist_ok=True)
+    return await save(data, area / "data" / name)
+
+
 def discard(area: Path) -> None:
     shutil.rmtree(area, ignore_errors=True)

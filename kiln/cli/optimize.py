@@ -63,6 +63,14 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),
     image: str | None = typer.Option(None, help="also build the model's image as REGISTRY/NAME[:TAG] and push it"),
+    data: str | None = typer.Option(None, help="for a bare .onnx: samples to calibrate and evaluate on (.npz of "
+                                               "arrays keyed by input name, first axis = samples; or a folder of "
+                                               "NAME.npy)"),
+    range_: list[str] = typer.Option([], "--range", help="for a bare .onnx: acceptable accuracy, NAME>=VALUE or "
+                                                         "NAME<=VALUE, e.g. 'cosine>=0.99' (repeatable; replaces the "
+                                                         "default agreement ranges)"),
+    name: str | None = typer.Option(None, help="the model's name in the store [default: the program's name, or "
+                                               "the file's (its folder's for model.onnx)]"),
     against_current: bool = typer.Option(True, "--against-current/--ignore-current",
                                          help="gate against the newest stored version of the same name: a re-run "
                                               "that finds nothing faster publishes nothing new"),
@@ -78,7 +86,8 @@ def optimize(
         request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials,
                                      max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
-                                     compare_with_current=against_current)
+                                     compare_with_current=against_current, name=name, ranges=range_ or None,
+                                     data=_local(data))
         if not program.startswith(REMOTE_SCHEMES) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
@@ -142,6 +151,13 @@ def optimize(
     for key in ("upload", "image"):
         if result.get(key):
             out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+
+
+def _local(path: str | None) -> str | None:
+    """A local path as an absolute one (the flow may run in another folder); URIs as they are."""
+    if not path or path.startswith(REMOTE_SCHEMES):
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def _kept(result: dict, as_json: bool) -> None:

@@ -50,7 +50,35 @@ class OptimizeRequest(BaseModel):
                                                          "store, so a re-run that finds nothing faster publishes "
                                                          "nothing new (false: publish regardless)")
     name: str | None = Field(None, description="the model's name in the store (default: the program's `name`, "
-                                               "else its folder or file name)")
+                                               "else its folder or file name; a model.onnx: its folder's name)")
+    data: str | None = Field(None, description="for a bare .onnx: samples to calibrate and evaluate on, a .npz with "
+                                               "one array per input name (first axis: samples) or a folder of "
+                                               "NAME.npy, on the worker")
+    ranges: list[str] | None = Field(None, description="for a bare .onnx: acceptable accuracy as NAME>=VALUE or "
+                                                       "NAME<=VALUE (cosine, agreement, max_abs_diff, max_rel_diff, "
+                                                       "top1, mae, rmse); replaces the default agreement ranges")
+
+    @field_validator("ranges", mode="before")
+    @classmethod
+    def _ranges(cls, value: Any) -> Any:
+        """Each range must be readable (one per line or comma-separated in the web form)."""
+        if isinstance(value, str):
+            value = [v for line in value.splitlines() for v in line.split(",")]
+        if not value:
+            return None
+        from kiln.program.generated import parse_ranges
+
+        texts = [v.strip() for v in value if isinstance(v, str) and v.strip()]
+        try:
+            parse_ranges(texts)
+        except KilnError as exc:
+            raise RequestError(exc.message, where=exc.where, hint=exc.hint) from None
+        return texts or None
+
+    @field_validator("data", "name")
+    @classmethod
+    def _blank(cls, value: str | None) -> str | None:
+        return value.strip() if value and value.strip() else None
 
     @field_validator("shapes", mode="before")
     @classmethod

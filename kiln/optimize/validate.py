@@ -25,6 +25,7 @@ from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.protocol import check as check_protocol
 from kiln.program.datasets import Samples, synthetic
+from kiln.program.generated import write_program
 from kiln.program.loader import LoadedProgram, load_program
 from kiln.program.metrics import Metric
 from kiln.program.naming import clean_name
@@ -80,13 +81,19 @@ def load_samples(prog: LoadedProgram, inputs, guards) -> Samples:
 
 
 def validate(location: str, shapes: dict[str, list[int]] | None, candidates: list[str], name: str | None = None,
-             log: logging.Logger | logging.LoggerAdapter = _log) -> CheckedProgram:
+             log: logging.Logger | logging.LoggerAdapter = _log, data: str | None = None,
+             ranges: list[str] | None = None) -> CheckedProgram:
     """Load the program and model and check them against each other; raise a KilnError on any mistake.
 
     The user's code (program.py, dataset loaders, metrics) runs in a child process with a time limit, so a
     program that hangs, exits or crashes is reported as such. Operators TVM cannot compile are not a mistake:
     the tvm candidate is skipped with them named."""
     program_file = localize(location)  # an s3:// program is fetched here, with retries and their logs
+    if data or ranges:  # a bare model with the user's data and ranges: kiln writes its program.py
+        program_file = str(write_program(Path(program_file).expanduser().resolve(),
+                                         Path(localize(data)).expanduser().resolve() if data else None,
+                                         ranges or [], name))
+        log.info("wrote a program for %s with data %s and ranges %s: %s", location, data, ranges, program_file)
     checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name,
                                     what="the program", timeout=settings().program_timeout_s,
                                     timeout_hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes "

@@ -12,6 +12,7 @@ from kiln.errors import ProgramError
 from kiln.fs import file_sha256, json_sha256, tree_files
 from kiln.program.archive import extract, is_archive
 from kiln.program.external_data import external_data_files
+from kiln.program.generated import default_name
 from kiln.program.model_program import ModelProgram
 from kiln.program.naming import clean_name
 from kiln.program.user_code import PROGRAM_FILE, check_declarations, import_program
@@ -61,7 +62,7 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
         program: ModelProgram = type("DefaultProgram", (ModelProgram,), {"model": path.name})()
         root = path.parent
         members: list[str] | None = [path.name, *external_data_files(path)]
-        name = path.stem
+        name = default_name(path)
         source = path
     else:
         root = path

@@ -8,6 +8,7 @@ or relative to what the reference model scored (`max_degradation`, a fraction: 0
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -191,3 +192,41 @@ def custom(fn: Callable[..., float], *, name: str, higher_is_better: bool = True
 def default_metrics() -> list[Metric]:
     """Agreement with onnxruntime: what a bare .onnx is held to."""
     return [max_rel_diff(at_most=1e-3), cosine(at_least=0.9999)]
+
+
+_RANGE_RE = re.compile(r"^\s*([a-z_]+?)(\d+)?\s*(?:\[\s*([^\]]+?)\s*\])?\s*(>=|<=)\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)\s*$",
+                       re.IGNORECASE)
+RANGE_METRICS = ("cosine", "agreement", "max_abs_diff", "max_rel_diff", "top1", "topK", "mae", "rmse")
+
+
+def parse_range(text: str) -> Metric:
+    """A metric from `NAME>=VALUE` or `NAME<=VALUE` (the CLI's --range, the form's ranges field).
+
+    NAME is a built-in metric (cosine, agreement, max_abs_diff, max_rel_diff, top1/top5/topK, mae, rmse),
+    optionally with the output it scores in brackets: `cosine[last_hidden_state]>=0.99`."""
+    match = _RANGE_RE.match(text)
+    hint = f"write NAME>=VALUE or NAME<=VALUE, e.g. 'cosine>=0.99'; NAME is one of {', '.join(RANGE_METRICS)}"
+    if not match:
+        raise ValueError(f"cannot read range {text!r}; {hint}")
+    base, k, output, op, raw = match.groups()
+    base = base.lower()
+    kind = "topk" if base == "top" and k else base if not k else None
+    if kind not in _HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {base + (k or '')!r} in range {text!r}; {hint}")
+    value = float(raw)
+    higher = _HIGHER_IS_BETTER[kind]
+    if higher != (op == ">="):
+        raise ValueError(f"{base + (k or '')} is {'higher' if higher else 'lower'} is better: a bound on it is "
+                         f"'{base + (k or '')}{'>=' if higher else '<='}{raw}', not {text!r}")
+    name = base + (k or "") + (f"[{output}]" if output else "")
+    return _metric(kind, name, output, int(k or 1), **{"at_least" if higher else "at_most": value})
+
+
+def source(metric: Metric) -> str:
+    """The Python that builds `metric` in a program.py (for the programs kiln writes for bare models)."""
+    bound = ", ".join(f"{k}={v!r}" for k, v in metric.range.model_dump(exclude_none=True).items())
+    output = f", output={metric.output!r}" if metric.output else ""
+    name = f", name={metric.name!r}"
+    if metric.kind == "topk":
+        return f"kiln.metrics.topk({metric.k}, {bound}{output}{name})"
+    return f"kiln.metrics.{metric.kind}({bound}{output}{name})"
