@@ -139,3 +139,97 @@ def slowed(model_path: Path, path: Path, layers: int = 40, width: int = 1000) ->
     graph.node.extend(nodes)
     onnx.save(model, str(path))
     return path
+
+
+def tiny_bert(path: Path, layers: int = 2, hidden: int = 32, heads: int = 4, ffn: int = 64, seq: int = 16,
+              vocab: int = 100, seed: int = 0) -> Path:
+    """A BERT encoder with random weights, laid out node by node like a PyTorch/Optimum export so that
+    onnxruntime.transformers' bert optimizer fuses it (EmbedLayerNormalization, Attention, SkipLayerNormalization,
+    BiasGelu). Inputs input_ids/attention_mask/token_type_ids int64 [batch, sequence] (sequence <= seq);
+    output last_hidden_state float32 [batch, sequence, hidden]."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def c(name, arr, dtype=np.float32):
+        inits.append(numpy_helper.from_array(np.asarray(arr, dtype), name))
+        return name
+
+    def w(name, *shape):
+        return c(name, rng.standard_normal(shape) * 0.05)
+
+    def n(op, ins, out, **kw):
+        nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
+        return out
+
+    def ln(x, p):
+        return n("LayerNormalization", [x, c(p + ".gamma", np.ones(hidden)), c(p + ".beta", np.zeros(hidden))], p,
+                 axis=-1, epsilon=1e-12)
+
+    def linear(x, p, d_in, d_out):
+        return n("Add", [n("MatMul", [x, w(p + ".weight", d_in, d_out)], p + ".mm"), w(p + ".bias", d_out)], p)
+
+    i64 = lambda name, v: c(name, v, np.int64)  # noqa: E731
+    # position_ids = position_ids_buffer[:, 0:input_ids.shape[1]]: the Slice/Shape pattern the embed fusion matches
+    seq_len = n("Unsqueeze", [n("Gather", [n("Shape", ["input_ids"], "ids_shape"), i64("idx1", 1)], "seq_len0",
+                                axis=0), i64("axes0", [0])], "seq_len")
+    pos_ids = n("Slice", [i64("position_ids_buffer", np.arange(seq)[None]), i64("zero", [0]), seq_len,
+                          i64("axes1", [1]), i64("one", [1])], "position_ids")
+    emb = n("Add", [n("Add", [n("Gather", [w("word_emb", vocab, hidden), "input_ids"], "word"),
+                              n("Gather", [w("type_emb", 2, hidden), "token_type_ids"], "type")], "emb_wt"),
+                    n("Gather", [w("pos_emb", seq, hidden), pos_ids], "pos")], "emb_sum")
+    x = ln(emb, "emb_ln")
+    # extended mask: (1 - mask[:, None, None, :].float()) * float_min, the Mul/Sub/Cast/Unsqueeze/Unsqueeze chain
+    m = n("Cast", [n("Unsqueeze", [n("Unsqueeze", ["attention_mask", "axes1"], "mask_u1"), i64("axes2", [2])],
+                     "mask_u2")], "mask_f", to=TensorProto.FLOAT)
+    mask = n("Mul", [n("Sub", [c("one_f", 1.0), m], "mask_inv"), c("mask_min", np.finfo(np.float32).min)], "ext_mask")
+    split, merge = i64("split_shape", [0, 0, heads, hidden // heads]), i64("merge_shape", [0, 0, hidden])
+    for i in range(layers):
+        p = f"l{i}"
+        q, k, v = (n("Reshape", [linear(x, f"{p}.{t}", hidden, hidden), split], f"{p}.{t}.split") for t in "qkv")
+        q = n("Transpose", [q], f"{p}.q.t", perm=[0, 2, 1, 3])
+        k = n("Transpose", [k], f"{p}.k.t", perm=[0, 2, 3, 1])
+        v = n("Transpose", [v], f"{p}.v.t", perm=[0, 2, 1, 3])
+        s = n("Div", [n("MatMul", [q, k], f"{p}.qk"), c(f"{p}.scale", np.sqrt(hidden // heads))], f"{p}.qk_scaled")
+        probs = n("Softmax", [n("Add", [s, mask], f"{p}.qk_masked")], f"{p}.probs", axis=-1)
+        ctx = n("Transpose", [n("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctx.t", perm=[0, 2, 1, 3])
+        ctx = n("Reshape", [ctx, merge], f"{p}.ctx.merge")
+        x = ln(n("Add", [linear(ctx, f"{p}.attn_out", hidden, hidden), x], f"{p}.attn_res"), f"{p}.attn_ln")
+        h = linear(x, f"{p}.ffn_in", hidden, ffn)  # gelu: h * 0.5 * (1 + erf(h / sqrt(2)))
+        erf = n("Erf", [n("Div", [h, c(f"{p}.sqrt2", np.sqrt(2.0))], f"{p}.gelu_div")], f"{p}.gelu_erf")
+        g = n("Mul", [n("Mul", [h, c(f"{p}.half", 0.5)], f"{p}.gelu_half"),
+                      n("Add", [erf, c(f"{p}.one_f", 1.0)], f"{p}.gelu_add")], f"{p}.gelu")
+        x = ln(n("Add", [linear(g, f"{p}.ffn_out", ffn, hidden), x], f"{p}.ffn_res"), f"{p}.ffn_ln")
+    nodes[-1].output[0] = "last_hidden_state"
+    ids = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "tiny_bert", [ids("input_ids"), ids("attention_mask"), ids("token_type_ids")],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])], inits)
+    _save(graph, path)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int = 2, seed: int = 0) -> Path:
+    """An MLP whose layer `sensitive` (node `mm{sensitive}`) reads an activation with one huge component:
+    per-tensor int8 of that activation rounds every other component away, so quantizing that one node ruins
+    the output while quantizing any other costs nothing. Input x float32 [1, width]; output y [1, width]."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    x = "x"
+    for i in range(layers):
+        weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        if i == sensitive:  # add an outlier the weights then ignore: it only spoils the activation's int8 scale
+            outlier = np.zeros(width, np.float32)
+            outlier[0] = 1000.0
+            inits.append(numpy_helper.from_array(outlier, f"outlier{i}"))
+            nodes.append(helper.make_node("Add", [x, f"outlier{i}"], [f"spiked{i}"], name=f"spike{i}"))
+            x, weight[0, :] = f"spiked{i}", 0.0
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        out = "y" if i == layers - 1 else f"a{i}"
+        nodes.append(helper.make_node("Tanh", [f"h{i}"], [out], name=f"act{i}"))
+        x = out
+    graph = helper.make_graph(nodes, "sensitive_mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], inits)
+    return _save(graph, path)

@@ -184,3 +184,70 @@ def test_calibration_methods_and_gemm_rewrite(tmp_path):
                                                                            out_dir=tmp_path))
     ops = {n.op_type for n in onnx.load(str(dyn.path)).graph.node}
     assert "Gemm" not in ops and "Conv" in ops and "ConvInteger" not in ops and "MatMulInteger" in ops
+
+
+def _bare(tmp_path: Path, name: str, build, samples: dict) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    build(folder / "model.onnx")
+    np.savez(tmp_path / f"{name}.npz", **samples)
+    return folder / "model.onnx"
+
+
+def test_transformer_fusion_on_a_bert_shaped_graph(kiln_env, tmp_path, digits_program):
+    """A BERT-shaped export (embeddings, masked attention, erf-gelu, layer norms) is fused by onnxruntime's
+    transformer optimizer; the fused fp32 and int8 candidates are built, measured and gated like any other.
+    A model that is not a transformer gets them skipped with the reason."""
+    import onnx_models
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (30, 1, 16))
+    mask = np.ones_like(ids)
+    mask[::3, :, 12:] = 0  # some padded sentences
+    model = _bare(tmp_path, "tiny-bert", onnx_models.tiny_bert,
+                  {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+    shapes = [a for n in ("input_ids", "attention_mask", "token_type_ids") for a in ("--shape", f"{n}=1x16")]
+    proc = run_kiln(["optimize", str(model), *shapes, "--data", str(tmp_path / "tiny-bert.npz"), "--range",
+                     "cosine>=0.99", "--candidates", "onnxruntime,ort-fp32-fused,ort-int8-fused-dynamic,"
+                     "ort-int8-fused-static", "--trials", "0", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    cands = _by_name(json.loads(proc.stdout))
+    fused = cands["ort-fp32-fused"]
+    assert "2 Attention" in fused["settings"]["fusion"] and "EmbedLayerNormalization" in fused["settings"]["fusion"]
+    assert fused["passed"] and fused["metrics"]["cosine"]["value"] > 0.9999  # the same function, fused
+    for name in ("ort-int8-fused-dynamic", "ort-int8-fused-static"):
+        assert cands[name]["latency_ms"] and "cosine" in cands[name]["metrics"], cands[name]["reasons"]
+        assert "fused graph" in cands[name]["settings"]["quantization"]
+
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime,ort-fp32-fused", "--trials", "0",
+                     "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    skipped = _by_name(json.loads(proc.stdout))["ort-fp32-fused"]
+    assert skipped["reasons"] == ["skipped: not a transformer: no attention (Softmax between MatMuls) with layer "
+                                  "norms in the graph"]
+
+
+def test_accuracy_aware_int8_keeps_the_sensitive_node_in_fp32(kiln_env, tmp_path):
+    """One layer reads an activation with an outlier that per-tensor int8 cannot represent: quantizing all of
+    the model misses the range; the fallback ranks the nodes on the calibration split, keeps that one node
+    (and, for QDQ, the producer that would requantize its input) in fp32, and passes."""
+    import onnx_models
+
+    x = np.random.default_rng(0).standard_normal((60, 1, 64)).astype(np.float32)
+    model = _bare(tmp_path, "sensitive", onnx_models.sensitive_mlp, {"x": x})
+    proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "sensitive.npz"), "--range", "cosine>=0.999",
+                     "--candidates", "onnxruntime,ort-int8-dynamic,ort-int8-static", "--trials", "0", "--json"],
+                    kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    cands = _by_name(manifest)
+    for name in ("ort-int8-dynamic", "ort-int8-static"):
+        assert not cands[name]["passed"] and cands[name]["metrics"]["cosine"]["value"] < 0.9
+        retry = cands[f"{name}-fallback1"]
+        assert retry["settings"]["kept_fp32"][0] == "mm2", retry["settings"]
+        assert retry["settings"]["calibration_check"] == "inside every range"
+        assert retry["passed"] and retry["metrics"]["cosine"]["value"] >= 0.999  # and on the evaluation split
+    assert cands["ort-int8-dynamic-fallback1"]["settings"]["kept_fp32"] == ["mm2"]
+    assert set(cands["ort-int8-static-fallback1"]["settings"]["kept_fp32"]) == {"mm2", "spike2"}
+    if manifest["selected"].endswith("fallback1"):  # whichever ships records which nodes stayed fp32
+        assert manifest["settings"]["kept_fp32"]

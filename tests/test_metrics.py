@@ -33,6 +33,12 @@ def test_metric_values():
     assert metrics.max_rel_diff(at_most=1).compute(out, ref, None) == pytest.approx(0.4 / 0.9)
     assert metrics.cosine(at_least=0).compute(ref, ref, None) == pytest.approx(1.0)
     assert metrics.cosine(at_least=0).compute(out, ref, None) < 0.99
+    zeros = {"p": np.zeros((3, 2))}  # an all-zero output (a broken int8 model) has no direction: no agreement
+    assert metrics.cosine(at_least=0).compute(zeros, ref, None) == 0.0
+    assert metrics.cosine(at_least=0).compute(zeros, zeros, None) == 1.0
+    empty = {"p": np.zeros((3, 0))}  # a model may legitimately output an empty tensor (the node suite has some)
+    assert metrics.max_rel_diff(at_most=0).compute(empty, empty, None) == 0.0
+    assert metrics.max_abs_diff(at_most=0).compute(empty, empty, None) == 0.0
     reg = {"y": np.array([1.0, 2.0, 4.0])}
     assert metrics.mae(at_most=1).compute(reg, reg, np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 3)
     assert metrics.rmse(at_most=1).compute(reg, reg, np.array([1.0, 2.0, 3.0])) == pytest.approx(np.sqrt(1 / 3))

@@ -49,6 +49,9 @@ def test_bare_onnx_is_a_program(tmp_path):
     prog = load_program(path, {"ids": [1, 6]})
     assert prog.name == "embed" and prog.program.get_metrics()  # default: agreement with onnxruntime
     assert list(prog.files) == ["embed.onnx"]
+    (tmp_path / "minilm").mkdir()  # every Optimum export is model.onnx: it is named after its folder
+    exported = onnx_models.embedding(tmp_path / "minilm" / "model.onnx")
+    assert load_program(exported, {"ids": [1, 6]}).name == "minilm"
 
 
 def test_syntax_error_names_file_and_line(program_dir):
@@ -184,3 +187,17 @@ def test_parse_shapes():
     for bad in ["x", "x=1xa", "=1x2", "x=0x3"]:
         with pytest.raises(ProgramError, match="cannot read shape"):
             parse_shapes([bad])
+
+
+def test_bfloat16_samples_saved_in_an_npz_are_read_as_bfloat16(tmp_path):
+    """np.savez keeps ml_dtypes' bfloat16 as raw 2-byte voids (|V2); a model input of bfloat16 takes them."""
+    import ml_dtypes
+
+    from kiln.artifact.specs import TensorSpec
+    from kiln.program.datasets import Dataset
+
+    values = np.array([[1.5, -2.0, 0.25]], dtype=ml_dtypes.bfloat16)
+    np.savez(tmp_path / "data.npz", q=values[None])
+    samples = Dataset(path="data.npz").load(tmp_path, [TensorSpec(name="q", shape=[1, 3], dtype="bfloat16")])
+    assert samples.inputs["q"].dtype == np.dtype(ml_dtypes.bfloat16)
+    assert samples.inputs["q"].astype(np.float32).tolist() == [[[1.5, -2.0, 0.25]]]

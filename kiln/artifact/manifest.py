@@ -48,6 +48,10 @@ class RunSettings(BaseModel):
     spin: bool | None = None  # onnxruntime intra-op spinning (servers turn it off for short models)
     quantization: str | None = None
     calibration_feeds: int | None = None
+    fusion: str | None = None  # onnxruntime transformer fusions applied, e.g. "6 Attention, 12 SkipLayerNorm..."
+    kept_fp32: list[str] | None = None  # accuracy-aware int8: the nodes left unquantized
+    fallback_round: int | None = None
+    calibration_check: str | None = None  # what the calibration split said of the ranges
     version: int | None = None  # the incumbent's: the version in service measured beside the challengers
     artifact: str | None = None
 

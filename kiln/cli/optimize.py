@@ -20,6 +20,7 @@ from kiln.artifact.remote import S3Settings
 from kiln.cli.app import app, candidate_table, err, fail, wide
 from kiln.config import Settings, settings
 from kiln.errors import KilnError
+from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
 from kiln.program.sources import REMOTE_SCHEMES
 
 
@@ -57,8 +58,8 @@ def optimize(
     target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
-    candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: onnxruntime, "
-                                          "tvm, ort-fp32-basic, ort-int8-dynamic, ort-int8-static]"),
+    candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: "
+                                          f"{', '.join(DEFAULT_CANDIDATES)}]"),
     threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),

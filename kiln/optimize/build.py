@@ -19,11 +19,18 @@ from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel, 
 _log = logging.getLogger("kiln.optimize")
 
 
-def build_one(name: str, context: registry.BuildContext, calibration_path: str | None) -> registry.Built:
+def build_one(name: str, context: registry.BuildContext, calibration_path: str | None,
+              checked: CheckedProgram | None = None) -> registry.Built:
     """One candidate's build, in its child process (quantizers can crash, hang or exhaust memory)."""
+    cand = registry.get(name)
     if calibration_path:
         context.calibration = load_calibration(calibration_path)
-    return registry.get(name).build(context)  # type: ignore[misc]  (registered transforms always have one)
+    if cand.accuracy_aware and checked is not None and context.calibration:
+        from kiln.optimize.candidates.accuracy_aware import AccuracyCheck
+
+        context.accuracy = AccuracyCheck.of(checked.load().program.get_metrics(), context.prepared,
+                                            context.calibration)
+    return cand.build(context)  # type: ignore[misc]  (registered transforms always have one)
 
 
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],
@@ -43,11 +50,18 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
             out.append(BuiltCandidate(name=name, backend=cand.backend, error=reason))
             continue
         context = registry.BuildContext(model=Path(checked.model_path), prepared=Path(prepared.path), out_dir=folder,
-                                        calibration_method=checked.calibration_method)
+                                        calibration_method=checked.calibration_method, transformer=checked.transformer,
+                                        max_fallback_rounds=checked.max_fallback_rounds,
+                                        fallback_seconds=checked.fallback_seconds)
+        calibrate = cand.needs_calibration or cand.accuracy_aware
         try:
-            built = run_isolated(build_one, name, context, ref.calibration_path if cand.needs_calibration else None,
+            built = run_isolated(build_one, name, context, ref.calibration_path if calibrate else None, checked,
                                  what=f"building candidate {name}", timeout=cfg.candidate_timeout_s,
                                  memory_mb=cfg.candidate_memory_limit_mb, timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
+        except registry.Skipped as exc:
+            log.info("%s skipped: %s", name, exc.message)
+            out.append(BuiltCandidate(name=name, backend=cand.backend, error=f"skipped: {exc.message}"))
+            continue
         except Exception as exc:  # quantizer errors, unsupported ops, crashes: report and go on
             if is_baseline:
                 raise
@@ -59,6 +73,11 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         seconds = time.perf_counter() - start
         out.append(BuiltCandidate(name=name, backend=cand.backend, path=str(built.path), settings=built.settings,
                                   build_seconds=None if is_baseline else seconds, baseline=is_baseline))
+        for attempt in built.attempts:  # accuracy-aware retries: each is measured and gated like any candidate
+            out.append(BuiltCandidate(name=f"{name}-fallback{attempt.settings.fallback_round}", backend=cand.backend,
+                                      path=str(attempt.path), settings=attempt.settings, build_seconds=seconds))
+            log.info("%s: %d node(s) kept in fp32 (%s): %s", out[-1].name, len(attempt.settings.kept_fp32),
+                     ", ".join(attempt.settings.kept_fp32[:8]), attempt.settings.calibration_check)
         if not is_baseline:
             log.info("%s built in %.1f s", name, seconds)
     return out

@@ -34,6 +34,9 @@ class CheckedProgram(BaseModel):
     has_labels: bool
     allow_nonfinite: bool = False
     calibration_method: str = "minmax"
+    max_fallback_rounds: int = 4
+    fallback_seconds: float = 900.0
+    transformer: str | None = None
     proto: str | None = None  # the program's protocol: what publish needs without importing program.py again
     request: str | None = None
     response: str | None = None

@@ -178,6 +178,9 @@ def check_samples(samples: Samples, specs: list[TensorSpec], where: str, allow_n
                 where=where, hint="reshape the data, or declare the model's input shape in the program")
         layouts[spec.name] = found
         want = np.dtype(spec.dtype)
+        if arr.dtype.kind == "V" and want.kind == "V" and arr.dtype.itemsize == want.itemsize:
+            # .npz keeps ml_dtypes' bfloat16/float8 as raw bytes of the same size: read them as what they are
+            arr = samples.inputs[spec.name] = arr.view(want)
         if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
             raise DatasetError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects {want}",
                                where=where, hint=f"store the data as {want}")

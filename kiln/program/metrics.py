@@ -116,13 +116,17 @@ class Metric(BaseModel):
         if self.kind == "max_abs_diff":
             return float(np.max(np.abs(out - ref))) if out.size else 0.0
         if self.kind == "max_rel_diff":
+            if not out.size:  # an empty output: nothing to differ on
+                return 0.0
             scale = float(np.max(np.abs(ref))) or 1.0
-            return float(np.max(np.abs(out - ref)) / scale) if out.size else 0.0
+            return float(np.max(np.abs(out - ref)) / scale)
         if self.kind == "cosine":
             a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
             denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
             same = np.all(a == b, axis=1)
-            cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 1.0)
+            # a zero vector has no direction: it agrees only with another zero vector (an int8 model that
+            # outputs all zeros must not score 1.0)
+            cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 0.0)
             return float(np.min(np.where(same, 1.0, cos)))
         if self.kind == "agreement":
             if out.size == 0:  # an empty output: nothing to disagree on

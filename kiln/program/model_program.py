@@ -32,6 +32,13 @@ class ModelProgram:
     calibration_fraction: ClassVar[float] = 0.2
     #: how static int8 picks its ranges: "minmax", "entropy" or "percentile"
     calibration_method: ClassVar[str] = "minmax"
+    #: accuracy-aware int8: when a quantized candidate misses a range on the calibration split, keep the nodes
+    #: that add the most error in fp32 and retry, up to this many rounds (0: off) and this many seconds
+    max_fallback_rounds: ClassVar[int] = 4
+    fallback_seconds: ClassVar[float] = 900.0
+    #: the transformer family for onnxruntime's fusions ("bert", "gpt2", "t5", ...); None: detected from the
+    #: graph; "none": no fusion candidates
+    transformer: ClassVar[str | None] = None
     #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
     calibrate_on_synthetic: ClassVar[bool] = False
     #: accept NaN and Inf in float inputs when serving (default: refused, naming the input)

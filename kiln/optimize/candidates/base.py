@@ -10,9 +10,9 @@ registered once, by the module that builds it, with the stage that produces it:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,22 +22,32 @@ from kiln.errors import KilnError
 Stage = Literal["baseline", "transform", "compile"]
 
 
+class Skipped(KilnError):
+    """The candidate does not apply to this model (reported as `skipped: why`, never as a failure)."""
+
+
 @dataclass
 class BuildContext:
     """Everything a builder may use: the user's model, the prepared (static-shape) model, a folder to write
-    to, and calibration feeds (None when the program has no data to calibrate on)."""
+    to, calibration feeds (None when the program has no data to calibrate on), and what accuracy-aware int8
+    needs: a check of the program's ranges on the calibration split, and its budget."""
 
     model: Path
     prepared: Path
     out_dir: Path
     calibration: list[dict[str, np.ndarray]] | None = None
     calibration_method: str = "minmax"
+    transformer: str | None = None  # the program's model type for fusion; None: detected; "none": off
+    accuracy: Any = None  # kiln.optimize.candidates.accuracy_aware.AccuracyCheck, set in the build child
+    max_fallback_rounds: int = 4
+    fallback_seconds: float = 900.0
 
 
 @dataclass
 class Built:
     path: Path
     settings: RunSettings
+    attempts: list[Built] = field(default_factory=list)  # accuracy-aware retries, each its own candidate row
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Candidate:
     stage: Stage = "transform"
     build: Callable[[BuildContext], Built] | None = None
     needs_calibration: bool = False
+    accuracy_aware: bool = False  # int8: retried with the worst nodes in fp32 when a range fails
 
 
 REGISTRY: dict[str, Candidate] = {}

@@ -10,6 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from kiln.artifact.manifest import RunSettings
+from kiln.optimize.candidates.accuracy_aware import quantize_with_fallback
 from kiln.optimize.candidates.base import BuildContext, Built, Candidate, register
 
 
@@ -38,15 +39,32 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def named_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node named (exports often leave names empty): accuracy-aware int8 keeps nodes in fp32 by name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
 def build(ctx: BuildContext) -> Built:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     rewritten = ctx.out_dir / "fp32_matmul.onnx"
-    onnx.save(gemm_to_matmul(onnx.load(str(ctx.prepared))), str(rewritten))
-    out = ctx.out_dir / "model_int8_dynamic.onnx"
-    quantize_dynamic(str(rewritten), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
-    return Built(path=out, settings=RunSettings(optimization="all", quantization="int8 dynamic (MatMul)"))
+    onnx.save(named_nodes(gemm_to_matmul(onnx.load(str(ctx.prepared)))), str(rewritten))
+
+    def quantize(dest, exclude):
+        quantize_dynamic(str(rewritten), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         nodes_to_exclude=exclude)
+
+    settings = RunSettings(optimization="all", quantization="int8 dynamic (MatMul)")
+    return quantize_with_fallback(ctx, rewritten, quantize, settings, ["MatMul"])
 
 
-register(Candidate(name="ort-int8-dynamic", backend="onnxruntime",
+register(Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
                    description="int8 weights for MatMul/Gemm, dynamic activations", build=build))

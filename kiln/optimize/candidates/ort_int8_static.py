@@ -6,12 +6,21 @@ the candidate runs with ALL.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
+
 from kiln.artifact.manifest import RunSettings
 from kiln.errors import KilnError
+from kiln.optimize.candidates.accuracy_aware import quantize_with_fallback
 from kiln.optimize.candidates.base import BuildContext, Built, Candidate, register
 
+METHODS = ("minmax", "entropy", "percentile")
 
-def build(ctx: BuildContext) -> Built:
+
+def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str],
+                 op_types: list[str] | None = None) -> None:
+    """QDQ U8S8 per-channel of `source` into `dest`, calibrated on the context's feeds."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -23,12 +32,11 @@ def build(ctx: BuildContext) -> Built:
     if not ctx.calibration:
         raise KilnError("no calibration data: the program has no dataset",
                         hint="give the program a dataset (a calibration split is taken from it)")
-    method = ctx.calibration_method
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if method not in methods:
-        raise KilnError(f"unknown calibration method {method!r}",
-                        hint=f"set calibration_method in program.py to one of {sorted(methods)}")
+    if ctx.calibration_method not in METHODS:
+        raise KilnError(f"unknown calibration method {ctx.calibration_method!r}",
+                        hint=f"set calibration_method in program.py to one of {list(METHODS)}")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[ctx.calibration_method]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -37,13 +45,23 @@ def build(ctx: BuildContext) -> Built:
         def get_next(self):
             return next(self.feeds, None)
 
-    out = ctx.out_dir / "model_int8_static.onnx"
-    quantize_static(str(ctx.prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method])
-    return Built(path=out, settings=RunSettings(optimization="all", quantization=f"int8 static QDQ U8S8 ({method})",
-                                                calibration_feeds=len(ctx.calibration)))
+    quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                    nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-register(Candidate(name="ort-int8-static", backend="onnxruntime", needs_calibration=True,
+def build(ctx: BuildContext) -> Built:
+    from kiln.optimize.candidates.ort_int8_dynamic import named_nodes
+
+    source = ctx.out_dir / "fp32_named.onnx"
+    onnx.save(named_nodes(onnx.load(str(ctx.prepared))), str(source))
+    settings = RunSettings(optimization="all", quantization=f"int8 static QDQ U8S8 ({ctx.calibration_method})",
+                           calibration_feeds=len(ctx.calibration or []))
+    # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep
+    return quantize_with_fallback(ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude),
+                                  settings, None)
+
+
+register(Candidate(name="ort-int8-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
                    description="int8 QDQ, uint8 activations, int8 per-channel weights, calibrated", build=build))
