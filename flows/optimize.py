@@ -54,7 +54,8 @@ def optimize(request: OptimizeRequest) -> dict:
     current = r.incumbent or (find_current(checked.name, r.store) if r.compare_with_current else None)
     prepared = prepare_model(checked)
     transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
-    ref = run_reference(checked, threads, any(registry.get(c).needs_calibration for c in transforms))
+    calibrate = any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware for c in transforms)
+    ref = run_reference(checked, threads, calibrate)
     built = build_candidates(checked, prepared, ref, transforms)
     if current:
         built.insert(1, incumbent_candidate(current))

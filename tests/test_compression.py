@@ -22,7 +22,9 @@ def test_tight_range_rejects_int8(kiln_env, digits_program):
     manifest = json.loads(proc.stdout)
     assert manifest["name"] == "digits-strict" and manifest["program"]["file"] == "program_strict.py"
     cands = _by_name(manifest)
-    assert set(cands) == set(INT8.split(","))
+    assert {n for n in cands if "-fallback" not in n} == set(INT8.split(","))
+    retries = [c for n, c in cands.items() if "-fallback" in n]  # accuracy-aware int8 tried keeping nodes in fp32
+    assert retries and all(c["settings"]["kept_fp32"] for c in retries)
     for name in ("ort-int8-dynamic", "ort-int8-static"):
         c = cands[name]
         assert c["latency_ms"] and c["metrics"]["top1"]["passed"]  # built, measured, still a good classifier
@@ -30,7 +32,7 @@ def test_tight_range_rejects_int8(kiln_env, digits_program):
         assert any("max_abs_diff" in r for r in c["reasons"])
         assert "int8" in c["settings"]["quantization"]
     assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
-    assert manifest["selected"] not in ("ort-int8-dynamic", "ort-int8-static")
+    assert manifest["selected"] not in ("ort-int8-dynamic", "ort-int8-static")  # a retry may ship: it passed
     folder = Path(kiln_env["KILN_STORE"]) / "digits-strict" / manifest["id"]
     svg = (folder / "report" / "candidates.svg").read_text()  # speed vs accuracy, saved with the artifact
     assert svg.startswith("<svg") and all(name in svg for name in cands) and "(published)" in svg
@@ -235,7 +237,7 @@ def test_accuracy_aware_int8_keeps_the_sensitive_node_in_fp32(kiln_env, tmp_path
 
     x = np.random.default_rng(0).standard_normal((60, 1, 64)).astype(np.float32)
     model = _bare(tmp_path, "sensitive", onnx_models.sensitive_mlp, {"x": x})
-    proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "sensitive.npz"), "--range", "cosine>=0.999",
+    proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "sensitive.npz"), "--range", "cosine>=0.99",
                      "--candidates", "onnxruntime,ort-int8-dynamic,ort-int8-static", "--trials", "0", "--json"],
                     kiln_env)
     assert proc.returncode == 0, proc.stderr
@@ -246,7 +248,7 @@ def test_accuracy_aware_int8_keeps_the_sensitive_node_in_fp32(kiln_env, tmp_path
         retry = cands[f"{name}-fallback1"]
         assert retry["settings"]["kept_fp32"][0] == "mm2", retry["settings"]
         assert retry["settings"]["calibration_check"] == "inside every range"
-        assert retry["passed"] and retry["metrics"]["cosine"]["value"] >= 0.999  # and on the evaluation split
+        assert retry["passed"] and retry["metrics"]["cosine"]["value"] >= 0.99  # and on the evaluation split
     assert cands["ort-int8-dynamic-fallback1"]["settings"]["kept_fp32"] == ["mm2"]
     assert set(cands["ort-int8-static-fallback1"]["settings"]["kept_fp32"]) == {"mm2", "spike2"}
     if manifest["selected"].endswith("fallback1"):  # whichever ships records which nodes stayed fp32

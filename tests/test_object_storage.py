@@ -148,7 +148,7 @@ def test_optimize_a_program_stored_in_s3(digits_program, kiln_env, s3, tmp_path)
     client.fput_object("models", "programs/digits.zip", str(tmp_path / "digits.zip"))
     env = {**kiln_env, **s3.env}
     for uri in ("s3://models/programs/digits", "s3://models/programs/digits.zip"):
-        proc = run_kiln(["optimize", uri, "--candidates", "onnxruntime", "--json"], env)
+        proc = run_kiln(["optimize", uri, "--candidates", "onnxruntime", "--json", "--ignore-current"], env)
         assert proc.returncode == 0, proc.stderr
         manifest = json.loads(proc.stdout)
         assert manifest["name"] == "digits" and manifest["program"]["source"] == uri

@@ -34,18 +34,24 @@ def test_manifest_records_the_whole_decision(digits_run, digits_program):
     manifest, env, _ = digits_run
     folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
     assert folder.is_dir()
-    assert {c["name"] for c in manifest["candidates"]} == {"onnxruntime", "tvm", "ort-fp32-basic",
-                                                           "ort-int8-dynamic", "ort-int8-static"}  # the default set
+    from kiln.optimize.candidates import DEFAULT
+
+    assert {c["name"] for c in manifest["candidates"] if "-fallback" not in c["name"]} == set(DEFAULT)
+    fused = [c for c in manifest["candidates"] if "fused" in c["name"]]  # digits is no transformer
+    assert fused and all(c["reasons"][0].startswith("skipped: not a transformer") for c in fused)
     for c in manifest["candidates"]:
-        assert c["latency_ms"]["p50"] > 0 and c["latency_ms"]["p90"] >= c["latency_ms"]["p50"]
+        if c in fused:
+            continue
+        assert c["latency_ms"]["p10"] <= c["latency_ms"]["p50"] <= c["latency_ms"]["p90"] and c["latency_ms"]["p50"] > 0
+        assert len(c["latency_ms"]["rounds"]) >= 3  # timed in interleaved rounds
         assert set(c["metrics"]) == {"top1", "top1_vs_reference", "agreement"}
         assert c["metrics"]["top1"]["value"] > 0.95
+        assert c["eligible"] == (c["passed"] and not c["reasons"])  # reasons say why not, for both flags
     selected = next(c for c in manifest["candidates"] if c["name"] == manifest["selected"])
-    assert selected["passed"] and not selected["reasons"]
-    base = next(c for c in manifest["candidates"] if c["name"] == "onnxruntime")
-    assert selected["latency_ms"]["p50"] <= base["latency_ms"]["p50"]  # never slower than the baseline
-    assert manifest["speedup_vs_baseline"] == pytest.approx(base["latency_ms"]["p50"] / selected["latency_ms"]["p50"],
-                                                            rel=1e-3)
+    assert selected["passed"] and selected["eligible"] and not selected["reasons"]
+    # never slower than the baseline: the baseline itself, or faster beyond the noise of the measurement
+    assert selected["name"] == "onnxruntime" or selected["speedup"]["low"] > 1.0
+    assert manifest["speedup_vs_baseline"] == pytest.approx(selected["speedup"]["value"])
     assert json.loads(manifest["target"])["kind"] == "llvm"
     assert manifest["model"]["path"] in manifest["files"]
     assert manifest["files"][manifest["model"]["path"]] == manifest["model"]["sha256"]

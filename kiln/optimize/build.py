@@ -29,7 +29,7 @@ def build_one(name: str, context: registry.BuildContext, calibration_path: str |
         from kiln.optimize.candidates.accuracy_aware import AccuracyCheck
 
         context.accuracy = AccuracyCheck.of(checked.load().program.get_metrics(), context.prepared,
-                                            context.calibration)
+                                            context.calibration, context.fallback_margin)
     return cand.build(context)  # type: ignore[misc]  (registered transforms always have one)
 
 
@@ -52,7 +52,8 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         context = registry.BuildContext(model=Path(checked.model_path), prepared=Path(prepared.path), out_dir=folder,
                                         calibration_method=checked.calibration_method, transformer=checked.transformer,
                                         max_fallback_rounds=checked.max_fallback_rounds,
-                                        fallback_seconds=checked.fallback_seconds)
+                                        fallback_seconds=checked.fallback_seconds,
+                                        fallback_margin=checked.fallback_margin)
         calibrate = cand.needs_calibration or cand.accuracy_aware
         try:
             built = run_isolated(build_one, name, context, ref.calibration_path if calibrate else None, checked,

@@ -51,6 +51,8 @@ def _die_with_parent() -> None:
 def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict, memory_mb: float | None,
            env: dict[str, str]) -> None:
     _die_with_parent()
+    with contextlib.suppress(OSError):  # libraries print (onnxruntime's quantizer does): stdout is the CLI's
+        os.dup2(2, 1)
     os.environ.clear()  # the caller's environment now, not the forkserver's from when it started
     os.environ.update(env)
     logging.getLogger().addHandler(logging.NullHandler())  # libraries' warnings (the quantizer's) stay quiet

@@ -36,6 +36,7 @@ class CheckedProgram(BaseModel):
     calibration_method: str = "minmax"
     max_fallback_rounds: int = 4
     fallback_seconds: float = 900.0
+    fallback_margin: float = 0.5
     transformer: str | None = None
     proto: str | None = None  # the program's protocol: what publish needs without importing program.py again
     request: str | None = None

@@ -150,6 +150,7 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
         unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
+        fallback_margin=float(p.fallback_margin),
         transformer=p.transformer,
         proto=p.proto, request=p.request, response=p.response,
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None), [m.name for m in metrics]

@@ -36,6 +36,9 @@ class ModelProgram:
     #: that add the most error in fp32 and retry, up to this many rounds (0: off) and this many seconds
     max_fallback_rounds: ClassVar[int] = 4
     fallback_seconds: ClassVar[float] = 900.0
+    #: the calibration split is smaller than the evaluation split, so its worst sample is milder: it must keep
+    #: this fraction of the headroom between the reference's own score and each bound (0: just pass)
+    fallback_margin: ClassVar[float] = 0.5
     #: the transformer family for onnxruntime's fusions ("bert", "gpt2", "t5", ...); None: detected from the
     #: graph; "none": no fusion candidates
     transformer: ClassVar[str | None] = None

