@@ -52,38 +52,30 @@ class AccuracyCheck:
             return None
         return cls(metrics=usable, reference=_run(fp32, feeds), feeds=feeds, margin=margin)
 
+    def _judged(self, model: Path):
+        """(metric, value, the reference's own score, the tightened range) for each metric computable here."""
+        outputs = _run(model, self.feeds)
+        for m in self.metrics:
+            try:
+                value = m.compute(outputs, self.reference, None)
+                own = m.compute(self.reference, self.reference, None)
+            except Exception:
+                continue
+            yield m, value, own, _tightened(m.range, own, self.margin)
+
     def failures(self, model: Path) -> list[str]:
         """`metric = value, outside range` for each range the model misses on the calibration split, with
         `margin` of the headroom between the reference's own score and the bound kept in reserve (measured:
         per-channel int8 of a real MiniLM passed cosine >= 0.99 on 56 calibration sentences and fell to
         0.976 on 227 evaluation ones)."""
-        outputs = _run(model, self.feeds)
-        reasons = []
-        for m in self.metrics:
-            try:
-                value = m.compute(outputs, self.reference, None)
-                own = m.compute(self.reference, self.reference, None)
-            except Exception:
-                continue
-            bound = _tightened(m.range, own, self.margin)
-            if not bound.check(value, own, m.higher_is_better):
-                reasons.append(f"{m.name} = {value:.6g} on the calibration split, outside "
-                               f"{bound.describe(own, m.higher_is_better)}")
-        return reasons
-
+        return [f"{m.name} = {value:.6g} on the calibration split, outside {bound.describe(own, m.higher_is_better)}"
+                for m, value, own, bound in self._judged(model) if not bound.check(value, own, m.higher_is_better)]
 
     def shortfall(self, model: Path) -> float:
         """How far the model is from passing on the calibration split: each metric's distance beyond its
         (tightened) bound as a fraction of the headroom, summed; 0 when every range passes."""
-        outputs = _run(model, self.feeds)
         total = 0.0
-        for m in self.metrics:
-            try:
-                value = m.compute(outputs, self.reference, None)
-                own = m.compute(self.reference, self.reference, None)
-            except Exception:
-                continue
-            bound = _tightened(m.range, own, self.margin)
+        for _, value, own, bound in self._judged(model):
             for limit, below in ((bound.at_least, True), (bound.at_most, False)):
                 if limit is not None:
                     gap = (limit - value) if below else (value - limit)
