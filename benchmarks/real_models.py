@@ -126,7 +126,13 @@ def main() -> None:
     args = parser.parse_args()
     models = prepare()
     results = [optimize(models, name, run) for run in range(1, args.runs + 1) for name in args.models]
-    write_results(results, machine()["cpu"])
+    saved = ROOT / "benchmarks" / "real_models.json"
+    cpu = machine()["cpu"]
+    if saved.is_file():  # models not run this time keep their results, when they came from the same CPU
+        before = json.loads(saved.read_text())
+        if before.get("cpu") == cpu:
+            results = [r for r in before["results"] if r["model"] not in args.models] + results
+    write_results(sorted(results, key=lambda r: (list(MODELS).index(r["model"]), r["run"])), cpu)
 
 
 if __name__ == "__main__":

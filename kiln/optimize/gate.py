@@ -37,6 +37,10 @@ def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | No
                          f"{c.speedup.describe()}")
 
 
+def base_p50(base: CandidateResult | None) -> float:
+    return base.latency_ms.p50 if base and base.latency_ms else 1.0
+
+
 def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = MIN_GAIN
            ) -> CandidateResult:
     """The fastest eligible candidate, or the `incumbent` when no eligible one beats it beyond noise and by
@@ -53,7 +57,10 @@ def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_
         raise GateError("no candidate is inside every metric range; nothing was published",
                         report.text(candidates),
                         hint="widen the ranges in program.py if these scores are acceptable, or fix the model")
-    best = min(eligible, key=lambda c: (c.latency_ms.p50, c.name != BASELINE))
+    # the largest paired speed-up (the per-round ratio the table shows; overall p50s of candidates timed in
+    # different moments of the rounds can disagree with it); on a tie, the baseline
+    best = max(eligible, key=lambda c: (c.speedup.value if c.speedup else base_p50(base) / c.latency_ms.p50,
+                                        c.name == BASELINE))
     current = next((c for c in eligible if c.name == incumbent), None)
     if current and best is not current:
         gain = speedup(current.latency_ms, best.latency_ms)

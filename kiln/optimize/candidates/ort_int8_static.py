@@ -51,11 +51,29 @@ def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str]
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
+QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
+
+
+def at_least_opset(model: onnx.ModelProto, version: int = QDQ_OPSET) -> onnx.ModelProto:
+    """The model converted up to `version` of the default domain when older (tf2onnx exports are often at 9:
+    quantizing a real ResNet-50 at opset 9 gave an invalid graph)."""
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if current >= version:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, version)
+    except Exception as exc:
+        raise KilnError(f"cannot convert the model from opset {current} to {version} for QDQ int8: "
+                        f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
 def build(ctx: BuildContext) -> Built:
     from kiln.optimize.candidates.ort_int8_dynamic import named_nodes
 
     source = ctx.out_dir / "fp32_named.onnx"
-    onnx.save(named_nodes(onnx.load(str(ctx.prepared))), str(source))
+    onnx.save(named_nodes(at_least_opset(onnx.load(str(ctx.prepared)))), str(source))
     settings = RunSettings(optimization="all", quantization=f"int8 static QDQ U8S8 ({ctx.calibration_method})",
                            calibration_feeds=len(ctx.calibration or []))
     # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep
