@@ -42,8 +42,13 @@ def warn(message: str) -> None:
     err.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
-def candidate_table(manifest=None, *, name: str = "", candidates=None, selected: str | None = None) -> Table:
-    """The candidates of a manifest, or of a run that published nothing (`candidates` with `name`)."""
+def candidate_table(manifest=None, *, name: str = "", candidates=None, selected: str | None = None):
+    """The candidates of a manifest, or of a run that published nothing (`candidates` with `name`): a table of
+    the numbers, then each candidate's reasons on lines of their own (a table column squeezes them to
+    unreadable slivers in a narrow terminal)."""
+    from rich.console import Group
+    from rich.text import Text
+
     from kiln.optimize import report
 
     if manifest is not None:
@@ -51,10 +56,11 @@ def candidate_table(manifest=None, *, name: str = "", candidates=None, selected:
     rows = report.rows(candidates, selected)
     table = Table(title=f"{name}: candidates (* = {'published' if manifest is not None else 'kept'})",
                   caption="ranges: " + "; ".join(report.ranges(candidates)))
-    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "backend"]  # the name says it
+    hidden = {"backend", "why not", "p10-p90 ms"}  # the name says the backend; the speed-up has the interval
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in hidden]
     for c in cols:
-        table.add_column(c, overflow="fold", no_wrap=c != "why not",
-                         max_width=48 if c == "why not" else None)
+        table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*(r.get(c, "") for c in cols), style="bold green" if r["candidate"].endswith("*") else None)
-    return table
+    reasons = Text("\n".join(f"{c.name}: {'; '.join(c.reasons)}" for c in candidates if c.reasons))
+    return Group(table, Text("why not:", style="bold"), reasons) if reasons.plain else table
