@@ -50,7 +50,13 @@ def test_reoptimize_continues_the_search_and_ships_only_faster(kiln_env, tmp_pat
     current = next(c for c in v2["candidates"] if c["name"] == "current")
     chosen = next(c for c in v2["candidates"] if c["name"] == v2["selected"])
     assert current["settings"]["version"] == 1
-    assert chosen["latency_ms"]["p50"] < current["latency_ms"]["p50"] * 0.98  # measured in the same run
+    # the gate's invariant, recomputed from the manifest's per-round medians (not a bound on measured speed): the
+    # new version beat the one in service, round by round, beyond the noise and by min_gain
+    from kiln.artifact.manifest import LatencyMs
+    from kiln.optimize.noise import speedup
+
+    gain = speedup(LatencyMs(**current["latency_ms"]), LatencyMs(**chosen["latency_ms"]))
+    assert gain.beyond_noise(0.02), gain
 
     # v2 is now in service; a challenger would have to be 10x faster (min_gain 0.9), which the same model rebuilt
     # from the same database cannot be, so nothing replaces it
