@@ -31,7 +31,7 @@ VENV = WORK / "export-venv"
 EXPORT_PACKAGES = ["torch==2.13.0", "optimum-onnx==0.1.0", "transformers==4.57.6", "sentence-transformers==5.7.0",
                    "onnx==1.23.2", "onnxruntime==1.32.0", "pillow", "tokenizers"]
 CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-fused,ort-int8-dynamic,ort-int8-static,ort-int8-fused-dynamic,"
-              "ort-int8-fused-static")
+              "ort-int8-fused-smooth,ort-int8-fused-static")
 SEQ = ["input_ids=1x128", "attention_mask=1x128"]
 MODELS = {
     "minilm-l6": {"shapes": SEQ, "range": "cosine[sentence_embedding]>=0.99",

@@ -212,15 +212,17 @@ def test_transformer_fusion_on_a_bert_shaped_graph(kiln_env, tmp_path, digits_pr
     shapes = [a for n in ("input_ids", "attention_mask", "token_type_ids") for a in ("--shape", f"{n}=1x16")]
     proc = run_kiln(["optimize", str(model), *shapes, "--data", str(tmp_path / "tiny-bert.npz"), "--range",
                      "cosine>=0.99", "--candidates", "onnxruntime,ort-fp32-fused,ort-int8-fused-dynamic,"
-                     "ort-int8-fused-static", "--trials", "0", "--json"], kiln_env)
+                     "ort-int8-fused-smooth,ort-int8-fused-static", "--trials", "0", "--json"], kiln_env)
     assert proc.returncode == 0, proc.stderr
     cands = _by_name(json.loads(proc.stdout))
     fused = cands["ort-fp32-fused"]
     assert "2 Attention" in fused["settings"]["fusion"] and "EmbedLayerNormalization" in fused["settings"]["fusion"]
     assert fused["passed"] and fused["metrics"]["cosine"]["value"] > 0.9999  # the same function, fused
-    for name in ("ort-int8-fused-dynamic", "ort-int8-fused-static"):
+    for name in ("ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static"):
         assert cands[name]["latency_ms"] and "cosine" in cands[name]["metrics"], cands[name]["reasons"]
         assert "fused graph" in cands[name]["settings"]["quantization"]
+    # alpha chosen by the program's own range on the calibration split
+    assert "headroom used" in cands["ort-int8-fused-smooth"]["settings"]["quantization"]
 
     proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime,ort-fp32-fused", "--trials", "0",
                      "--json"], kiln_env)

@@ -27,11 +27,10 @@ from kiln.optimize.candidates.base import (
 )
 
 # what runs when nothing is said: the reference, compilation, the cheaper graph level, and both int8 schemes
-# (static int8 is skipped, with that reason, when the program has no data to calibrate on)
 # (static int8 is skipped, with that reason, when the program has no data to calibrate on; the fused ones
 # when the model is not a transformer)
 DEFAULT = (BASELINE, "tvm", "ort-fp32-basic", "ort-int8-dynamic", "ort-int8-static", "ort-fp32-fused",
-           "ort-int8-fused-dynamic", "ort-int8-fused-static")
+           "ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static")
 
 
 def all_names() -> list[str]:

@@ -83,6 +83,18 @@ class AccuracyCheck:
         return total
 
 
+    def headroom_used(self, model: Path) -> float | None:
+        """The largest share of a range's headroom (from the reference's own score to the bound) the model uses
+        on the calibration split: 0 as good as fp32, above 1 outside; None when no bound can be measured."""
+        worst = None
+        for m, value, own, _ in self._judged(model):
+            for limit, below in ((m.range.at_least, True), (m.range.at_most, False)):
+                if limit is not None and own != limit:
+                    used = (own - value) / (own - limit) if below else (value - own) / (limit - own)
+                    worst = used if worst is None else max(worst, used)
+        return worst
+
+
 def _tightened(rng, own: float, margin: float):
     """`rng` with each absolute bound moved `margin` of the way towards the reference's own score."""
     update = {}

@@ -12,6 +12,8 @@ A model without a transformer's patterns is skipped with that reason, in a secon
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
 from kiln.artifact.manifest import RunSettings
@@ -89,20 +91,37 @@ def build_fused(ctx: BuildContext) -> Built:
 
 def build_fused_dynamic(ctx: BuildContext) -> Built:
     """Per-channel int8 weights for MatMul and the fused Attention (QAttention), dynamic activations."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model, stats = fuse(ctx)
     fused = ctx.out_dir / "model_fused.onnx"
     onnx.save(model, str(fused))
-
-    def quantize(dest, exclude):
-        quantize_dynamic(str(fused), str(dest), op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
-                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # contrib ops' outputs
-
     settings = RunSettings(optimization="all", fusion=_describe(stats),
                            quantization="int8 dynamic per-channel (MatMul, Attention) on the fused graph")
-    return quantize_with_fallback(ctx, fused, quantize, settings, ["MatMul", "Attention"])
+    return quantize_with_fallback(ctx, fused, lambda dest, exclude: _quantize_dynamic(fused, dest, exclude),
+                                  settings, ["MatMul", "Attention"])
+
+
+def _quantize_dynamic(src: Path, dest: Path, exclude: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # contrib ops' outputs
+
+
+def build_fused_smooth(ctx: BuildContext) -> Built:
+    """The fused graph smoothed (SmoothQuant, alpha chosen on the calibration split), then per-channel dynamic
+    int8 as `ort-int8-fused-dynamic`: measured on MiniLM-L6 it lifts the worst evaluation sentence's cosine
+    from 0.976 to 0.993 for ~3 % of the speed."""
+    from kiln.optimize.candidates.smoothing import smoothed_for_int8
+
+    model, stats = fuse(ctx)
+    smoothed, how = smoothed_for_int8(model, ctx.calibration, ctx.out_dir,
+                                      lambda src, dest: _quantize_dynamic(src, dest, []),
+                                      ctx.accuracy.headroom_used if ctx.accuracy else None)
+    settings = RunSettings(optimization="all", fusion=_describe(stats), calibration_feeds=len(ctx.calibration),
+                           quantization=f"int8 dynamic per-channel (MatMul, Attention) on the fused graph; {how}")
+    return quantize_with_fallback(ctx, smoothed, lambda dest, exclude: _quantize_dynamic(smoothed, dest, exclude),
+                                  settings, ["MatMul", "Attention"])
 
 
 def build_fused_static(ctx: BuildContext) -> Built:
@@ -125,5 +144,7 @@ register(Candidate(name="ort-fp32-fused", backend="onnxruntime", build=build_fus
                    description="onnxruntime's transformer fusions (attention, skip/embed layer norm, bias-gelu)"))
 register(Candidate(name="ort-int8-fused-dynamic", backend="onnxruntime", accuracy_aware=True, build=build_fused_dynamic,
                    description="fused transformer, per-channel dynamic int8 (QAttention)"))
+register(Candidate(name="ort-int8-fused-smooth", backend="onnxruntime", accuracy_aware=True, build=build_fused_smooth,
+                   needs_calibration=True, description="fused transformer, SmoothQuant, per-channel dynamic int8"))
 register(Candidate(name="ort-int8-fused-static", backend="onnxruntime", accuracy_aware=True, build=build_fused_static,
                    needs_calibration=True, description="fused transformer, static QDQ int8 MatMuls, calibrated"))
