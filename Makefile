@@ -68,9 +68,11 @@ bench: setup system-deps examples
 	$(BIN)/python benchmarks/images.py
 	$(BIN)/python benchmarks/real_models.py
 
-# hours, not minutes: run alone on the machine. ONNX's 1,855 backend node tests through kiln (resumable)
-bench-long: setup
+# hours, not minutes: run alone on the machine. ONNX's 1,855 backend node tests through kiln (resumable), and
+# the anytime tuning curve (2 hours of tuning per model)
+bench-long: setup examples
 	$(BIN)/python benchmarks/node_suite.py
+	$(BIN)/python benchmarks/tuning_curve.py
 
 # ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: setup

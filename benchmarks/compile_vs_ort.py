@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_md import write_section  # noqa: E402
 from kiln.artifact.manifest import versions  # noqa: E402
-from kiln.compiler import compile_model, device_for, target_config  # noqa: E402
+from kiln.compiler import Limits, compile_model, device_for, target_config  # noqa: E402
 from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
 from kiln.optimize.prepare import prepare_model  # noqa: E402
 from kiln.runtime.latency import measure  # noqa: E402
@@ -71,9 +71,9 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
     rows = []
     for budget in budgets:
         t0 = time.perf_counter()
-        res = compile_model(prepared, inputs, target_kind=target, trials=budget, max_trials_per_task=None,
+        res = compile_model(prepared, inputs, target_kind=target, limits=Limits(trials=budget),
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
-                            progress=lambda d, t: print(f"\r[{name}] tuning {d}/{t}", end="", file=CONSOLE))
+                            progress=lambda p: print(f"\r[{name}] tuning: {p.describe()}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0
         runner = TvmRunner(res.module, inputs, outputs, threads=threads, device=device_for(target))
         got = runner.run(feed)
@@ -81,7 +81,8 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
         lat = measure(lambda r=runner: r.run(feed), repeats=300, max_seconds=10, min_repeats=5)
         # re-measure onnxruntime right after, so both numbers come from the same moment of this run
         ort_again = measure(lambda: ort_runner.run(feed), repeats=300, max_seconds=5)
-        rows.append({"trials": budget, "tasks": res.tasks, "records": res.tuned_records, "build_s": round(build_s, 1),
+        rows.append({"trials": budget, "tasks": len(res.tuning.tasks), "trials_run": res.tuning.trials,
+                     "failed_trials": res.tuning.failed, "build_s": round(build_s, 1),
                      "tvm_p50_ms": lat.p50, "tvm_p90_ms": lat.p90, "ort_p50_ms": ort_again.p50,
                      "ratio_tvm_over_ort": lat.p50 / ort_again.p50, "max_rel_diff": err})
         print(f"\n[{name}] trials {budget}: TVM p50 {lat.p50:.4f} ms vs onnxruntime {ort_again.p50:.4f} ms "

@@ -62,7 +62,8 @@ def optimize(request: OptimizeRequest) -> dict:
     for _ in registry.of_stage(chosen, "compile"):
         # reoptimize continues the search from the version in service; a plain re-run hits the build cache
         saved_db = str(Path(r.incumbent) / "tuning") if r.incumbent else None
-        state = compile_tvm(checked, prepared, r.target, r.trials, r.max_trials_per_task, saved_db, return_state=True)
+        state = compile_tvm(checked, prepared, r.target, r.trials, r.max_trials_per_task, saved_db, r.tune_time,
+                            return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", r.trials, r.trials, "cached build, no tuning")
         built.append(state.result())
@@ -80,7 +81,8 @@ def optimize(request: OptimizeRequest) -> dict:
         report_result(checked.name, evaluation.candidates, INCUMBENT, None, None, message)
         return {"artifact": current, "selected": INCUMBENT, "published": False, "name": checked.name,
                 "message": message, "candidates": [c.model_dump(mode="json") for c in evaluation.candidates]}
-    options = OptimizeOptions(trials=r.trials, max_trials_per_task=r.max_trials_per_task, threads=threads,
+    options = OptimizeOptions(trials=r.trials, max_trials_per_task=r.max_trials_per_task, tune_time=r.tune_time,
+                              threads=threads,
                               candidates=chosen, latency_repeats=r.latency_repeats)
     artifact = publish_artifact(checked, prepared, evaluation, selected, r.target, r.store, options)
     speedup = Manifest.read(Path(artifact)).speedup_vs_baseline

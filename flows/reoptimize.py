@@ -63,6 +63,7 @@ def reoptimize(
     target: Literal["llvm", "cuda"] = "llvm",
     min_gain: float = 0.02,
     latency_repeats: int = 200,
+    tune_time: float | None = None,
 ) -> list[dict]:
     """Continue tuning every stored model and publish a new version only where it is faster.
 
@@ -73,6 +74,7 @@ def reoptimize(
         target: llvm (this CPU) or cuda.
         min_gain: how much faster (a fraction, measured in the same run) a new version must be.
         latency_repeats: timed calls per candidate.
+        tune_time: a wall-clock tuning budget per model, in seconds, beside extra_trials.
     """
     logger = get_run_logger()
     st = ArtifactStore(store)
@@ -91,6 +93,7 @@ def reoptimize(
         try:
             request = OptimizeRequest.of(
                 program=location, shapes=manifest.program.shapes or None, trials=extra_trials, target=target,
+                tune_time=tune_time,
                 max_trials_per_task=options.max_trials_per_task if options else None,
                 candidates=options.candidates if options else None, threads=options.threads if options else None,
                 store=store, latency_repeats=latency_repeats, incumbent=str(folder), min_gain=min_gain, name=name)

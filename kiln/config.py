@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     candidate_timeout_s: float = Field(1800.0, gt=0)
     candidate_memory_mb: float = Field(0.0, ge=0)  # address-space limit per candidate child; 0: 75 % of RAM
 
+    # TVM tuning: how long one trial may take to build and to run before it counts as failed (LocalBuilder's
+    # own 30 s lost 21 of 44 trials of a real transformer on a loaded 2-core machine)
+    tune_builder_timeout_s: float = Field(120.0, gt=0)
+    tune_runner_timeout_s: float = Field(60.0, gt=0)
+
     # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
     s3_endpoint: str = ""
     s3_access_key: str | None = None

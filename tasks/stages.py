@@ -46,28 +46,41 @@ def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
     several KILN_HOMEs, and a record must never point into another one.
     """
     folder = compile.cached_build(params["prepared"], params["target"], params["trials"],
-                                  params.get("max_trials_per_task"), params.get("continue_from"))
+                                  params.get("max_trials_per_task"), params.get("continue_from"),
+                                  params.get("tune_seconds"))
     return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if folder else None
+
+
+LOG_EVERY_S = 30.0  # tuning progress in the run's log (the UI) at most this often
 
 
 @task(name="compile-tvm", cache_key_fn=_compile_cache_key, persist_result=True)
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
-                max_trials_per_task: int | None = None, continue_from: str | None = None) -> BuiltCandidate:
-    """Tuning with a progress bar in the terminal (kiln.progress) and a progress artifact in the UI."""
-    artifact_id = create_progress_artifact(0.0, description=f"TVM tuning, {trials} trials")
+                max_trials_per_task: int | None = None, continue_from: str | None = None,
+                tune_seconds: float | None = None) -> BuiltCandidate:
+    """Tuning with a progress bar in the terminal (kiln.progress), a progress artifact and log lines in the UI:
+    trials (failed ones counted), tasks measured, the tuner's estimate of the end-to-end latency."""
+    logger = get_run_logger()
+    budget = f"{trials} trials" + (f" or {tune_seconds:g} s" if tune_seconds else "")
+    artifact_id = create_progress_artifact(0.0, description=f"TVM tuning, {budget}")
+    logged = [0.0]
 
-    def on_progress(done: int, total: int) -> None:
-        progress.report("tune", done, total)
-        if artifact_id and total:
+    def on_progress(p) -> None:
+        fraction = max(p.trials / trials if trials else 0.0, p.elapsed / tune_seconds if tune_seconds else 0.0)
+        progress.report("tune", min(p.trials, trials), trials, p.describe())
+        if p.elapsed - logged[0] >= LOG_EVERY_S:
+            logged[0] = p.elapsed
+            logger.info("tuning: %s after %.0f s", p.describe(), p.elapsed)
+        if artifact_id:
             try:
-                update_progress_artifact(artifact_id, 100.0 * done / total)
+                update_progress_artifact(artifact_id, min(100.0, 100.0 * fraction))
             except Exception:
                 pass  # the UI's bar must never break tuning
 
     built = compile.compile_tvm(checked, prepared, target, trials, max_trials_per_task, continue_from,
-                                log=get_run_logger(), on_progress=on_progress)
-    if built.cached:
-        progress.report("tune", trials, trials, "cached build, no tuning")
+                                log=logger, on_progress=on_progress, tune_seconds=tune_seconds)
+    progress.report("tune", trials, trials, "cached build, no tuning" if built.cached else
+                    (f"{built.tuning.trials_run} trials, {built.tuning.failed_trials} failed" if built.tuning else ""))
     return built
 
 

@@ -154,7 +154,7 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
     from kiln.artifact.manifest import CandidateResult, LatencyMs, Manifest, ModelInfo, ProgramInfo, versions
     from kiln.artifact.specs import IndexGuard, TensorSpec
     from kiln.artifact.store import ArtifactStore
-    from kiln.compiler import compile_model
+    from kiln.compiler import Limits, compile_model
     from kiln.fs import file_sha256
     from kiln.optimize.protocol import generate
 
@@ -167,7 +167,7 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
     store = ArtifactStore(tmp / "store")
 
     def fill(folder):
-        compile_model(model, inputs, target_kind="llvm", trials=0, max_trials_per_task=None, db_dir=tmp / "db",
+        compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp / "db",
                       out=folder / "model.so")
         info = generate(folder / "protocol")
         cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)

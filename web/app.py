@@ -92,10 +92,10 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     @app.post("/runs")
     async def submit(request: Request, csrf: str = Form(""), archive: UploadFile | None = File(None),
                      model: UploadFile | None = File(None), files: list[UploadFile] = File(default_factory=list),
-                     trials: int = Form(64), target: str = Form("llvm"), candidates: list[str] = Form([]),
+                     trials: str = Form(""), target: str = Form("llvm"), candidates: list[str] = Form([]),
                      shapes: str = Form(""), upload: str = Form(""), image: str = Form(""),
-                     data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form("")
-                     ) -> Response:
+                     data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form(""),
+                     tune_time: str = Form("")) -> Response:
         if not authorized(request):
             return login_required(request)
         sid = security.session_id(request, token)
@@ -103,7 +103,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
                         "or stale: reload the form and submit again")
         try:  # every field checked before the upload is unpacked, so a typo fails in the browser
-            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name)
+            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name, tune_time)
             OptimizeRequest.of(program="-", **form)
         except KilnError as exc:
             return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
@@ -189,10 +189,12 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     return app
 
 
-def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, upload: str, image: str,
-                 ranges: str = "", name: str = "") -> dict:
+def _form_fields(trials: str, target: str, candidates: list[str], shapes: str, upload: str, image: str,
+                 ranges: str = "", name: str = "", tune_time: str = "") -> dict:
     """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
-    out: dict = {"trials": trials, "target": target}
+    out: dict = {"target": target}
+    if str(trials).strip():
+        out["trials"] = str(trials).strip()
     if candidates:
         out["candidates"] = list(dict.fromkeys([registry.BASELINE, *candidates]))
     parsed = parse_shapes([s.strip() for s in shapes.replace(",", "\n").splitlines() if s.strip()])
@@ -201,4 +203,6 @@ def _form_fields(trials: int, target: str, candidates: list[str], shapes: str, u
     out.update({k: v.strip() for k, v in (("upload", upload), ("image", image), ("name", name)) if v.strip()})
     if ranges.strip():
         out["ranges"] = ranges
+    if tune_time.strip():
+        out["tune_time"] = tune_time.strip()
     return out

@@ -88,6 +88,7 @@ class CandidateResult(BaseModel):
     passed: bool = False  # inside every metric range
     eligible: bool = False  # passed, and faster than the baseline beyond the noise (the baseline itself: passed)
     reasons: list[str] = Field(default_factory=list)  # why not passed, or why not eligible
+    notes: list[str] = Field(default_factory=list)  # what else to know (a tuned candidate's trials and failures)
     speedup: Speedup | None = None  # vs the baseline, set by the gate
     settings: RunSettings = Field(default_factory=RunSettings)
     build_seconds: float | None = None
@@ -110,8 +111,24 @@ class ProgramInfo(BaseModel):
     allow_nonfinite: bool = False  # the program accepts NaN/Inf inputs (servers refuse them otherwise)
 
 
+class TaskTuning(BaseModel):
+    """One tuning task (a fused kernel): its trials, the failed ones, and the best latency measured."""
+
+    name: str
+    weight: float
+    flop: float = 0.0
+    trials: int
+    failed_trials: int
+    build_failures: int = 0
+    run_failures: int = 0
+    best_us: float | None = None
+    first_error: str | None = None
+
+
 class TuningInfo(BaseModel):
-    """The TVM search behind a tvm candidate; `database` is tuning/ inside the artifact once published."""
+    """The TVM search behind a tvm candidate; `database` is tuning/ inside the artifact once published.
+    `trials` is the budget, `trials_run` what was measured; `estimated_ms` is the tuner's own sum of the best
+    kernels, weighted by how often each runs (not a measured end-to-end latency)."""
 
     trials: int
     tasks: int
@@ -120,6 +137,16 @@ class TuningInfo(BaseModel):
     database: str
     target: dict[str, Any]
     max_trials_per_task: int | None = None
+    time_budget_s: float | None = None
+    trials_run: int | None = None
+    failed_trials: int = 0
+    stopped_by: str | None = None  # "trials", "time" or "search space"
+    estimated_ms: float | None = None
+    per_task: list[TaskTuning] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    pipeline: list[str] = Field(default_factory=list)  # kiln's graph passes that changed the model
+    seeded_records: int = 0  # copied from this CPU's shared database: kernels earlier models tuned
+    shared_records_added: int = 0
 
 
 class ProtocolInfo(BaseModel):
@@ -137,6 +164,7 @@ class OptimizeOptions(BaseModel):
 
     trials: int
     max_trials_per_task: int | None = None
+    tune_time: float | None = None  # seconds
     threads: int
     candidates: list[str]
     latency_repeats: int

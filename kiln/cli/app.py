@@ -56,11 +56,15 @@ def candidate_table(manifest=None, *, name: str = "", candidates=None, selected:
     rows = report.rows(candidates, selected)
     table = Table(title=f"{name}: candidates (* = {'published' if manifest is not None else 'kept'})",
                   caption="ranges: " + "; ".join(report.ranges(candidates)))
-    hidden = {"backend", "why not", "p10-p90 ms"}  # the name says the backend; the speed-up has the interval
+    hidden = {"backend", "why not", "notes", "p10-p90 ms"}  # the name says the backend; the speed-up its interval
     cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in hidden]
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*(r.get(c, "") for c in cols), style="bold green" if r["candidate"].endswith("*") else None)
-    reasons = Text("\n".join(f"{c.name}: {'; '.join(c.reasons)}" for c in candidates if c.reasons))
-    return Group(table, Text("why not:", style="bold"), reasons) if reasons.plain else table
+    parts = [table]
+    for title, field in (("why not:", "reasons"), ("notes:", "notes")):
+        lines = [f"{c.name}: {'; '.join(getattr(c, field))}" for c in candidates if getattr(c, field)]
+        if lines:
+            parts += [Text(title, style="bold"), Text("\n".join(lines))]
+    return Group(*parts) if len(parts) > 1 else table

@@ -21,6 +21,7 @@ from kiln.cli.app import app, candidate_table, err, fail, wide
 from kiln.config import Settings, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
+from kiln.optimize.request import parse_duration
 from kiln.program.sources import REMOTE_SCHEMES
 
 
@@ -55,8 +56,11 @@ def _check_prefect_api(url: str | None) -> None:
 @app.command()
 def optimize(
     program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx"),
-    trials: int = typer.Option(64, min=0, help="total TVM tuning trials (0: no search)"),
-    max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task"),
+    trials: int | None = typer.Option(None, min=0, help="total TVM tuning trials (0: no search) [default: 64, or "
+                                                        "as many as --tune-time allows]"),
+    tune_time: str | None = typer.Option(None, help="wall-clock tuning budget beside --trials, e.g. 20m or 2h "
+                                                    "(whichever is spent first ends the search)"),
+    max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task [default: none]"),
     target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
@@ -86,7 +90,7 @@ def optimize(
     try:
         cfg = _prepare_prefect()
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
-        request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials,
+        request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials, tune_time=tune_time,
                                      max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, name=name, ranges=range_ or None,
@@ -110,7 +114,9 @@ def optimize(
                     TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(), console=err,
                     transient=False)
     tasks: dict[str, int] = {}
-    labels = {"tune": f"tuning ({trials} trials)", "evaluate": "evaluating candidates"}
+    budget = " or ".join(b for b in (f"{trials} trials" if trials is not None else "", tune_time or "") if b)
+    labels = {"tune": f"tuning ({budget or f'{request.trials} trials'})",
+              "evaluate": "evaluating candidates"}
 
     def on_progress(stage: str, done: float, total: float | None, message: str) -> None:
         if stage not in tasks:
@@ -180,6 +186,7 @@ def _kept(result: dict, as_json: bool) -> None:
 @app.command()
 def reoptimize(
     extra_trials: int = typer.Option(64, min=0, help="trials to add to each model's TVM search"),
+    tune_time: str | None = typer.Option(None, help="wall-clock tuning budget per model, e.g. 20m or 2h"),
     model: list[str] = typer.Option([], "--model", help="only this model (repeatable) [default: every model]"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     min_gain: float = typer.Option(0.02, min=0.0, max=0.9, help="how much faster a new version must be (fraction)"),
@@ -191,6 +198,7 @@ def reoptimize(
         cfg = _prepare_prefect()
         if target not in ("llvm", "cuda"):
             raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
+        seconds = parse_duration(tune_time) if tune_time else None
         _check_prefect_api(cfg.prefect_api_url)
     except KilnError as exc:
         fail(exc)
@@ -200,7 +208,8 @@ def reoptimize(
     try:
         with err.status(f"re-optimizing ({extra_trials} more trials per model)"), _stopped_by_signals():
             outcomes = reoptimize_flow(extra_trials=extra_trials, models=model or None,
-                                       store=str(store) if store else None, target=target, min_gain=min_gain)
+                                       store=str(store) if store else None, target=target, min_gain=min_gain,
+                                       tune_time=seconds)
     except KilnError as exc:
         fail(exc)
     except Interrupted as exc:

@@ -8,30 +8,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.artifact.specs import TensorSpec
-from kiln.compiler import pipelines
-from kiln.compiler.database import count_records, log_size, samples_sent, valid_records
+from kiln.compiler import passes, pipelines, shared_db, tuning
 from kiln.compiler.frontend import import_onnx
 from kiln.compiler.targets import target_config
+from kiln.compiler.tuning import Limits, Progress
 from kiln.errors import ModelError
 
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[Progress], None]
 
 
 @dataclass
 class CompileResult:
     module: Path
-    tasks: int
-    trials: int
-    tuned_records: int
+    tuning: Progress
     seconds: float
     target: dict
+    passes: list[str]  # kiln's graph passes that changed the model (kiln.compiler.passes)
 
 
 @contextlib.contextmanager
@@ -56,10 +54,12 @@ def _fds_to(log_file: Path) -> Iterator[None]:
         os.close(saved[1])
 
 
-def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: str, trials: int,
-                  max_trials_per_task: int | None, db_dir: Path, out: Path,
-                  progress: ProgressFn | None = None) -> CompileResult:
-    """Tune (continuing from the database in db_dir) and export a loadable library to `out`."""
+def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: str, limits: Limits, db_dir: Path,
+                  out: Path, progress: ProgressFn | None = None, shared_root: Path | None = None,
+                  graph_passes: tuple[str, ...] = passes.DEFAULT) -> CompileResult:
+    """Tune (continuing from the database in db_dir) within `limits` and export a loadable library to `out`.
+
+    shared_root: where the per-CPU shared databases live (kiln.compiler.shared_db); None: this model only."""
     import tvm
 
     start = time.perf_counter()
@@ -67,45 +67,33 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     target = tvm.target.Target(tgt_conf)
     mod = import_onnx(model_path, inputs)
     try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
-        n_tasks = pipelines.count_tasks(mod, target)
+        with target:
+            mod, passes_applied = passes.apply(mod, graph_passes)
+            lowered = pipelines.lowering()(mod)
     except Exception as exc:
         raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                          where=str(model_path), hint="--candidates without tvm skips TVM") from None
-    per_task = max_trials_per_task or max(1, -(-trials // max(n_tasks, 1)))
     db_dir.mkdir(parents=True, exist_ok=True)  # MetaSchedule's JSONDatabase needs it to exist
-    before = count_records(db_dir)
-    log_offset = log_size(db_dir)
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(0.5):
-            if progress:
-                progress(min(samples_sent(db_dir, log_offset), trials), trials)
-
-    watcher = threading.Thread(target=watch, daemon=True)
+    shared = None
+    if shared_root is not None and target_kind == "llvm":  # a GPU's records would need its own fingerprint
+        shared = shared_db.ensure(shared_root, shared_db.fingerprint(tgt_conf["mcpu"], tgt_conf["num-cores"]))
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # console: warnings only; the full log goes to db_dir/logs
-    if progress:
-        progress(0, trials)
-    watcher.start()
     try:
         with _fds_to(db_dir / "tune.log"):
-            tuned = pipelines.tuning(target, db_dir, trials, per_task)(mod)
-            executable = tvm.compile(tuned, target=target)
+            tuned = tuning.tune(lowered, target, db_dir, limits, progress, shared)
+            with target:
+                applied = pipelines.applying(db_dir)(lowered)
+            executable = tvm.compile(applied, target=target)
             out.parent.mkdir(parents=True, exist_ok=True)
             executable.export_library(str(out))
     except Exception as exc:
         raise ModelError(f"TVM compilation failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                          hint=f"see {db_dir / 'tune.log'}; --candidates onnxruntime skips TVM") from None
-    finally:
-        stop.set()
-        watcher.join()
-    records = count_records(db_dir) - before
-    if trials > 0 and records > 0 and valid_records(db_dir, before) == 0:
-        raise ModelError(f"all {records} tuning trials failed to build or run, so nothing was tuned",
-                         hint=f"see {db_dir / 'tune.log'} and {db_dir / 'logs'}")
-    if progress:
-        progress(trials, trials)
-    return CompileResult(module=out, tasks=n_tasks, trials=trials, tuned_records=records,
-                         seconds=time.perf_counter() - start, target=tgt_conf)
-
+    if tuned.trials and tuned.failed == tuned.trials:
+        raise ModelError(f"all {tuned.trials} tuning trials failed, so nothing was tuned: "
+                         f"{next((t.first_error for t in tuned.tasks if t.first_error), '?')} (raise "
+                         "KILN_TUNE_BUILDER_TIMEOUT_S / KILN_TUNE_RUNNER_TIMEOUT_S if they timed out)",
+                         hint=f"see {db_dir / 'logs'}")
+    return CompileResult(module=out, tuning=tuned, seconds=time.perf_counter() - start, target=tgt_conf,
+                         passes=passes_applied)

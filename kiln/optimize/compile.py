@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.artifact.manifest import RunSettings, TuningInfo, versions
-from kiln.compiler import DB_FILES, compile_model, device_for, target_config
-from kiln.config import kiln_home
+from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
+from kiln.compiler import DB_FILES, CompileResult, Limits, Progress, compile_model, device_for, target_config
+from kiln.compiler.database import count_records
+from kiln.config import kiln_home, settings
 from kiln.errors import KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize.inspect import describe_unsupported
@@ -32,14 +33,30 @@ def tuning_dir(prepared: PreparedModel, target: str) -> Path:
 
 
 def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                continue_from: str | None = None) -> str:
+                continue_from: str | None = None, tune_seconds: float | None = None) -> str:
     """Same model, target and budget: the same build. Continuing a search also depends on what the database
     holds now, so a second re-optimization tunes again instead of returning the first one's build."""
     v = versions()
     db = tuning_dir(prepared, target) / DB_FILES[1]
     state = file_sha256(db) if continue_from and db.is_file() else None
     return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
-                        "tvm": v["tvm"], "kiln": v["kiln"], "db": state})[:24]
+                        "seconds": tune_seconds, "tvm": v["tvm"], "kiln": v["kiln"], "db": state})[:24]
+
+
+def shared_tuning_root() -> Path:
+    """Where the per-CPU tuning databases every model adds to live (kiln.compiler.shared_db)."""
+    return kiln_home() / "tuning" / "shared"
+
+
+def tuning_databases() -> list[dict]:
+    """Every tuning database under KILN_HOME: the shared one of each CPU fingerprint, then each model's."""
+    from kiln.compiler.shared_db import describe
+
+    root = kiln_home() / "tuning"
+    shared = [{"kind": "shared", **describe(f)} for f in sorted(shared_tuning_root().glob("*/*")) if f.is_dir()]
+    own = [{"kind": "model", **describe(f)} for f in sorted(root.glob("*/*"))
+           if f.is_dir() and f.parent.name != "shared" and (f / DB_FILES[1]).is_file()]
+    return shared + own
 
 
 def seed_database(prepared: PreparedModel, target: str, saved: str | None) -> int:
@@ -58,21 +75,37 @@ def cache_dir(key: str) -> Path:
 
 
 def cached_build(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                 continue_from: str | None = None) -> Path | None:
+                 continue_from: str | None = None, tune_seconds: float | None = None) -> Path | None:
     """The cache folder of a finished build of exactly these inputs, or None (the database is seeded first,
     since the key of a continued search depends on it)."""
     seed_database(prepared, target, continue_from)
-    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from))
+    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds))
     return folder if (folder / RESULT).is_file() else None
+
+
+def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: int) -> TuningInfo:
+    t = result.tuning
+    return TuningInfo(
+        trials=limits.trials, tasks=len(t.tasks), records_added=records, seconds=round(result.seconds, 2),
+        database=str(db_dir), target=result.target, max_trials_per_task=limits.max_trials_per_task,
+        time_budget_s=limits.seconds, trials_run=t.trials, failed_trials=t.failed, stopped_by=t.stopped_by,
+        estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
+        seeded_records=t.seeded, shared_records_added=t.shared_added, pipeline=result.passes,
+        per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
+                             build_failures=k.build_failures, run_failures=k.run_failures,
+                             best_us=round(k.best_us, 3) if k.best_us is not None else None,
+                             first_error=k.first_error) for k in t.tasks])
 
 
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
                 max_trials_per_task: int | None = None, continue_from: str | None = None,
                 log: logging.Logger | logging.LoggerAdapter = _log,
-                on_progress: Callable[[int, int], None] | None = None) -> BuiltCandidate:
+                on_progress: Callable[[Progress], None] | None = None,
+                tune_seconds: float | None = None) -> BuiltCandidate:
     """Tune and build the tvm candidate, or return the cached build of the same inputs.
 
-    continue_from: an artifact's tuning/ folder, the search to continue where this machine has none. A build
+    continue_from: an artifact's tuning/ folder, the search to continue where this machine has none.
+    tune_seconds: a wall-clock budget beside `trials` (whichever is spent first ends the search). A build
     that fails is returned with its reason (the run goes on with the other candidates)."""
     if checked.unsupported_ops:
         return BuiltCandidate(name="tvm", backend="tvm",
@@ -80,32 +113,38 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
     records = seed_database(prepared, target, continue_from)
     if continue_from:
         log.info("continuing the search from %d tuning records", records)
-    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from))
+    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds))
     if (cache / RESULT).is_file():
         built = BuiltCandidate.model_validate_json((cache / RESULT).read_text())
         if built.path and Path(built.path).is_file():
             log.info("reusing the build %s (same model, target and budget): no tuning", cache)
             return built.model_copy(update={"cached": True})
     db_dir = tuning_dir(prepared, target)
-    log.info("tuning with %d trials for target %s; database %s", trials,
-             json.dumps(target_config(target), sort_keys=True), db_dir)
+    s = settings()
+    limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=max_trials_per_task,
+                    builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s)
+    log.info("tuning with %d trials%s for target %s; database %s", trials,
+             f" or {tune_seconds:g} s" if tune_seconds else "", json.dumps(target_config(target), sort_keys=True),
+             db_dir)
     start = time.perf_counter()
+    before = count_records(db_dir)
     try:
         with atomic_dir(cache, existing="replace") as staged:
-            result = compile_model(Path(prepared.path), checked.inputs, target_kind=target, trials=trials,
-                                   max_trials_per_task=max_trials_per_task, db_dir=db_dir,
-                                   out=staged.path / "model.so", progress=on_progress)
-            built = BuiltCandidate(
-                name="tvm", backend="tvm", path=str(cache / "model.so"), build_seconds=result.seconds,
-                settings=RunSettings(device=device_for(target)),
-                tuning=TuningInfo(trials=trials, tasks=result.tasks, records_added=result.tuned_records,
-                                  seconds=round(result.seconds, 2), database=str(db_dir), target=result.target,
-                                  max_trials_per_task=max_trials_per_task))
+            result = compile_model(Path(prepared.path), checked.inputs, target_kind=target, limits=limits,
+                                   db_dir=db_dir, out=staged.path / "model.so", progress=on_progress,
+                                   shared_root=shared_tuning_root())
+            info = tuning_info(result, limits, db_dir, count_records(db_dir) - before)
+            built = BuiltCandidate(name="tvm", backend="tvm", path=str(cache / "model.so"),
+                                   build_seconds=result.seconds, settings=RunSettings(device=device_for(target)),
+                                   tuning=info)
             (staged.path / RESULT).write_text(built.model_dump_json(indent=2))
     except KilnError as exc:
         log.warning("TVM candidate failed to build: %s", exc)
         return BuiltCandidate(name="tvm", backend="tvm", error=exc.message,
                               build_seconds=time.perf_counter() - start)
-    log.info("TVM build done in %.1f s: %d tasks, %d new tuning records", result.seconds, result.tasks,
-             result.tuned_records)
+    for warning in info.warnings:
+        log.warning("TVM tuning: %s", warning)
+    log.info("TVM build done in %.1f s: %s (stopped by %s); %d new tuning records; %d records from this CPU's "
+             "shared database, %d added to it", result.seconds, result.tuning.describe(), info.stopped_by,
+             info.records_added, info.seeded_records, info.shared_records_added)
     return built

@@ -39,6 +39,20 @@ def _unbuilt(cand: BuiltCandidate) -> CandidateResult:
                            build_seconds=cand.build_seconds)
 
 
+def tuning_notes(cand: BuiltCandidate) -> list[str]:
+    """What a user of a tuned candidate must know: how much of the search was spent and lost."""
+    t = cand.tuning
+    if t is None:
+        return []
+    if cand.cached:
+        return ["tuning: none this run (the build of an earlier run with the same model, target and budget)"]
+    measured = sum(k.best_us is not None for k in t.per_task)
+    return [f"tuning: {t.trials_run} trials ({t.failed_trials} failed), {measured}/{t.tasks} tasks measured, "
+            f"stopped by {t.stopped_by}" + (f", estimated {t.estimated_ms:.3g} ms" if t.estimated_ms else "")
+            + (f"; started from {t.seeded_records} records other models tuned on this CPU" if t.seeded_records
+               else ""), *t.warnings]
+
+
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings
                  ) -> CandidateResult:
     """One candidate's accuracy, in its child process: run it on every feed and score it. A candidate that
@@ -101,6 +115,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         if cand.error or not cand.path:
             results.append(_unbuilt(cand))
             continue
+        notes = tuning_notes(cand)
         run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
         try:
             result = run_isolated(evaluate_one, checked, ref, cand, run_settings, what=f"candidate {cand.name}",
@@ -116,6 +131,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         elif cand.baseline:
             raise ModelError(f"the unoptimized model does not run in onnxruntime: {'; '.join(result.reasons)}",
                              where=checked.model_path)
+        result.notes = notes
         results.append(result)
     if on_progress:
         on_progress(len(built), len(built) + 1, "timing in interleaved rounds")

@@ -27,7 +27,7 @@ from kiln.fs import file_sha256
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
 from kiln.optimize.protocol import generate as generate_protocol
 from kiln.optimize.report import markdown as report_markdown
-from kiln.optimize.report import svg_plot
+from kiln.optimize.report import svg_plot, tuning_markdown
 from kiln.program.external_data import external_data_files
 
 _log = logging.getLogger("kiln.optimize")
@@ -84,8 +84,10 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
         (folder / layout.REPORT_DIR).mkdir()
         (folder / layout.REPORT_DIR / "candidates.svg").write_text(svg_plot(evaluation.candidates,
                                                                              selected=selected.name))
+        tuned = next((b.tuning for b in evaluation.built if b.tuning and b.tuning.per_task), None)
         (folder / layout.REPORT_DIR / "candidates.md").write_text(
-            report_markdown(evaluation.candidates, selected.name) + "\n")
+            report_markdown(evaluation.candidates, selected.name) + "\n"
+            + (f"\n{tuning_markdown(tuned)}\n" if tuned else ""))
         return Manifest(
             name=checked.name, created_at=datetime.now(UTC).isoformat(),
             model=ModelInfo(path=module_name, sha256=file_sha256(folder / module_name),

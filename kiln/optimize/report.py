@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln.artifact.manifest import BASELINE, CandidateResult, speedup
+from kiln.artifact.manifest import BASELINE, CandidateResult, TuningInfo, speedup
 
 
 def _fmt(v: float | None) -> str:
@@ -36,6 +36,8 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
         row["in ranges"] = "yes" if c.passed else "no"
         row["eligible"] = "yes" if c.eligible else "no"
         row["why not"] = "; ".join(c.reasons)
+        if c.notes:
+            row["notes"] = "; ".join(c.notes)
         out.append(row)
     return out
 
@@ -47,6 +49,22 @@ def ranges(candidates: list[CandidateResult]) -> list[str]:
         for name, m in c.metrics.items():
             seen.setdefault(name, m.range)
     return [f"{k}: {v}" for k, v in seen.items()]
+
+
+def tuning_markdown(tuning: TuningInfo) -> str:
+    """The tuner's per-task table, slowest share first: where the latency is, so the next pass can be chosen
+    from data (weighted = best latency x how often the model runs the kernel)."""
+    lines = [f"## TVM tuning: {tuning.trials_run} trials ({tuning.failed_trials} failed), stopped by "
+             f"{tuning.stopped_by}" + (f", estimated {tuning.estimated_ms:.3g} ms" if tuning.estimated_ms else ""),
+             "", "| task | weight | trials | failed | best us | weighted us | GFLOP/s |", "|---" * 7 + "|"]
+    for t in sorted(tuning.per_task, key=lambda t: -(t.best_us or float("inf")) * t.weight):
+        best = t.best_us
+        gflops = f"{t.flop / best / 1e3:.1f}" if best and t.flop else "-"
+        lines.append(f"| {t.name} | {t.weight:g} | {t.trials} | {t.failed_trials} | {_fmt(best)} | "
+                     f"{_fmt(best * t.weight) if best else '-'} | {gflops} |")
+    if tuning.pipeline:
+        lines += ["", "kiln graph passes applied: " + ", ".join(tuning.pipeline)]
+    return "\n".join(lines)
 
 
 def markdown(candidates: list[CandidateResult], selected: str | None = None) -> str:

@@ -7,9 +7,10 @@ with the same message wherever it came from.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import KilnError
 from kiln.program.naming import parse_shapes
@@ -19,6 +20,22 @@ class RequestError(KilnError, ValueError):
     """A request field is wrong (a ValueError too, so pydantic reports it as a validation error)."""
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr|)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from "90", "90s", "20m", "1.5h"; "" is None."""
+    if not text.strip():
+        return None
+    m = _DURATION.match(text)
+    if not m:
+        raise RequestError(f"cannot read {text!r} as a duration", hint="write e.g. 90s, 20m or 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}[m.group(2).lower()]
+
+
+MAX_TRIALS = 100_000
+
+
 class OptimizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -26,10 +43,14 @@ class OptimizeRequest(BaseModel):
                                      "the worker, a file:// URI, or an s3:// URI (KILN_S3_* settings on the worker)")
     shapes: dict[str, list[int]] | None = Field(
         None, description='concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}')
-    trials: int = Field(64, ge=0, le=100_000,
-                        description="total MetaSchedule trial budget for the TVM candidate (0: apply the database)")
-    max_trials_per_task: int | None = Field(None, ge=1, description="cap per tuning task (default: the budget "
-                                                                    "spread evenly over the tasks)")
+    trials: int = Field(64, ge=0, le=MAX_TRIALS,
+                        description="total MetaSchedule trial budget for the TVM candidate (0: apply the database; "
+                                    f"default 64, or {MAX_TRIALS} when only tune_time is given)")
+    max_trials_per_task: int | None = Field(None, ge=1, description="cap per tuning task (default: none; every task "
+                                                                    "gets one round of 64, then the scheduler "
+                                                                    "spends trials where the latency is)")
+    tune_time: float | None = Field(None, gt=0, description="wall-clock tuning budget beside `trials`, in seconds or "
+                                                           "as 90s / 20m / 2h: no new trial starts once it is spent")
     target: str = Field("llvm", description="llvm (this CPU) or cuda")
     candidates: list[str] | None = Field(None, description="candidates to build; the onnxruntime baseline is "
                                                            "always measured (default: kiln's default set)")
@@ -74,6 +95,21 @@ class OptimizeRequest(BaseModel):
         except KilnError as exc:
             raise RequestError(exc.message, where=exc.where, hint=exc.hint) from None
         return texts or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _time_budget_alone(cls, data: Any) -> Any:
+        """A tuning time given without a trial count: the time is the budget."""
+        if isinstance(data, dict) and data.get("trials") is None:
+            data = {k: v for k, v in data.items() if k != "trials"}
+            if data.get("tune_time") not in (None, ""):
+                data["trials"] = MAX_TRIALS
+        return data
+
+    @field_validator("tune_time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("data", "name")
     @classmethod

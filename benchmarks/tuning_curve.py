@@ -1,0 +1,170 @@
+"""The anytime curve: how long must TVM tune on this machine before it pays off against onnxruntime?
+
+    python benchmarks/tuning_curve.py                                   # make bench-long: 0..120 minutes
+    python benchmarks/tuning_curve.py --models encoder --minutes 0 1 3  # a short look
+
+One search per model, continued from its own database (not the shared one: each curve starts from nothing):
+at each checkpoint the best records so far are compiled, and the compiled model is timed in interleaved rounds
+beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
+dynamic for transformers), in the same process. The ratio is the median of per-round ratios (TVM / onnxruntime,
+below 1 = TVM faster). Writes benchmarks/tuning_curve.json, benchmarks/tuning_curve.svg and the "Tuning curve"
+section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.compile_vs_ort import CONSOLE, MODELS, feed_for, machine  # noqa: E402
+from benchmarks.results_md import write_section  # noqa: E402
+from kiln.compiler import Limits, compile_model  # noqa: E402
+from kiln.optimize.candidates import BuildContext, get  # noqa: E402
+from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
+from kiln.optimize.prepare import prepare_model  # noqa: E402
+from kiln.runtime.latency import interleaved  # noqa: E402
+from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "work" / "curve"
+REAL = ROOT / "benchmarks" / "work" / "real" / "models"
+CURVE_MODELS = {**{k: MODELS[k] for k in ("resnet18", "encoder")},
+                "minilm-l6": (str(REAL / "minilm-l6" / "model.onnx"), None,
+                              {"input_ids": [1, 128], "attention_mask": [1, 128]})}
+INT8 = {"resnet18": "ort-int8-static", "encoder": "ort-int8-dynamic", "minilm-l6": "ort-int8-fused-dynamic"}
+
+
+def _paired_ratio(a: list[float], b: list[float]) -> float:
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
+def curve(name: str, minutes: list[float], threads: int) -> dict:
+    rel, script, shapes = CURVE_MODELS[name]
+    path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
+    if not path.is_file():
+        if script is None:
+            raise SystemExit(f"{path} is missing: run `python benchmarks/real_models.py --models {name}` first")
+        import subprocess
+
+        subprocess.run([sys.executable, str(ROOT / script)], check=True)
+    model = load_model(path)
+    inputs, outputs = input_specs(model, shapes, rel), output_specs(model)
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    prepared = work / "prepared.onnx"
+    prepare_model(model, inputs, prepared, rel)
+    feed = feed_for(inputs)
+    if name == "minilm-l6":
+        data = np.load(REAL / name / "samples.npz")
+        feed = {s.name: data[s.name][0] for s in inputs}
+    calibration = [feed_for(inputs, seed=i) for i in range(8)] if name != "minilm-l6" else None
+    int8 = get(INT8[name]).build(BuildContext(model=path, prepared=prepared, out_dir=work, calibration=calibration))
+    ort, ort8 = OrtRunner(path, threads=threads), OrtRunner(int8.path, threads=threads)
+    rows, spent = [], 0.0
+    for checkpoint in minutes:
+        segment = (checkpoint - spent) * 60
+        start = time.perf_counter()
+        res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
+                            limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None),
+                            progress=lambda p, at=checkpoint: print(f"\r[{name}] {at} min: {p.describe()}", end="",
+                                                                    file=CONSOLE))
+        spent = checkpoint
+        tvm = TvmRunner(res.module, inputs, outputs, threads=threads)
+        rounds = interleaved({"tvm": lambda r=tvm: r.run(feed), "ort": lambda: ort.run(feed),
+                              "int8": lambda: ort8.run(feed)}, repeats=300, max_seconds=10)
+        t, o, q = (rounds[k].summary() for k in ("tvm", "ort", "int8"))
+        row = {"minutes": checkpoint, "trials": res.tuning.trials, "failed_trials": res.tuning.failed,
+               "tuning_s": round(time.perf_counter() - start, 1), "estimated_ms": res.tuning.estimated_ms,
+               "tvm_p50_ms": t["p50"], "ort_p50_ms": o["p50"], "int8_p50_ms": q["p50"],
+               "tvm_over_ort": _paired_ratio(t["rounds"], o["rounds"]),
+               "int8_over_ort": _paired_ratio(q["rounds"], o["rounds"]), "pipeline": res.passes}
+        rows.append(row)
+        print(f"\r[{name}] {checkpoint} min: TVM {t['p50']:.3f} ms, onnxruntime {o['p50']:.3f} ms, int8 "
+              f"{q['p50']:.3f} ms: TVM/ORT {row['tvm_over_ort']:.2f} ({res.tuning.trials} trials, "
+              f"{res.tuning.failed} failed)", file=CONSOLE)
+        tvm.close()
+    ort.close()
+    ort8.close()
+    return {"model": name, "int8": INT8[name], "shapes": {s.name: s.shape for s in inputs}, "rows": rows}
+
+
+def svg(results: list[dict]) -> str:
+    """TVM / onnxruntime against minutes of tuning, one line per model (int8 / onnxruntime dashed)."""
+    w, h, pad = 640, 360, 50
+    xs = [r["minutes"] for m in results for r in m["rows"]] or [1]
+    ys = [v for m in results for r in m["rows"] for v in (r["tvm_over_ort"], r["int8_over_ort"])] + [1.0]
+    x_max, y_max = max(xs) or 1, max(ys) * 1.1
+
+    def pt(x, y):
+        return f"{pad + (w - 2 * pad) * x / x_max:.1f},{h - pad - (h - 2 * pad) * y / y_max:.1f}"
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             'font-size="12">', '<rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
+             f'<polyline points="{pt(0, 1)} {pt(x_max, 1)}" stroke="gray" stroke-dasharray="2,3" fill="none"/>',
+             f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">minutes of tuning</text>',
+             f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
+             'latency / onnxruntime fp32 (lower is faster)</text>']
+    for tick in sorted({r["minutes"] for m in results for r in m["rows"]}):
+        x, y = pt(tick, 0).split(",")
+        parts.append(f'<text x="{x}" y="{float(y) + 15}" text-anchor="middle">{tick:g}</text>')
+    for k in range(0, int(y_max) + 2):
+        if k <= y_max:
+            x, y = pt(0, k).split(",")
+            parts.append(f'<text x="{float(x) - 6}" y="{float(y) + 4}" text-anchor="end">{k}</text>')
+    for i, m in enumerate(results):
+        c = colors[i % len(colors)]
+        tvm = " ".join(pt(r["minutes"], r["tvm_over_ort"]) for r in m["rows"])
+        q = " ".join(pt(r["minutes"], r["int8_over_ort"]) for r in m["rows"])
+        parts += [f'<polyline points="{tvm}" stroke="{c}" stroke-width="2" fill="none"/>',
+                  f'<polyline points="{q}" stroke="{c}" stroke-dasharray="5,4" fill="none"/>',
+                  f'<text x="{w - pad - 150}" y="{pad + 16 * i}" fill="{c}">{m["model"]}: TVM (solid), '
+                  f'{m["int8"]} (dashed)</text>']
+    return "\n".join(parts + ["</svg>"]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CURVE_MODELS), choices=list(CURVE_MODELS))
+    parser.add_argument("--minutes", nargs="+", type=float, default=[0, 5, 15, 30, 60, 120])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    info = machine()
+    results = [curve(m, sorted(args.minutes), threads) for m in args.models]
+    command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
+    (ROOT / "benchmarks" / "tuning_curve.json").write_text(json.dumps({"machine": info, "command": command,
+                                                                         "results": results}, indent=1))
+    (ROOT / "benchmarks" / "tuning_curve.svg").write_text(svg(results))
+    lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
+             f"batch 1. Command: `{command.strip()}`. One search per model, continued segment by segment from its "
+             "own database (each curve starts from nothing); at each checkpoint the best kernels so far are "
+             "compiled and timed in interleaved rounds beside fp32 onnxruntime and onnxruntime int8 in the same "
+             "process. Ratios are medians of per-round ratios (below 1 = faster than fp32 onnxruntime).", "",
+             "![tuning curve](tuning_curve.svg)", "",
+             "| model | minutes | trials (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
+             "tuner's estimate ms |", "|---|---|---|---|---|---|---|---|"]
+    for m in results:
+        for r in m["rows"]:
+            est = f"{r['estimated_ms']:.3f}" if r["estimated_ms"] else "-"
+            lines.append(f"| {m['model']} | {r['minutes']:g} | {r['trials']} ({r['failed_trials']}) | "
+                         f"{r['tvm_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | {r['tvm_over_ort']:.2f} | "
+                         f"{r['int8_over_ort']:.2f} ({m['int8']}) | {est} |")
+    write_section("## Tuning curve (`make bench-long`)", lines)
+
+
+if __name__ == "__main__":
+    main()

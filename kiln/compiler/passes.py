@@ -1,0 +1,55 @@
+"""kiln's own graph passes before tuning, as named data (the shape of TVM's relax/pipeline.py).
+
+Each is an exact rewrite of high-level Relax (before operators are lowered to TIR), aimed at what the tuner's
+per-task table showed on transformers: transposes feeding matmuls, reshapes that change nothing, batch norms
+after convolutions. Relax's CombineParallelMatmul (attention's Q/K/V as one matmul) is not here: it only
+combines weights that are function parameters, and TVM 0.27's ONNX importer fails on a BERT export with
+keep_params_in_input=True (a Reshape whose input has no known shape). A pass is kept in the pipeline only where the
+model's graph has its pattern (the profile: the pass changed the module), and the manifest lists the ones that
+did (`tuning.pipeline`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    name: str
+    what: str
+    make: Callable[[], object]  # a tvm.transform.Pass
+
+
+def _relax(name: str) -> Callable[[], object]:
+    def make():
+        from tvm import relax
+
+        return getattr(relax.transform, name)()
+
+    return make
+
+
+PASSES: dict[str, GraphPass] = {p.name: p for p in (
+    GraphPass("fuse-transpose-matmul", "a transpose feeding a matmul is read through its layout instead",
+              _relax("FuseTransposeMatmul")),
+    GraphPass("remove-redundant-reshape", "reshapes to the shape a tensor already has are dropped",
+              _relax("RemoveRedundantReshape")),
+    GraphPass("fold-batchnorm", "batch norms after convolutions folded into their weights",
+              _relax("FoldBatchnormToConv2D")),
+)}
+DEFAULT = tuple(PASSES)
+
+
+def apply(mod, names: tuple[str, ...] | list[str] = DEFAULT) -> tuple[object, list[str]]:
+    """`mod` after each named pass in turn, and the names of those that changed it."""
+    from tvm_ffi import structural_equal  # TVM 0.27: no longer tvm.ir.structural_equal
+
+    applied = []
+    for name in names:
+        rewritten = PASSES[name].make()(mod)
+        if not structural_equal(rewritten, mod):
+            applied.append(name)
+            mod = rewritten
+    return mod, applied

@@ -1,0 +1,164 @@
+"""One tuning database per CPU, shared by every model tuned on it.
+
+MetaSchedule finds a record by its workload's structural hash (the fused kernel's TIR, shapes included, not
+the weights), so the same convolution or matmul in another model, or in the next version of the same model,
+can start from a kernel already tuned. Its database ignores the target (apache/tvm#15549), so kiln keeps one
+per CPU fingerprint (TVM version, LLVM's name for the CPU, the ISA features that change code generation, the
+cores) and never applies another fingerprint's records: these machines alternate between AMD EPYC and Intel
+Xeon with AMX, and a schedule tuned on one is neither valid nor fast on the other.
+
+Flow: before tuning, each task whose workload the model's own database lacks gets the shared database's best
+records (the model's own records come first); after tuning, the model's best records per workload are merged
+into the shared one. Both run under an exclusive file lock, so concurrent runs are safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from kiln.compiler.database import DB_FILES
+
+# flags that change what LLVM may emit for these kernels
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sse4_2")
+TOP_K = 8  # records per workload kept in and seeded from the shared database
+FAILED_SECS = 1e9  # MetaSchedule records a failed build or run as 1e10 seconds
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
+    present = set(line.partition(":")[2].split())
+    return [f for f in ISA_FLAGS if f in present]
+
+
+def fingerprint(mcpu: str, cores: int, flags: list[str] | None = None) -> dict:
+    import tvm
+
+    return {"tvm": tvm.__version__, "mcpu": mcpu, "cores": cores, "isa": flags if flags is not None else cpu_flags()}
+
+
+def folder_for(root: Path, print_: dict) -> Path:
+    """root/<tvm version>/<mcpu>-<cores>c-<hash of the whole fingerprint>."""
+    digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:10]
+    return root / print_["tvm"] / f"{print_['mcpu']}-{print_['cores']}c-{digest}"
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open(folder: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(folder))
+
+
+def _valid(record) -> bool:
+    secs = [float(getattr(s, "value", s)) for s in (record.run_secs or [])]
+    return bool(secs) and min(secs) < FAILED_SECS
+
+
+def _copy(record, workload):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
+
+
+def seed(own: Path, shared: Path, workloads: list) -> int:
+    """Copy the shared best records of each workload (an IRModule) the model's own database has none of;
+    returns how many records were copied."""
+    if not (shared / DB_FILES[1]).is_file():
+        return 0
+    with locked(shared):
+        source = _open(shared)
+        dest = _open(own)
+        copied = 0
+        for mod in workloads:
+            own_records = dest.has_workload(mod) and dest.get_top_k(dest.commit_workload(mod), 1)
+            if own_records or not source.has_workload(mod):
+                continue
+            records = [r for r in source.get_top_k(source.commit_workload(mod), TOP_K) if _valid(r)]
+            if records:
+                target = dest.commit_workload(mod)
+                for r in records:
+                    dest.commit_tuning_record(_copy(r, target))
+                copied += len(records)
+    return copied
+
+
+def merge(own: Path, shared: Path, workloads: list | None = None) -> int:
+    """Add the model's best records of each workload (default: every workload of its database) to the shared
+    database (records it already holds, by their trace, are skipped); returns how many were added."""
+    if not (own / DB_FILES[1]).is_file():
+        return 0
+    with locked(shared):
+        source = _open(own)
+        dest = _open(shared)
+        added = 0
+        if workloads is None:
+            from tvm_ffi import structural_hash
+
+            seen = {}
+            for r in source.get_all_tuning_records():
+                seen.setdefault(structural_hash(r.workload.mod), r.workload.mod)
+            workloads = list(seen.values())
+        for mod in workloads:
+            if not source.has_workload(mod):
+                continue
+            best = [r for r in source.get_top_k(source.commit_workload(mod), TOP_K) if _valid(r)]
+            if not best:
+                continue
+            target = dest.commit_workload(mod)
+            known = {str(r.trace.as_json()) for r in dest.get_top_k(target, 10 * TOP_K)}
+            for r in best:
+                if str(r.trace.as_json()) not in known:
+                    dest.commit_tuning_record(_copy(r, target))
+                    added += 1
+    return added
+
+
+def describe(folder: Path) -> dict:
+    """A shared database's fingerprint, workloads and records, read from its files (no TVM needed)."""
+    def lines(name: str) -> int:
+        try:
+            with open(folder / name, "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except OSError:
+            return 0
+
+    try:
+        print_ = json.loads((folder / "fingerprint.json").read_text())
+    except (OSError, ValueError):
+        print_ = {}
+    return {"folder": str(folder), "fingerprint": print_, "workloads": lines(DB_FILES[0]),
+            "records": lines(DB_FILES[1]), "bytes": sum(f.stat().st_size for f in folder.glob("*.json"))}
+
+
+def ensure(root: Path, print_: dict) -> Path:
+    """The fingerprint's folder, with fingerprint.json written once so `kiln tuning` can say whose it is."""
+    folder = folder_for(root, print_)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "fingerprint.json").is_file():
+        tmp = folder / f"fingerprint.json.{os.getpid()}"
+        tmp.write_text(json.dumps(print_, indent=1, sort_keys=True))
+        tmp.replace(folder / "fingerprint.json")
+    return folder

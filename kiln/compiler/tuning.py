@@ -1,0 +1,240 @@
+"""MetaSchedule tuning as kiln runs it: trials where the latency is, a budget in trials and in time, and every
+failed trial counted.
+
+relax's `static_shape_tuning` pipeline splits the budget evenly (`max_trials_per_task`), which at kiln's
+budgets gave each task less than one evolutionary round (64 samples), so the cost model never trained; and it
+said nothing when builds timed out (21 of 44 trials on a real transformer: LocalBuilder's 30 s on a loaded
+2-core machine). Here the gradient task scheduler gives every task one full round and then spends trials
+where they cut the estimated end-to-end latency most; builder and runner timeouts are settings; a measure
+callback counts valid and failed trials per task and reports progress; a wrapper around the evolutionary
+search stops handing out trials once the wall-clock budget is spent (the scheduler then winds down the
+trials already in flight, as it does when a task's search space is exhausted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln.compiler import shared_db
+
+TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model trains on whole rounds
+
+
+@dataclass
+class Limits:
+    """How much tuning, and how long a single trial may take."""
+
+    trials: int
+    seconds: float | None = None  # wall clock: no new trial starts once spent
+    max_trials_per_task: int | None = None  # None: no cap, the scheduler decides
+    builder_timeout_s: float = 120.0
+    runner_timeout_s: float = 60.0
+    trials_per_round: int = TRIALS_PER_ROUND
+
+
+@dataclass
+class TaskState:
+    name: str
+    weight: float
+    flop: float = 0.0
+    trials: int = 0
+    build_failures: int = 0
+    run_failures: int = 0
+    best_us: float | None = None
+    first_error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.build_failures + self.run_failures
+
+    @property
+    def valid(self) -> int:
+        return self.trials - self.failed
+
+
+@dataclass
+class Progress:
+    """What the tuner knows so far; `estimated_ms` only once every task has a valid measurement."""
+
+    tasks: list[TaskState]
+    limits: Limits
+    started: float = field(default_factory=time.monotonic)
+    stopped_by: str | None = None  # "trials", "time", "search space" once finished
+    seeded: int = 0  # records copied from the CPU's shared database before tuning
+    shared_added: int = 0  # records this run added to it
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def trials(self) -> int:
+        return sum(t.trials for t in self.tasks)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.failed for t in self.tasks)
+
+    @property
+    def measured_tasks(self) -> int:
+        return sum(t.best_us is not None for t in self.tasks)
+
+    @property
+    def estimated_ms(self) -> float | None:
+        if not self.tasks or self.measured_tasks < len(self.tasks):
+            return None
+        return sum(t.weight * t.best_us for t in self.tasks) / 1000.0
+
+    def describe(self) -> str:
+        est = self.estimated_ms
+        return (f"{self.trials} trials ({self.failed} failed), {self.measured_tasks}/{len(self.tasks)} tasks measured"
+                + (f", estimated {est:.3g} ms" if est is not None else ""))
+
+    def warnings(self) -> list[str]:
+        """What a user must hear: tasks left without a measurement, and a run where most trials failed."""
+        out = []
+        unmeasured = [t for t in self.tasks if t.best_us is None and t.trials]
+        if unmeasured:
+            out.append(f"{len(unmeasured)} task(s) got no valid measurement and keep TVM's default schedule: "
+                       + "; ".join(f"{t.name} ({t.failed}/{t.trials} failed: {t.first_error or '?'})"
+                                   for t in unmeasured[:5]))
+        untried = [t.name for t in self.tasks if not t.trials]
+        if untried and self.stopped_by == "time":
+            out.append(f"the tuning time ran out before {len(untried)} of {len(self.tasks)} task(s) got a trial; "
+                       "they keep TVM's default schedule: give it more time")
+        if self.trials and self.failed * 2 > self.trials:
+            builds = sum(t.build_failures for t in self.tasks)
+            why = (f"{builds} builds failed (builder timeout {self.limits.builder_timeout_s:g} s; raise "
+                   "KILN_TUNE_BUILDER_TIMEOUT_S on a loaded machine)" if builds * 2 >= self.failed else
+                   f"{self.failed - builds} runs failed (runner timeout {self.limits.runner_timeout_s:g} s)")
+            out.append(f"most trials failed: {self.failed} of {self.trials}; {why}")
+        return out
+
+
+def _error_line(msg: str | None) -> str:
+    lines = [ln.strip() for ln in str(msg or "").splitlines() if ln.strip()]
+    return next((ln for ln in lines if "Timeout" in ln or "Error" in ln), lines[-1] if lines else "?")[:160]
+
+
+def _seconds(result) -> float | None:
+    if result is None or result.error_msg is not None or not result.run_secs:
+        return None
+    runs = sorted(float(getattr(s, "value", s)) for s in result.run_secs)
+    return runs[len(runs) // 2]
+
+
+def _nameless_log_handlers_dropped() -> None:
+    """MetaSchedule lists its logger's handlers by name in a logging dictConfig; a nameless one (pytest's log
+    capture leaves one there between tests) makes that config fail with "'NoneType' object has no attribute
+    'format'"."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in [h for h in logger.handlers if h.get_name() is None]:
+        logger.removeHandler(handler)
+
+
+def _flop(mod) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return float(estimate_tir_flops(mod))
+    except Exception:  # an estimate, for the report only
+        return 0.0
+
+
+def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Progress], None] | None = None,
+         shared: Path | None = None) -> Progress:
+    """Tune every task of `mod` (a lowered Relax module) into the JSON database in `work_dir`, starting from
+    the `shared` database's records for workloads it has none of, and adding its best records there after."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    extracted = ms.relax_integration.extract_tasks(mod, target)
+    progress = Progress(tasks=[TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod))
+                               for t in extracted], limits=limits)
+    workloads = [t.mod for t in extracted]
+    if shared is not None:
+        progress.seeded = shared_db.seed(work_dir, shared, workloads)
+    if not extracted or limits.trials <= 0:
+        progress.stopped_by = "trials"
+        return progress
+    deadline = progress.started + limits.seconds if limits.seconds else None
+    handed = [0]  # trials handed to the builder so far
+
+    @derived_object
+    class Deadline(PySearchStrategy):
+        """The evolutionary search, handing out no new trials once the wall-clock budget is spent."""
+
+        def __init__(self, inner=None):
+            self.inner = inner or ms.search_strategy.EvolutionarySearch()
+
+        def _initialize_with_tune_context(self, context) -> None:
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
+            self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+        def post_tuning(self) -> None:
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self):
+            if deadline is not None and time.monotonic() >= deadline:
+                progress.stopped_by = "time"
+                return None
+            left = limits.trials - handed[0]  # the scheduler itself may overshoot by most of a round
+            candidates = self.inner.generate_measure_candidates() if left > 0 else None
+            if candidates is None:
+                return None
+            candidates = list(candidates)[:left]
+            handed[0] += len(candidates)
+            return candidates
+
+        def notify_runner_results(self, measure_candidates, results) -> None:
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return Deadline(self.inner.clone())
+
+    @derived_object
+    class Watch(PyMeasureCallback):
+        """Counts each task's valid and failed trials and keeps its best latency."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            task = progress.tasks[task_id]
+            for built, ran in zip(builder_results, runner_results, strict=False):
+                task.trials += 1
+                if built.error_msg is not None:
+                    task.build_failures += 1
+                    task.first_error = task.first_error or _error_line(built.error_msg)
+                    continue
+                secs = _seconds(ran)
+                if secs is None:
+                    task.run_failures += 1
+                    task.first_error = task.first_error or _error_line(ran.error_msg)
+                elif task.best_us is None or secs * 1e6 < task.best_us:
+                    task.best_us = secs * 1e6
+            if on_progress:
+                on_progress(progress)
+
+    _nameless_log_handlers_dropped()
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted_tasks=extracted, work_dir=str(work_dir), space="post-order-apply", strategy=Deadline())
+    cores = contexts[0].num_threads
+    # every task is measured before any gets more: a budget too small for a full round each is shared out
+    per_round = max(1, min(limits.trials_per_round, limits.trials // len(extracted)))
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=limits.trials,
+        max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
+        builder=ms.builder.LocalBuilder(max_workers=cores, timeout_sec=limits.builder_timeout_s),
+        runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s),
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Watch()],
+        task_scheduler="gradient")
+    progress.stopped_by = progress.stopped_by or ("trials" if progress.trials >= limits.trials else "search space")
+    if shared is not None:
+        progress.shared_added = shared_db.merge(work_dir, shared, workloads)
+    return progress

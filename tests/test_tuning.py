@@ -1,0 +1,178 @@
+"""The TVM tuning engine: every task measured, budgets in trials and in time, failed trials counted and named."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+import onnx_models
+from conftest import run_kiln
+
+
+def _cnn(tmp_path):
+    from kiln.artifact.specs import TensorSpec
+
+    return onnx_models.small_cnn(tmp_path / "cnn.onnx"), [TensorSpec(name="x", dtype="float32", shape=[1, 3, 32, 32])]
+
+
+def test_a_time_budget_stops_the_search(tmp_path):
+    """--tune-time: no new trial starts once the time is spent, whatever the trial budget."""
+    from kiln.compiler import Limits, compile_model
+
+    model, inputs = _cnn(tmp_path)
+    start = time.monotonic()
+    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=5,
+                                                                           trials_per_round=4),
+                           db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
+    t = result.tuning
+    assert t.stopped_by == "time" and t.trials < 1000
+    if any(not k.trials for k in t.tasks):  # the time may run out before some tasks got a trial: said so
+        assert "tuning time ran out before" in t.warnings()[0]
+    assert time.monotonic() - start < 240  # the rounds in flight finish; nothing new starts
+
+
+def test_failed_trials_are_named_not_silent(kiln_env, digits_program):
+    """Every build killed by the builder's timeout: the tvm candidate says so and why, the run goes on and
+    publishes onnxruntime; the warning names the setting to raise."""
+    env = {**kiln_env, "KILN_TUNE_BUILDER_TIMEOUT_S": "0.001"}
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime,tvm", "--trials", "4", "--json"],
+                    env)
+    assert proc.returncode == 0, proc.stderr
+    tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
+    assert "all 4 tuning trials failed" in tvm["reasons"][0] and "Timeout" in tvm["reasons"][0], tvm["reasons"]
+    assert "KILN_TUNE_BUILDER_TIMEOUT_S" in tvm["reasons"][0]
+
+
+def test_most_trials_failed_is_a_warning():
+    from kiln.compiler.tuning import Limits, Progress, TaskState
+
+    p = Progress(tasks=[TaskState("dense", 1.0, trials=10, build_failures=9, best_us=3.0),
+                        TaskState("softmax", 2.0, trials=6, build_failures=6, first_error="LocalBuilder: Timeout")],
+                 limits=Limits(trials=16, builder_timeout_s=30))
+    warnings = p.warnings()
+    assert p.estimated_ms is None  # a task without a measurement: no end-to-end estimate
+    assert "softmax (6/6 failed: LocalBuilder: Timeout)" in warnings[0]
+    assert "most trials failed: 15 of 16; 15 builds failed (builder timeout 30 s" in warnings[1]
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("20m", 1200), ("1.5h", 5400), ("2 H", 7200)])
+def test_durations(text, seconds):
+    from kiln.optimize.request import OptimizeRequest
+
+    request = OptimizeRequest.of(program="m.onnx", tune_time=text)
+    assert request.tune_time == seconds and request.trials == 100_000  # the time alone is the budget
+    assert OptimizeRequest.of(program="m.onnx", tune_time=text, trials=8).trials == 8
+
+
+def test_bad_duration_is_a_clear_error(kiln_env, digits_program):
+    proc = run_kiln(["optimize", str(digits_program), "--tune-time", "twenty minutes"], kiln_env)
+    assert proc.returncode == 2 and "cannot read 'twenty minutes' as a duration" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
+    """A budget smaller than a round per task is shared out so every task is measured before any gets more
+    (relax's even split let the first tasks take it all); the counts add up; and what this model tuned, the
+    next one with the same workloads starts from (here with no search at all), through this CPU's shared
+    database only."""
+    from kiln.compiler import Limits, compile_model
+    from kiln.compiler.shared_db import fingerprint, folder_for
+
+    model, inputs = _cnn(tmp_path)
+    shared, seen = tmp_path / "shared", []
+    first = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=5), db_dir=tmp_path / "db-a",
+                          out=tmp_path / "a.so", shared_root=shared, progress=lambda p: seen.append(p.describe()))
+    t = first.tuning
+    assert len(t.tasks) >= 3 and all(k.trials >= 1 for k in t.tasks), [(k.name, k.trials) for k in t.tasks]
+    assert t.trials == sum(k.trials for k in t.tasks) and t.stopped_by == "trials"
+    assert t.failed == 0 and all(k.best_us and k.best_us > 0 for k in t.tasks)
+    assert t.estimated_ms and t.estimated_ms > 0 and not t.warnings()
+    assert seen and f"{len(t.tasks)}/{len(t.tasks)} tasks measured" in seen[-1]
+    assert t.seeded == 0 and t.shared_added > 0
+
+    again = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp_path / "db-b",
+                          out=tmp_path / "b.so", shared_root=shared)
+    assert again.tuning.seeded > 0
+    alone = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp_path / "db-c",
+                          out=tmp_path / "c.so", shared_root=tmp_path / "elsewhere")
+    assert alone.tuning.seeded == 0
+
+    # two runs merging into one shared database at once: the lock keeps it valid, nothing is doubled
+    import multiprocessing
+
+    from kiln.compiler.database import count_records
+    from kiln.compiler.shared_db import merge
+
+    together = tmp_path / "together"
+    ctx = multiprocessing.get_context("spawn")
+    writers = [ctx.Process(target=merge, args=(tmp_path / "db-a", together)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0
+    alone_merge = tmp_path / "alone-merge"
+    assert merge(tmp_path / "db-a", alone_merge) == count_records(alone_merge) > 0
+    from tvm.s_tir import meta_schedule as ms
+
+    loaded = ms.database.JSONDatabase(work_dir=str(together))  # every line parses
+    assert len(loaded) == count_records(together) == count_records(alone_merge)
+
+    epyc = fingerprint("znver5", 2, ["avx2", "avx512f"])
+    xeon = fingerprint("sapphirerapids", 2, ["avx2", "avx512f", "amx_tile"])
+    assert folder_for(shared, epyc) != folder_for(shared, xeon)
+    assert folder_for(shared, epyc) != folder_for(shared, {**epyc, "isa": ["avx2"]})
+
+
+def test_tune_time_from_the_cli_and_the_tuning_list(kiln_env, digits_program):
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "onnxruntime,tvm", "--trials", "4",
+                     "--tune-time", "2m", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
+    assert re.match(r"tuning: [1-4] trials \(0 failed\), (\d+)/\1 tasks measured", tvm["notes"][0]), tvm["notes"]
+    listed = run_kiln(["tuning", "--json"], kiln_env)
+    assert listed.returncode == 0, listed.stderr
+    shared = [d for d in json.loads(listed.stdout) if d["kind"] == "shared"]
+    assert shared and shared[0]["records"] > 0 and shared[0]["fingerprint"]["cores"] >= 1
+
+
+def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):
+    """Each of kiln's graph passes on a small BERT block and a small CNN: the compiled model's outputs stay
+    within float tolerance of onnxruntime's, and a pass is listed only where the graph had its pattern."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from kiln.artifact.specs import TensorSpec
+    from kiln.compiler import Limits, compile_model
+    from kiln.compiler.passes import PASSES
+    from kiln.runtime.runners import TvmRunner
+
+    rng = np.random.default_rng(0)
+    ids = ("input_ids", "attention_mask", "token_type_ids")
+    models = {
+        "bert": (onnx_models.tiny_bert(tmp_path / "bert.onnx"),
+                 [TensorSpec(name=n, dtype="int64", shape=[1, 16]) for n in ids],
+                 [TensorSpec(name="last_hidden_state", dtype="float32", shape=[1, 16, 32])],
+                 {"input_ids": rng.integers(1, 100, (1, 16)), "attention_mask": np.ones((1, 16), np.int64),
+                  "token_type_ids": np.zeros((1, 16), np.int64)}),
+        "cnn": (*_cnn(tmp_path), [TensorSpec(name="logits", dtype="float32", shape=[1, 10])],
+                {"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}),
+    }
+    listed = set()
+    for label, (model, inputs, outputs, feed) in models.items():
+        want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for name in PASSES:
+            result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0),
+                                   db_dir=tmp_path / "db", out=tmp_path / f"{label}-{name}.so", graph_passes=(name,))
+            assert result.passes in ([], [name])
+            listed |= {(label, p) for p in result.passes}
+            runner = TvmRunner(result.module, inputs, outputs, threads=1)
+            try:
+                got = runner.run(feed)[outputs[0].name]
+            finally:
+                runner.close()
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert ("cnn", "fuse-transpose-matmul") in listed  # its Gemm reads a transposed weight
