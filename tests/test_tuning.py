@@ -56,6 +56,10 @@ def test_most_trials_failed_is_a_warning():
     assert p.estimated_ms is None  # a task without a measurement: no end-to-end estimate
     assert "softmax (6/6 failed: LocalBuilder: Timeout)" in warnings[0]
     assert "most trials failed: 15 of 16; 15 builds failed (builder timeout 30 s" in warnings[1]
+    short = Progress(tasks=[TaskState("dense", 1.0, trials=1, best_us=3.0), TaskState("softmax", 2.0)],
+                     limits=Limits(trials=1), stopped_by="trials")
+    assert short.warnings() == ["1 of 2 task(s) got no trial (softmax): a budget of 1 trials is less than one per "
+                                "task"]
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("20m", 1200), ("1.5h", 5400), ("2 H", 7200)])

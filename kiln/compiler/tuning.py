@@ -106,6 +106,9 @@ class Progress:
         if untried and self.stopped_by == "time":
             out.append(f"the tuning time ran out before {len(untried)} of {len(self.tasks)} task(s) got a trial; "
                        "they keep TVM's default schedule: give it more time")
+        elif untried and self.limits.trials > 0:
+            out.append(f"{len(untried)} of {len(self.tasks)} task(s) got no trial ({', '.join(untried[:5])}): a "
+                       f"budget of {self.limits.trials} trials is less than one per task")
         if self.trials and self.failed * 2 > self.trials:
             builds = sum(t.build_failures for t in self.tasks)
             why = (f"{builds} builds failed (builder timeout {self.limits.builder_timeout_s:g} s; raise "
@@ -168,7 +171,7 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
 
     @derived_object
     class Deadline(PySearchStrategy):
-        """The evolutionary search, handing out no new trials once the wall-clock budget is spent."""
+        """The evolutionary search, handing out no trial beyond the budget, and none once the time is spent."""
 
         def __init__(self, inner=None):
             self.inner = inner or ms.search_strategy.EvolutionarySearch()
