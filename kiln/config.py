@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # own 30 s lost 21 of 44 trials of a real transformer on a loaded 2-core machine)
     tune_builder_timeout_s: float = Field(120.0, gt=0)
     tune_runner_timeout_s: float = Field(60.0, gt=0)
+    tvm_prepack: bool = True  # CPU: weights packed at compile time in the layout the tuned kernels read
 
     # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
     s3_endpoint: str = ""

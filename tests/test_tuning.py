@@ -87,8 +87,9 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
 
     model, inputs = _cnn(tmp_path)
     shared, seen = tmp_path / "shared", []
-    first = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=5), db_dir=tmp_path / "db-a",
-                          out=tmp_path / "a.so", shared_root=shared, progress=lambda p: seen.append(p.describe()))
+    first = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=5, prepack=True),
+                          db_dir=tmp_path / "db-a", out=tmp_path / "a.so", shared_root=shared,
+                          progress=lambda p: seen.append(p.describe()))
     t = first.tuning
     assert len(t.tasks) >= 3 and all(k.trials >= 1 for k in t.tasks), [(k.name, k.trials) for k in t.tasks]
     assert t.trials == sum(k.trials for k in t.tasks) and t.stopped_by == "trials"
@@ -96,12 +97,28 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     assert t.estimated_ms and t.estimated_ms > 0 and not t.warnings()
     assert seen and f"{len(t.tasks)}/{len(t.tasks)} tasks measured" in seen[-1]
     assert t.seeded == 0 and t.shared_added > 0
+    # weights pre-packed at compile time: the module still takes only the inputs, and computes the same
+    import numpy as np
+    import onnxruntime as ort
 
-    again = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp_path / "db-b",
-                          out=tmp_path / "b.so", shared_root=shared)
+    from kiln.artifact.specs import TensorSpec
+    from kiln.runtime.runners import TvmRunner
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    runner = TvmRunner(first.module, inputs, [TensorSpec(name="logits", dtype="float32", shape=[1, 10])], threads=1)
+    try:
+        got = runner.run({"x": x})["logits"]
+    finally:
+        runner.close()
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    # (pre-packing marks the weights in the kernels' TIR: its workloads are its own, so both runs pre-pack)
+    again = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+                          db_dir=tmp_path / "db-b", out=tmp_path / "b.so", shared_root=shared)
     assert again.tuning.seeded > 0
-    alone = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp_path / "db-c",
-                          out=tmp_path / "c.so", shared_root=tmp_path / "elsewhere")
+    alone = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+                          db_dir=tmp_path / "db-c", out=tmp_path / "c.so", shared_root=tmp_path / "elsewhere")
     assert alone.tuning.seeded == 0
 
     # two runs merging into one shared database at once: the lock keeps it valid, nothing is doubled
@@ -137,6 +154,7 @@ def test_tune_time_from_the_cli_and_the_tuning_list(kiln_env, digits_program):
     assert proc.returncode == 0, proc.stderr
     tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
     assert re.match(r"tuning: [1-4] trials \(0 failed\), (\d+)/\1 tasks measured", tvm["notes"][0]), tvm["notes"]
+    assert tvm["latency_ms"] and tvm["passed"], tvm["reasons"]  # built with pre-packed weights (the default), ran
     listed = run_kiln(["tuning", "--json"], kiln_env)
     assert listed.returncode == 0, listed.stderr
     shared = [d for d in json.loads(listed.stdout) if d["kind"] == "shared"]

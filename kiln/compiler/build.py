@@ -70,6 +70,8 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
         with target:
             mod, passes_applied = passes.apply(mod, graph_passes)
             lowered = pipelines.lowering()(mod)
+            if limits.prepack and target_kind == "llvm":
+                lowered = pipelines.prepacking()(lowered)
     except Exception as exc:
         raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                          where=str(model_path), hint="--candidates without tvm skips TVM") from None
@@ -83,7 +85,7 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
         with _fds_to(db_dir / "tune.log"):
             tuned = tuning.tune(lowered, target, db_dir, limits, progress, shared)
             with target:
-                applied = pipelines.applying(db_dir)(lowered)
+                applied = pipelines.applying(db_dir, limits.prepack and target_kind == "llvm")(lowered)
             executable = tvm.compile(applied, target=target)
             out.parent.mkdir(parents=True, exist_ok=True)
             executable.export_library(str(out))

@@ -34,6 +34,7 @@ class Limits:
     builder_timeout_s: float = 120.0
     runner_timeout_s: float = 60.0
     trials_per_round: int = TRIALS_PER_ROUND
+    prepack: bool = False  # pre-packed weights (kiln.compiler.pipelines.prepacking)
 
 
 @dataclass

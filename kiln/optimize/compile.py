@@ -40,7 +40,8 @@ def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_pe
     db = tuning_dir(prepared, target) / DB_FILES[1]
     state = file_sha256(db) if continue_from and db.is_file() else None
     return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
-                        "seconds": tune_seconds, "tvm": v["tvm"], "kiln": v["kiln"], "db": state})[:24]
+                        "seconds": tune_seconds, "prepack": settings().tvm_prepack, "tvm": v["tvm"], "kiln": v["kiln"],
+                        "db": state})[:24]
 
 
 def shared_tuning_root() -> Path:
@@ -90,7 +91,8 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         database=str(db_dir), target=result.target, max_trials_per_task=limits.max_trials_per_task,
         time_budget_s=limits.seconds, trials_run=t.trials, failed_trials=t.failed, stopped_by=t.stopped_by,
         estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
-        seeded_records=t.seeded, shared_records_added=t.shared_added, pipeline=result.passes,
+        seeded_records=t.seeded, shared_records_added=t.shared_added,
+        pipeline=[*result.passes, *(["weight-prepack"] if limits.prepack and result.target["kind"] == "llvm" else [])],
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
                              best_us=round(k.best_us, 3) if k.best_us is not None else None,
@@ -122,7 +124,8 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
     db_dir = tuning_dir(prepared, target)
     s = settings()
     limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=max_trials_per_task,
-                    builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s)
+                    builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s,
+                    prepack=s.tvm_prepack)
     log.info("tuning with %d trials%s for target %s; database %s", trials,
              f" or {tune_seconds:g} s" if tune_seconds else "", json.dumps(target_config(target), sort_keys=True),
              db_dir)
