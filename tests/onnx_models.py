@@ -91,8 +91,9 @@ def runtime_shapes(path: Path) -> Path:
     return _save(graph, path)
 
 
-def small_cnn(path: Path, size: int = 32) -> Path:
-    """x[1, 3, size, size] -> Conv(16) -> Relu -> Conv(32, stride 2) -> Relu -> GlobalAveragePool -> Gemm(10)."""
+def small_cnn(path: Path, size: int = 32, classes: int = 10) -> Path:
+    """x[1, 3, size, size] -> Conv(16) -> Relu -> Conv(32, stride 2) -> Relu -> GlobalAveragePool -> Gemm(classes);
+    the convolutions' weights do not depend on `classes`."""
     rng = np.random.default_rng(0)
     c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
     nodes = [
@@ -106,10 +107,10 @@ def small_cnn(path: Path, size: int = 32) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
         [c("w1", rng.standard_normal((16, 3, 3, 3)) * 0.3), c("b1", np.zeros(16)),
          c("w2", rng.standard_normal((32, 16, 3, 3)) * 0.1), c("b2", np.zeros(32)),
-         c("fc_w", rng.standard_normal((10, 32)) * 0.3), c("fc_b", np.zeros(10))])
+         c("fc_w", rng.standard_normal((classes, 32)) * 0.3), c("fc_b", np.zeros(classes))])
     return _save(graph, path)
 
 

@@ -113,13 +113,20 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
-    # (pre-packing marks the weights in the kernels' TIR: its workloads are its own, so both runs pre-pack)
-    again = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+    # a second model with the same convolutions and another head starts from the first's tuned kernels: it
+    # reaches their latency with no trial at all (pre-packing marks the weights in the kernels' TIR, so its
+    # workloads are its own: both runs pre-pack)
+    other = onnx_models.small_cnn(tmp_path / "cnn7.onnx", classes=7)
+    again = compile_model(other, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
                           db_dir=tmp_path / "db-b", out=tmp_path / "b.so", shared_root=shared)
-    assert again.tuning.seeded > 0
-    alone = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+    tuned = {k.name: k.best_us for k in t.tasks}
+    reached = {k.name: k.start_us for k in again.tuning.tasks if k.start_us is not None}
+    assert again.tuning.seeded > 0 and reached and all(k.start_us is None for k in t.tasks)
+    assert all(us == pytest.approx(tuned[name]) for name, us in reached.items()), (reached, tuned)
+    assert len(reached) < len(again.tuning.tasks)  # its 7-class head is a workload of its own: not seeded
+    alone = compile_model(other, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
                           db_dir=tmp_path / "db-c", out=tmp_path / "c.so", shared_root=tmp_path / "elsewhere")
-    assert alone.tuning.seeded == 0
+    assert alone.tuning.seeded == 0 and all(k.start_us is None for k in alone.tuning.tasks)
 
     # two runs merging into one shared database at once: the lock keeps it valid, nothing is doubled
     import multiprocessing

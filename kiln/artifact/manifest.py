@@ -123,6 +123,7 @@ class TaskTuning(BaseModel):
     run_failures: int = 0
     best_us: float | None = None
     first_error: str | None = None
+    start_us: float | None = None  # best known before the search: this model's earlier or the CPU's shared records
 
 
 class TuningInfo(BaseModel):

@@ -77,10 +77,20 @@ def _valid(record) -> bool:
     return bool(secs) and min(secs) < FAILED_SECS
 
 
-def _copy(record, workload):
+def _copy_best(source, dest, mod, skip_known: bool) -> int:
+    """Commit `source`'s best valid records of workload `mod` to `dest`; with `skip_known`, those `dest` already
+    holds (by their trace) are skipped. Returns how many were committed."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.database.TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
+    best = [r for r in source.get_top_k(source.commit_workload(mod), TOP_K) if _valid(r)]
+    if not best:
+        return 0
+    target = dest.commit_workload(mod)
+    known = {str(r.trace.as_json()) for r in dest.get_top_k(target, 10 * TOP_K)} if skip_known else set()
+    fresh = [r for r in best if str(r.trace.as_json()) not in known]
+    for r in fresh:
+        dest.commit_tuning_record(ms.database.TuningRecord(r.trace, target, r.run_secs, r.target, r.args_info))
+    return len(fresh)
 
 
 def seed(own: Path, shared: Path, workloads: list) -> int:
@@ -89,20 +99,10 @@ def seed(own: Path, shared: Path, workloads: list) -> int:
     if not (shared / DB_FILES[1]).is_file():
         return 0
     with locked(shared):
-        source = _open(shared)
-        dest = _open(own)
-        copied = 0
-        for mod in workloads:
-            own_records = dest.has_workload(mod) and dest.get_top_k(dest.commit_workload(mod), 1)
-            if own_records or not source.has_workload(mod):
-                continue
-            records = [r for r in source.get_top_k(source.commit_workload(mod), TOP_K) if _valid(r)]
-            if records:
-                target = dest.commit_workload(mod)
-                for r in records:
-                    dest.commit_tuning_record(_copy(r, target))
-                copied += len(records)
-    return copied
+        source, dest = _open(shared), _open(own)
+        return sum(_copy_best(source, dest, mod, skip_known=False) for mod in workloads
+                   if source.has_workload(mod)
+                   and not (dest.has_workload(mod) and dest.get_top_k(dest.commit_workload(mod), 1)))
 
 
 def merge(own: Path, shared: Path, workloads: list | None = None) -> int:
@@ -111,9 +111,7 @@ def merge(own: Path, shared: Path, workloads: list | None = None) -> int:
     if not (own / DB_FILES[1]).is_file():
         return 0
     with locked(shared):
-        source = _open(own)
-        dest = _open(shared)
-        added = 0
+        source, dest = _open(own), _open(shared)
         if workloads is None:
             from tvm_ffi import structural_hash
 
@@ -121,19 +119,25 @@ def merge(own: Path, shared: Path, workloads: list | None = None) -> int:
             for r in source.get_all_tuning_records():
                 seen.setdefault(structural_hash(r.workload.mod), r.workload.mod)
             workloads = list(seen.values())
-        for mod in workloads:
-            if not source.has_workload(mod):
-                continue
-            best = [r for r in source.get_top_k(source.commit_workload(mod), TOP_K) if _valid(r)]
-            if not best:
-                continue
-            target = dest.commit_workload(mod)
-            known = {str(r.trace.as_json()) for r in dest.get_top_k(target, 10 * TOP_K)}
-            for r in best:
-                if str(r.trace.as_json()) not in known:
-                    dest.commit_tuning_record(_copy(r, target))
-                    added += 1
-    return added
+        return sum(_copy_best(source, dest, mod, skip_known=True) for mod in workloads if source.has_workload(mod))
+
+
+def _median(record) -> float:
+    secs = sorted(float(getattr(s, "value", s)) for s in record.run_secs)
+    return secs[len(secs) // 2]
+
+
+def best_seconds(folder: Path, workloads: list) -> list[float | None]:
+    """The best valid latency (median of a record's runs, as the tuner counts it) of each workload in a
+    database; None where it has no valid record."""
+    if not (folder / DB_FILES[1]).is_file():
+        return [None] * len(workloads)
+    db, out = _open(folder), []
+    for mod in workloads:
+        records = [r for r in db.get_top_k(db.commit_workload(mod), TOP_K) if _valid(r)] \
+            if db.has_workload(mod) else []
+        out.append(min(map(_median, records)) if records else None)
+    return out
 
 
 def describe(folder: Path) -> dict:

@@ -47,6 +47,7 @@ class TaskState:
     run_failures: int = 0
     best_us: float | None = None
     first_error: str | None = None
+    start_us: float | None = None  # best known before this search: the model's own or the shared records
 
     @property
     def failed(self) -> int:
@@ -164,6 +165,9 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
     workloads = [t.mod for t in extracted]
     if shared is not None:
         progress.seeded = shared_db.seed(work_dir, shared, workloads)
+    for task, best in zip(progress.tasks, shared_db.best_seconds(work_dir, workloads), strict=True):
+        if best is not None:
+            task.start_us = task.best_us = best * 1e6
     if not extracted or limits.trials <= 0:
         progress.stopped_by = "trials"
         return progress

@@ -96,7 +96,8 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
                              best_us=round(k.best_us, 3) if k.best_us is not None else None,
-                             first_error=k.first_error) for k in t.tasks])
+                             first_error=k.first_error,
+                             start_us=round(k.start_us, 3) if k.start_us is not None else None) for k in t.tasks])
 
 
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,

@@ -56,11 +56,12 @@ def tuning_markdown(tuning: TuningInfo) -> str:
     from data (weighted = best latency x how often the model runs the kernel)."""
     lines = [f"## TVM tuning: {tuning.trials_run} trials ({tuning.failed_trials} failed), stopped by "
              f"{tuning.stopped_by}" + (f", estimated {tuning.estimated_ms:.3g} ms" if tuning.estimated_ms else ""),
-             "", "| task | weight | trials | failed | best us | weighted us | GFLOP/s |", "|---" * 7 + "|"]
+             "", "| task | weight | trials | failed | from us | best us | weighted us | GFLOP/s |", "|---" * 8 + "|"]
     for t in sorted(tuning.per_task, key=lambda t: -(t.best_us or float("inf")) * t.weight):
         best = t.best_us
         gflops = f"{t.flop / best / 1e3:.1f}" if best and t.flop else "-"
-        lines.append(f"| {t.name} | {t.weight:g} | {t.trials} | {t.failed_trials} | {_fmt(best)} | "
+        start = _fmt(t.start_us) if t.start_us else "-"
+        lines.append(f"| {t.name} | {t.weight:g} | {t.trials} | {t.failed_trials} | {start} | {_fmt(best)} | "
                      f"{_fmt(best * t.weight) if best else '-'} | {gflops} |")
     if tuning.pipeline:
         lines += ["", "kiln graph passes applied: " + ", ".join(tuning.pipeline)]
