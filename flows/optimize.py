@@ -59,11 +59,11 @@ def optimize(request: OptimizeRequest) -> dict:
     built = build_candidates(checked, prepared, ref, transforms)
     if current:
         built.insert(1, incumbent_candidate(current))
-    for _ in registry.of_stage(chosen, "compile"):
+    for name in registry.of_stage(chosen, "compile"):
         # reoptimize continues the search from the version in service; a plain re-run hits the build cache
         saved_db = str(Path(r.incumbent) / "tuning") if r.incumbent else None
         state = compile_tvm(checked, prepared, r.target, r.trials, r.max_trials_per_task, saved_db, r.tune_time,
-                            return_state=True)
+                            name=name, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", r.trials, r.trials, "cached build, no tuning")
         built.append(state.result())

@@ -47,7 +47,7 @@ def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
     """
     folder = compile.cached_build(params["prepared"], params["target"], params["trials"],
                                   params.get("max_trials_per_task"), params.get("continue_from"),
-                                  params.get("tune_seconds"))
+                                  params.get("tune_seconds"), params.get("name", "tvm"))
     return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if folder else None
 
 
@@ -57,7 +57,7 @@ LOG_EVERY_S = 30.0  # tuning progress in the run's log (the UI) at most this oft
 @task(name="compile-tvm", cache_key_fn=_compile_cache_key, persist_result=True)
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
                 max_trials_per_task: int | None = None, continue_from: str | None = None,
-                tune_seconds: float | None = None) -> BuiltCandidate:
+                tune_seconds: float | None = None, name: str = "tvm") -> BuiltCandidate:
     """Tuning with a progress bar in the terminal (kiln.progress), a progress artifact and log lines in the UI:
     trials (failed ones counted), tasks measured, the tuner's estimate of the end-to-end latency."""
     logger = get_run_logger()
@@ -78,7 +78,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
                 pass  # the UI's bar must never break tuning
 
     built = compile.compile_tvm(checked, prepared, target, trials, max_trials_per_task, continue_from,
-                                log=logger, on_progress=on_progress, tune_seconds=tune_seconds)
+                                log=logger, on_progress=on_progress, tune_seconds=tune_seconds, name=name)
     progress.report("tune", trials, trials, "cached build, no tuning" if built.cached else
                     (f"{built.tuning.trials_run} trials, {built.tuning.failed_trials} failed" if built.tuning else ""))
     return built

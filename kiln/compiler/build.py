@@ -68,10 +68,12 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     mod = import_onnx(model_path, inputs)
     try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
         with target:
-            mod, passes_applied = passes.apply(mod, graph_passes)
+            mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
             lowered = pipelines.lowering()(mod)
             if limits.prepack and target_kind == "llvm":
                 lowered = pipelines.prepacking()(lowered)
+    except passes.NotApplicable:
+        raise
     except Exception as exc:
         raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                          where=str(model_path), hint="--candidates without tvm skips TVM") from None

@@ -14,12 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kiln.errors import KilnError
+
+
+class NotApplicable(KilnError):
+    """An approximate pass asked for has nothing to change in this model (a candidate to skip, not to tune)."""
+
 
 @dataclass(frozen=True)
 class GraphPass:
     name: str
     what: str
     make: Callable[[], object]  # a tvm.transform.Pass
+    exact: bool = True  # False: changes the numbers; a candidate's setting for the metric gate, never a default
 
 
 def _relax(name: str) -> Callable[[], object]:
@@ -38,8 +45,10 @@ PASSES: dict[str, GraphPass] = {p.name: p for p in (
               _relax("RemoveRedundantReshape")),
     GraphPass("fold-batchnorm", "batch norms after convolutions folded into their weights",
               _relax("FoldBatchnormToConv2D")),
+    GraphPass("fast-math", "exp, erf, tanh and softmax by TVM's fast approximations (GELU, attention)",
+              _relax("FastMathTransform"), exact=False),
 )}
-DEFAULT = tuple(PASSES)
+DEFAULT = tuple(name for name, p in PASSES.items() if p.exact)
 
 
 def apply(mod, names: tuple[str, ...] | list[str] = DEFAULT) -> tuple[object, list[str]]:
@@ -52,4 +61,6 @@ def apply(mod, names: tuple[str, ...] | list[str] = DEFAULT) -> tuple[object, li
         if not structural_equal(rewritten, mod):
             applied.append(name)
             mod = rewritten
+        elif not PASSES[name].exact:  # its candidate would only repeat the exact build
+            raise NotApplicable(f"{name} does not apply: the model has nothing it rewrites ({PASSES[name].what})")
     return mod, applied

@@ -4,8 +4,9 @@ failed trial counted.
 relax's `static_shape_tuning` pipeline splits the budget evenly (`max_trials_per_task`), which at kiln's
 budgets gave each task less than one evolutionary round (64 samples), so the cost model never trained; and it
 said nothing when builds timed out (21 of 44 trials on a real transformer: LocalBuilder's 30 s on a loaded
-2-core machine). Here the gradient task scheduler gives every task one full round and then spends trials
-where they cut the estimated end-to-end latency most; builder and runner timeouts are settings; a measure
+2-core machine). Here the gradient task scheduler gives every task one full round (a task that starts from
+tuned records, its own or the CPU's shared ones, only a short one) and then spends trials where they cut the
+estimated end-to-end latency most; builder and runner timeouts are settings; a measure
 callback counts valid and failed trials per task and reports progress; a wrapper around the evolutionary
 search stops handing out trials once the wall-clock budget is spent (the scheduler then winds down the
 trials already in flight, as it does when a task's search space is exhausted).
@@ -22,6 +23,9 @@ from pathlib import Path
 from kiln.compiler import shared_db
 
 TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model trains on whole rounds
+# a task that starts from tuned records (this model's earlier search, or another model's on this CPU) needs no
+# full first round to be measured: this many trials re-measure its best and try a few neighbours
+KNOWN_TASK_ROUND = 8
 
 
 @dataclass
@@ -173,6 +177,7 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
         return progress
     deadline = progress.started + limits.seconds if limits.seconds else None
     handed = [0]  # trials handed to the builder so far
+    known = {t.name: t.start_us is not None for t in progress.tasks}
 
     @derived_object
     class Deadline(PySearchStrategy):
@@ -180,9 +185,12 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
 
         def __init__(self, inner=None):
             self.inner = inner or ms.search_strategy.EvolutionarySearch()
+            self.known = False  # the task starts from tuned records
+            self.rounds = 0
 
         def _initialize_with_tune_context(self, context) -> None:
             self.inner._initialize_with_tune_context(context)
+            self.known = known.get(str(context.task_name), False)
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None):
             self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
@@ -198,7 +206,9 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
             candidates = self.inner.generate_measure_candidates() if left > 0 else None
             if candidates is None:
                 return None
-            candidates = list(candidates)[:left]
+            first_known = self.known and self.rounds == 0
+            candidates = list(candidates)[:min(left, KNOWN_TASK_ROUND) if first_known else left]
+            self.rounds += 1
             handed[0] += len(candidates)
             return candidates
 

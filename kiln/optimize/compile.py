@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
-from kiln.compiler import DB_FILES, CompileResult, Limits, Progress, compile_model, device_for, target_config
+from kiln.compiler import DB_FILES, CompileResult, Limits, Progress, compile_model, device_for, passes, target_config
 from kiln.compiler.database import count_records
 from kiln.config import kiln_home, settings
 from kiln.errors import KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
+from kiln.optimize import candidates
 from kiln.optimize.inspect import describe_unsupported
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
 
@@ -33,15 +34,16 @@ def tuning_dir(prepared: PreparedModel, target: str) -> Path:
 
 
 def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                continue_from: str | None = None, tune_seconds: float | None = None) -> str:
+                continue_from: str | None = None, tune_seconds: float | None = None, name: str = "tvm") -> str:
     """Same model, target and budget: the same build. Continuing a search also depends on what the database
     holds now, so a second re-optimization tunes again instead of returning the first one's build."""
     v = versions()
     db = tuning_dir(prepared, target) / DB_FILES[1]
     state = file_sha256(db) if continue_from and db.is_file() else None
+    extra = candidates.get(name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
     return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
                         "seconds": tune_seconds, "prepack": settings().tvm_prepack, "tvm": v["tvm"], "kiln": v["kiln"],
-                        "db": state})[:24]
+                        "db": state, **({"passes": list(extra)} if extra else {})})[:24]
 
 
 def shared_tuning_root() -> Path:
@@ -76,11 +78,11 @@ def cache_dir(key: str) -> Path:
 
 
 def cached_build(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                 continue_from: str | None = None, tune_seconds: float | None = None) -> Path | None:
+                 continue_from: str | None = None, tune_seconds: float | None = None, name: str = "tvm") -> Path | None:
     """The cache folder of a finished build of exactly these inputs, or None (the database is seeded first,
     since the key of a continued search depends on it)."""
     seed_database(prepared, target, continue_from)
-    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds))
+    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds, name))
     return folder if (folder / RESULT).is_file() else None
 
 
@@ -104,19 +106,20 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
                 max_trials_per_task: int | None = None, continue_from: str | None = None,
                 log: logging.Logger | logging.LoggerAdapter = _log,
                 on_progress: Callable[[Progress], None] | None = None,
-                tune_seconds: float | None = None) -> BuiltCandidate:
-    """Tune and build the tvm candidate, or return the cached build of the same inputs.
+                tune_seconds: float | None = None, name: str = "tvm") -> BuiltCandidate:
+    """Tune and build a compile-stage candidate (`name`: tvm, tvm-fast-math), or return the cached build of the
+    same inputs.
 
     continue_from: an artifact's tuning/ folder, the search to continue where this machine has none.
     tune_seconds: a wall-clock budget beside `trials` (whichever is spent first ends the search). A build
     that fails is returned with its reason (the run goes on with the other candidates)."""
     if checked.unsupported_ops:
-        return BuiltCandidate(name="tvm", backend="tvm",
+        return BuiltCandidate(name=name, backend="tvm",
                               error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
     records = seed_database(prepared, target, continue_from)
     if continue_from:
         log.info("continuing the search from %d tuning records", records)
-    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds))
+    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds, name))
     if (cache / RESULT).is_file():
         built = BuiltCandidate.model_validate_json((cache / RESULT).read_text())
         if built.path and Path(built.path).is_file():
@@ -136,15 +139,19 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
         with atomic_dir(cache, existing="replace") as staged:
             result = compile_model(Path(prepared.path), checked.inputs, target_kind=target, limits=limits,
                                    db_dir=db_dir, out=staged.path / "model.so", progress=on_progress,
-                                   shared_root=shared_tuning_root())
+                                   shared_root=shared_tuning_root(),
+                                   graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes))
             info = tuning_info(result, limits, db_dir, count_records(db_dir) - before)
-            built = BuiltCandidate(name="tvm", backend="tvm", path=str(cache / "model.so"),
+            built = BuiltCandidate(name=name, backend="tvm", path=str(cache / "model.so"),
                                    build_seconds=result.seconds, settings=RunSettings(device=device_for(target)),
                                    tuning=info)
             (staged.path / RESULT).write_text(built.model_dump_json(indent=2))
+    except passes.NotApplicable as exc:
+        log.info("%s skipped: %s", name, exc.message)
+        return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {exc.message}")
     except KilnError as exc:
-        log.warning("TVM candidate failed to build: %s", exc)
-        return BuiltCandidate(name="tvm", backend="tvm", error=exc.message,
+        log.warning("%s candidate failed to build: %s", name, exc)
+        return BuiltCandidate(name=name, backend="tvm", error=exc.message,
                               build_seconds=time.perf_counter() - start)
     for warning in info.warnings:
         log.warning("TVM tuning: %s", warning)

@@ -44,13 +44,15 @@ def tuning_notes(cand: BuiltCandidate) -> list[str]:
     t = cand.tuning
     if t is None:
         return []
+    pipeline = [f"kiln passes: {', '.join(t.pipeline)}"] if t.pipeline else []
     if cand.cached:
-        return ["tuning: none this run (the build of an earlier run with the same model, target and budget)"]
+        return ["tuning: none this run (the build of an earlier run with the same model, target and budget)",
+                *pipeline]
     measured = sum(k.best_us is not None for k in t.per_task)
     return [f"tuning: {t.trials_run} trials ({t.failed_trials} failed), {measured}/{t.tasks} tasks measured, "
             f"stopped by {t.stopped_by}" + (f", estimated {t.estimated_ms:.3g} ms" if t.estimated_ms else "")
             + (f"; started from {t.seeded_records} records other models tuned on this CPU" if t.seeded_records
-               else ""), *t.warnings]
+               else ""), *pipeline, *t.warnings]
 
 
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings

@@ -60,6 +60,7 @@ class Candidate:
     build: Callable[[BuildContext], Built] | None = None
     needs_calibration: bool = False
     accuracy_aware: bool = False  # int8: retried with the worst nodes in fp32 when a range fails
+    graph_passes: tuple[str, ...] = ()  # compile stage: kiln.compiler.passes run beside the exact default ones
 
 
 REGISTRY: dict[str, Candidate] = {}

@@ -1,0 +1,155 @@
+"""kiln's compiler settings measured on and off: graph passes, pre-packed weights, fast math.
+
+    python benchmarks/tvm_passes.py                                  # encoder and MiniLM-L6, 10 minutes each
+    python benchmarks/tvm_passes.py --models encoder --minutes 3     # a short look
+
+Each variant is a full kiln compile with its own tuning database (nothing shared, so none starts ahead) and
+the same wall-clock tuning budget; then all of them are timed in interleaved rounds beside fp32 onnxruntime in
+one process, and the first variant (what kiln ships by default) is profiled call by call
+(benchmarks/vm_profile.py) to show what lies between the kernels and the end-to-end time. Writes
+benchmarks/tvm_passes.json and the "Compiler passes" section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.compile_vs_ort import CONSOLE, feed_for, machine  # noqa: E402
+from benchmarks.results_md import write_section  # noqa: E402
+from benchmarks.tuning_curve import CURVE_MODELS, REAL  # noqa: E402
+from benchmarks.vm_profile import profile  # noqa: E402
+from kiln.compiler import Limits, compile_model  # noqa: E402
+from kiln.compiler.passes import DEFAULT, NotApplicable  # noqa: E402
+from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
+from kiln.optimize.prepare import prepare_model  # noqa: E402
+from kiln.runtime.latency import interleaved  # noqa: E402
+from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "work" / "passes"
+# (graph passes, pre-packed weights); the first is kiln's default
+VARIANTS = {
+    "kiln default": (DEFAULT, True),
+    "no graph passes": ((), True),
+    "no pre-packing": (DEFAULT, False),
+    "+ fast-math": ((*DEFAULT, "fast-math"), True),
+}
+MODEL_VARIANTS = {"encoder": list(VARIANTS), "minilm-l6": ["kiln default", "+ fast-math"]}
+
+
+def _load(name: str):
+    rel, script, shapes = CURVE_MODELS[name]
+    path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
+    if not path.is_file():
+        if script is None:
+            raise SystemExit(f"{path} is missing: run `python benchmarks/real_models.py --models {name}` first")
+        import subprocess
+
+        subprocess.run([sys.executable, str(ROOT / script)], check=True)
+    model = load_model(path)
+    inputs = input_specs(model, shapes, rel)
+    feed = feed_for(inputs)
+    if name == "minilm-l6":
+        data = np.load(REAL / name / "samples.npz")
+        feed = {s.name: data[s.name][0] for s in inputs}
+    return path, model, inputs, output_specs(model), feed
+
+
+def bench(name: str, minutes: float, threads: int, per_round: int) -> dict:
+    path, model, inputs, outputs, feed = _load(name)
+    work = WORK / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    prepared = work / "prepared.onnx"
+    prepare_model(model, inputs, prepared, str(path))
+    built = {}
+    for label in MODEL_VARIANTS[name]:
+        graph_passes, prepack = VARIANTS[label]
+        slug = label.replace(" ", "-").replace("+", "plus")
+        try:
+            res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / slug / "db",
+                                out=work / slug / "model.so", graph_passes=graph_passes,
+                                limits=Limits(trials=100_000, seconds=minutes * 60, prepack=prepack,
+                                              trials_per_round=per_round),
+                                progress=lambda p, lb=label: print(f"\r[{name}] {lb}: {p.describe()}", end="",
+                                                                   file=CONSOLE))
+        except NotApplicable as exc:
+            print(f"\n[{name}] {label}: {exc.message}", file=CONSOLE)
+            continue
+        print(f"\n[{name}] {label}: {res.tuning.describe()}; passes {res.passes}", file=CONSOLE)
+        built[label] = res
+    runners = {label: TvmRunner(r.module, inputs, outputs, threads=threads) for label, r in built.items()}
+    ort = OrtRunner(path, threads=threads)
+    want = ort.run(feed)[outputs[0].name]
+    calls = {"onnxruntime": lambda: ort.run(feed),
+             **{label: (lambda r=r: r.run(feed)) for label, r in runners.items()}}
+    rounds = interleaved(calls, repeats=300, max_seconds=10)
+    base = rounds["onnxruntime"].summary()
+    rows = []
+    for label, res in built.items():
+        s = rounds[label].summary()
+        got = runners[label].run(feed)[outputs[0].name]
+        rows.append({"variant": label, "passes": res.passes, "trials": res.tuning.trials,
+                     "failed": res.tuning.failed, "tasks": len(res.tuning.tasks),
+                     "estimated_ms": res.tuning.estimated_ms, "p50_ms": s["p50"],
+                     "over_ort": float(np.median(np.asarray(s["rounds"]) / np.asarray(base["rounds"]))),
+                     "max_abs_diff": float(np.max(np.abs(got - want)))})
+        runners[label].close()
+    first = next(iter(built.values()))
+    prof = profile(first.module, [np.asarray(feed[s.name]) for s in inputs], runs=50, threads=threads)
+    ort.close()
+    return {"model": name, "minutes": minutes, "ort_p50_ms": base["p50"], "rows": rows,
+            "profile": {**{k: prof[k] for k in ("e2e_ms", "hooked_ms", "sum_ms")},
+                        "top": [[s, round(us, 1), n] for s, (us, n) in list(prof["calls"].items())[:15]],
+                        "estimated_ms": first.tuning.estimated_ms}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_VARIANTS), choices=list(MODEL_VARIANTS))
+    parser.add_argument("--minutes", type=float, default=10.0, help="tuning time per variant")
+    parser.add_argument("--per-round", type=int, default=32, help="trials per task in each evolutionary round")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    threads = args.threads or os.cpu_count() or 1
+    info = machine()
+    results = [bench(m, args.minutes, threads, args.per_round) for m in args.models]
+    command = "python benchmarks/tvm_passes.py " + " ".join(sys.argv[1:])
+    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"machine": info, "command": command,
+                                                                       "results": results}, indent=1))
+    lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
+             f"batch 1. Command: `{command.strip()}`. Each variant tuned from an empty database for the same "
+             "time, then all timed in interleaved rounds beside fp32 onnxruntime in one process (ratio: median "
+             "of per-round ratios, below 1 = faster). `max abs diff`: largest difference from onnxruntime's "
+             "output on the same input.", "",
+             "| model | variant | kiln passes applied | trials (failed) | tuner's estimate ms | p50 ms | "
+             "/ onnxruntime | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    for m in results:
+        for r in m["rows"]:
+            est = f"{r['estimated_ms']:.2f}" if r["estimated_ms"] else "-"
+            lines.append(f"| {m['model']} ({m['minutes']:g} min) | {r['variant']} | {', '.join(r['passes']) or '-'} "
+                         f"| {r['trials']} ({r['failed']}) | {est} | {r['p50_ms']:.3f} | {r['over_ort']:.2f} | "
+                         f"{r['max_abs_diff']:.2g} |")
+    lines += ["", "Where the default variant's time goes (VM instrument hook, 50 runs): end to end, the calls' sum "
+              "(kernels and VM builtins timed in place), and the tuner's estimate (kernels measured alone).", "",
+              "| model | end to end ms | calls' sum ms | tuner's estimate ms | top calls (us per run x calls) |",
+              "|---|---|---|---|---|"]
+    for m in results:
+        p = m["profile"]
+        top = "; ".join(f"{s} {us:g} x{n}" for s, us, n in p["top"][:6])
+        est = f"{p['estimated_ms']:.2f}" if p["estimated_ms"] else "-"
+        lines.append(f"| {m['model']} | {p['e2e_ms']:.3f} | {p['sum_ms']:.3f} | {est} | {top} |")
+    write_section("## Compiler passes on and off (`python benchmarks/tvm_passes.py`)", lines)
+
+
+if __name__ == "__main__":
+    main()
