@@ -72,7 +72,10 @@ bench: setup system-deps examples
 # the anytime tuning curve (2 hours of tuning per model)
 bench-long: setup examples
 	$(BIN)/python benchmarks/node_suite.py
-	$(BIN)/python benchmarks/tuning_curve.py
+	$(BIN)/python benchmarks/tvm_passes.py
+	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6
+	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6 --fast-math
+	$(BIN)/python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared
 
 # ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: setup

@@ -2,8 +2,12 @@
 
     python benchmarks/tuning_curve.py                                   # make bench-long: 0..120 minutes
     python benchmarks/tuning_curve.py --models encoder --minutes 0 1 3  # a short look
+    python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared   # the second starts from the first
+    python benchmarks/tuning_curve.py --models encoder --fast-math      # the tvm-fast-math candidate's pipeline
 
-One search per model, continued from its own database (not the shared one: each curve starts from nothing):
+One search per model, continued from its own database (each curve starts from nothing; with --shared the
+models, in the order given, share one CPU database as kiln's runs do, so a later model starts from the
+kernels an earlier one tuned):
 at each checkpoint the best records so far are compiled, and the compiled model is timed in interleaved rounds
 beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
 dynamic for transformers), in the same process. The ratio is the median of per-round ratios (TVM / onnxruntime,
@@ -28,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.compile_vs_ort import CONSOLE, MODELS, feed_for, machine  # noqa: E402
 from benchmarks.results_md import write_section  # noqa: E402
 from kiln.compiler import Limits, compile_model  # noqa: E402
+from kiln.compiler.passes import DEFAULT  # noqa: E402
 from kiln.optimize.candidates import BuildContext, get  # noqa: E402
 from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
 from kiln.optimize.prepare import prepare_model  # noqa: E402
@@ -37,16 +42,19 @@ from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
 WORK = ROOT / "benchmarks" / "work" / "curve"
 REAL = ROOT / "benchmarks" / "work" / "real" / "models"
 CURVE_MODELS = {**{k: MODELS[k] for k in ("resnet18", "encoder")},
+                "resnet34": (str(WORK / "resnet34.onnx"), f"examples/resnet18/make_model.py --depth 34 --out "
+                             f"{WORK / 'resnet34.onnx'}", {"input": [1, 3, 224, 224]}),
                 "minilm-l6": (str(REAL / "minilm-l6" / "model.onnx"), None,
                               {"input_ids": [1, 128], "attention_mask": [1, 128]})}
-INT8 = {"resnet18": "ort-int8-static", "encoder": "ort-int8-dynamic", "minilm-l6": "ort-int8-fused-dynamic"}
+INT8 = {"resnet18": "ort-int8-static", "resnet34": "ort-int8-static", "encoder": "ort-int8-dynamic",
+        "minilm-l6": "ort-int8-fused-dynamic"}
 
 
 def _paired_ratio(a: list[float], b: list[float]) -> float:
     return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
-def curve(name: str, minutes: list[float], threads: int) -> dict:
+def curve(name: str, minutes: list[float], threads: int, shared: Path | None = None, fast_math: bool = False) -> dict:
     rel, script, shapes = CURVE_MODELS[name]
     path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
     if not path.is_file():
@@ -54,10 +62,13 @@ def curve(name: str, minutes: list[float], threads: int) -> dict:
             raise SystemExit(f"{path} is missing: run `python benchmarks/real_models.py --models {name}` first")
         import subprocess
 
-        subprocess.run([sys.executable, str(ROOT / script)], check=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        command, *args = script.split()
+        subprocess.run([sys.executable, str(ROOT / command), *args], check=True)
     model = load_model(path)
     inputs, outputs = input_specs(model, shapes, rel), output_specs(model)
-    work = WORK / name
+    label = name + ("+fast-math" if fast_math else "")
+    work = WORK / label
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     prepared = work / "prepared.onnx"
@@ -67,6 +78,7 @@ def curve(name: str, minutes: list[float], threads: int) -> dict:
         data = np.load(REAL / name / "samples.npz")
         feed = {s.name: data[s.name][0] for s in inputs}
     calibration = [feed_for(inputs, seed=i) for i in range(8)] if name != "minilm-l6" else None
+    graph_passes = (*DEFAULT, "fast-math") if fast_math else DEFAULT
     int8 = get(INT8[name]).build(BuildContext(model=path, prepared=prepared, out_dir=work, calibration=calibration))
     ort, ort8 = OrtRunner(path, threads=threads), OrtRunner(int8.path, threads=threads)
     rows, spent = [], 0.0
@@ -74,8 +86,9 @@ def curve(name: str, minutes: list[float], threads: int) -> dict:
         segment = (checkpoint - spent) * 60
         start = time.perf_counter()
         res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
-                            limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None),
-                            progress=lambda p, at=checkpoint: print(f"\r[{name}] {at} min: {p.describe()}", end="",
+                            limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None,
+                                          prepack=True), shared_root=shared, graph_passes=graph_passes,
+                            progress=lambda p, at=checkpoint: print(f"\r[{label}] {at} min: {p.describe()}", end="",
                                                                     file=CONSOLE))
         spent = checkpoint
         tvm = TvmRunner(res.module, inputs, outputs, threads=threads)
@@ -88,13 +101,14 @@ def curve(name: str, minutes: list[float], threads: int) -> dict:
                "tvm_over_ort": _paired_ratio(t["rounds"], o["rounds"]),
                "int8_over_ort": _paired_ratio(q["rounds"], o["rounds"]), "pipeline": res.passes}
         rows.append(row)
-        print(f"\r[{name}] {checkpoint} min: TVM {t['p50']:.3f} ms, onnxruntime {o['p50']:.3f} ms, int8 "
+        print(f"\r[{label}] {checkpoint} min: TVM {t['p50']:.3f} ms, onnxruntime {o['p50']:.3f} ms, int8 "
               f"{q['p50']:.3f} ms: TVM/ORT {row['tvm_over_ort']:.2f} ({res.tuning.trials} trials, "
               f"{res.tuning.failed} failed)", file=CONSOLE)
         tvm.close()
     ort.close()
     ort8.close()
-    return {"model": name, "int8": INT8[name], "shapes": {s.name: s.shape for s in inputs}, "rows": rows}
+    return {"model": label, "int8": INT8[name], "shared": shared is not None,
+            "shapes": {s.name: s.shape for s in inputs}, "rows": rows}
 
 
 def svg(results: list[dict]) -> str:
@@ -139,22 +153,35 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(CURVE_MODELS), choices=list(CURVE_MODELS))
     parser.add_argument("--minutes", nargs="+", type=float, default=[0, 5, 15, 30, 60, 120])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shared", action="store_true", help="the models share one tuning database, in order")
+    parser.add_argument("--fast-math", action="store_true", help="the tvm-fast-math candidate's graph passes")
     args = parser.parse_args()
     import os
 
     threads = args.threads or os.cpu_count() or 1
     info = machine()
-    results = [curve(m, sorted(args.minutes), threads) for m in args.models]
+    shared = WORK / "shared" if args.shared else None
+    if shared:
+        shutil.rmtree(shared, ignore_errors=True)
     command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
-    (ROOT / "benchmarks" / "tuning_curve.json").write_text(json.dumps({"machine": info, "command": command,
-                                                                         "results": results}, indent=1))
+    results = [{**curve(m, sorted(args.minutes), threads, shared, args.fast_math), "command": command}
+               for m in args.models]
+    # one curve per model: a later run on the same CPU replaces its models' curves and keeps the others
+    out = ROOT / "benchmarks" / "tuning_curve.json"
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"]:
+        ours = {r["model"] for r in results}
+        results = [r for r in earlier.get("results", []) if r["model"] not in ours] + results
+    out.write_text(json.dumps({"machine": info, "results": results}, indent=1))
     (ROOT / "benchmarks" / "tuning_curve.svg").write_text(svg(results))
     lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
-             f"batch 1. Command: `{command.strip()}`. One search per model, continued segment by segment from its "
-             "own database (each curve starts from nothing); at each checkpoint the best kernels so far are "
+             "batch 1. One search per model, continued segment by segment from its own database (each curve starts "
+             "from nothing, unless its command has --shared: then the models share one CPU database in the order "
+             "given, as kiln's runs do); at each checkpoint the best kernels so far are "
              "compiled and timed in interleaved rounds beside fp32 onnxruntime and onnxruntime int8 in the same "
              "process. Ratios are medians of per-round ratios (below 1 = faster than fp32 onnxruntime).", "",
-             "![tuning curve](tuning_curve.svg)", "",
+             "Commands: " + "; ".join(dict.fromkeys(f"`{m['command'].strip()}`" for m in results if "command" in m)),
+             "", "![tuning curve](tuning_curve.svg)", "",
              "| model | minutes | trials (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
              "tuner's estimate ms |", "|---|---|---|---|---|---|---|---|"]
     for m in results:

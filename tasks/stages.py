@@ -54,7 +54,7 @@ def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
 LOG_EVERY_S = 30.0  # tuning progress in the run's log (the UI) at most this often
 
 
-@task(name="compile-tvm", cache_key_fn=_compile_cache_key, persist_result=True)
+@task(name="compile-tvm", task_run_name="compile-{name}", cache_key_fn=_compile_cache_key, persist_result=True)
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
                 max_trials_per_task: int | None = None, continue_from: str | None = None,
                 tune_seconds: float | None = None, name: str = "tvm") -> BuiltCandidate:

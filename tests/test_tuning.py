@@ -219,3 +219,19 @@ def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     assert ("cnn", "fuse-transpose-matmul") in listed  # its Gemm reads a transposed weight
     assert ("bert", "fast-math") in listed  # its GELU's erf and attention's softmax
+
+
+def test_an_embedding_is_measured_not_crashed(tmp_path):
+    """MetaSchedule's runner fills inputs with random values: random token ids out of the table's range crash
+    the runner in a gather (every real transformer's embedding task failed that way and kept TVM's default
+    schedule). kiln measures with in-range ids, so the gather's trials are valid."""
+    from kiln.artifact.specs import TensorSpec
+    from kiln.compiler import Limits, compile_model
+
+    model = onnx_models.embedding(tmp_path / "embedding.onnx", vocab=30522, dim=8, seq=16)
+    result = compile_model(model, [TensorSpec(name="ids", dtype="int64", shape=[1, 16])], target_kind="llvm",
+                           limits=Limits(trials=4), db_dir=tmp_path / "db", out=tmp_path / "embedding.so")
+    t = result.tuning
+    gathers = [k for k in t.tasks if "take" in k.name]
+    assert gathers and all(k.trials and k.best_us for k in gathers), [(k.name, k.first_error) for k in t.tasks]
+    assert t.failed == 0 and not t.warnings(), (t.failed, t.warnings())

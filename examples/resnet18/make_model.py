@@ -1,6 +1,9 @@
 """Write a ResNet-18 (ImageNet layout, 1000 classes) with random weights to model.onnx.
 
-    python examples/resnet18/make_model.py [--out model.onnx]
+    python examples/resnet18/make_model.py [--out model.onnx] [--depth 34]
+
+--depth 34 writes a ResNet-34: the same convolution shapes, more blocks per stage (a model that shares every
+workload with ResNet-18, for the shared tuning database's benchmark).
 
 Weights are random (He init, seed 0): the point is the shape of the computation, for benchmarks. The batch
 dimension is dynamic, as in a torch.onnx.export; program.py declares 1x3x224x224.
@@ -50,22 +53,26 @@ class Builder:
         return r
 
 
-def build() -> onnx.ModelProto:
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def build(depth: int = 18) -> onnx.ModelProto:
     b = Builder()
     x = b.conv("input", 3, 64, 7, 2)
     b.nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
                                     pads=[1, 1, 1, 1]))
     x, cin = "pool", 64
-    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+    for (cout, stride), blocks in zip([(64, 1), (128, 2), (256, 2), (512, 2)], BLOCKS[depth], strict=True):
         x = b.block(x, cin, cout, stride)
-        x = b.block(x, cout, cout, 1)
+        for _ in range(blocks - 1):
+            x = b.block(x, cout, cout, 1)
         cin = cout
     b.nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
                 helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
                 helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1)]
     b.inits += [numpy_helper.from_array((b.rng.standard_normal((1000, 512)) * 0.04).astype(np.float32), "fc_w"),
                 numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
-    graph = helper.make_graph(b.nodes, "resnet18",
+    graph = helper.make_graph(b.nodes, f"resnet{depth}",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1000])], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="kiln-example")
@@ -77,8 +84,9 @@ def build() -> onnx.ModelProto:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("model.onnx"))
+    parser.add_argument("--depth", type=int, choices=sorted(BLOCKS), default=18)
     args = parser.parse_args()
-    onnx.save(build(), str(args.out))
+    onnx.save(build(args.depth), str(args.out))
     # a sample request for `kiln client` (generic tensor protocol), random but reproducible
     sample = np.random.default_rng(1).standard_normal([1, 3, 224, 224]).astype(np.float32).round(3)
     args.out.with_name("request.json").write_text(json.dumps({"inputs": {"input": sample.tolist()}}))

@@ -14,6 +14,7 @@ trials already in flight, as it does when a task's search space is exhausted).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.compiler import shared_db
+from kiln.compiler.builder import pooled_builder
 
 TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model trains on whole rounds
 # a task that starts from tuned records (this model's earlier search, or another model's on this CPU) needs no
@@ -39,6 +41,7 @@ class Limits:
     runner_timeout_s: float = 60.0
     trials_per_round: int = TRIALS_PER_ROUND
     prepack: bool = False  # pre-packed weights (kiln.compiler.pipelines.prepacking)
+    threads: int | None = None  # threads each trial runs with, as the model will; None: the target's cores
 
 
 @dataclass
@@ -145,6 +148,43 @@ def _nameless_log_handlers_dropped() -> None:
         logger.removeHandler(handler)
 
 
+def runner_threads(threads: int) -> None:
+    """In the runner's worker, before its first kernel: run trials with `threads` threads.
+
+    TVM's thread pool, unless TVM_NUM_THREADS says otherwise, takes half the cores on x86 (it assumes
+    hyper-threads): 1 of these machines' 2. Every trial was measured on one thread while kiln runs the model
+    on all of them, so the tuner chose schedules for the wrong machine and its estimate was ~2x the latency."""
+    import os
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def measure_arguments(device, args_info, alloc_repeat: int) -> list[list]:
+    """The runner's inputs for a trial: random floats as TVM's default, but integer tensors all zeros.
+
+    An integer argument is an index somewhere (an embedding's token ids); TVM's random fill puts it out of
+    range, and a gather reading out of range crashes the runner ("Subprocess terminated"), so every real
+    transformer's embedding task failed its trials and kept the default schedule. Zero is always in range."""
+    import numpy as np
+    import tvm
+
+    fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise NotImplementedError(kind)
+            arg = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
+            if dtype.startswith(("int", "uint", "bool")):
+                arg.copyfrom(np.zeros(shape, dtype=dtype))
+            else:
+                fill(arg)
+            args.append(arg)
+        repeated.append(args)
+    return repeated
+
+
 def _flop(mod) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -245,13 +285,18 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
     cores = contexts[0].num_threads
     # every task is measured before any gets more: a budget too small for a full round each is shared out
     per_round = max(1, min(limits.trials_per_round, limits.trials // len(extracted)))
-    ms.tune.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=limits.trials,
-        max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
-        builder=ms.builder.LocalBuilder(max_workers=cores, timeout_sec=limits.builder_timeout_s),
-        runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s),
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Watch()],
-        task_scheduler="gradient")
+    builder = pooled_builder(max_workers=cores, timeout_sec=limits.builder_timeout_s)
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=limits.trials,
+            max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
+            builder=builder,
+            runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s, f_alloc_argument=measure_arguments,
+                                         initializer=functools.partial(runner_threads, limits.threads or cores)),
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Watch()],
+            task_scheduler="gradient")
+    finally:
+        builder.close()
     progress.stopped_by = progress.stopped_by or ("trials" if progress.trials >= limits.trials else "search space")
     if shared is not None:
         progress.shared_added = shared_db.merge(work_dir, shared, workloads)
