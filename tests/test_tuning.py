@@ -153,6 +153,21 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     xeon = fingerprint("sapphirerapids", 2, ["avx2", "avx512f", "amx_tile"])
     assert folder_for(shared, epyc) != folder_for(shared, xeon)
     assert folder_for(shared, epyc) != folder_for(shared, {**epyc, "isa": ["avx2"]})
+    assert folder_for(shared, epyc) != folder_for(shared, {**epyc, "measurement": epyc["measurement"] - 1})
+
+
+def test_records_measured_another_way_are_not_reused(monkeypatch, tmp_path):
+    """Trials measured single-threaded (MEASUREMENT 1) chose kernels by the wrong clock: neither the model's own
+    database nor a cached build of that time may be picked up after the way of measuring changed."""
+    from kiln.optimize import compile as compile_mod
+    from kiln.optimize.models import PreparedModel
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path))
+    prepared = PreparedModel(path=str(tmp_path / "m.onnx"), sha256="ab" * 32)
+    now = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(prepared, "llvm", 8, None))
+    monkeypatch.setattr(compile_mod, "MEASUREMENT", compile_mod.MEASUREMENT - 1)
+    before = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(prepared, "llvm", 8, None))
+    assert now[0] != before[0] and now[1] != before[1]
 
 
 def test_tune_time_from_the_cli_and_the_tuning_list(kiln_env, digits_program):

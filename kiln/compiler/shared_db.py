@@ -4,7 +4,7 @@ MetaSchedule finds a record by its workload's structural hash (the fused kernel'
 the weights), so the same convolution or matmul in another model, or in the next version of the same model,
 can start from a kernel already tuned. Its database ignores the target (apache/tvm#15549), so kiln keeps one
 per CPU fingerprint (TVM version, LLVM's name for the CPU, the ISA features that change code generation, the
-cores) and never applies another fingerprint's records: these machines alternate between AMD EPYC and Intel
+cores, how trials are measured) and never applies another fingerprint's records: these machines alternate between AMD EPYC and Intel
 Xeon with AMX, and a schedule tuned on one is neither valid nor fast on the other.
 
 Flow: before tuning, each task whose workload the model's own database lacks gets the shared database's best
@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiln.compiler.database import DB_FILES
+from kiln.compiler.database import DB_FILES, MEASUREMENT
 
 # flags that change what LLVM may emit for these kernels
 ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni",
@@ -45,7 +45,8 @@ def cpu_flags(cpuinfo: str | None = None) -> list[str]:
 def fingerprint(mcpu: str, cores: int, flags: list[str] | None = None) -> dict:
     import tvm
 
-    return {"tvm": tvm.__version__, "mcpu": mcpu, "cores": cores, "isa": flags if flags is not None else cpu_flags()}
+    return {"tvm": tvm.__version__, "mcpu": mcpu, "cores": cores, "isa": flags if flags is not None else cpu_flags(),
+            "measurement": MEASUREMENT}
 
 
 def folder_for(root: Path, print_: dict) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
-from kiln.compiler import DB_FILES, CompileResult, Limits, Progress, compile_model, device_for, passes, target_config
+from kiln.compiler import DB_FILES, MEASUREMENT, CompileResult, Limits, Progress, compile_model, device_for, passes, target_config
 from kiln.compiler.database import count_records
 from kiln.config import kiln_home, settings
 from kiln.errors import KilnError
@@ -28,9 +28,10 @@ _log = logging.getLogger("kiln.optimize")
 
 
 def tuning_dir(prepared: PreparedModel, target: str) -> Path:
-    """The MetaSchedule database of one (target, prepared model): every run on them adds to it."""
-    return kiln_home() / "tuning" / json_sha256(json.dumps(target_config(target), sort_keys=True))[:12] / \
-        prepared.sha256[:24]
+    """The MetaSchedule database of one (target, prepared model): every run on them adds to it. Records measured
+    another way (an earlier MEASUREMENT) stay where they are, unused."""
+    where = {**target_config(target), "measurement": MEASUREMENT}
+    return kiln_home() / "tuning" / json_sha256(json.dumps(where, sort_keys=True))[:12] / prepared.sha256[:24]
 
 
 def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
@@ -43,7 +44,7 @@ def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_pe
     extra = candidates.get(name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
     return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
                         "seconds": tune_seconds, "prepack": settings().tvm_prepack, "tvm": v["tvm"], "kiln": v["kiln"],
-                        "db": state, **({"passes": list(extra)} if extra else {})})[:24]
+                        "measurement": MEASUREMENT, "db": state, **({"passes": list(extra)} if extra else {})})[:24]
 
 
 def shared_tuning_root() -> Path:
