@@ -8,5 +8,5 @@ from kiln.compiler.frontend import import_onnx, supported_ops
 from kiln.compiler.targets import device_for, target_config
 from kiln.compiler.tuning import Limits, Progress
 
-__all__ = ["DB_FILES", "MEASUREMENT", "CompileResult", "Limits", "Progress", "compile_model", "device_for", "import_onnx",
-           "supported_ops", "target_config"]
+__all__ = ["DB_FILES", "MEASUREMENT", "CompileResult", "Limits", "Progress", "compile_model", "device_for",
+           "import_onnx", "supported_ops", "target_config"]

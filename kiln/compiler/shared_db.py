@@ -4,8 +4,8 @@ MetaSchedule finds a record by its workload's structural hash (the fused kernel'
 the weights), so the same convolution or matmul in another model, or in the next version of the same model,
 can start from a kernel already tuned. Its database ignores the target (apache/tvm#15549), so kiln keeps one
 per CPU fingerprint (TVM version, LLVM's name for the CPU, the ISA features that change code generation, the
-cores, how trials are measured) and never applies another fingerprint's records: these machines alternate between AMD EPYC and Intel
-Xeon with AMX, and a schedule tuned on one is neither valid nor fast on the other.
+cores, how trials are measured) and never applies another fingerprint's records: these machines alternate
+between AMD EPYC and Intel Xeon with AMX, and a schedule tuned on one is neither valid nor fast on the other.
 
 Flow: before tuning, each task whose workload the model's own database lacks gets the shared database's best
 records (the model's own records come first); after tuning, the model's best records per workload are merged

@@ -14,7 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
-from kiln.compiler import DB_FILES, MEASUREMENT, CompileResult, Limits, Progress, compile_model, device_for, passes, target_config
+from kiln.compiler import (
+    DB_FILES,
+    MEASUREMENT,
+    CompileResult,
+    Limits,
+    Progress,
+    compile_model,
+    device_for,
+    passes,
+    target_config,
+)
 from kiln.compiler.database import count_records
 from kiln.config import kiln_home, settings
 from kiln.errors import KilnError
