@@ -34,6 +34,18 @@ def test_a_time_budget_stops_the_search(tmp_path):
     assert time.monotonic() - start < 240  # the rounds in flight finish; nothing new starts
 
 
+def test_trials_timed_with_cold_caches(tmp_path):
+    """Limits.cache_flush (the benchmark's setting measured on and off): every trial is timed, none fails."""
+    from kiln.compiler import Limits, compile_model
+
+    model, inputs = _cnn(tmp_path)
+    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=6, trials_per_round=2,
+                                                                           cache_flush=True),
+                           db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
+    assert result.tuning.trials > 0 and result.tuning.failed == 0
+    assert all(k.best_us for k in result.tuning.tasks if k.trials)
+
+
 def test_failed_trials_are_named_not_silent(kiln_env, digits_program):
     """Every build killed by the builder's timeout: the tvm candidate says so and why, the run goes on and
     publishes onnxruntime; the warning names the setting to raise."""
@@ -234,6 +246,7 @@ def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     assert ("cnn", "fuse-transpose-matmul") in listed  # its Gemm reads a transposed weight
     assert ("bert", "fast-math") in listed  # its GELU's erf and attention's softmax
+    assert ("bert", "combine-parallel-matmul") in listed  # Q, K and V read the same hidden state
 
 
 def test_an_embedding_is_measured_not_crashed(tmp_path):

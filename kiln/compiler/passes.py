@@ -1,10 +1,8 @@
 """kiln's own graph passes before tuning, as named data (the shape of TVM's relax/pipeline.py).
 
 Each is an exact rewrite of high-level Relax (before operators are lowered to TIR), aimed at what the tuner's
-per-task table showed on transformers: transposes feeding matmuls, reshapes that change nothing, batch norms
-after convolutions. Relax's CombineParallelMatmul (attention's Q/K/V as one matmul) is not here: it only
-combines weights that are function parameters, and TVM 0.27's ONNX importer fails on a BERT export with
-keep_params_in_input=True (a Reshape whose input has no known shape). A pass is kept in the pipeline only where the
+per-task table showed on transformers: attention's Q/K/V matmuls as one, transposes feeding matmuls, reshapes
+that change nothing, batch norms after convolutions. A pass is kept in the pipeline only where the
 model's graph has its pattern (the profile: the pass changed the module), and the manifest lists the ones that
 did (`tuning.pipeline`).
 """
@@ -27,6 +25,7 @@ class GraphPass:
     what: str
     make: Callable[[], object]  # a tvm.transform.Pass
     exact: bool = True  # False: changes the numbers; a candidate's setting for the metric gate, never a default
+    default: bool = True  # in kiln's pipeline (exact passes measured no slower on and off)
 
 
 def _relax(name: str) -> Callable[[], object]:
@@ -38,7 +37,15 @@ def _relax(name: str) -> Callable[[], object]:
     return make
 
 
+def _combine_parallel_matmul():
+    from kiln.compiler.parallel_matmul import combine_parallel_matmul
+
+    return combine_parallel_matmul()
+
+
 PASSES: dict[str, GraphPass] = {p.name: p for p in (
+    GraphPass("combine-parallel-matmul", "matmuls reading the same input (Q, K, V) as one wider matmul",
+              _combine_parallel_matmul, default=False),  # adds a split kernel: joins DEFAULT once measured faster
     GraphPass("fuse-transpose-matmul", "a transpose feeding a matmul is read through its layout instead",
               _relax("FuseTransposeMatmul")),
     GraphPass("remove-redundant-reshape", "reshapes to the shape a tensor already has are dropped",
@@ -48,7 +55,7 @@ PASSES: dict[str, GraphPass] = {p.name: p for p in (
     GraphPass("fast-math", "exp, erf, tanh and softmax by TVM's fast approximations (GELU, attention)",
               _relax("FastMathTransform"), exact=False),
 )}
-DEFAULT = tuple(name for name, p in PASSES.items() if p.exact)
+DEFAULT = tuple(name for name, p in PASSES.items() if p.exact and p.default)
 
 
 def apply(mod, names: tuple[str, ...] | list[str] = DEFAULT) -> tuple[object, list[str]]:

@@ -42,6 +42,9 @@ class Limits:
     trials_per_round: int = TRIALS_PER_ROUND
     prepack: bool = False  # pre-packed weights (kiln.compiler.pipelines.prepacking)
     threads: int | None = None  # threads each trial runs with, as the model will; None: the target's cores
+    # each trial timed with the caches flushed (its weights read from memory, as in a model larger than the cache)
+    # instead of warm from the run before; Ansor's CPU recipe. Off until measured better on and off.
+    cache_flush: bool = False
 
 
 @dataclass
@@ -157,6 +160,16 @@ def runner_threads(threads: int) -> None:
     import os
 
     os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def evaluator(cache_flush: bool):
+    """MetaSchedule's defaults (3 warm runs per repeat, at least 100 ms), or one cold run per repeat: a flush
+    happens before each repeat only, so it needs number=1 (as Ansor's runner sets it)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not cache_flush:
+        return ms.runner.EvaluatorConfig()
+    return ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
 
 
 def measure_arguments(device, args_info, alloc_repeat: int) -> list[list]:
@@ -292,6 +305,7 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
             max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
             builder=builder,
             runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s, f_alloc_argument=measure_arguments,
+                                         evaluator_config=evaluator(limits.cache_flush),
                                          initializer=functools.partial(runner_threads, limits.threads or cores)),
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Watch()],
             task_scheduler="gradient")
