@@ -75,7 +75,7 @@ bench-long: setup examples
 	$(BIN)/python benchmarks/tvm_passes.py
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6 --fast-math
-	$(BIN)/python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared
+	$(BIN)/python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared --later-minutes 0 5 15 30
 
 # ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
 lint: setup

@@ -3,6 +3,7 @@
     python benchmarks/tuning_curve.py                                   # make bench-long: 0..120 minutes
     python benchmarks/tuning_curve.py --models encoder --minutes 0 1 3  # a short look
     python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared   # the second starts from the first
+    python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared --later-minutes 0 5 15 30
     python benchmarks/tuning_curve.py --models encoder --fast-math      # the tvm-fast-math candidate's pipeline
 
 One search per model, continued from its own database (each curve starts from nothing; with --shared the
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shared", action="store_true", help="the models share one tuning database, in order")
     parser.add_argument("--fast-math", action="store_true", help="the tvm-fast-math candidate's graph passes")
+    parser.add_argument("--later-minutes", nargs="+", type=float, default=None,
+                        help="with --shared: checkpoints of the models after the first (they start from its kernels)")
     args = parser.parse_args()
     import os
 
@@ -164,8 +167,9 @@ def main() -> None:
     if shared:
         shutil.rmtree(shared, ignore_errors=True)
     command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
-    results = [{**curve(m, sorted(args.minutes), threads, shared, args.fast_math), "command": command}
-               for m in args.models]
+    results = [{**curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes),
+                        threads, shared, args.fast_math), "command": command}
+               for i, m in enumerate(args.models)]
     # one curve per model: a later run on the same CPU replaces its models' curves and keeps the others
     out = ROOT / "benchmarks" / "tuning_curve.json"
     earlier = json.loads(out.read_text()) if out.is_file() else {}

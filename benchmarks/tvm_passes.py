@@ -4,9 +4,13 @@
     python benchmarks/tvm_passes.py --models encoder --minutes 3     # a short look
     python benchmarks/tvm_passes.py --variants "kiln default" "+ combine-parallel-matmul"
 
-Each variant is a full kiln compile with its own tuning database (nothing shared, so none starts ahead) and
-the same wall-clock tuning budget; then all of them are timed in interleaved rounds beside fp32 onnxruntime in
-one process, and the first variant (what kiln ships by default) is profiled call by call
+Each variant is a full kiln compile with the same wall-clock tuning budget. A variant that changes how every
+kernel is built or timed (pre-packing, cold-cache trials) has its own tuning database. The graph-pass variants
+(kiln default, + combine-parallel-matmul, + fast-math) are paired, as kiln's tvm and tvm-fast-math candidates
+are: they tune in turn into one database and are all rebuilt from it at the end, so the kernels they share are
+the same records and only the kernels a pass changed differ (two separate tunings of one pipeline differed by
+15 % at 10 minutes, more than a pass like Q/K/V combining can gain). Then all are timed in interleaved rounds
+beside fp32 onnxruntime in one process, and the first variant (what kiln ships by default) is profiled call by call
 (benchmarks/vm_profile.py) to show what lies between the kernels and the end-to-end time. Writes
 benchmarks/tvm_passes.json and the "Compiler passes" section of RESULTS.md.
 """
@@ -37,15 +41,16 @@ from kiln.runtime.latency import interleaved  # noqa: E402
 from kiln.runtime.runners import OrtRunner, TvmRunner  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "passes"
-# (graph passes, Limits settings besides pre-packed weights); the first is kiln's default. Where no exact pass
-# applies (the encoder), "no graph passes" is the default pipeline tuned a second time: the noise between tunings.
+# (graph passes, Limits settings besides pre-packed weights, paired); the first is kiln's default. "no graph
+# passes" has its own database: where no exact pass applies (the encoder), it is the default pipeline tuned a
+# second time, the noise between tunings.
 VARIANTS = {
-    "kiln default": (DEFAULT, {}),
-    "no graph passes": ((), {}),
-    "no pre-packing": (DEFAULT, {"prepack": False}),
-    "+ combine-parallel-matmul": ((*DEFAULT, "combine-parallel-matmul"), {}),
-    "+ fast-math": ((*DEFAULT, "fast-math"), {}),
-    "cold-cache trials": (DEFAULT, {"cache_flush": True}),
+    "kiln default": (DEFAULT, {}, True),
+    "no graph passes": ((), {}, False),
+    "no pre-packing": (DEFAULT, {"prepack": False}, False),
+    "+ combine-parallel-matmul": ((*DEFAULT, "combine-parallel-matmul"), {}, True),
+    "+ fast-math": ((*DEFAULT, "fast-math"), {}, True),
+    "cold-cache trials": (DEFAULT, {"cache_flush": True}, False),
 }
 MODEL_VARIANTS = {"encoder": list(VARIANTS),
                   "minilm-l6": ["kiln default", "+ combine-parallel-matmul", "+ fast-math", "cold-cache trials"]}
@@ -76,13 +81,13 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
     work.mkdir(parents=True)
     prepared = work / "prepared.onnx"
     prepare_model(model, inputs, prepared, str(path))
-    built = {}
+    built, tuned = {}, {}
     for label in [v for v in MODEL_VARIANTS[name] if not variants or v in variants]:
-        graph_passes, settings = VARIANTS[label]
+        graph_passes, settings, paired = VARIANTS[label]
         slug = label.replace(" ", "-").replace("+", "plus")
         try:
-            res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / slug / "db",
-                                out=work / slug / "model.so", graph_passes=graph_passes,
+            res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / ("paired" if paired else slug)
+                                / "db", out=work / slug / "model.so", graph_passes=graph_passes,
                                 limits=Limits(trials=100_000, seconds=minutes * 60, trials_per_round=per_round,
                                               **{"prepack": True, **settings}),
                                 progress=lambda p, lb=label: print(f"\r[{name}] {lb}: {p.describe()}", end="",
@@ -91,7 +96,12 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
             print(f"\n[{name}] {label}: {exc.message}", file=CONSOLE)
             continue
         print(f"\n[{name}] {label}: {res.tuning.describe()}; passes {res.passes}", file=CONSOLE)
-        built[label] = res
+        built[label] = tuned[label] = res
+    for label in [v for v in built if VARIANTS[v][2]]:  # paired: each rebuilt from the database they all added to
+        slug = label.replace(" ", "-").replace("+", "plus")
+        built[label] = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "paired" / "db",
+                                     out=work / slug / "final.so", graph_passes=VARIANTS[label][0],
+                                     limits=Limits(trials=0, prepack=True))
     runners = {label: TvmRunner(r.module, inputs, outputs, threads=threads) for label, r in built.items()}
     ort = OrtRunner(path, threads=threads)
     want = ort.run(feed)[outputs[0].name]
@@ -103,9 +113,9 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
     for label, res in built.items():
         s = rounds[label].summary()
         got = runners[label].run(feed)[outputs[0].name]
-        rows.append({"variant": label, "passes": res.passes, "trials": res.tuning.trials,
-                     "failed": res.tuning.failed, "tasks": len(res.tuning.tasks),
-                     "estimated_ms": res.tuning.estimated_ms, "p50_ms": s["p50"],
+        rows.append({"variant": label, "passes": res.passes, "trials": tuned[label].tuning.trials,
+                     "failed": tuned[label].tuning.failed, "tasks": len(res.tuning.tasks),
+                     "paired": VARIANTS[label][2], "estimated_ms": res.tuning.estimated_ms, "p50_ms": s["p50"],
                      "over_ort": float(np.median(np.asarray(s["rounds"]) / np.asarray(base["rounds"]))),
                      "max_abs_diff": float(np.max(np.abs(got - want)))})
         runners[label].close()
@@ -133,16 +143,18 @@ def main() -> None:
     (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"machine": info, "command": command,
                                                                        "results": results}, indent=1))
     lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
-             f"batch 1. Command: `{command.strip()}`. Each variant tuned from an empty database for the same "
-             "time, then all timed in interleaved rounds beside fp32 onnxruntime in one process (ratio: median "
-             "of per-round ratios, below 1 = faster). `max abs diff`: largest difference from onnxruntime's "
-             "output on the same input.", "",
+             f"batch 1. Command: `{command.strip()}`. Each variant tuned for the same time; variants marked "
+             "(paired) tuned in turn into one database and were all rebuilt from it, so they share every kernel "
+             "a pass did not change; the others each had a database of their own. All timed in interleaved rounds "
+             "beside fp32 onnxruntime in one process (ratio: median of per-round ratios, below 1 = faster). "
+             "`max abs diff`: largest difference from onnxruntime's output on the same input.", "",
              "| model | variant | kiln passes applied | trials (failed) | tuner's estimate ms | p50 ms | "
              "/ onnxruntime | max abs diff |", "|---|---|---|---|---|---|---|---|"]
     for m in results:
         for r in m["rows"]:
             est = f"{r['estimated_ms']:.2f}" if r["estimated_ms"] else "-"
-            lines.append(f"| {m['model']} ({m['minutes']:g} min) | {r['variant']} | {', '.join(r['passes']) or '-'} "
+            variant = r["variant"] + (" (paired)" if r.get("paired") else "")
+            lines.append(f"| {m['model']} ({m['minutes']:g} min) | {variant} | {', '.join(r['passes']) or '-'} "
                          f"| {r['trials']} ({r['failed']}) | {est} | {r['p50_ms']:.3f} | {r['over_ort']:.2f} | "
                          f"{r['max_abs_diff']:.2g} |")
     lines += ["", "Where the default variant's time goes (VM instrument hook, 50 runs): end to end, the calls' sum "
