@@ -113,16 +113,21 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
 
 
 def svg(results: list[dict]) -> str:
-    """TVM / onnxruntime against minutes of tuning, one line per model (int8 / onnxruntime dashed)."""
+    """TVM / onnxruntime against minutes of tuning, one line per model (int8 / onnxruntime dashed). The y axis
+    is logarithmic: an untuned build is ~100x slower and a tuned one within 0.5-2x, both must be readable."""
+    import math
+
     w, h, pad = 640, 360, 50
     xs = [r["minutes"] for m in results for r in m["rows"]] or [1]
     ys = [v for m in results for r in m["rows"] for v in (r["tvm_over_ort"], r["int8_over_ort"])] + [1.0]
-    x_max, y_max = max(xs) or 1, max(ys) * 1.1
+    x_max = max(xs) or 1
+    ticks = [t for t in (0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if min(ys) / 2 <= t <= max(ys) * 2]
+    lo, hi = math.log10(min(ticks[0], min(ys))), math.log10(max(ticks[-1], max(ys)))
 
     def pt(x, y):
-        return f"{pad + (w - 2 * pad) * x / x_max:.1f},{h - pad - (h - 2 * pad) * y / y_max:.1f}"
+        return f"{pad + (w - 2 * pad) * x / x_max:.1f},{h - pad - (h - 2 * pad) * (math.log10(y) - lo) / (hi - lo):.1f}"
 
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
              'font-size="12">', '<rect width="100%" height="100%" fill="white"/>',
              f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
@@ -130,53 +135,29 @@ def svg(results: list[dict]) -> str:
              f'<polyline points="{pt(0, 1)} {pt(x_max, 1)}" stroke="gray" stroke-dasharray="2,3" fill="none"/>',
              f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">minutes of tuning</text>',
              f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">'
-             'latency / onnxruntime fp32 (lower is faster)</text>']
+             'time / fp32 onnxruntime (log scale)</text>']
     for tick in sorted({r["minutes"] for m in results for r in m["rows"]}):
-        x, y = pt(tick, 0).split(",")
+        x, y = pt(tick, 10 ** lo).split(",")
         parts.append(f'<text x="{x}" y="{float(y) + 15}" text-anchor="middle">{tick:g}</text>')
-    for k in range(0, int(y_max) + 2):
-        if k <= y_max:
-            x, y = pt(0, k).split(",")
-            parts.append(f'<text x="{float(x) - 6}" y="{float(y) + 4}" text-anchor="end">{k}</text>')
+    for tick in ticks:
+        x, y = pt(0, tick).split(",")
+        parts.append(f'<text x="{float(x) - 6}" y="{float(y) + 4}" text-anchor="end">{tick:g}x</text>')
     for i, m in enumerate(results):
         c = colors[i % len(colors)]
         tvm = " ".join(pt(r["minutes"], r["tvm_over_ort"]) for r in m["rows"])
         q = " ".join(pt(r["minutes"], r["int8_over_ort"]) for r in m["rows"])
+        parts += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{c}"/>' for p in tvm.split()]
         parts += [f'<polyline points="{tvm}" stroke="{c}" stroke-width="2" fill="none"/>',
                   f'<polyline points="{q}" stroke="{c}" stroke-dasharray="5,4" fill="none"/>',
-                  f'<text x="{w - pad - 150}" y="{pad + 16 * i}" fill="{c}">{m["model"]}: TVM (solid), '
+                  f'<text x="{w - pad - 250}" y="{pad + 16 * i}" fill="{c}">{m["model"]}: TVM (solid), '
                   f'{m["int8"]} (dashed)</text>']
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(CURVE_MODELS), choices=list(CURVE_MODELS))
-    parser.add_argument("--minutes", nargs="+", type=float, default=[0, 5, 15, 30, 60, 120])
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--shared", action="store_true", help="the models share one tuning database, in order")
-    parser.add_argument("--fast-math", action="store_true", help="the tvm-fast-math candidate's graph passes")
-    parser.add_argument("--later-minutes", nargs="+", type=float, default=None,
-                        help="with --shared: checkpoints of the models after the first (they start from its kernels)")
-    args = parser.parse_args()
-    import os
-
-    threads = args.threads or os.cpu_count() or 1
-    info = machine()
-    shared = WORK / "shared" if args.shared else None
-    if shared:
-        shutil.rmtree(shared, ignore_errors=True)
-    command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
-    results = [{**curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes),
-                        threads, shared, args.fast_math), "command": command}
-               for i, m in enumerate(args.models)]
-    # one curve per model: a later run on the same CPU replaces its models' curves and keeps the others
+def write(results: list[dict], info: dict, threads: int) -> None:
+    """tuning_curve.json, the plot and the RESULTS.md section, from every model's curve."""
     out = ROOT / "benchmarks" / "tuning_curve.json"
-    earlier = json.loads(out.read_text()) if out.is_file() else {}
-    if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"]:
-        ours = {r["model"] for r in results}
-        results = [r for r in earlier.get("results", []) if r["model"] not in ours] + results
-    out.write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    out.write_text(json.dumps({"machine": info, "threads": threads, "results": results}, indent=1))
     (ROOT / "benchmarks" / "tuning_curve.svg").write_text(svg(results))
     lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
              "batch 1. One search per model, continued segment by segment from its own database (each curve starts "
@@ -195,6 +176,40 @@ def main() -> None:
                          f"{r['tvm_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | {r['tvm_over_ort']:.2f} | "
                          f"{r['int8_over_ort']:.2f} ({m['int8']}) | {est} |")
     write_section("## Tuning curve (`make bench-long`)", lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CURVE_MODELS), choices=list(CURVE_MODELS))
+    parser.add_argument("--minutes", nargs="+", type=float, default=[0, 5, 15, 30, 60, 120])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shared", action="store_true", help="the models share one tuning database, in order")
+    parser.add_argument("--fast-math", action="store_true", help="the tvm-fast-math candidate's graph passes")
+    parser.add_argument("--later-minutes", nargs="+", type=float, default=None,
+                        help="with --shared: checkpoints of the models after the first (they start from its kernels)")
+    parser.add_argument("--replot", action="store_true", help="redraw the plot and table from tuning_curve.json")
+    args = parser.parse_args()
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    out = ROOT / "benchmarks" / "tuning_curve.json"
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    if args.replot:  # the plot and the table again from tuning_curve.json, no tuning
+        return write(earlier["results"], earlier["machine"], earlier.get("threads", threads))
+    info = machine()
+    shared = WORK / "shared" if args.shared else None
+    if shared:
+        shutil.rmtree(shared, ignore_errors=True)
+    command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
+    results = [{**curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes),
+                        threads, shared, args.fast_math), "command": command}
+               for i, m in enumerate(args.models)]
+    # one curve per model: a later run on the same CPU replaces its models' curves and keeps the others
+    earlier = json.loads(out.read_text()) if out.is_file() else {}
+    if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"]:
+        ours = {r["model"] for r in results}
+        results = [r for r in earlier.get("results", []) if r["model"] not in ours] + results
+    write(results, info, threads)
 
 
 if __name__ == "__main__":
