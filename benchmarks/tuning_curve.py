@@ -13,7 +13,7 @@ at each checkpoint the best records so far are compiled, and the compiled model 
 beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
 dynamic for transformers), in the same process. The ratio is the median of per-round ratios (TVM / onnxruntime,
 below 1 = TVM faster). Writes benchmarks/tuning_curve.json, benchmarks/tuning_curve.svg and the "Tuning curve"
-section of RESULTS.md.
+section of RESULTS.md after every checkpoint, so a run stopped early keeps the checkpoints it reached.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def _paired_ratio(a: list[float], b: list[float]) -> float:
     return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
-def curve(name: str, minutes: list[float], threads: int, shared: Path | None = None, fast_math: bool = False) -> dict:
+def curve(name: str, minutes: list[float], threads: int, shared: Path | None = None, fast_math: bool = False,
+          on_row: Callable[[dict], None] = lambda partial: None) -> dict:
+    """One model's curve; on_row gets the curve so far after each checkpoint (a long run keeps what it did)."""
     rel, script, shapes = CURVE_MODELS[name]
     path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
     if not path.is_file():
@@ -102,14 +105,19 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
                "tvm_over_ort": _paired_ratio(t["rounds"], o["rounds"]),
                "int8_over_ort": _paired_ratio(q["rounds"], o["rounds"]), "pipeline": res.passes}
         rows.append(row)
+        on_row(_result(label, name, shared, inputs, rows))
         print(f"\r[{label}] {checkpoint} min: TVM {t['p50']:.3f} ms, onnxruntime {o['p50']:.3f} ms, int8 "
               f"{q['p50']:.3f} ms: TVM/ORT {row['tvm_over_ort']:.2f} ({res.tuning.trials} trials, "
               f"{res.tuning.failed} failed)", file=CONSOLE)
         tvm.close()
     ort.close()
     ort8.close()
+    return _result(label, name, shared, inputs, rows)
+
+
+def _result(label: str, name: str, shared: Path | None, inputs, rows: list[dict]) -> dict:
     return {"model": label, "int8": INT8[name], "shared": shared is not None,
-            "shapes": {s.name: s.shape for s in inputs}, "rows": rows}
+            "shapes": {s.name: s.shape for s in inputs}, "rows": list(rows)}
 
 
 def svg(results: list[dict]) -> str:
@@ -201,15 +209,16 @@ def main() -> None:
     if shared:
         shutil.rmtree(shared, ignore_errors=True)
     command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
-    results = [{**curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes),
-                        threads, shared, args.fast_math), "command": command}
-               for i, m in enumerate(args.models)]
-    # one curve per model: a later run on the same CPU replaces its models' curves and keeps the others
-    earlier = json.loads(out.read_text()) if out.is_file() else {}
-    if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"]:
-        ours = {r["model"] for r in results}
-        results = [r for r in earlier.get("results", []) if r["model"] not in ours] + results
-    write(results, info, threads)
+
+    def save(result: dict) -> None:
+        """One curve per model: a later run on the same CPU replaces its models' curves and keeps the others."""
+        earlier = json.loads(out.read_text()) if out.is_file() else {}
+        kept = earlier.get("results", []) if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"] else []
+        write([r for r in kept if r["model"] != result["model"]] + [{**result, "command": command}], info, threads)
+
+    for i, m in enumerate(args.models):
+        curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes), threads,
+              shared, args.fast_math, on_row=save)
 
 
 if __name__ == "__main__":
