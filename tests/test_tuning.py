@@ -263,3 +263,21 @@ def test_an_embedding_is_measured_not_crashed(tmp_path):
     gathers = [k for k in t.tasks if "take" in k.name]
     assert gathers and all(k.trials and k.best_us for k in gathers), [(k.name, k.first_error) for k in t.tasks]
     assert t.failed == 0 and not t.warnings(), (t.failed, t.warnings())
+
+
+def test_trial_inputs_look_like_activations_not_saturating():
+    """Trials are timed on floats of the order of real activations (TVM's default fill, [1, 10], drives a matmul's
+    outputs into the thousands, where erf and exp take their saturated shortcut and a GELU kernel is timed at a
+    fraction of its cost in place), on integer indices in range, and on fresh tensors for every repeat."""
+    import numpy as np
+    import tvm
+
+    from kiln.compiler.tuning import measure_arguments
+
+    info = [("TENSOR", "float32", [64, 32]), ("TENSOR", "int64", [8]), ("TENSOR", "float16", [16])]
+    repeated = measure_arguments(tvm.cpu(), info, alloc_repeat=2)
+    assert len(repeated) == 2 and repeated[0][0] is not repeated[1][0]
+    floats, ids, halves = (a.numpy() for a in repeated[0])
+    assert -0.5 <= floats.min() < -0.4 and 0.4 < floats.max() <= 0.5 and abs(floats.mean()) < 0.05
+    assert halves.dtype == np.float16 and np.abs(halves).max() <= 0.5
+    assert not ids.any()
