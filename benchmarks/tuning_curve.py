@@ -91,7 +91,7 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
         start = time.perf_counter()
         res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
                             limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None,
-                                          prepack=True), shared_root=shared, graph_passes=graph_passes,
+                                          prepack=True, threads=threads), shared_root=shared, graph_passes=graph_passes,
                             progress=lambda p, at=checkpoint: print(f"\r[{label}] {at} min: {p.describe()}", end="",
                                                                     file=CONSOLE))
         spent = checkpoint
@@ -203,6 +203,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "tuning_curve.json"
     earlier = json.loads(out.read_text()) if out.is_file() else {}
     if args.replot:  # the plot and the table again from tuning_curve.json, no tuning
+        if not earlier:
+            raise SystemExit(f"nothing to redraw: {out} is missing (run a curve first)")
         return write(earlier["results"], earlier["machine"], earlier.get("threads", threads))
     info = machine()
     shared = WORK / "shared" if args.shared else None
