@@ -203,11 +203,11 @@ def write(results: list[dict], command: str) -> None:
               "| model | concurrency | infer/s | p50 | p99 | server queue | server infer | server input+output |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        for row in r.get("perf_analyzer", []):
+        for row in sorted(r.get("perf_analyzer", []), key=lambda row: row["concurrency"]):
             lines.append(f"| {r['model']} | {row['concurrency']} | {row['infer_per_s']:.0f} | {row['p50_us']:.0f} | "
                          f"{row['p99_us']:.0f} | {row['server_queue_us']:.0f} | {row['server_infer_us']:.0f} | "
                          f"{row['server_io_us']:.0f} |")
-    write_section(lines[0], lines[1:])
+    write_section(lines[0], [*lines[1:], ""])
 
 
 def main() -> None:
