@@ -89,14 +89,14 @@ def main() -> None:
         port = free_port()
         t0 = time.perf_counter()
         container = client.containers.run("kiln-bench/digits:latest", detach=True, network_mode="host",
-                                          environment={"KILN_PORT": str(port)})
+                                          environment={"KILN_PORT": str(port), "KILN_HTTP_PORT": "-1"})
         try:
             while "serving " not in container.logs().decode():
                 time.sleep(0.02)
             start_to_serving = time.perf_counter() - t0
             row = np.load(ROOT / "examples" / "digits" / "digits.npz")["x_test"][0].tolist()
             host_proc, host_address = start([str(Path(sys.executable).parent / "kiln"), "serve", str(artifact),
-                                             "--port", "0", "--no-log-requests"])
+                                             "--port", "0", "--http-port", "-1", "--no-log-requests"])
             rounds = {"container": [], "host": []}
             try:
                 with connect(f"127.0.0.1:{port}", artifact=artifact) as in_container, \

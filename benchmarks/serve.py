@@ -6,12 +6,16 @@ Per model: kiln.load(...).run p50/p99 in this process; the same request through 
 protocol for digits, v2 tensors for ResNet-18); a bare grpcio server echoing the same request bytes; the
 added latency (gRPC p50 - in-process p50) against the echo p50; requests/s with 1, 4 and 16 concurrent
 client threads for --seconds each, with --workers 1 (one runtime instance: calls serialize, like a lock)
-and --workers 2 (one instance per worker). Writes the "serve" section of benchmarks/RESULTS.md.
+and --workers 2 (one instance per worker); and NVIDIA's perf_analyzer against the --workers 2 server over
+gRPC (KServe v2, the tool Triton users measure servers with: throughput, p50/p99 and the server's own
+queue/compute split from ModelStatistics at concurrency 1-8; fetched by benchmarks/perf_analyzer.py).
+Writes the "serve" section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -110,6 +114,27 @@ def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
     return proc, line.rsplit(" ", 1)[-1] if line.startswith("serving") else f"127.0.0.1:{line}"
 
 
+def perf_analyzer(address: str, model: str, feed: dict[str, np.ndarray], concurrency: str = "1:8") -> list[dict]:
+    """perf_analyzer over gRPC with the benchmark's own input; one row per concurrency level (latency in us)."""
+    from benchmarks.perf_analyzer import install
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    data, out = WORK / f"{model}-input.json", WORK / f"{model}-perf.csv"
+    data.write_text(json.dumps({"data": [{k: {"content": v.reshape(-1).tolist(), "shape": list(v.shape)}
+                                          for k, v in feed.items()}]}))
+    proc = subprocess.run([*install(), "-m", model, "-u", address, "-i", "grpc", "--concurrency-range", concurrency,
+                           "--measurement-interval", "2000", "--input-data", str(data), "-f", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"perf_analyzer failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    with open(out) as f:
+        return [{"concurrency": int(r["Concurrency"]), "infer_per_s": float(r["Inferences/Second"]),
+                 "p50_us": float(r["p50 latency"]), "p99_us": float(r["p99 latency"]),
+                 "server_queue_us": float(r["Server Queue"]), "server_infer_us": float(r["Server Compute Infer"]),
+                 "server_io_us": float(r["Server Compute Input"]) + float(r["Server Compute Output"])}
+                for r in csv.DictReader(f)]
+
+
 def bench(name: str, seconds: float, calls: int, threads: int | None = None) -> dict:
     folder = artifact_for(name)
     local = kiln.load(folder)
@@ -119,7 +144,8 @@ def bench(name: str, seconds: float, calls: int, threads: int | None = None) -> 
     inproc = percentiles(lambda: local.run(feed), calls)
     result = {"model": name, "backend": local.backend, "inprocess_us": inproc, "grpc": {}, "throughput": {}}
     for workers in (1, 2):
-        proc, address = start([str(BIN / "kiln"), "serve", str(folder), "--port", "0", "--workers", str(workers),
+        proc, address = start([str(BIN / "kiln"), "serve", str(folder), "--port", "0", "--http-port", "0",
+                               "--workers", str(workers),
                                "--max-message-mb", "64", *(["--threads", str(threads)] if threads else [])])
         try:
             client = connect(address, artifact=folder)
@@ -139,6 +165,8 @@ def bench(name: str, seconds: float, calls: int, threads: int | None = None) -> 
                 result["grpc"], result["echo_us"] = interleaved(call, payload, calls)
             result["throughput"][workers] = {c: throughput(call, c, seconds) for c in (1, 4, 16)}
             client.close()
+            if workers == 2:
+                result["perf_analyzer"] = perf_analyzer(address, local.manifest.name, feed)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -168,7 +196,18 @@ def write(results: list[dict], command: str) -> None:
     for r in results:
         for w, t in r["throughput"].items():
             lines.append(f"| {r['model']} | {w} | {t[1]:.0f} | {t[4]:.0f} | {t[16]:.0f} |")
-    write_section(lines[0], lines[1:])
+    lines += ["", "NVIDIA perf_analyzer 2.60 (`-i grpc --concurrency-range 1:8 --measurement-interval 2000`, the "
+              "benchmark's input) against the --workers 2 server: its client-side latency, and the server's own "
+              "split from ModelStatistics (queue for a free instance, the model, request/response decoding), in us "
+              "per request.", "",
+              "| model | concurrency | infer/s | p50 | p99 | server queue | server infer | server input+output |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for row in sorted(r.get("perf_analyzer", []), key=lambda row: row["concurrency"]):
+            lines.append(f"| {r['model']} | {row['concurrency']} | {row['infer_per_s']:.0f} | {row['p50_us']:.0f} | "
+                         f"{row['p99_us']:.0f} | {row['server_queue_us']:.0f} | {row['server_infer_us']:.0f} | "
+                         f"{row['server_io_us']:.0f} |")
+    write_section(lines[0], [*lines[1:], ""])
 
 
 def main() -> None:

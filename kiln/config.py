@@ -58,6 +58,7 @@ class Settings(BaseSettings):
 
     # serving (the runtime image's entry point)
     port: int = Field(8001, ge=0, le=65535)
+    http_port: int = Field(8000, ge=-1, le=65535)  # REST v2 and /metrics; -1: none (Triton's pair: 8000/8001)
     workers: int = Field(1, ge=1)
 
     # service mode (`kiln up`) and the web app

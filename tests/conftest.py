@@ -107,14 +107,16 @@ class Served:
 
     def __init__(self, artifact: Path | str, *args: str, env: dict[str, str] | None = None):
         self.log = tempfile_path()
-        self.proc = subprocess.Popen([str(BIN / "kiln"), "serve", str(artifact), "--port", "0", *args],
+        self.proc = subprocess.Popen([str(BIN / "kiln"), "serve", str(artifact), "--port", "0", "--http-port", "0",
+                                      *args],
                                      stdout=subprocess.PIPE, stderr=open(self.log, "wb"), text=True, cwd=ROOT,
                                      env=env)
-        line = self.proc.stdout.readline()  # "serving NAME (BACKEND) on HOST:PORT" once SERVING
+        line = self.proc.stdout.readline()  # "serving NAME (BACKEND) with HTTP on URL and gRPC on HOST:PORT"
         if not line.startswith("serving"):
             self.proc.kill()
             raise RuntimeError(f"server did not start: {line!r}\n{Path(self.log).read_text()[-3000:]}")
         self.address = line.rsplit(" ", 1)[1].strip()
+        self.http = line.split("http://", 1)[1].split()[0]  # HOST:PORT
 
     def logs(self) -> str:
         return Path(self.log).read_text()

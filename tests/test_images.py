@@ -83,11 +83,18 @@ def test_build_push_pull_by_digest_run_and_call(pushed, digits_artifact, digits_
     image = client.images.get(f"{registry.address}/digits@{entry['digest']}")
     assert image.labels["kiln.artifact"] == manifest["id"] and image.labels["kiln.model"] == "digits"
 
-    port = free_port()
-    container = client.containers.run(image.id, detach=True, network_mode="host", environment={"KILN_PORT": str(port)})
+    assert {"8000/tcp", "8001/tcp"} <= set(image.attrs["Config"]["ExposedPorts"])  # HTTP and gRPC, Triton's pair
+    port, http_port = free_port(), free_port()
+    container = client.containers.run(image.id, detach=True, network_mode="host",
+                                      environment={"KILN_PORT": str(port), "KILN_HTTP_PORT": str(http_port)})
     try:
         wait_serving(container)
         check_predictions(f"127.0.0.1:{port}", digits_artifact, digits_program)
+        row = np.load(digits_program / "digits.npz")["x_test"][0]
+        reply = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/digits/infer", json={"inputs": [
+            {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": row.tolist()}]})
+        assert reply.status_code == 200 and reply.json()["outputs"][0]["shape"] == [1, 10], reply.text
+        assert "kiln_requests_total{" in httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
         no_compiler = container.exec_run(["python", "-c", "import tvm, os; print(os.listdir(os.path.dirname("
                                           "tvm.__file__) + '/lib'))"], user="kiln")
         assert no_compiler.exit_code == 0 and "libtvm_compiler" not in no_compiler.output.decode()
@@ -122,8 +129,8 @@ def test_generic_image_serves_a_mounted_artifact(pushed, digits_artifact, digits
     shutil.copytree(digits_artifact, private)
     port = free_port()
     mount = {str(private): {"bind": "/models/current", "mode": "ro"}}
-    container = client.containers.run(runtime, detach=True, network_mode="host", environment={"KILN_PORT": str(port)},
-                                      volumes=mount)
+    container = client.containers.run(runtime, detach=True, network_mode="host", volumes=mount,
+                                      environment={"KILN_PORT": str(port), "KILN_HTTP_PORT": "-1"})
     container.wait(timeout=60)
     logs = container.logs().decode()
     container.remove()
@@ -136,7 +143,8 @@ def test_generic_image_serves_a_mounted_artifact(pushed, digits_artifact, digits
             p.chmod(0o755 if p.is_dir() else 0o644)
         mount = {str(readable / "artifact"): {"bind": "/models/current", "mode": "ro"}}
         container = client.containers.run(runtime, detach=True, network_mode="host",
-                                          environment={"KILN_PORT": str(port)}, volumes=mount)
+                                          environment={"KILN_PORT": str(port), "KILN_HTTP_PORT": "-1"},
+                                          volumes=mount)
         try:
             wait_serving(container)
             check_predictions(f"127.0.0.1:{port}", digits_artifact, digits_program)

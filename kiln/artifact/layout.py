@@ -11,5 +11,6 @@ ONNX_MODULE = "model.onnx"
 # generated protocol files and services
 SERVICE_PROTO = "kiln_service.proto"
 V2_PROTO = "kiln_inference_v2.proto"
+V2_DESCRIPTORS = "kiln_inference_v2.pb"  # its compiled descriptors: loaded into a pool of their own
 SERVICE_NAME = "kiln.Model"
 V2_SERVICE_NAME = "inference.GRPCInferenceService"

@@ -1,4 +1,4 @@
-"""`kiln serve` and `kiln client`: an artifact behind gRPC, and a request sent to one."""
+"""`kiln serve` and `kiln client`: an artifact behind gRPC and HTTP, and a request sent to one."""
 
 from __future__ import annotations
 
@@ -19,13 +19,16 @@ from kiln.errors import KilnError
 def serve(
     artifact: str = typer.Argument(..., help="artifact folder, or NAME[/ID] in the store"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8001, min=0, max=65535, help="port (0: any free port)"),
+    port: int = typer.Option(8001, min=0, max=65535, help="gRPC port (0: any free port)"),
+    http_port: int = typer.Option(8000, min=-1, max=65535,
+                                  help="HTTP port: the v2 REST routes and /metrics (0: any free port; -1: none)"),
     workers: int = typer.Option(1, min=1, help="model instances that run requests in parallel"),
     max_message_mb: float = typer.Option(16.0, min=0.001, help="largest request/response in MiB"),
     threads: int | None = typer.Option(None, min=1, help="threads per model instance [default: cores / workers]"),
     log_requests: bool = typer.Option(True, help="one JSON line per request on stderr"),
 ) -> None:
-    """Serve an artifact over gRPC: the program's protocol, the v2 tensor protocol, health, reflection.
+    """Serve an artifact: over gRPC the program's protocol, the v2 tensor protocol (KServe / Triton), health and
+    reflection; over HTTP the v2 REST routes and Prometheus metrics (/metrics).
 
     ARTIFACT may be s3://BUCKET/PREFIX/NAME[/ID]: it is pulled into the local store and verified first."""
     from kiln.serving.server import serve as run_server
@@ -34,7 +37,7 @@ def serve(
         if artifact.startswith("s3://"):
             artifact = str(pull_to_store(artifact, None))
         run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads,
-                   log_requests=log_requests)
+                   log_requests=log_requests, http_port=None if http_port < 0 else http_port)
     except KilnError as exc:
         fail(exc)
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from string import Template
 
-from kiln.artifact.layout import SERVICE_NAME, SERVICE_PROTO, V2_PROTO
+from kiln.artifact.layout import SERVICE_NAME, SERVICE_PROTO, V2_DESCRIPTORS, V2_PROTO
 from kiln.artifact.manifest import ProtocolInfo
 from kiln.errors import ProgramError
 from kiln.fs import ROOT
@@ -77,4 +77,5 @@ def generate(out: Path, root: Path | None = None, proto: str | None = None, requ
         files += [Path(proto).name, SERVICE_PROTO]
         info = ProtocolInfo(service=SERVICE_NAME, request=req, response=resp, proto=Path(proto).name)
     _protoc([f"-I{out}", f"--python_out={out}", f"--grpc_python_out={out}", *files], str(out))
+    _protoc([f"-I{out}", f"--descriptor_set_out={out / V2_DESCRIPTORS}", V2_PROTO], str(out))
     return info

@@ -93,3 +93,69 @@ def encode_inputs(request, feed: dict[str, np.ndarray]) -> None:
         t.name, t.datatype = name, v2_datatype(arr.dtype.name)
         t.shape.extend(arr.shape)
         request.raw_input_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+# -- the REST flavour: JSON tensors and Triton's binary tensor extension ---------------------------------------
+def decode_rest_inputs(header: dict, binary: memoryview, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """numpy arrays from a REST infer request: `data` (flat or nested JSON lists) or, with
+    `parameters.binary_data_size`, that many bytes of the binary tail, taken in the inputs' order."""
+    by_name = {s.name: s for s in specs}
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("the request has no \"inputs\" list", hint=f"send the model's inputs {list(by_name)}")
+    feed: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in inputs:
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        spec = by_name.get(name)
+        if spec is None:
+            raise InputError(f"unknown input {name!r}; the model's inputs are {list(by_name)}")
+        want = v2_datatype(spec.dtype)
+        if tensor.get("datatype") != want:
+            raise InputError(f"input {name!r} has datatype {tensor.get('datatype') or '(none)'}, the model "
+                             f"expects {want}")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InputError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        count = int(np.prod(shape)) if shape else 1
+        dtype = np.dtype(V2_DTYPES[want])
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if size != count * dtype.itemsize or offset + size > len(binary):
+                raise InputError(f"input {name!r}: binary_data_size {size} (with {len(binary) - offset} bytes "
+                                 f"left in the body), but shape {shape} of {want} needs {count * dtype.itemsize}")
+            arr = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).astype(dtype)
+            offset += size
+        else:
+            try:
+                arr = np.asarray(tensor.get("data"), dtype=dtype)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"input {name!r}: data is not a list of {want} values ({exc})") from None
+            if arr.size != count:
+                raise InputError(f"input {name!r}: {arr.size} values in data, but shape {shape} needs {count}")
+        feed[name] = arr.reshape(shape)
+    if offset != len(binary):
+        raise InputError(f"{len(binary) - offset} bytes of binary data left over after the inputs")
+    return feed
+
+
+def encode_rest_outputs(header: dict, outputs: dict[str, np.ndarray]) -> tuple[dict, list[bytes]]:
+    """The response's `outputs` and the binary blobs that follow the JSON: an output goes binary when asked
+    (`parameters.binary_data`, or the request's `binary_data_output`), as JSON `data` otherwise."""
+    default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    requested = header.get("outputs") or [{"name": n} for n in outputs]
+    listed, blobs = [], []
+    for req in requested:
+        name = req.get("name")
+        if name not in outputs:
+            raise InputError(f"unknown output {name!r}; the model's outputs are {list(outputs)}")
+        arr = np.asarray(outputs[name], order="C")
+        out = {"name": name, "datatype": v2_datatype(arr.dtype.name), "shape": list(arr.shape)}
+        if (req.get("parameters") or {}).get("binary_data", default):
+            blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = arr.reshape(-1).tolist()
+        listed.append(out)
+    return {"outputs": listed}, blobs

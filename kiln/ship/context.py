@@ -21,7 +21,8 @@ from kiln.fs import atomic_dir, checkout_file, json_sha256, tree_files
 
 # what `python -m kiln.serving` imports; nothing of the optimizer (prefect, onnx, the TVM compiler)
 RUNTIME_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "numpy", "pydantic", "pydantic-settings",
-                    "protobuf", "grpcio", "grpcio-reflection", "grpcio-health-checking")
+                    "protobuf", "grpcio", "grpcio-reflection", "grpcio-health-checking",
+                    "starlette", "uvicorn", "prometheus-client")  # the REST routes and /metrics
 # the parts of kiln the server imports (import-linter keeps kiln.runtime and kiln.serving off the rest)
 RUNTIME_SOURCES = ("__init__.py", "client.py", "config.py", "errors.py", "fs.py", "artifact", "program",
                    "runtime", "serving")
