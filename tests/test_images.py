@@ -171,3 +171,52 @@ def test_stopped_registry_and_missing_engine_are_clear(digits_artifact, ship_env
 
     bad = run_kiln(["image", str(digits_artifact), "Not A Reference"], ship_env)
     assert bad.returncode == 2 and "is not a valid image reference" in bad.stderr
+
+
+def test_image_carries_the_programs_requirements_and_oci_labels(digits_program, registry, ship_env, tmp_path):
+    """A program whose mapping code imports a package the runtime does not have (a tokenizer) lists it in
+    `requirements`: its image installs the wheels fetched on the host, and serves. The image says what it is
+    in OCI's labels."""
+    program = tmp_path / "digits-tok"
+    shutil.copytree(digits_program, program)
+    text = (program / "program.py").read_text()
+    text = text.replace("import numpy as np\n",
+                        "import numpy as np\nfrom tokenizers.pre_tokenizers import Whitespace\n")
+    text = text.replace('    name = "digits"\n', '    name = "digits-tok"\n    requirements = ["tokenizers==0.23.3"]\n')
+    text = text.replace("        pixels = np.asarray(request.pixels, dtype=np.float32)\n",
+                        "        assert Whitespace().pre_tokenize_str('a b') == [('a', (0, 1)), ('b', (2, 3))]\n"
+                        "        pixels = np.asarray(request.pixels, dtype=np.float32)\n")
+    (program / "program.py").write_text(text)
+    env, store = ship_env, Path(ship_env["KILN_STORE"])
+    bad = tmp_path / "digits-bad"
+    shutil.copytree(program, bad)
+    (bad / "program.py").write_text(text.replace('"tokenizers==0.23.3"', '"tokenizers=0.23.3"'))
+    proc = run_kiln(["optimize", str(bad), "--candidates", "onnxruntime"], env)
+    assert proc.returncode != 0 and "requirements[0] 'tokenizers=0.23.3' is not a pip requirement" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = run_kiln(["optimize", str(program), "--candidates", "onnxruntime", "--json",
+                     "--image", f"{registry.address}/digits-tok"], env, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads(proc.stdout)
+    artifact = store / "digits-tok" / manifest["id"]
+    assert json.loads((artifact / "manifest.json").read_text())["program"]["requirements"] == ["tokenizers==0.23.3"]
+    entry = json.loads((artifact / "manifest.json").read_text())["images"][-1]
+    client = docker.DockerClient(base_url=ship_env["DOCKER_HOST"])
+    image = client.images.get(entry["reference"])
+    labels = image.labels
+    assert labels["kiln.artifact"] == manifest["id"] and labels["kiln.model.sha256"] == manifest["model"]["sha256"]
+    assert labels["org.opencontainers.image.version"] == str(manifest["version"])
+    assert labels["org.opencontainers.image.source"] == manifest["program"]["source"]
+    assert labels["org.opencontainers.image.created"].startswith(time.strftime("%Y-"))
+    assert len(labels["org.opencontainers.image.revision"]) >= 5
+    port = free_port()
+    container = client.containers.run(image.id, detach=True, network_mode="host",
+                                      environment={"KILN_PORT": str(port), "KILN_HTTP_PORT": "-1"})
+    try:
+        wait_serving(container)
+        check_predictions(f"127.0.0.1:{port}", artifact, digits_program)  # the mapping code ran its tokenizer
+        pip_gone = container.exec_run(["python", "-c", "import pip"], user="kiln")
+        assert pip_gone.exit_code != 0  # pip ran from its wheel at build time and was not left in the image
+    finally:
+        container.remove(force=True)

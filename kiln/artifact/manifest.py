@@ -109,6 +109,7 @@ class ProgramInfo(BaseModel):
     source: str  # where it was given (a path, file:// or s3:// URI)
     file: str = "program.py"  # the program's .py in program/ (one of several in a folder)
     allow_nonfinite: bool = False  # the program accepts NaN/Inf inputs (servers refuse them otherwise)
+    requirements: list[str] = Field(default_factory=list)  # pip requirements of the mapping code (in its image)
 
 
 class TaskTuning(BaseModel):

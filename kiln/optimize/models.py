@@ -33,6 +33,7 @@ class CheckedProgram(BaseModel):
     samples: int
     has_labels: bool
     allow_nonfinite: bool = False
+    requirements: list[str] = Field(default_factory=list)  # what the mapping code imports (pip requirements)
     calibration_method: str = "minmax"
     max_fallback_rounds: int = 4
     fallback_seconds: float = 900.0

@@ -94,7 +94,7 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
                             source_sha256=checked.model_sha256),
             program=ProgramInfo(sha256=checked.program_sha256, shapes=checked.shapes, source=checked.location,
                                 file=Path(checked.source).name if checked.source.endswith(".py") else "program.py",
-                                allow_nonfinite=checked.allow_nonfinite),
+                                allow_nonfinite=checked.allow_nonfinite, requirements=checked.requirements),
             target=json.dumps(tuning.target, sort_keys=True) if tuning and tuning.target else target,
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards,
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,

@@ -108,6 +108,20 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     return checked
 
 
+def check_requirements(requirements: list[str], where: str) -> list[str]:
+    """Each one a requirement pip understands (the image build downloads them; a typo should fail here, before
+    hours of tuning, not at the end)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for i, text in enumerate(requirements):
+        try:
+            Requirement(text)
+        except InvalidRequirement as exc:
+            raise ProgramError(f"requirements[{i}] {text!r} is not a pip requirement: {exc}", where=where,
+                               hint='write it as pip would, e.g. "tokenizers==0.21.1"') from None
+    return [r.strip() for r in requirements]
+
+
 def check_program(path: str, location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
                   name: str | None = None) -> tuple[CheckedProgram, list[str]]:
     """validate's work, in the child process: (the checked program, its metric names)."""
@@ -143,12 +157,14 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
     if prog.program.proto:
         check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
     p = prog.program
+    requirements = check_requirements(list(p.requirements), str(prog.source))
     return CheckedProgram(
         location=str(location), source=str(prog.source), root=str(prog.root),
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
         program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
-        unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), calibration_method=p.calibration_method,
+        unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), requirements=requirements,
+        calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),
         transformer=p.transformer,

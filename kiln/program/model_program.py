@@ -48,6 +48,9 @@ class ModelProgram:
     allow_nonfinite: ClassVar[bool] = False
     #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference
     metrics: ClassVar[list[Metric]] = []
+    #: what the mapping code imports beyond kiln's runtime, as pip requirements (e.g. ["tokenizers==0.21.1"]):
+    #: the model's image installs them (wheels fetched on the host for the image's Python, installed offline)
+    requirements: ClassVar[list[str]] = []
     #: the .proto file and its request/response message names; None = generic tensor protocol
     proto: ClassVar[str | None] = None
     request: ClassVar[str | None] = None

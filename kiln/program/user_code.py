@@ -87,6 +87,10 @@ def check_declarations(program: ModelProgram, root: Path, program_file: str = PR
     if dupes:
         raise ProgramError(f"metric names must be unique; repeated: {dupes}", where=where,
                            hint="pass name=... to tell them apart")
+    reqs = program.requirements
+    if not isinstance(reqs, (list, tuple)) or not all(isinstance(r, str) and r.strip() for r in reqs):
+        raise ProgramError(f"{cls}.requirements must be a list of pip requirement strings", where=where,
+                           hint='e.g. requirements = ["tokenizers==0.21.1"]')
     if program.proto is not None:
         if not (root / program.proto).is_file():
             raise ProgramError(f"proto file {program.proto!r} not found in the program folder", where=where)

@@ -36,6 +36,18 @@ def source_root() -> Path:
     return checkout_file("runtime_image/Dockerfile", ImageError, "building images").parents[1]
 
 
+def source_revision() -> str:
+    """The git commit of the kiln checkout that builds the image (OCI's `revision`), or kiln's version."""
+    from kiln import __version__
+
+    try:
+        proc = subprocess.run(["git", "-C", str(source_root()), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return __version__
+    return proc.stdout.strip() if proc.returncode == 0 else __version__
+
+
 def requirements() -> list[str]:
     out = []
     for name in RUNTIME_PACKAGES:
@@ -56,28 +68,42 @@ def constraints() -> list[str]:
     return sorted(pins.values())
 
 
-def download_wheels(cache: Path, log=print) -> Path:
-    """Wheels for the runtime image (cached by what they pin); returns the folder, with requirements.txt."""
-    reqs, pins = requirements(), constraints()
-    key = json_sha256({"requirements": reqs, "constraints": pins, "python": IMAGE_PYTHON})[:16]
-    folder = cache / "wheels" / key
+def _download(folder: Path, reqs: list[str], what: str, hint: str, log, also: tuple[str, ...] = ()) -> Path:
+    """Wheels of `reqs` (and of `also`, not listed in requirements.txt) and their dependencies for the image's
+    Python, pinned like this host, into `folder` (cached: a folder with requirements.txt is complete), with
+    requirements.txt and constraints.txt."""
     if (folder / "requirements.txt").is_file():
         return folder
     with atomic_dir(folder, existing="replace") as staged:
-        (staged.path / "constraints.txt").write_text("\n".join(pins) + "\n")
+        (staged.path / "constraints.txt").write_text("\n".join(constraints()) + "\n")
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp",
                "--python-version", IMAGE_PYTHON, *[a for p in PLATFORMS for a in ("--platform", p)],
-               "-c", str(staged.path / "constraints.txt"), "-d", str(staged.path), *reqs]
-        log(f"downloading runtime wheels for Python {IMAGE_PYTHON} into {folder}")
+               "-c", str(staged.path / "constraints.txt"), "-d", str(staged.path), *reqs, *also]
+        log(f"downloading {what} for Python {IMAGE_PYTHON} into {folder}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-            raise ImageError(f"could not download the runtime wheels:\n{tail}",
-                             hint="the package index must be reachable from this host (builds never reach it)",
-                             transient=True)
-        (staged.path / "constraints.txt").unlink()
+            raise ImageError(f"could not download {what}:\n{tail}", hint=hint,
+                             transient="No matching distribution" not in proc.stderr)
         (staged.path / "requirements.txt").write_text("\n".join(reqs) + "\n")
     return folder
+
+
+def download_wheels(cache: Path, log=print) -> Path:
+    """Wheels for the runtime image (cached by what they pin); returns the folder, with requirements.txt."""
+    reqs = requirements()
+    key = json_sha256({"requirements": reqs, "constraints": constraints(), "python": IMAGE_PYTHON})[:16]
+    return _download(cache / "wheels" / key, reqs, "the runtime wheels",
+                     "the package index must be reachable from this host (builds never reach it)", log)
+
+
+def download_program_requirements(cache: Path, reqs: list[str], log=print) -> Path:
+    """Wheels of a program's `requirements` (and pip, to install them offline in the model's image), pinned
+    like the runtime where they share dependencies, so the packages the runtime already has stay as they are."""
+    key = json_sha256({"program": reqs, "constraints": constraints(), "python": IMAGE_PYTHON})[:16]
+    return _download(cache / "deps" / key, reqs, f"the program's requirements {reqs}",
+                     f"check the program's `requirements`: each needs a wheel for CPython {IMAGE_PYTHON} on "
+                     "manylinux x86_64, and the package index must be reachable from this host", log, also=("pip",))
 
 
 def runtime_context(cache: Path, log=print) -> tuple[Path, str]:
@@ -106,13 +132,21 @@ def runtime_context(cache: Path, log=print) -> tuple[Path, str]:
     return folder, digest
 
 
-def model_context(artifact: Path, files: list[str]) -> io.BytesIO:
-    """A tar of model.Dockerfile (as Dockerfile) and the artifact's FILES under artifact/ (a custom context)."""
+def model_context(artifact: Path, files: list[str], deps: Path | None = None) -> io.BytesIO:
+    """A tar of model.Dockerfile (as Dockerfile), the artifact's FILES under artifact/ and the program's
+    requirements under deps/ (wheels, requirements.txt and constraints.txt; only an empty requirements.txt
+    when there are none): a custom context."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(source_root() / "runtime_image" / "model.Dockerfile", arcname="Dockerfile")
         for rel in sorted(files):
             tar.add(artifact / rel, arcname=f"artifact/{rel}", recursive=False)
+        if deps is not None:
+            for wheel in sorted(deps.iterdir()):
+                tar.add(wheel, arcname=f"deps/{wheel.name}", recursive=False)
+        else:
+            info = tarfile.TarInfo("deps/requirements.txt")
+            tar.addfile(info, io.BytesIO(b""))
     buf.seek(0)
     return buf
 

@@ -48,6 +48,22 @@ def build_runtime_image(client=None, base: str | None = None, log: Log = print) 
     return tag
 
 
+def image_labels(manifest) -> dict[str, str]:
+    """OCI's standard annotations and kiln's own: what the image holds, made by what, from where."""
+    return {
+        "org.opencontainers.image.title": manifest.name,
+        "org.opencontainers.image.description": f"{manifest.name} served by kiln ({manifest.selected}, "
+                                                f"{manifest.speedup_vs_baseline:.2f}x onnxruntime)",
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "org.opencontainers.image.version": str(manifest.version or manifest.id),
+        "org.opencontainers.image.revision": context.source_revision(),
+        "org.opencontainers.image.source": manifest.program.source,
+        "kiln.model": manifest.name, "kiln.artifact": manifest.id, "kiln.selected": manifest.selected,
+        "kiln.version": str(manifest.version or ""), "kiln.model.sha256": manifest.model.sha256,
+        "kiln.requirements": " ".join(manifest.program.requirements),
+    }
+
+
 def build_model_image(artifact: Path, repository: str, *, push: bool = True, base: str | None = None,
                       log: Log = print) -> ImageRecord:
     """Build REPOSITORY's image of ARTIFACT, tag it (artifact id, vN, and the given tag or latest), push it
@@ -63,13 +79,13 @@ def build_model_image(artifact: Path, repository: str, *, push: bool = True, bas
     repo, given_tag = split_reference(repository)
     tags = list(dict.fromkeys([manifest.id, *([f"v{manifest.version}"] if manifest.version else []),
                                given_tag or "latest"]))
+    deps = None
+    if manifest.program.requirements:
+        deps = context.download_program_requirements(_cache(), manifest.program.requirements, log)
     log(f"building {repo}:{manifest.id} from {runtime}")
     image_id = engine.build(
-        client, tag=f"{repo}:{manifest.id}", fileobj=context.model_context(artifact, [*manifest.files, MANIFEST]),
-        buildargs={"RUNTIME": runtime},
-        labels={"kiln.model": manifest.name, "kiln.artifact": manifest.id, "kiln.selected": manifest.selected,
-                "kiln.version": str(manifest.version or ""), "org.opencontainers.image.title": manifest.name},
-        log=log)
+        client, tag=f"{repo}:{manifest.id}", fileobj=context.model_context(artifact, [*manifest.files, MANIFEST], deps),
+        buildargs={"RUNTIME": runtime}, labels=image_labels(manifest), log=log)
     image = client.images.get(image_id)
     for tag in tags[1:]:
         image.tag(repo, tag)
