@@ -91,17 +91,20 @@ def runtime_shapes(path: Path) -> Path:
     return _save(graph, path)
 
 
-def small_cnn(path: Path, size: int = 32, classes: int = 10) -> Path:
-    """x[1, 3, size, size] -> Conv(16) -> Relu -> Conv(32, stride 2) -> Relu -> GlobalAveragePool -> Gemm(classes);
-    the convolutions' weights do not depend on `classes`."""
+def small_cnn(path: Path, size: int = 32, classes: int = 10, extra: int = 0) -> Path:
+    """x[1, 3, size, size] -> Conv(16) -> Relu -> Conv(32, stride 2) -> Relu [-> Conv(32) -> Relu, `extra`
+    times] -> GlobalAveragePool -> Gemm(classes); the first convolutions' weights depend on neither."""
     rng = np.random.default_rng(0)
     c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Relu", ["c2"], ["r2_0"], name="relu2"),
+        *[n for i in range(extra) for n in (
+            helper.make_node("Conv", [f"r2_{i}", "w3", "b2"], [f"c3_{i}"], name=f"conv3_{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c3_{i}"], [f"r2_{i + 1}"], name=f"relu3_{i}"))],
+        helper.make_node("GlobalAveragePool", [f"r2_{extra}"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
     ]
@@ -110,7 +113,8 @@ def small_cnn(path: Path, size: int = 32, classes: int = 10) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
         [c("w1", rng.standard_normal((16, 3, 3, 3)) * 0.3), c("b1", np.zeros(16)),
          c("w2", rng.standard_normal((32, 16, 3, 3)) * 0.1), c("b2", np.zeros(32)),
-         c("fc_w", rng.standard_normal((classes, 32)) * 0.3), c("fc_b", np.zeros(classes))])
+         c("fc_w", rng.standard_normal((classes, 32)) * 0.3), c("fc_b", np.zeros(classes)),
+         *([c("w3", rng.standard_normal((32, 32, 3, 3)) * 0.1)] if extra else [])])
     return _save(graph, path)
 
 

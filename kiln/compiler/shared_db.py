@@ -78,6 +78,20 @@ def _valid(record) -> bool:
     return bool(secs) and min(secs) < FAILED_SECS
 
 
+def _replays(trace, mod) -> bool:
+    """Whether a record's trace applies to `mod`. Databases match workloads by structure, which ignores block
+    names, but a trace finds its blocks by name: ResNet-34's global pooling reduce is `lv157_red` where
+    ResNet-18's is `lv85_red`. Such a record, copied, made the database unloadable (MetaSchedule replays every
+    trace when it loads one: "parallel_for_dynamic error") and the model's build failed."""
+    from tvm import s_tir
+
+    try:
+        trace.apply_to_schedule(s_tir.Schedule(mod), remove_postproc=False)
+    except Exception:
+        return False
+    return True
+
+
 def _copy_best(source, dest, mod, skip_known: bool) -> int:
     """Commit `source`'s best valid records of workload `mod` to `dest`; with `skip_known`, those `dest` already
     holds (by their trace) are skipped. Returns how many were committed."""
@@ -88,7 +102,7 @@ def _copy_best(source, dest, mod, skip_known: bool) -> int:
         return 0
     target = dest.commit_workload(mod)
     known = {str(r.trace.as_json()) for r in dest.get_top_k(target, 10 * TOP_K)} if skip_known else set()
-    fresh = [r for r in best if str(r.trace.as_json()) not in known]
+    fresh = [r for r in best if str(r.trace.as_json()) not in known and _replays(r.trace, target.mod)]
     for r in fresh:
         dest.commit_tuning_record(ms.database.TuningRecord(r.trace, target, r.run_secs, r.target, r.args_info))
     return len(fresh)

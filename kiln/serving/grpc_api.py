@@ -88,6 +88,9 @@ class Handlers:
                 response.infer_response.ParseFromString(await self._infer(raw))
             except Refused as exc:
                 code, response.error_message = CODES[exc.kind].name, exc.message
+            except Exception as exc:  # a bug, not the client's fault: answer it in the stream and go on
+                log.exception("internal error in ModelStreamInfer")
+                code, response.error_message = "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"
             finally:
                 self._record("ModelStreamInfer", code, start, len(raw), context)
             yield response.SerializeToString()
