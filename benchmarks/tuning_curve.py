@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--fast-math", action="store_true", help="the tvm-fast-math candidate's graph passes")
     parser.add_argument("--later-minutes", nargs="+", type=float, default=None,
                         help="with --shared: checkpoints of the models after the first (they start from its kernels)")
+    parser.add_argument("--keep-shared", action="store_true",
+                        help="with --shared: start from the shared database an earlier run left (e.g. ResNet-34 "
+                             "after a ResNet-18 curve) instead of an empty one")
     parser.add_argument("--replot", action="store_true", help="redraw the plot and table from tuning_curve.json")
     args = parser.parse_args()
     import os
@@ -208,7 +211,7 @@ def main() -> None:
         return write(earlier["results"], earlier["machine"], earlier.get("threads", threads))
     info = machine()
     shared = WORK / "shared" if args.shared else None
-    if shared:
+    if shared and not args.keep_shared:
         shutil.rmtree(shared, ignore_errors=True)
     command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
 
@@ -219,7 +222,8 @@ def main() -> None:
         write([r for r in kept if r["model"] != result["model"]] + [{**result, "command": command}], info, threads)
 
     for i, m in enumerate(args.models):
-        curve(m, sorted(args.later_minutes if shared and i and args.later_minutes else args.minutes), threads,
+        later = shared and (i or args.keep_shared) and args.later_minutes
+        curve(m, sorted(args.later_minutes if later else args.minutes), threads,
               shared, args.fast_math, on_row=save)
 
 
