@@ -157,8 +157,8 @@ def svg(results: list[dict]) -> str:
         parts += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="{c}"/>' for p in tvm.split()]
         parts += [f'<polyline points="{tvm}" stroke="{c}" stroke-width="2" fill="none"/>',
                   f'<polyline points="{q}" stroke="{c}" stroke-dasharray="5,4" fill="none"/>',
-                  f'<text x="{w - pad - 250}" y="{pad + 16 * i}" fill="{c}">{m["model"]}: TVM (solid), '
-                  f'{m["int8"]} (dashed)</text>']
+                  f'<text x="{w - 10}" y="{pad + 16 * i}" fill="{c}" text-anchor="end">{m["model"]}: TVM '
+                  f'(solid), {m["int8"]} (dashed)</text>']
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
@@ -175,12 +175,14 @@ def write(results: list[dict], info: dict, threads: int) -> None:
              "process. Ratios are medians of per-round ratios (below 1 = faster than fp32 onnxruntime).", "",
              "Commands: " + "; ".join(dict.fromkeys(f"`{m['command'].strip()}`" for m in results if "command" in m)),
              "", "![tuning curve](tuning_curve.svg)", "",
-             "| model | minutes | trials (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
+             "| model | minutes | trials so far (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
              "tuner's estimate ms |", "|---|---|---|---|---|---|---|---|"]
     for m in results:
-        for r in m["rows"]:
+        trials = failed = 0
+        for r in m["rows"]:  # each row's counts are its segment's
+            trials, failed = trials + r["trials"], failed + r["failed_trials"]
             est = f"{r['estimated_ms']:.3f}" if r["estimated_ms"] else "-"
-            lines.append(f"| {m['model']} | {r['minutes']:g} | {r['trials']} ({r['failed_trials']}) | "
+            lines.append(f"| {m['model']} | {r['minutes']:g} | {trials} ({failed}) | "
                          f"{r['tvm_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | {r['tvm_over_ort']:.2f} | "
                          f"{r['int8_over_ort']:.2f} ({m['int8']}) | {est} |")
     write_section("## Tuning curve (`make bench-long`)", lines)
