@@ -45,7 +45,6 @@ def routes(inference: Inference, requests, max_body: int) -> list[Route]:
             start = time.perf_counter()
             gauge = metrics.active
             gauge.inc()
-            status, size = 500, 0
             try:
                 params = request.path_params
                 inference.check_model(params.get("model", ""), params.get("version", ""))
