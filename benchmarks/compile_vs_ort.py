@@ -2,12 +2,13 @@
 
     python benchmarks/compile_vs_ort.py [--models digits resnet18 encoder] [--budgets digits=0,64 ...]
     python benchmarks/compile_vs_ort.py --target cuda --budgets digits=0 resnet18=0 encoder=0   # on a GPU
+    python benchmarks/compile_vs_ort.py --target cuda --models encoder --budgets encoder=0,256 --tune-minutes 2
 
 For each model: onnxruntime (all graph optimizations, all cores, CPU), then TVM built with each trial budget
 (0 = no search: on CUDA, TVM's DLight default schedules; the MetaSchedule database starts empty for every
-budget), each measured right after the other. TVM on CUDA is timed end to end from the host (inputs copied
-in, outputs copied out), as a caller sees it. Writes benchmarks/RESULTS.md (one section per target) and
-results.json (results-cuda.json).
+budget, and each search stops after --tune-minutes), each measured right after the other. TVM on CUDA is timed
+end to end from the host (inputs copied in, outputs copied out), as a caller sees it. Writes
+benchmarks/RESULTS.md (one section per target) and results.json (results-cuda.json), after each model.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def feed_for(specs, seed=0):
     return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
 
 
-def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm") -> dict:
+def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm",
+                tune_seconds: float | None = None) -> dict:
     rel, script, shapes = MODELS[name]
     path = ROOT / rel
     if not path.is_file():
@@ -71,7 +73,7 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
     rows = []
     for budget in budgets:
         t0 = time.perf_counter()
-        res = compile_model(prepared, inputs, target_kind=target, limits=Limits(trials=budget),
+        res = compile_model(prepared, inputs, target_kind=target, limits=Limits(trials=budget, seconds=tune_seconds),
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
                             progress=lambda p: print(f"\r[{name}] tuning: {p.describe()}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0
@@ -82,7 +84,10 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
         # re-measure onnxruntime right after, so both numbers come from the same moment of this run
         ort_again = measure(lambda: ort_runner.run(feed), repeats=300, max_seconds=5)
         rows.append({"trials": budget, "tasks": len(res.tuning.tasks), "trials_run": res.tuning.trials,
-                     "failed_trials": res.tuning.failed, "build_s": round(build_s, 1),
+                     "failed_trials": res.tuning.failed, "stopped_by": res.tuning.stopped_by,
+                     "tasks_measured": res.tuning.measured_tasks,
+                     "cost_model": res.tuning.cost_model, "estimated_ms": res.tuning.estimated_ms,
+                     "build_s": round(build_s, 1),
                      "tvm_p50_ms": lat.p50, "tvm_p90_ms": lat.p90, "ort_p50_ms": ort_again.p50,
                      "ratio_tvm_over_ort": lat.p50 / ort_again.p50, "max_rel_diff": err})
         print(f"\n[{name}] trials {budget}: TVM p50 {lat.p50:.4f} ms vs onnxruntime {ort_again.p50:.4f} ms "
@@ -126,18 +131,28 @@ def write_results(results: list[dict], info: dict, command: str, target: str = "
              "onnxruntime (below 1 = TVM faster)." + (
                  " TVM runs on the GPU, timed from the host with the copies in and out; onnxruntime is its CPU "
                  "build on all cores; trials 0 = DLight's default GPU schedules." if target == "cuda" else ""), "",
-             "| model | input | onnxruntime p50 ms | trials | tasks | tuning+build s | TVM p50 ms | TVM p90 ms | "
-             "onnxruntime p50 ms (same moment) | ratio TVM/ORT | max rel diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | input | onnxruntime p50 ms | trials | search | tasks | tuning+build s | TVM p50 ms | "
+             "TVM p90 ms | onnxruntime p50 ms (same moment) | ratio TVM/ORT | max rel diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
         for run in r["runs"]:
-            lines.append(f"| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | {run['tasks']} | "
+            lines.append(f"| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | {_search(run)} | "
+                         f"{run['tasks']} | "
                          f"{run['build_s']} | {run['tvm_p50_ms']:.4f} | {run['tvm_p90_ms']:.4f} | "
                          f"{run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | {run['max_rel_diff']:.1e} |")
     write_section(lines[0], lines[1:])
     name = "results.json" if target == "llvm" else f"results-{target}.json"
     (ROOT / "benchmarks" / name).write_text(json.dumps({"machine": info, "results": results}, indent=2))
+
+
+def _search(run: dict) -> str:
+    """What the tuner did: trials run and failed, its cost model, why it stopped."""
+    if not run.get("trials_run"):
+        return "-"
+    return (f"{run['trials_run']} run, {run['failed_trials']} failed, "
+            f"{run.get('tasks_measured', '?')}/{run['tasks']} tasks measured, {run.get('cost_model')} model, "
+            f"stopped by {run.get('stopped_by')}")
 
 
 def main() -> None:
@@ -146,15 +161,19 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="*", default=[], help="MODEL=T1,T2 overrides, e.g. resnet18=0,100")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--target", choices=["llvm", "cuda"], default="llvm", help="where TVM's code runs")
+    parser.add_argument("--tune-minutes", type=float, default=None, help="wall-clock cap on each search")
     args = parser.parse_args()
     budgets = dict(BUDGETS)
     for item in args.budgets:
         name, _, values = item.partition("=")
         budgets[name] = [int(v) for v in values.split(",")]
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    results = [bench_model(m, budgets[m], args.threads, args.target) for m in args.models]
-    write_results(results, machine(args.target), "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:]),
-                  args.target)
+    command = "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:])
+    results = []
+    for m in args.models:  # written after each model: a run stopped part-way keeps what it measured
+        results.append(bench_model(m, budgets[m], args.threads, args.target,
+                                   args.tune_minutes * 60 if args.tune_minutes else None))
+        write_results(results, machine(args.target), command, args.target)
 
 
 if __name__ == "__main__":

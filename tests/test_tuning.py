@@ -44,6 +44,23 @@ def test_trials_timed_with_cold_caches(tmp_path):
                            db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
     assert result.tuning.trials > 0 and result.tuning.failed == 0
     assert all(k.best_us for k in result.tuning.tasks if k.trials)
+    assert result.tuning.cost_model == "xgb"  # kiln pins xgboost-cpu: the learned model guides the search
+
+
+def test_without_xgboost_the_search_runs_on_the_random_model(monkeypatch, tmp_path):
+    """A host with TVM but no xgboost (the GPU machines: xgboost needs scipy): MetaSchedule's default cost model
+    would fail on the import; kiln tunes with its random model instead and says so."""
+    import sys
+
+    from kiln.compiler import Limits, compile_model
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # `import xgboost` now raises ImportError
+    model, inputs = _cnn(tmp_path)
+    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=6, trials_per_round=2),
+                           db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
+    t = result.tuning
+    assert t.cost_model == "random" and t.trials > 0 and t.failed == 0
+    assert any("random cost model" in w and "xgboost-cpu" in w for w in t.warnings())
 
 
 def test_failed_trials_are_named_not_silent(kiln_env, digits_program):

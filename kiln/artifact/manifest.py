@@ -149,6 +149,7 @@ class TuningInfo(BaseModel):
     pipeline: list[str] = Field(default_factory=list)  # kiln's graph passes that changed the model
     seeded_records: int = 0  # copied from this CPU's shared database: kernels earlier models tuned
     shared_records_added: int = 0
+    cost_model: str | None = None  # "xgb", or "random" where xgboost is missing (None: no search ran)
 
 
 class ProtocolInfo(BaseModel):

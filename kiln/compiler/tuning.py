@@ -30,6 +30,17 @@ TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model train
 KNOWN_TASK_ROUND = 8
 
 
+def cost_model_kind() -> str:
+    """MetaSchedule's XGBoost cost model where xgboost is installed (kiln pins xgboost-cpu), else its random
+    model: the search still runs, guided by measurements alone, instead of failing on the import (a GPU host
+    that carries TVM without xgboost and scipy)."""
+    try:
+        import xgboost  # noqa: F401  (MetaSchedule imports it when it builds the model)
+    except ImportError:  # also an xgboost without scipy
+        return "random"
+    return "xgb"
+
+
 @dataclass
 class Limits:
     """How much tuning, and how long a single trial may take."""
@@ -78,6 +89,7 @@ class Progress:
     stopped_by: str | None = None  # "trials", "time", "search space" once finished
     seeded: int = 0  # records copied from the CPU's shared database before tuning
     shared_added: int = 0  # records this run added to it
+    cost_model: str | None = None  # what guided the search: "xgb" or "random"
 
     @property
     def elapsed(self) -> float:
@@ -114,6 +126,9 @@ class Progress:
             out.append(f"{len(unmeasured)} task(s) got no valid measurement and keep TVM's default schedule: "
                        + "; ".join(f"{t.name} ({t.failed}/{t.trials} failed: {t.first_error or '?'})"
                                    for t in unmeasured[:5]))
+        if self.cost_model == "random":
+            out.append("xgboost is not installed, so a random cost model guided the search (measurements alone): "
+                       "install xgboost-cpu for MetaSchedule's learned model")
         untried = [t.name for t in self.tasks if not t.trials]
         if untried and self.stopped_by == "time":
             out.append(f"the tuning time ran out before {len(untried)} of {len(self.tasks)} task(s) got a trial; "
@@ -304,12 +319,13 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
     cores = contexts[0].num_threads
     # every task is measured before any gets more: a budget too small for a full round each is shared out
     per_round = max(1, min(limits.trials_per_round, limits.trials // len(extracted)))
+    progress.cost_model = cost_model_kind()
     builder = pooled_builder(max_workers=cores, timeout_sec=limits.builder_timeout_s)
     try:
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=limits.trials,
             max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
-            builder=builder,
+            builder=builder, cost_model=progress.cost_model,
             runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s, f_alloc_argument=measure_arguments,
                                          evaluator_config=evaluator(limits.cache_flush),
                                          initializer=functools.partial(runner_threads, limits.threads or cores)),

@@ -104,7 +104,7 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         database=str(db_dir), target=result.target, max_trials_per_task=limits.max_trials_per_task,
         time_budget_s=limits.seconds, trials_run=t.trials, failed_trials=t.failed, stopped_by=t.stopped_by,
         estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
-        seeded_records=t.seeded, shared_records_added=t.shared_added,
+        seeded_records=t.seeded, shared_records_added=t.shared_added, cost_model=t.cost_model,
         pipeline=[*result.passes, *(["weight-prepack"] if limits.prepack and result.target["kind"] == "llvm" else [])],
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
