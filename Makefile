@@ -13,7 +13,13 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium postgresql postgresql-client
 SYSTEM_STAMP := $(VENV)/.system-deps
 
-.PHONY: setup system-deps base-image demo test bench bench-long lint clean examples up down
+# the suite's MLflow tracking server and client, in their own venv (MLflow pins its own protobuf, pandas, ...):
+# kiln itself talks to MLflow over HTTP only. 3.18.0 needs an mlflow-skinny 3.18.0 the index does not have.
+MLFLOW_VERSION := 3.17.2
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+
+.PHONY: setup system-deps base-image demo test bench bench-long lint clean examples up down mlflow
 
 setup: $(STAMP)
 
@@ -39,6 +45,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+mlflow: $(MLFLOW_STAMP)
+
+$(MLFLOW_STAMP): | $(STAMP)
+	@test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet "mlflow==$(MLFLOW_VERSION)" \
+	  "onnx==$$($(BIN)/python -c 'import onnx; print(onnx.__version__)')" \
+	  "onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+	@touch $(MLFLOW_STAMP)
+
 examples/digits/model.onnx: examples/digits/train.py examples/digits/digits.npz | $(STAMP)
 	$(BIN)/python examples/digits/train.py
 
@@ -58,7 +73,7 @@ up: setup examples
 down:
 	@test -x $(BIN)/kiln && $(BIN)/kiln down || true
 
-test: setup system-deps
+test: setup system-deps mlflow
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps examples
@@ -83,4 +98,4 @@ lint: setup
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache examples/*/model.onnx
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache examples/*/model.onnx

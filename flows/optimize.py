@@ -1,4 +1,5 @@
-"""The `optimize` flow: validate -> prepare -> reference -> build/compile -> evaluate -> select -> publish -> report.
+"""The `optimize` flow: validate -> prepare -> reference -> build/compile -> evaluate -> select -> publish -> report,
+then, for a run a registry started, its outcome tagged on that model version (whether the run succeeded or not).
 
 It only orchestrates: every stage is a task in tasks/ around a plain function of kiln.optimize, and which
 candidates are built by which stage is data in the registry. Runs embedded (no PREFECT_API_URL) or on a server.
@@ -9,17 +10,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from kiln import progress
 from kiln.artifact.manifest import Manifest, OptimizeOptions
-from kiln.errors import GateError
+from kiln.errors import GateError, KilnError
 from kiln.optimize import candidates as registry
 from kiln.optimize.evaluate import INCUMBENT
 from kiln.optimize.evaluate import incumbent as incumbent_candidate
-from kiln.optimize.request import OptimizeRequest
+from kiln.optimize.request import OptimizeRequest, RegistryVersion
+from kiln.registries.mlflow import outcome_tags
 from tasks.image import check_image
 from tasks.image import image as build_image
+from tasks.registry import tag_model_version
 from tasks.report import report_candidates, report_result
 from tasks.stages import (
     build_candidates,
@@ -43,7 +46,31 @@ def optimize(request: OptimizeRequest) -> dict:
     Args:
         request: what to optimize and how (program, shapes, trial budget, target, candidates, destinations).
     """
-    r = request
+    if request.report_to is None:
+        return _optimize(request)
+    from prefect.runtime import flow_run
+
+    try:
+        result = _optimize(request)
+    except Exception as exc:
+        _tag(request.report_to, outcome_tags(None, exc.render() if isinstance(exc, KilnError) else
+                                              f"{type(exc).__name__}: {exc}", flow_run.id))
+        raise
+    result["tagged"] = _tag(request.report_to, outcome_tags(result, run=flow_run.id))
+    return result
+
+
+def _tag(version: RegistryVersion, tags: dict[str, str]) -> bool:
+    """Tag the registry's version; a registry that refuses leaves what was published as it is (the failed task
+    run and this log line say so)."""
+    state = tag_model_version(version, tags, return_state=True)
+    if state.is_failed():
+        get_run_logger().error("the outcome was not written to %s %s version %s: %s", version.registry,
+                               version.name, version.version, state.message)
+    return not state.is_failed()
+
+
+def _optimize(r: OptimizeRequest) -> dict:
     chosen = r.chosen
     threads = r.threads or os.cpu_count() or 1
     if r.upload:  # fail in seconds, not after hours of tuning, when the destination cannot take the result

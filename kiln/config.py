@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     optimize_deployment: str = "optimize/optimize"
     web_max_upload_mb: float = Field(256.0, gt=0)
     mlflow_webhook_secret: str | None = None
+    mlflow_tracking_uri: str | None = None  # where models:/, runs:/ and mlflow-artifacts:/ sources are fetched
     hf_webhook_secret: str | None = None
     hf_source_template: str | None = None  # e.g. s3://models/hf/{repo}/{revision}.zip
     webhook_window_s: int = Field(300, ge=1)
@@ -81,8 +82,8 @@ class Settings(BaseSettings):
     prefect_home: Path | None = Field(None, validation_alias="PREFECT_HOME")
 
     @field_validator("s3_region", "s3_access_key", "s3_secret_key", "s3_block", "prefect_ui_url",
-                     "mlflow_webhook_secret", "hf_webhook_secret", "hf_source_template", "prefect_api_url",
-                     mode="before")
+                     "mlflow_webhook_secret", "mlflow_tracking_uri", "hf_webhook_secret", "hf_source_template",
+                     "prefect_api_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -90,8 +91,8 @@ class Settings(BaseSettings):
     @field_validator("webhook_parameters")
     @classmethod
     def _optimize_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if {"program", "name"} & set(value):
-            raise ValueError("must be a JSON object of optimize parameters other than program and name, "
+        if {"program", "name", "report_to"} & set(value):
+            raise ValueError("must be a JSON object of optimize parameters other than program, name and report_to, "
                              'e.g. {"trials": 128, "upload": "s3://models/registry"}')
         return value
 

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from mlflow_server import MlflowServer
 from prefect.client.base import PrefectHttpxSyncClient
 
 from conftest import BIN, ROOT, free_port
@@ -31,9 +32,18 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, digits_program):
+def mlflow(tmp_path_factory):
+    """A real MLflow tracking server (sqlite, artifacts served by itself), the registry whose webhooks kiln takes."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, digits_program, mlflow):
     home = tmp_path_factory.mktemp("service")
     env = {**os.environ, "KILN_HOME": str(home / "kiln"), "KILN_STORE": str(home / "store"),
+           "KILN_MLFLOW_TRACKING_URI": mlflow.uri,
            "PREFECT_HOME": str(home / "prefect"), "KILN_PREFECT_PORT": str(free_port()),
            "KILN_WEB_PORT": str(free_port()), "KILN_MLFLOW_WEBHOOK_SECRET": MLFLOW_SECRET,
            "KILN_HF_WEBHOOK_SECRET": HF_SECRET, "KILN_WEB_MAX_UPLOAD_MB": "2",
@@ -311,6 +321,59 @@ def test_mlflow_webhook_once_per_version_however_often_delivered(service):
     answer = httpx.post(url, content=other_raw, headers=other)
     assert answer.status_code == 200 and answer.json()["status"] == "ignored"
     assert len(api(service, "POST", "/flow_runs/filter", json={})) == count  # none of these ran
+
+
+LOG_MODEL = """
+import mlflow, onnx
+from mlflow import MlflowClient
+
+client = MlflowClient()
+if not client.list_webhooks():
+    client.create_webhook(name="kiln", url="{url}", events=["model_version.created"], secret="{secret}")
+model = onnx.load("{model}")
+if {static}:  # the batch dimension fixed, so kiln needs no shapes for it
+    for vi in [*model.graph.input, *model.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+info = mlflow.onnx.log_model(model, name="model", registered_model_name="{name}")
+print(info.registered_model_version)
+"""
+
+
+def log_onnx_model(mlflow, service, name: str, static: bool) -> str:
+    """What an MLflow user does: log an ONNX model into the registry (MLflow then delivers its webhook)."""
+    return mlflow.client(LOG_MODEL.format(url=f"{service['web']}/webhooks/mlflow", secret=MLFLOW_SECRET, name=name,
+                                          model=service["program"] / "model.onnx", static=static)).strip()
+
+
+def wait_named(service, name: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if found := runs_named(service, name):
+            return wait_run(service, found[0]["id"])
+        time.sleep(1)
+    raise AssertionError(f"no flow run {name} within {timeout} s: the webhook did not arrive or was refused")
+
+
+def test_mlflow_logged_model_optimized_and_its_version_tagged(service, mlflow):
+    """MLflow 3's own webhook for `mlflow.onnx.log_model(..., registered_model_name=...)`: the source is
+    models:/m-<id> with no run; kiln fetches the model through the tracking server, optimizes it as a bare
+    model, and the registry's version shows the outcome. A model kiln cannot take gets its reason there."""
+    version = log_onnx_model(mlflow, service, "digits-logged", static=True)
+    assert mlflow.version("digits-logged", version)["source"].startswith("models:/m-")
+    run = wait_named(service, f"mlflow-digits-logged-{version}")
+    assert run["state_type"] == "COMPLETED", run["state"]
+    tags = {t["key"]: t["value"] for t in mlflow.version("digits-logged", version).get("tags", [])}
+    assert tags["kiln.status"] == "published" and tags["kiln.run"] == run["id"], tags
+    assert tags["kiln.selected"] == "onnxruntime" and tags["kiln.speedup"].endswith("x")
+    artifact = Path(tags["kiln.artifact"])
+    assert artifact.parent == service["store"] / "digits-logged" and (artifact / "manifest.json").is_file()
+
+    version = log_onnx_model(mlflow, service, "digits-dynamic", static=False)  # batch dimension left open
+    run = wait_named(service, f"mlflow-digits-dynamic-{version}")
+    assert run["state_type"] == "FAILED"
+    tags = {t["key"]: t["value"] for t in mlflow.version("digits-dynamic", version).get("tags", [])}
+    assert tags["kiln.status"] == "failed" and "dynamic dimensions" in tags["kiln.message"], tags
+    assert not (service["store"] / "digits-dynamic").exists()
 
 
 def test_huggingface_webhook(service):

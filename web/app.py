@@ -164,7 +164,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
         try:
             run = OptimizeRequest.of(**settings.webhook_parameters, program=trigger.source,
-                                     name=clean_name(trigger.model))
+                                     name=clean_name(trigger.model),
+                                     **({"report_to": trigger.report_to} if trigger.report_to else {}))
         except KilnError as exc:  # KILN_WEBHOOK_PARAMETERS was checked at start-up; the source may be wrong
             return JSONResponse({"status": "rejected", "detail": exc.render()}, 422)
         try:

@@ -35,8 +35,16 @@ class Trigger:
     def key(self) -> str:
         return f"{self.registry}:{self.model}:{self.version}"
 
+    @property
+    def report_to(self) -> dict[str, str] | None:
+        """The version the run's outcome is tagged on (MLflow's registry takes tags; Hugging Face's is git)."""
+        if self.registry != "mlflow":
+            return None
+        return {"registry": "mlflow", "name": self.model, "version": self.version}
+
 
 SOURCE_SCHEMES = ("s3://", "file://", "/")
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # fetched through KILN_MLFLOW_TRACKING_URI
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -49,10 +57,11 @@ def _json(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _check_source(source: Any, registry: str) -> str:
-    if not isinstance(source, str) or not source.startswith(SOURCE_SCHEMES):
-        raise Rejected(422, f"{registry}: the model version's source {source!r} is not a local path, file:// or "
-                            "s3:// URI of a program folder, archive or .onnx file")
+def _check_source(source: Any, registry: str, also: tuple[str, ...] = ()) -> str:
+    if not isinstance(source, str) or not source.startswith(SOURCE_SCHEMES + also):
+        raise Rejected(422, f"{registry}: the model version's source {source!r} is not "
+                            + ("an MLflow model URI (models:/, runs:/, mlflow-artifacts:/), " if also else "")
+                            + "a local path, file:// or s3:// URI of a program folder, archive or .onnx file")
     return source
 
 
@@ -84,7 +93,7 @@ def mlflow(headers: dict[str, str], body: bytes, secret: str | None, window_s: i
     name, ver = data.get("name"), data.get("version")
     if not isinstance(name, str) or not name or ver in (None, ""):
         raise Rejected(400, "model_version.created needs data.name and data.version")
-    return Trigger("mlflow", name, str(ver), _check_source(data.get("source"), "mlflow"), event)
+    return Trigger("mlflow", name, str(ver), _check_source(data.get("source"), "mlflow", MLFLOW_SCHEMES), event)
 
 
 def huggingface(headers: dict[str, str], body: bytes, secret: str | None,

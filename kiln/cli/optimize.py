@@ -22,7 +22,7 @@ from kiln.config import Settings, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
 from kiln.optimize.request import parse_duration
-from kiln.program.sources import REMOTE_SCHEMES
+from kiln.program.sources import MLFLOW_SCHEMES, REMOTE_SCHEMES
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -55,7 +55,8 @@ def _check_prefect_api(url: str | None) -> None:
 
 @app.command()
 def optimize(
-    program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx"),
+    program: str = typer.Argument(..., help="program folder, .zip/.tar.gz of one, or a bare .onnx; or an s3:// or "
+                                            "MLflow models:/, runs:/ or mlflow-artifacts:/ URI"),
     trials: int | None = typer.Option(None, min=0, help="total TVM tuning trials (0: no search) [default: 64, or "
                                                         "as many as --tune-time allows]"),
     tune_time: str | None = typer.Option(None, help="wall-clock tuning budget beside --trials, e.g. 20m or 2h "
@@ -95,7 +96,7 @@ def optimize(
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, name=name, ranges=range_ or None,
                                      data=_local(data))
-        if not program.startswith(REMOTE_SCHEMES) and not Path(program).expanduser().exists():
+        if not program.startswith(REMOTE_SCHEMES + MLFLOW_SCHEMES) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
         if upload and not cfg.s3_block:  # a Prefect block is read by the flow itself

@@ -8,7 +8,7 @@ with the same message wherever it came from.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,11 +36,23 @@ def parse_duration(text: str) -> float | None:
 MAX_TRIALS = 100_000
 
 
+class RegistryVersion(BaseModel):
+    """A model version in a registry, to be tagged with what kiln made of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    registry: Literal["mlflow"] = "mlflow"
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
 class OptimizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     program: str = Field(description="a program folder, a .zip/.tar.gz of one, or a bare .onnx file: a path on "
-                                     "the worker, a file:// URI, or an s3:// URI (KILN_S3_* settings on the worker)")
+                                     "the worker, a file:// URI, an s3:// URI (KILN_S3_* settings on the worker), "
+                                     "or an MLflow models:/, runs:/ or mlflow-artifacts:/ URI "
+                                     "(KILN_MLFLOW_TRACKING_URI on the worker)")
     shapes: dict[str, list[int]] | None = Field(
         None, description='concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}')
     trials: int = Field(64, ge=0, le=MAX_TRIALS,
@@ -75,6 +87,10 @@ class OptimizeRequest(BaseModel):
     data: str | None = Field(None, description="for a bare .onnx: samples to calibrate and evaluate on, a .npz with "
                                                "one array per input name (first axis: samples) or a folder of "
                                                "NAME.npy, on the worker")
+    report_to: RegistryVersion | None = Field(None, description="a registry's model version to tag with the outcome "
+                                                               "(kiln.status, kiln.selected, kiln.speedup, "
+                                                               "kiln.artifact, kiln.image); the MLflow webhook "
+                                                               "sets it (KILN_MLFLOW_TRACKING_URI on the worker)")
     ranges: list[str] | None = Field(None, description="for a bare .onnx: acceptable accuracy as NAME>=VALUE or "
                                                        "NAME<=VALUE (cosine, agreement, max_abs_diff, max_rel_diff, "
                                                        "top1, mae, rmse); replaces the default agreement ranges")

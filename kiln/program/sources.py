@@ -1,4 +1,5 @@
-"""Where a program comes from: a local path, a file:// URI, or an s3:// URI fetched into KILN_HOME."""
+"""Where a program comes from: a local path, a file:// URI, an s3:// URI or an MLflow model (models:/, runs:/,
+mlflow-artifacts:/) fetched into KILN_HOME."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kiln.errors import ProgramError, StorageError
 from kiln.program.archive import is_archive
 
 REMOTE_SCHEMES = ("s3://", "file://")
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 def localize(location: str) -> str:
@@ -21,7 +23,21 @@ def localize(location: str) -> str:
         return unquote(parsed.path)
     if location.startswith("s3://"):
         return str(fetch_s3_program(location, kiln_home() / "programs" / "s3"))
+    if location.startswith(MLFLOW_SCHEMES):
+        return str(fetch_mlflow_program(location, kiln_home() / "programs" / "mlflow"))
     return location
+
+
+def fetch_mlflow_program(source: str, dest_root: Path) -> Path:
+    """An MLflow model version, logged model, run artifact or artifact folder, fetched through the tracking
+    server (KILN_MLFLOW_TRACKING_URI): the kiln program it holds, else its ONNX model as a bare-model program."""
+    from kiln.registries.mlflow import Mlflow, program_in
+
+    with Mlflow() as server:
+        location = server.artifact_uri(source)
+        if location.startswith("s3://"):  # a server that hands out its store's URIs instead of serving them
+            return program_in(fetch_s3_program(location.rstrip("/"), dest_root))
+        return program_in(server.download(location, source, dest_root))
 
 
 def fetch_s3_program(uri: str, dest_root: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Model registries kiln reads programs from and writes results back to."""

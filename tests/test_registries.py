@@ -1,0 +1,49 @@
+"""What kiln writes back to a model registry, and how it reads a logged MLflow folder (the live server's round
+trip is tests/test_service.py::test_mlflow_logged_model_optimized_and_its_version_tagged)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.errors import ProgramError
+from kiln.registries.mlflow import outcome_tags, program_in
+
+
+def test_outcome_tags_say_what_the_registry_shows():
+    published = outcome_tags({"artifact": "/store/m/abc", "selected": "tvm", "speedup_vs_baseline": 1.8312,
+                              "published": True, "upload": "s3://models/m/abc", "image": "reg:5000/m:abc"}, run="r1")
+    assert published == {"kiln.run": "r1", "kiln.status": "published", "kiln.selected": "tvm",
+                         "kiln.speedup": "1.83x", "kiln.artifact": "s3://models/m/abc", "kiln.image": "reg:5000/m:abc"}
+    kept = outcome_tags({"artifact": "/store/m/old", "selected": "incumbent", "published": False,
+                         "message": "the current version is still the fastest"})
+    assert kept["kiln.status"] == "kept-current" and kept["kiln.artifact"] == "/store/m/old"
+    assert "still the fastest" in kept["kiln.message"] and "kiln.speedup" not in kept
+    failed = outcome_tags(None, "x" * 10_000, run="r2")
+    assert failed["kiln.status"] == "failed" and len(failed["kiln.message"]) == 4000
+
+
+def test_a_logged_folder_is_its_program_or_its_onnx_model(tmp_path):
+    flavour = tmp_path / "flavour"
+    flavour.mkdir()
+    for name in ("MLmodel", "model.onnx", "conda.yaml"):
+        (flavour / name).write_text("x")
+    assert program_in(flavour) == flavour / "model.onnx"
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "program.py").write_text("")
+    (program / "model.onnx").write_text("x")
+    assert program_in(program) == program
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProgramError, match="no program.py and no .onnx model"):
+        program_in(tmp_path / "empty")
+
+
+def test_an_mlflow_source_without_a_tracking_server_says_which_setting(monkeypatch, tmp_path):
+    from kiln.program.sources import localize
+
+    monkeypatch.delenv("KILN_MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("KILN_HOME", str(tmp_path))
+    with pytest.raises(ProgramError) as err:
+        localize("models:/m-0123")
+    assert "KILN_MLFLOW_TRACKING_URI" in err.value.render()
