@@ -323,13 +323,15 @@ def test_mlflow_webhook_once_per_version_however_often_delivered(service):
     assert len(api(service, "POST", "/flow_runs/filter", json={})) == count  # none of these ran
 
 
-LOG_MODEL = """
-import mlflow, onnx
+WEBHOOK = """
 from mlflow import MlflowClient
 
-client = MlflowClient()
-if not client.list_webhooks():
-    client.create_webhook(name="kiln", url="{url}", events=["model_version.created"], secret="{secret}")
+if not MlflowClient().list_webhooks():  # MLflow delivers model_version.created to kiln from now on
+    MlflowClient().create_webhook(name="kiln", url="{url}", events=["model_version.created"], secret="{secret}")
+"""
+LOG_MODEL = """
+import mlflow, onnx
+
 model = onnx.load("{model}")
 if {static}:  # the batch dimension fixed, so kiln needs no shapes for it
     for vi in [*model.graph.input, *model.graph.output]:
@@ -341,8 +343,12 @@ print(info.registered_model_version)
 
 def log_onnx_model(mlflow, service, name: str, static: bool) -> str:
     """What an MLflow user does: log an ONNX model into the registry (MLflow then delivers its webhook)."""
-    return mlflow.client(LOG_MODEL.format(url=f"{service['web']}/webhooks/mlflow", secret=MLFLOW_SECRET, name=name,
-                                          model=service["program"] / "model.onnx", static=static)).strip()
+    return mlflow.client(webhook(service) + LOG_MODEL.format(name=name, model=service["program"] / "model.onnx",
+                                                             static=static)).split()[-1]
+
+
+def webhook(service) -> str:
+    return WEBHOOK.format(url=f"{service['web']}/webhooks/mlflow", secret=MLFLOW_SECRET)
 
 
 def wait_named(service, name: str, timeout: float = 120) -> dict:
@@ -374,6 +380,33 @@ def test_mlflow_logged_model_optimized_and_its_version_tagged(service, mlflow):
     tags = {t["key"]: t["value"] for t in mlflow.version("digits-dynamic", version).get("tags", [])}
     assert tags["kiln.status"] == "failed" and "dynamic dimensions" in tags["kiln.message"], tags
     assert not (service["store"] / "digits-dynamic").exists()
+
+
+LOG_PROGRAM = """
+import mlflow
+from mlflow import MlflowClient
+
+with mlflow.start_run() as run:
+    mlflow.log_artifacts("{program}", artifact_path="program")
+client = MlflowClient()
+client.create_registered_model("{name}")
+version = client.create_model_version("{name}", source=f"runs:/{{run.info.run_id}}/program", run_id=run.info.run_id)
+print(version.version)
+"""
+
+
+def test_mlflow_run_artifact_holding_a_kiln_program(service, mlflow):
+    """A kiln program folder logged as a run's artifacts and registered from runs:/: that program is optimized,
+    with its own dataset and metrics (not as a bare model)."""
+    version = mlflow.client(webhook(service) + LOG_PROGRAM.format(program=service["program"],
+                                                                  name="digits-program")).split()[-1]
+    assert mlflow.version("digits-program", version)["source"].startswith("runs:/")
+    run = wait_named(service, f"mlflow-digits-program-{version}")
+    assert run["state_type"] == "COMPLETED", run["state"]
+    tags = {t["key"]: t["value"] for t in mlflow.version("digits-program", version).get("tags", [])}
+    manifest = json.loads((Path(tags["kiln.artifact"]) / "manifest.json").read_text())
+    assert tags["kiln.status"] == "published" and manifest["program"]["source"].startswith("runs:/")
+    assert "top1_vs_reference" in json.dumps(manifest), "not the logged program's own metrics"
 
 
 def test_huggingface_webhook(service):
