@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.program.sources import MLFLOW_SCHEMES  # fetched by the flow run, through KILN_MLFLOW_TRACKING_URI
+
 
 class Rejected(Exception):
     def __init__(self, status: int, message: str):
@@ -44,7 +46,6 @@ class Trigger:
 
 
 SOURCE_SCHEMES = ("s3://", "file://", "/")
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")  # fetched through KILN_MLFLOW_TRACKING_URI
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def optimize(
 
 def _local(path: str | None) -> str | None:
     """A local path as an absolute one (the flow may run in another folder); URIs as they are."""
-    if not path or path.startswith(REMOTE_SCHEMES):
+    if not path or path.startswith(REMOTE_SCHEMES + MLFLOW_SCHEMES):
         return path
     return str(Path(path).expanduser().resolve())
 

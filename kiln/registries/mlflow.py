@@ -5,7 +5,7 @@ is `models:/m-<id>` (a logged model, not a run), and its `model_version.created`
 no run id. The files live under `mlflow-artifacts:/...`, served by the tracking server itself
 (`mlflow server --serve-artifacts`), so everything here goes through the one URL in KILN_MLFLOW_TRACKING_URI
 (or MLflow's own MLFLOW_TRACKING_URI), authenticated as MLflow's clients are (MLFLOW_TRACKING_TOKEN, or
-MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD). httpx, not the mlflow package: kiln needs five calls.
+MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD). httpx, not the mlflow package: kiln needs a handful of calls.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from urllib.parse import quote, urlparse
 from kiln.errors import ProgramError, ServiceError
 from kiln.retry import with_retries
 
-SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 TIMEOUT_S = 60.0
 
 
