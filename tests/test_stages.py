@@ -200,7 +200,7 @@ def test_settings_name_the_variable_that_does_not_parse(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="KILN_WEBHOOK_PARAMETERS is not valid JSON"):
         settings()
     monkeypatch.setenv("KILN_WEBHOOK_PARAMETERS", '{"program": "x"}')
-    with pytest.raises(ConfigError, match="other than program and name"):
+    with pytest.raises(ConfigError, match="other than program, name and report_to"):
         settings()
 
 
