@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The CUDA benchmark on a lent GPU machine that has Python 3.12, numpy, onnx and onnxruntime but no TVM:
-#   benchmarks/cuda_device.sh pack        # here: .gpu/ = TVM (compiler: xz, x86 filter, one 256 MiB-dictionary stream; 5 min), tvm-ffi, pydantic(-settings) for cp312 (~63 MiB)
+#   benchmarks/cuda_device.sh pack        # here: .gpu/ = TVM, tvm-ffi, pydantic(-settings) for cp312 (~62 MiB;
+#                                         # the compiler as one xz stream with the x86 filter: 5 minutes)
 #   benchmarks/cuda_device.sh run [cuda]  # there, carrying .gpu: unpack, make the example models, run
 #                                         # compile_vs_ort.py --target cuda; RESULTS.md etc. to $OUT
 # run's knobs: MODELS="encoder resnet18", BUDGETS="encoder=0,256 resnet18=0,256" (trials; 0 = DLight's
 # defaults), TUNE_MINUTES=2 (each search's wall-clock cap), BENCH_TIMEOUT=400 (seconds for the whole benchmark).
-# The host has no xgboost (nor scipy, which it needs; both too big to carry): kiln tunes with MetaSchedule's
-# random cost model there and says so. psutil and cloudpickle, which MetaSchedule's search needs, are carried.
+# The host has scipy but no xgboost, and the carry has no room for it: kiln tunes with MetaSchedule's random
+# cost model there and says so. psutil and cloudpickle, which MetaSchedule's search needs, are carried.
 # .gpu/ is build output: add `/.gpu/` to .git/info/exclude. The carry limit is 64 MiB, so the TVM package goes
-# without its cutlass headers, web/, C++ sources, tflite and torch frontends; tvm-ffi without its sources (its libtvm_ffi_testing.so is needed).
+# without its cutlass headers, web/, C++ sources, tflite and torch frontends; tvm-ffi without its sources (its
+# libtvm_ffi_testing.so is needed). The tracked tree travels too: keep .gpu/ under ~62 MiB.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
