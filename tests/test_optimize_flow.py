@@ -177,7 +177,7 @@ def test_two_runs_of_one_model_at_once_publish_two_versions(digits_program, pref
     runs = [subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runs]
-    assert [r.returncode for r in runs] == [0, 0], outputs
+    assert [r.returncode for r in runs] == [0, 0], "\n---\n".join(err[-3000:] for _, err in outputs)
     manifests = [json.loads(out) for out, _ in outputs]
     assert len({m["id"] for m in manifests}) == 2  # two measurements, two artifacts
     assert sorted(m["version"] for m in manifests) == [1, 2]
