@@ -9,8 +9,8 @@ DEMO_CANDIDATES ?= onnxruntime,ort-fp32-fused,ort-int8-dynamic,ort-int8-fused-dy
 PYTEST_ARGS ?=
 
 # Debian packages the suite starts for real: dockerd, the registry, debootstrap (base image), Chromium (web form),
-# PostgreSQL (Prefect on PostgreSQL)
-SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium postgresql postgresql-client
+# PostgreSQL (Prefect on PostgreSQL), qemu-user (int8 checked on an emulated AVX2-only CPU)
+SYSTEM_PACKAGES := gcc g++ docker.io docker-registry debootstrap chromium postgresql postgresql-client qemu-user
 SYSTEM_STAMP := $(VENV)/.system-deps
 
 # the suite's MLflow tracking server and client, in their own venv (MLflow pins its own protobuf, pandas, ...):

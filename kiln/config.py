@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     tune_builder_timeout_s: float = Field(120.0, gt=0)
     tune_runner_timeout_s: float = Field(60.0, gt=0)
     tvm_prepack: bool = True  # CPU: weights packed at compile time in the layout the tuned kernels read
+    # the int8 instruction set of the CPUs that will serve (kiln.cpu.INT8_ISAS): auto is this one; "avx2" makes
+    # int8 that stays exact on CPUs without VNNI when optimizing on one with it
+    int8_isa: Literal["auto", "amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"] = "auto"
 
     # object storage (MinIO/S3); a Prefect kiln-s3 block named by s3_block takes precedence in flows
     s3_endpoint: str = ""

@@ -218,9 +218,17 @@ def test_transformer_fusion_on_a_bert_shaped_graph(kiln_env, tmp_path, digits_pr
     fused = cands["ort-fp32-fused"]
     assert "2 Attention" in fused["settings"]["fusion"] and "EmbedLayerNormalization" in fused["settings"]["fusion"]
     assert fused["passed"] and fused["metrics"]["cosine"]["value"] > 0.9999  # the same function, fused
+    from kiln.cpu import Int8Scheme, detected_int8_isa
+
+    scheme = Int8Scheme.for_isa(detected_int8_isa())
     for name in ("ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static"):
         assert cands[name]["latency_ms"] and "cosine" in cands[name]["metrics"], cands[name]["reasons"]
         assert "fused graph" in cands[name]["settings"]["quantization"]
+        assert scheme.label in cands[name]["settings"]["quantization"]  # the CPU's int8 scheme, recorded
+        assert cands[name]["settings"]["int8_isa"] == scheme.isa
+        # accurate, not only run: the row itself or one of its accuracy-aware fallbacks is inside cosine >= 0.99
+        family = [c for n, c in cands.items() if n == name or n.startswith(f"{name}-fallback")]
+        assert any(c["passed"] for c in family), {n: c["metrics"]["cosine"]["value"] for n, c in cands.items()}
     # alpha chosen by the program's own range on the calibration split
     assert "headroom used" in cands["ort-int8-fused-smooth"]["settings"]["quantization"]
 

@@ -27,7 +27,7 @@ def _run(path, feeds):
 def test_smoothing_keeps_the_function_and_cuts_int8_error(tmp_path):
     from kiln.optimize.candidates import BuildContext
     from kiln.optimize.candidates.ort_fused import _quantize_dynamic, fuse
-    from kiln.optimize.candidates.smoothing import channel_ranges, smooth, smoothed_for_int8, targets
+    from kiln.optimize.quantize.smoothing import channel_ranges, smooth, smoothed_for_int8, targets
 
     import onnx_models
 
@@ -35,7 +35,8 @@ def test_smoothing_keeps_the_function_and_cuts_int8_error(tmp_path):
     rng = np.random.default_rng(1)
     feeds = [{"input_ids": rng.integers(1, 100, (1, 16)), "attention_mask": np.ones((1, 16), np.int64),
               "token_type_ids": np.zeros((1, 16), np.int64)} for _ in range(12)]
-    fused, _ = fuse(BuildContext(model=model, prepared=model, out_dir=tmp_path))
+    ctx = BuildContext(model=model, prepared=model, out_dir=tmp_path)
+    fused, _ = fuse(ctx)
     found = targets(fused)
     read_by = {n.name: n.op_type for n in fused.graph.node}
     assert {read_by[r] for t in found for r in t.readers} == {"Attention", "MatMul"}
@@ -50,9 +51,9 @@ def test_smoothing_keeps_the_function_and_cuts_int8_error(tmp_path):
     def error(path):
         return float(np.linalg.norm(_run(path, feeds) - reference) / np.linalg.norm(reference))
 
-    _quantize_dynamic(tmp_path / "fused.onnx", tmp_path / "plain_int8.onnx", [])
-    chosen, how = smoothed_for_int8(fused, feeds, tmp_path, lambda src, dest: _quantize_dynamic(src, dest, []))
-    _quantize_dynamic(chosen, tmp_path / "smooth_int8.onnx", [])
+    _quantize_dynamic(ctx, tmp_path / "fused.onnx", tmp_path / "plain_int8.onnx", [])
+    chosen, how = smoothed_for_int8(fused, feeds, tmp_path, lambda src, dest: _quantize_dynamic(ctx, src, dest, []))
+    _quantize_dynamic(ctx, chosen, tmp_path / "smooth_int8.onnx", [])
     assert "SmoothQuant alpha" in how and "output error" in how
     plain, smoothed_error = error(tmp_path / "plain_int8.onnx"), error(tmp_path / "smooth_int8.onnx")
     assert smoothed_error < 0.5 * plain, (plain, smoothed_error)

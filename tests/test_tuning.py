@@ -214,7 +214,9 @@ def test_tune_time_from_the_cli_and_the_tuning_list(kiln_env, digits_program):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     tvm, fast = (next(c for c in out["candidates"] if c["name"] == n) for n in ("tvm", "tvm-fast-math"))
-    assert re.match(r"tuning: [1-4] trials \(0 failed\), (\d+)/\1 tasks measured", tvm["notes"][0]), tvm["notes"]
+    # how many tasks 4 trials and 2 minutes reach depends on the CPU (all 4 on a fast one, 1 on a znver3)
+    tuned = re.match(r"tuning: [1-4] trials \(0 failed\), (\d+)/(\d+) tasks measured", tvm["notes"][0])
+    assert tuned and 1 <= int(tuned[1]) <= int(tuned[2]), tvm["notes"]
     assert tvm["latency_ms"] and tvm["passed"], tvm["reasons"]  # built with pre-packed weights (the default), ran
     assert fast["latency_ms"] and fast["passed"], fast["reasons"]  # inside the program's ranges
     passes = {c["name"]: next(n for n in c["notes"] if n.startswith("kiln passes:")) for c in (tvm, fast)}

@@ -19,6 +19,7 @@ from kiln.optimize import candidates as registry
 from kiln.optimize.request import OptimizeRequest
 from kiln.program.naming import clean_name, parse_shapes
 from web import security, uploads, webhooks
+from web.deliveries import Deliveries
 from web.prefect_runs import PrefectUnavailable, Runs
 from web.settings import WebSettings
 
@@ -31,6 +32,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     app = FastAPI(title="kiln", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(uploads.BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     runs = Runs(settings.prefect_api, settings.prefect_ui, settings.deployment)
+    deliveries = Deliveries()
     templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
     token = settings.token
 
@@ -162,20 +164,29 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
         if trigger is None:
             return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
+        accepted = {"status": "accepted", "key": trigger.key}
+        if (known := deliveries.known(trigger.key)) is not None:  # a retried delivery: no Prefect call
+            return JSONResponse({**accepted, "flow_run_id": known}, 202)
         try:
             run = OptimizeRequest.of(**settings.webhook_parameters, program=trigger.source,
                                      name=clean_name(trigger.model),
                                      **({"report_to": trigger.report_to} if trigger.report_to else {}))
         except KilnError as exc:  # KILN_WEBHOOK_PARAMETERS was checked at start-up; the source may be wrong
             return JSONResponse({"status": "rejected", "detail": exc.render()}, 422)
-        try:
+
+        async def create() -> str:
             flow_run = await runs.create(run.parameters(), idempotency_key=trigger.key,
                                          tags=["webhook", trigger.registry],
                                          name=clean_name(f"{trigger.registry}-{trigger.model}-{trigger.version}"))
+            return str(flow_run.id)
+
+        try:
+            flow_run_id, created = await deliveries.run_for(trigger.key, create)
         except PrefectUnavailable as exc:
             return JSONResponse({"status": "unavailable", "detail": f"{exc}; retry later"}, 503)
-        log.info("webhook %s: flow run %s (%s)", trigger.key, flow_run.id, trigger.event)
-        return JSONResponse({"status": "accepted", "flow_run_id": str(flow_run.id), "key": trigger.key}, 202)
+        if created:
+            log.info("webhook %s: flow run %s (%s)", trigger.key, flow_run_id, trigger.event)
+        return JSONResponse({**accepted, "flow_run_id": flow_run_id}, 202)
 
     @app.post("/webhooks/mlflow")
     async def mlflow_webhook(request: Request) -> JSONResponse:

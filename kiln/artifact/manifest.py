@@ -47,6 +47,7 @@ class RunSettings(BaseModel):
     device: Literal["cpu", "cuda"] | None = None  # tvm
     spin: bool | None = None  # onnxruntime intra-op spinning (servers turn it off for short models)
     quantization: str | None = None
+    int8_isa: str | None = None  # the int8 instruction set quantized for (kiln.cpu): U8S8 saturates without VNNI
     calibration_feeds: int | None = None
     fusion: str | None = None  # onnxruntime transformer fusions applied, e.g. "6 Attention, 12 SkipLayerNorm..."
     kept_fp32: list[str] | None = None  # accuracy-aware int8: the nodes left unquantized

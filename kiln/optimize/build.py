@@ -26,11 +26,11 @@ def build_one(name: str, context: registry.BuildContext, calibration_path: str |
     if calibration_path:
         context.calibration = load_calibration(calibration_path)
     if cand.accuracy_aware and checked is not None and context.calibration:
-        from kiln.optimize.candidates.accuracy_aware import AccuracyCheck
+        from kiln.optimize.quantize.accuracy_aware import AccuracyCheck
 
         context.accuracy = AccuracyCheck.of(checked.load().program.get_metrics(), context.prepared,
                                             context.calibration, context.fallback_margin)
-    return cand.build(context)  # type: ignore[misc]  (registered transforms always have one)
+    return cand.build(context)
 
 
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],

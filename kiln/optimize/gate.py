@@ -9,6 +9,7 @@ service, measured in the same run) the winner must beat it by the same rule, or 
 from __future__ import annotations
 
 from kiln.artifact.manifest import BASELINE, CandidateResult
+from kiln.cpu import u8s8_exact
 from kiln.errors import GateError
 from kiln.optimize import report
 from kiln.optimize.noise import speedup
@@ -21,6 +22,9 @@ def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | No
     if base and base.latency_ms and c.latency_ms:
         c.speedup = speedup(base.latency_ms, c.latency_ms)
     c.eligible = False
+    isa = c.settings.int8_isa
+    if not c.passed and isa and not u8s8_exact(isa):
+        c.reasons.append(f"int8 for {isa} (no VNNI: u8 x s8 saturates), so its weights are uint8 (U8U8, exact)")
     if not c.passed or not c.latency_ms:
         return
     if c is base or c.name == incumbent:  # the incumbent is judged against the winner, below

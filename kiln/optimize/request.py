@@ -103,7 +103,7 @@ class OptimizeRequest(BaseModel):
             value = [v for line in value.splitlines() for v in line.split(",")]
         if not value:
             return None
-        from kiln.program.generated import parse_ranges
+        from kiln.program.metrics import parse_ranges
 
         texts = [v.strip() for v in value if isinstance(v, str) and v.strip()]
         try:

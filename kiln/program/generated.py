@@ -18,24 +18,9 @@ from kiln.config import kiln_home
 from kiln.errors import DatasetError, ProgramError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.program.external_data import external_data_files
-from kiln.program.metrics import parse_range, source
+from kiln.program.metrics import parse_ranges, source
 
 DATA_SUFFIXES = (".npz",)
-
-
-def parse_ranges(texts: list[str]) -> list:
-    """Each `NAME>=VALUE` as a Metric; the first that cannot be read is a ProgramError naming it."""
-    metrics = []
-    for text in texts:
-        try:
-            metrics.append(parse_range(text))
-        except ValueError as exc:
-            raise ProgramError(str(exc), where="--range") from None
-    names = [m.name for m in metrics]
-    if len(set(names)) < len(names):
-        raise ProgramError(f"a metric is bounded twice: {names}", where="--range",
-                           hint="give each metric one bound")
-    return metrics
 
 
 def _data_files(data: Path) -> list[Path]:

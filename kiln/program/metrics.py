@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kiln.errors import ProgramError
+
 Outputs = dict[str, np.ndarray]
 
 
@@ -224,6 +226,21 @@ def parse_range(text: str) -> Metric:
                          f"'{base + (k or '')}{'>=' if higher else '<='}{raw}', not {text!r}")
     name = base + (k or "") + (f"[{output}]" if output else "")
     return _metric(kind, name, output, int(k or 1), **{"at_least" if higher else "at_most": value})
+
+
+def parse_ranges(texts: list[str]) -> list:
+    """Each `NAME>=VALUE` as a Metric; the first that cannot be read is a ProgramError naming it."""
+    metrics = []
+    for text in texts:
+        try:
+            metrics.append(parse_range(text))
+        except ValueError as exc:
+            raise ProgramError(str(exc), where="--range") from None
+    names = [m.name for m in metrics]
+    if len(set(names)) < len(names):
+        raise ProgramError(f"a metric is bounded twice: {names}", where="--range",
+                           hint="give each metric one bound")
+    return metrics
 
 
 def source(metric: Metric) -> str:

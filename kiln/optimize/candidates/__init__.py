@@ -1,19 +1,12 @@
-"""Candidates as named data, like TVM's named pipelines: each module registers what it builds.
+"""Candidates as named data, like TVM's named pipelines: what each is, which stage builds it, which function.
 
 The flow builds the requested ones, evaluates each exactly like the baseline, and the gate picks among them.
-The baseline's name, the set of candidates and the default set are defined here and nowhere else.
+The baseline's name, the set of candidates and the default set are defined here and nowhere else. Builders are
+imported by name when they build (Candidate.build), so this list costs no onnx or onnxruntime import.
 """
 
 from kiln.artifact.manifest import BASELINE
 from kiln.errors import KilnError
-from kiln.optimize.candidates import (  # noqa: F401
-    baseline,
-    ort_fp32,
-    ort_fused,
-    ort_int8_dynamic,
-    ort_int8_static,
-    tvm,
-)
 from kiln.optimize.candidates.base import (
     REGISTRY,
     BuildContext,
@@ -24,6 +17,45 @@ from kiln.optimize.candidates.base import (
     get,
     names,
     register,
+)
+
+_C = "kiln.optimize.candidates"
+
+register(
+    # the reference: its outputs define agreement, its latency every speed-up, and it is always built
+    Candidate(name=BASELINE, backend="onnxruntime", stage="baseline", builder=f"{_C}.ort_fp32:build_baseline",
+              description="the unchanged model in onnxruntime (graph optimization all): the reference"),
+    # built by their own stage (kiln.optimize.compile): tuning takes minutes to hours and is cached by content.
+    # Both tune into the same database, so the kernels they share are tuned once; tvm-fast-math approximates
+    # exp/erf/tanh/softmax and is skipped on models without them
+    Candidate(name="tvm", backend="tvm", stage="compile",
+              description="TVM: Relax import, MetaSchedule tuning within the trial budget, one model.so"),
+    Candidate(name="tvm-fast-math", backend="tvm", stage="compile", graph_passes=("fast-math",),
+              description="TVM with fast approximations of exp, erf, tanh and softmax (GELU, attention), "
+                          "judged by the metric ranges"),
+    Candidate(name="ort-fp32-basic", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_basic",
+              description="fp32 model, onnxruntime graph optimization level basic"),
+    Candidate(name="ort-fp32-extended", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_extended",
+              description="fp32 model, onnxruntime graph optimization level extended"),
+    Candidate(name="ort-fp32-1thread", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_one_thread",
+              description="fp32 model, one intra-op thread"),
+    Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
+              builder=f"{_C}.ort_int8_dynamic:build",
+              description="int8 weights for MatMul/Gemm, dynamic activations"),
+    Candidate(name="ort-int8-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
+              builder=f"{_C}.ort_int8_static:build",
+              description="int8 QDQ, uint8 activations, per-channel int8 weights, calibrated"),
+    Candidate(name="ort-fp32-fused", backend="onnxruntime", builder=f"{_C}.ort_fused:build_fused",
+              description="onnxruntime's transformer fusions (attention, skip/embed layer norm, bias-gelu)"),
+    Candidate(name="ort-int8-fused-dynamic", backend="onnxruntime", accuracy_aware=True,
+              builder=f"{_C}.ort_fused:build_fused_dynamic",
+              description="fused transformer, per-channel dynamic int8 (QAttention)"),
+    Candidate(name="ort-int8-fused-smooth", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
+              builder=f"{_C}.ort_fused:build_fused_smooth",
+              description="fused transformer, SmoothQuant, per-channel dynamic int8"),
+    Candidate(name="ort-int8-fused-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
+              builder=f"{_C}.ort_fused:build_fused_static",
+              description="fused transformer, static QDQ int8 MatMuls, calibrated"),
 )
 
 # what runs when nothing is said: the reference, compilation, the cheaper graph level, and both int8 schemes
@@ -50,4 +82,4 @@ def of_stage(chosen: list[str], stage: Stage) -> list[str]:
 
 
 __all__ = ["BASELINE", "DEFAULT", "REGISTRY", "BuildContext", "Built", "Candidate", "Skipped", "all_names", "check",
-           "get", "names", "of_stage", "register"]
+           "get", "names", "of_stage"]

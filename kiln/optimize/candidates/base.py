@@ -1,7 +1,9 @@
-"""The candidate registry and what a builder receives and returns.
+"""What a candidate is; what its builder receives and returns is kiln.optimize.build_context.
 
-A candidate is a way to run the model: a backend, its run settings, maybe a transformed model file. Each is
-registered once, by the module that builds it, with the stage that produces it:
+A candidate is a way to run the model: a backend, its run settings, maybe a transformed model file. The
+registry (kiln.optimize.candidates) lists each as data, with the stage that produces it and its builder named
+as "module:function", imported only when it builds: listing candidates (the CLI's help, the web form) imports
+no onnx or onnxruntime.
 - "baseline": the unoptimized model in onnxruntime, the reference every other candidate is measured against;
 - "transform": built in seconds from the model (graph levels, quantization) by `build`;
 - "compile": built by the TVM compile stage (tuning, cached by content).
@@ -9,68 +11,43 @@ registered once, by the module that builds it, with the stage that produces it:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+import importlib
+from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
-
-from kiln.artifact.manifest import RunSettings
 from kiln.errors import KilnError
+from kiln.optimize.build_context import BuildContext, Built, Skipped
 
 Stage = Literal["baseline", "transform", "compile"]
+__all__ = ["REGISTRY", "BuildContext", "Built", "Candidate", "Skipped", "Stage", "get", "names", "register"]
 
 
-class Skipped(KilnError):
-    """The candidate does not apply to this model (reported as `skipped: why`, never as a failure)."""
-
-
-@dataclass
-class BuildContext:
-    """Everything a builder may use: the user's model, the prepared (static-shape) model, a folder to write
-    to, calibration feeds (None when the program has no data to calibrate on), and what accuracy-aware int8
-    needs: a check of the program's ranges on the calibration split, and its budget."""
-
-    model: Path
-    prepared: Path
-    out_dir: Path
-    calibration: list[dict[str, np.ndarray]] | None = None
-    calibration_method: str = "minmax"
-    transformer: str | None = None  # the program's model type for fusion; None: detected; "none": off
-    accuracy: Any = None  # kiln.optimize.candidates.accuracy_aware.AccuracyCheck, set in the build child
-    max_fallback_rounds: int = 4
-    fallback_seconds: float = 900.0
-    fallback_margin: float = 0.5
-
-
-@dataclass
-class Built:
-    path: Path
-    settings: RunSettings
-    attempts: list[Built] = field(default_factory=list)  # accuracy-aware retries, each its own candidate row
-
-
-@dataclass
+@dataclass(frozen=True)
 class Candidate:
     name: str
     backend: str
     description: str
     stage: Stage = "transform"
-    build: Callable[[BuildContext], Built] | None = None
+    builder: str | None = None  # "module:function" taking a BuildContext, returning a Built
     needs_calibration: bool = False
     accuracy_aware: bool = False  # int8: retried with the worst nodes in fp32 when a range fails
     graph_passes: tuple[str, ...] = ()  # compile stage: kiln.compiler.passes run beside the exact default ones
+
+    def __post_init__(self) -> None:
+        if self.stage != "compile" and not self.builder:
+            raise ValueError(f"candidate {self.name!r} needs a builder")
+
+    def build(self, ctx: BuildContext) -> Built:
+        module, _, function = (self.builder or "").partition(":")
+        return getattr(importlib.import_module(module), function)(ctx)
 
 
 REGISTRY: dict[str, Candidate] = {}
 
 
-def register(candidate: Candidate) -> Candidate:
-    if candidate.stage != "compile" and candidate.build is None:
-        raise ValueError(f"candidate {candidate.name!r} needs a build function")
-    REGISTRY[candidate.name] = candidate
-    return candidate
+def register(*candidates: Candidate) -> None:
+    for candidate in candidates:
+        REGISTRY[candidate.name] = candidate
 
 
 _STAGE_ORDER = {"baseline": 0, "compile": 1, "transform": 2}

@@ -17,9 +17,9 @@ from pathlib import Path
 import onnx
 
 from kiln.artifact.manifest import RunSettings
-from kiln.optimize.candidates.accuracy_aware import quantize_with_fallback
-from kiln.optimize.candidates.base import BuildContext, Built, Candidate, Skipped, register
+from kiln.optimize.candidates.base import BuildContext, Built, Skipped
 from kiln.optimize.candidates.ort_int8_dynamic import named_nodes
+from kiln.optimize.quantize.accuracy_aware import quantize_with_fallback
 
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "BiasGelu", "FastGelu", "Gelu", "SkipSimplifiedLayerNormalization")
@@ -94,17 +94,18 @@ def build_fused_dynamic(ctx: BuildContext) -> Built:
     model, stats = fuse(ctx)
     fused = ctx.out_dir / "model_fused.onnx"
     onnx.save(model, str(fused))
-    settings = RunSettings(optimization="all", fusion=_describe(stats),
-                           quantization="int8 dynamic per-channel (MatMul, Attention) on the fused graph")
-    return quantize_with_fallback(ctx, fused, lambda dest, exclude: _quantize_dynamic(fused, dest, exclude),
+    settings = RunSettings(optimization="all", fusion=_describe(stats), int8_isa=ctx.int8.isa,
+                           quantization=f"int8 dynamic {ctx.int8.label} per-channel (MatMul, Attention) on the fused "
+                                        "graph")
+    return quantize_with_fallback(ctx, fused, lambda dest, exclude: _quantize_dynamic(ctx, fused, dest, exclude),
                                   settings, ["MatMul", "Attention"])
 
 
-def _quantize_dynamic(src: Path, dest: Path, exclude: list[str]) -> None:
+def _quantize_dynamic(ctx: BuildContext, src: Path, dest: Path, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dest), op_types_to_quantize=["MatMul", "Attention"], per_channel=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                     weight_type=QuantType[ctx.int8.quant_type], nodes_to_exclude=exclude,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # contrib ops' outputs
 
 
@@ -112,20 +113,21 @@ def build_fused_smooth(ctx: BuildContext) -> Built:
     """The fused graph smoothed (SmoothQuant, alpha chosen on the calibration split), then per-channel dynamic
     int8 as `ort-int8-fused-dynamic`: measured on MiniLM-L6 it lifts the worst evaluation sentence's cosine
     from 0.976 to 0.993 for ~3 % of the speed."""
-    from kiln.optimize.candidates.smoothing import smoothed_for_int8
+    from kiln.optimize.quantize.smoothing import smoothed_for_int8
 
     model, stats = fuse(ctx)
     smoothed, how = smoothed_for_int8(model, ctx.calibration, ctx.out_dir,
-                                      lambda src, dest: _quantize_dynamic(src, dest, []),
+                                      lambda src, dest: _quantize_dynamic(ctx, src, dest, []),
                                       ctx.accuracy.headroom_used if ctx.accuracy else None)
     settings = RunSettings(optimization="all", fusion=_describe(stats), calibration_feeds=len(ctx.calibration),
-                           quantization=f"int8 dynamic per-channel (MatMul, Attention) on the fused graph; {how}")
-    return quantize_with_fallback(ctx, smoothed, lambda dest, exclude: _quantize_dynamic(smoothed, dest, exclude),
+                           int8_isa=ctx.int8.isa, quantization=f"int8 dynamic {ctx.int8.label} per-channel (MatMul, "
+                                                               f"Attention) on the fused graph; {how}")
+    return quantize_with_fallback(ctx, smoothed, lambda dest, exclude: _quantize_dynamic(ctx, smoothed, dest, exclude),
                                   settings, ["MatMul", "Attention"])
 
 
 def build_fused_static(ctx: BuildContext) -> Built:
-    """QDQ int8 (uint8 activations, per-channel int8 weights) of the fused graph's MatMuls, calibrated."""
+    """QDQ int8 (uint8 activations, per-channel weights in the CPU's scheme) of the fused graph's MatMuls."""
     from kiln.optimize.candidates.ort_int8_static import quantize_qdq
 
     model, stats = fuse(ctx)
@@ -136,15 +138,7 @@ def build_fused_static(ctx: BuildContext) -> Built:
         quantize_qdq(ctx, fused, dest, exclude, op_types=["MatMul"])
 
     settings = RunSettings(optimization="all", fusion=_describe(stats), calibration_feeds=len(ctx.calibration or []),
-                           quantization=f"int8 static QDQ U8S8 ({ctx.calibration_method}) of the fused graph's MatMuls")
+                           int8_isa=ctx.int8.isa, quantization=f"int8 static QDQ {ctx.int8.label} "
+                           f"({ctx.calibration_method}) of the fused graph's MatMuls")
     return quantize_with_fallback(ctx, fused, quantize, settings, ["MatMul"])
 
-
-register(Candidate(name="ort-fp32-fused", backend="onnxruntime", build=build_fused,
-                   description="onnxruntime's transformer fusions (attention, skip/embed layer norm, bias-gelu)"))
-register(Candidate(name="ort-int8-fused-dynamic", backend="onnxruntime", accuracy_aware=True, build=build_fused_dynamic,
-                   description="fused transformer, per-channel dynamic int8 (QAttention)"))
-register(Candidate(name="ort-int8-fused-smooth", backend="onnxruntime", accuracy_aware=True, build=build_fused_smooth,
-                   needs_calibration=True, description="fused transformer, SmoothQuant, per-channel dynamic int8"))
-register(Candidate(name="ort-int8-fused-static", backend="onnxruntime", accuracy_aware=True, build=build_fused_static,
-                   needs_calibration=True, description="fused transformer, static QDQ int8 MatMuls, calibrated"))

@@ -10,8 +10,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from kiln.artifact.manifest import RunSettings
-from kiln.optimize.candidates.accuracy_aware import quantize_with_fallback
-from kiln.optimize.candidates.base import BuildContext, Built, Candidate, register
+from kiln.optimize.candidates.base import BuildContext, Built
+from kiln.optimize.quantize.accuracy_aware import quantize_with_fallback
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -59,12 +59,10 @@ def build(ctx: BuildContext) -> Built:
     onnx.save(named_nodes(gemm_to_matmul(onnx.load(str(ctx.prepared)))), str(rewritten))
 
     def quantize(dest, exclude):
-        quantize_dynamic(str(rewritten), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         nodes_to_exclude=exclude)
+        quantize_dynamic(str(rewritten), str(dest), op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType[ctx.int8.quant_type], nodes_to_exclude=exclude)
 
-    settings = RunSettings(optimization="all", quantization="int8 dynamic (MatMul)")
+    settings = RunSettings(optimization="all", quantization=f"int8 dynamic {ctx.int8.label} (MatMul)",
+                           int8_isa=ctx.int8.isa)
     return quantize_with_fallback(ctx, rewritten, quantize, settings, ["MatMul"])
 
-
-register(Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
-                   description="int8 weights for MatMul/Gemm, dynamic activations", build=build))

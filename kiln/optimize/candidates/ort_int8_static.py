@@ -1,7 +1,8 @@
-"""`ort-int8-static`: QDQ, uint8 activations + int8 per-channel weights (U8S8), calibrated on the program's
-calibration split. Measured on these machines: ResNet-18 0.33x and a 4-layer encoder 0.61x of fp32 latency;
-int8 activations (S8S8) were slower. QDQ models run 4.6x slower under graph level BASIC than EXTENDED/ALL, so
-the candidate runs with ALL.
+"""`ort-int8-static`: QDQ, uint8 activations + per-channel weights, calibrated on the program's calibration
+split; the weights are int8 (U8S8) where the CPU's int8 dot products are exact, uint8 (U8U8) where they
+saturate (kiln.cpu). Measured on these machines: ResNet-18 0.33x and a 4-layer encoder
+0.61x of fp32 latency; int8 activations (S8S8) were slower. QDQ models run 4.6x slower under graph level BASIC
+than EXTENDED/ALL, so the candidate runs with ALL.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import onnx
 
 from kiln.artifact.manifest import RunSettings
 from kiln.errors import KilnError
-from kiln.optimize.candidates.accuracy_aware import quantize_with_fallback
-from kiln.optimize.candidates.base import BuildContext, Built, Candidate, register
+from kiln.optimize.candidates.base import BuildContext, Built
+from kiln.optimize.quantize.accuracy_aware import quantize_with_fallback
 
 METHODS = ("minmax", "entropy", "percentile")
 
 
 def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str],
                  op_types: list[str] | None = None) -> None:
-    """QDQ U8S8 per-channel of `source` into `dest`, calibrated on the context's feeds."""
+    """QDQ per-channel of `source` into `dest` in the context's int8 scheme, calibrated on its feeds."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -46,8 +47,8 @@ def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str]
             return next(self.feeds, None)
 
     quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                    nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType[ctx.int8.quant_type],
+                    calibrate_method=method, nodes_to_exclude=exclude, op_types_to_quantize=op_types,
                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
@@ -74,12 +75,10 @@ def build(ctx: BuildContext) -> Built:
 
     source = ctx.out_dir / "fp32_named.onnx"
     onnx.save(named_nodes(at_least_opset(onnx.load(str(ctx.prepared)))), str(source))
-    settings = RunSettings(optimization="all", quantization=f"int8 static QDQ U8S8 ({ctx.calibration_method})",
+    settings = RunSettings(optimization="all", int8_isa=ctx.int8.isa,
+                           quantization=f"int8 static QDQ {ctx.int8.label} ({ctx.calibration_method})",
                            calibration_feeds=len(ctx.calibration or []))
     # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep
     return quantize_with_fallback(ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude),
                                   settings, None)
 
-
-register(Candidate(name="ort-int8-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
-                   description="int8 QDQ, uint8 activations, int8 per-channel weights, calibrated", build=build))

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from kiln.artifact.manifest import RunSettings
-from kiln.optimize.candidates.base import BuildContext, Built
+from kiln.optimize.build_context import BuildContext, Built
 
 RANK_FEEDS = 16  # calibration feeds used to rank nodes (exposing every tensor is memory-hungry)
 

@@ -1,0 +1,103 @@
+"""What this CPU offers for int8 arithmetic, as onnxruntime's kernels see it.
+
+The int8 instruction set decides whether onnxruntime's u8 x s8 kernels are exact. Without VNNI (AVX2 only,
+or AVX-512 without VNNI) MLAS multiplies u8 x s8 pairs with `vpmaddubsw`, whose int16 pair sums saturate at
+32767 (255 * 127 * 2 does not fit); with VNNI (`vpdpbusd`, AVX-512 or the 256-bit AVX-VNNI) or AMX the products
+accumulate in int32 exactly. u8 x u8 kernels widen to int16 and `vpmaddwd` on every CPU, so they are exact
+everywhere. Measured on a small MLP under an emulated AMD EPYC znver3 (`qemu-x86_64 -cpu EPYC-Milan`): U8S8
+dynamic int8 fell from cosine 0.9995 to 0.9917 and static QDQ from 0.9995 to 0.9614, while U8U8 gave the
+same outputs as on the VNNI host.
+
+So kiln quantizes weights to uint8 where u8 x s8 saturates, and keeps the usual (and on VNNI fastest) U8S8
+where it is exact: `Int8Scheme`.
+
+The features come from CPUID as numpy reads it at import (what onnxruntime's own dispatch reads), not from
+/proc/cpuinfo, which describes the host even where the process runs on an emulated or masked CPU. The two
+flags numpy does not report (avx_vnni, amx_int8) are taken from /proc/cpuinfo only where it agrees with
+CPUID about AVX-512.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+Int8Isa = Literal["amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"]
+INT8_ISAS: tuple[str, ...] = ("amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse")
+EXACT_U8S8: frozenset[str] = frozenset({"amx", "avx512-vnni", "avx-vnni"})
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+@cache
+def detected_int8_isa() -> Int8Isa:
+    """The best int8 dot-product instruction set of the CPU this process runs on."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpuid
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as cpuid
+    proc = _cpuinfo_flags()
+    proc_agrees = bool(proc) and ("avx512f" in proc) == bool(cpuid.get("AVX512F"))
+    if cpuid.get("AVX512_SPR") and proc_agrees and "amx_int8" in proc:
+        return "amx"
+    if cpuid.get("AVX512VNNI"):
+        return "avx512-vnni"
+    if cpuid.get("AVX2") and proc_agrees and "avx_vnni" in proc:
+        return "avx-vnni"
+    if cpuid.get("AVX512BW"):
+        return "avx512"
+    if cpuid.get("AVX2"):
+        return "avx2"
+    return "sse"
+
+
+def u8s8_exact(isa: str) -> bool:
+    """Whether onnxruntime's u8 x s8 int8 kernels accumulate exactly on `isa` (no int16 saturation)."""
+    return isa in EXACT_U8S8
+
+
+def int8_isa() -> str:
+    """The int8 instruction set to quantize for: KILN_INT8_ISA where set (the serving CPUs'), else this CPU's."""
+    from kiln.config import settings
+
+    configured = settings().int8_isa
+    return detected_int8_isa() if configured == "auto" else configured
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    isa: str  # kiln.cpu.INT8_ISAS
+    u8_weights: bool  # U8U8 instead of U8S8
+
+    @classmethod
+    def for_isa(cls, isa: str) -> Int8Scheme:
+        return cls(isa=isa, u8_weights=not u8s8_exact(isa))
+
+    @classmethod
+    def current(cls) -> Int8Scheme:
+        """For KILN_INT8_ISA's CPUs where set (the serving fleet's), else for this one."""
+        return cls.for_isa(int8_isa())
+
+    @property
+    def label(self) -> str:
+        return "U8U8" if self.u8_weights else "U8S8"
+
+    @property
+    def why(self) -> str:
+        if self.u8_weights:
+            return f"U8U8 for {self.isa}: its u8 x s8 kernels saturate (no VNNI), u8 x u8 ones are exact"
+        return f"U8S8 for {self.isa}: exact int32 dot products"
+
+    @property
+    def quant_type(self) -> str:
+        """The weights' onnxruntime.quantization.QuantType name."""
+        return "QUInt8" if self.u8_weights else "QInt8"

@@ -1,0 +1,1 @@
+"""int8 algorithms the candidates share: the scheme for this CPU, accuracy-aware fallback, SmoothQuant."""
