@@ -7,8 +7,8 @@
 For each model: onnxruntime (all graph optimizations, all cores, CPU), then TVM built with each trial budget
 (0 = no search: on CUDA, TVM's DLight default schedules; the MetaSchedule database starts empty for every
 budget, and each search stops after --tune-minutes), each measured right after the other. TVM on CUDA is timed
-end to end from the host (inputs copied in, outputs copied out), as a caller sees it. Writes
-benchmarks/RESULTS.md (one section per target) and results.json (results-cuda.json), after each model.
+end to end from the host (inputs copied in, outputs copied out), as a caller sees it. Writes results.json
+(results-cuda.json) after each model, and through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results_md import write_section  # noqa: E402
+from benchmarks import report  # noqa: E402
 from kiln.artifact.manifest import versions  # noqa: E402
 from kiln.compiler import Limits, compile_model, device_for, target_config  # noqa: E402
 from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
@@ -117,42 +117,12 @@ def machine(target: str = "llvm") -> dict:
             **({"gpu": gpu_name()} if target == "cuda" else {})}
 
 
-def write_results(results: list[dict], info: dict, command: str, target: str = "llvm") -> None:
-    heading = ("## TVM vs onnxruntime (`make bench`)" if target == "llvm" else
-               f"## TVM on {target.upper()} vs onnxruntime on the CPU (`{command}`)")
-    where = f"GPU {info['gpu']} (TVM); " if target == "cuda" else ""
-    lines = [heading, "",
-             f"Measured {time.strftime('%Y-%m-%d')} on {where}{info['cpu']} ({info['cores']} cores, LLVM mcpu "
-             f"`{info['llvm_mcpu']}`), {info['os']}, Python {info['python']}.",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
-             f"Command: `{command}`", "",
-             "Batch 1, random weights, median of up to 300 timed calls after warm-up; onnxruntime re-measured "
-             "right after each TVM build in the same process with the same thread count. Ratio = TVM / "
-             "onnxruntime (below 1 = TVM faster)." + (
-                 " TVM runs on the GPU, timed from the host with the copies in and out; onnxruntime is its CPU "
-                 "build on all cores; trials 0 = DLight's default GPU schedules." if target == "cuda" else ""), "",
-             "| model | input | onnxruntime p50 ms | trials | search | tasks | tuning+build s | TVM p50 ms | "
-             "TVM p90 ms | onnxruntime p50 ms (same moment) | ratio TVM/ORT | max rel diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
-        for run in r["runs"]:
-            lines.append(f"| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | {_search(run)} | "
-                         f"{run['tasks']} | "
-                         f"{run['build_s']} | {run['tvm_p50_ms']:.4f} | {run['tvm_p90_ms']:.4f} | "
-                         f"{run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | {run['max_rel_diff']:.1e} |")
-    write_section(lines[0], lines[1:])
+def write_results(results: list[dict], info: dict, target: str = "llvm") -> None:
+    """Save results.json (results-cuda.json) and let report.py write every figure that comes from it."""
     name = "results.json" if target == "llvm" else f"results-{target}.json"
-    (ROOT / "benchmarks" / name).write_text(json.dumps({"machine": info, "results": results}, indent=2))
-
-
-def _search(run: dict) -> str:
-    """What the tuner did: trials run and failed, its cost model, why it stopped."""
-    if not run.get("trials_run"):
-        return "-"
-    return (f"{run['trials_run']} run, {run['failed_trials']} failed, "
-            f"{run.get('tasks_measured', '?')}/{run['tasks']} tasks measured, {run.get('cost_model')} model, "
-            f"stopped by {run.get('stopped_by')}")
+    (ROOT / "benchmarks" / name).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": info,
+                                                        "versions": versions(), "results": results}, indent=2))
+    report.rewrite()
 
 
 def main() -> None:
@@ -168,12 +138,12 @@ def main() -> None:
         name, _, values = item.partition("=")
         budgets[name] = [int(v) for v in values.split(",")]
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    command = "python benchmarks/compile_vs_ort.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/compile_vs_ort.py", *sys.argv[1:]])
     results = []
     for m in args.models:  # written after each model: a run stopped part-way keeps what it measured
-        results.append(bench_model(m, budgets[m], args.threads, args.target,
-                                   args.tune_minutes * 60 if args.tune_minutes else None))
-        write_results(results, machine(args.target), command, args.target)
+        results.append({**bench_model(m, budgets[m], args.threads, args.target,
+                                      args.tune_minutes * 60 if args.tune_minutes else None), "command": command})
+        write_results(results, machine(args.target), args.target)
 
 
 if __name__ == "__main__":

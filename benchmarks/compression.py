@@ -5,13 +5,14 @@
 Per model: every onnxruntime candidate of kiln.optimize.candidates is built (int8 static calibrated on
 --calibration synthetic inputs, MinMax), then each is timed right after the fp32 baseline. Accuracy on
 random weights and synthetic inputs means little, so the table shows agreement with fp32 (cosine, arg-max)
-for orientation only; the gate in a real run uses the program's data. Writes the "compression" section of
-benchmarks/RESULTS.md.
+for orientation only; the gate in a real run uses the program's data. Writes benchmarks/compression.json, and
+through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results_md import write_section  # noqa: E402
+from benchmarks import report  # noqa: E402
 from kiln.optimize import candidates  # noqa: E402
 from kiln.optimize.feeds import feeds  # noqa: E402
 from kiln.optimize.inspect import input_specs, load_model  # noqa: E402
@@ -77,8 +78,6 @@ def bench(name: str, n_cal: int, threads: int) -> list[dict]:
 
 def shipped(name: str) -> dict:
     """Run the real flow (embedded Prefect, no TVM) and report what the gate published."""
-    import json
-
     work = ROOT / "benchmarks" / "work" / "compression"
     env = {**os.environ, "KILN_HOME": str(work / "home"), "KILN_STORE": str(work / "store"),
            "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -102,30 +101,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for m in args.models for r in bench(m, args.calibration, args.threads)]
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    lines = ["", f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores), onnxruntime "
-             f"{__import__('onnxruntime').__version__}, {args.threads} threads, batch 1, random weights, "
-             f"calibration on {args.calibration} synthetic inputs. Command: `python benchmarks/compression.py "
-             f"{' '.join(sys.argv[1:])}`", "",
-             "Speed-up = fp32 onnxruntime p50 / candidate p50, both measured back to back in this process. "
-             "Cosine and arg-max vs fp32 are for orientation only (random weights, synthetic inputs).", "",
-             "| model | candidate | build s | fp32 p50 ms | p50 ms | speed-up | cosine vs fp32 | same arg-max |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['candidate']} | failed: {r['error']} | | | | | |")
-        else:
-            lines.append(f"| {r['model']} | {r['candidate']} | {r['build_s']:.1f} | {r['fp32_p50']:.3f} | "
-                         f"{r['p50']:.3f} | {r['speedup']:.2f}x | {r['cosine']:.4f} | {r['argmax_same']} |")
-    lines += ["", "What the gate ships: the real flow (`kiln optimize examples/MODEL --candidates onnxruntime,"
-              "ort-fp32-basic,ort-int8-dynamic,ort-int8-static`) with the example's ranges and synthetic "
-              "calibration; speed-up of the published model vs fp32 onnxruntime, measured by the flow.", "",
-              "| model | published | speed-up | inside every range |", "|---|---|---|---|"]
-    for s in (shipped(m) for m in args.models):
-        if "error" in s:
-            lines.append(f"| {s['model']} | failed: {s['error']} | | |")
-        else:
-            lines.append(f"| {s['model']} | {s['selected']} | {s['speedup']:.2f}x | {', '.join(s['passed'])} |")
-    write_section("## Compression candidates (`benchmarks/compression.py`)", lines)
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu, "cores": os.cpu_count()},
+              "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads,
+              "calibration": args.calibration, "command": " ".join(["python benchmarks/compression.py", *sys.argv[1:]]),
+              "rows": rows, "shipped": [shipped(m) for m in args.models]}
+    (ROOT / "benchmarks" / "compression.json").write_text(json.dumps(result, indent=1) + "\n")
+    report.rewrite()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@ and the gRPC latency of the digits model inside the container vs `kiln serve` on
     python benchmarks/images.py [--calls 2000]
 
 Uses DOCKER_HOST when it answers, else starts a private dockerd (as the tests do) and the debootstrap base
-unless KILN_BASE_IMAGE names an image the engine has. Writes the "images" section of benchmarks/RESULTS.md.
+unless KILN_BASE_IMAGE names an image the engine has. Writes benchmarks/images.json, and through
+benchmarks/report.py the figures of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 WORK = ROOT / "benchmarks" / "work" / "images"
 
-from benchmarks.results_md import write_section  # noqa: E402
+from benchmarks import report  # noqa: E402
 from benchmarks.serve import artifact_for, percentiles, start  # noqa: E402
 from kiln.client import connect  # noqa: E402
 
@@ -71,6 +73,7 @@ def main() -> None:
         runtime_cold = time.perf_counter() - t0
         size_mb = client.images.get(f"{RUNTIME_REPOSITORY}:bench").attrs["Size"] / 1e6
         base_mb = client.images.get(base).attrs["Size"] / 1e6
+        docker_version = client.version()["Version"]
 
         timings = {}
         for label, nocache in (("cold (no layer cache)", True), ("cached", False)):
@@ -114,26 +117,16 @@ def main() -> None:
     finally:
         stop_engine()
 
-    lines = [
-        "",
-        f"Base {base} ({base_mb:.0f} MB); Docker {client.version()['Version']}; 2-core host; digits artifact "
-        "(onnxruntime); container on the host network; same client for both, 5 alternating rounds.",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| generic runtime image size | **{size_mb:.0f} MB** (goal < 300 MB) |",
-        f"| generic runtime image build, no layer cache (wheels already on the host) | {runtime_cold:.1f} s |",
-        f"| digits model image build, cold (no layer cache) | {timings['cold (no layer cache)']:.2f} s |",
-        f"| digits model image build, cached | {timings['cached']:.2f} s |",
-        f"| `build_model_image` end to end (runtime layers cached, verify + tag, no push) | {product_build:.2f} s |",
-        f"| digits model image size | {model_mb:.0f} MB |",
-        f"| container start to SERVING | {start_to_serving:.2f} s |",
-        f"| gRPC p50 / p99, in the container | {p50['container']:.0f} / {p99['container']:.0f} us |",
-        f"| gRPC p50 / p99, `kiln serve` on the host | {p50['host']:.0f} / {p99['host']:.0f} us |",
-        f"| container / host p50 | {p50['container'] / p50['host']:.2f}x |",
-    ]
-    print("\n".join(lines))
-    write_section("## Runtime images (`python benchmarks/images.py`)", lines)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu, "cores": os.cpu_count()}, "base": base,
+              "base_mb": base_mb, "docker": docker_version, "runtime_mb": size_mb,
+              "runtime_build_s": runtime_cold, "model_build_cold_s": timings["cold (no layer cache)"],
+              "model_build_cached_s": timings["cached"], "build_model_image_s": product_build, "model_mb": model_mb,
+              "start_to_serving_s": start_to_serving, "container_us": [p50["container"], p99["container"]],
+              "host_us": [p50["host"], p99["host"]], "container_over_host": p50["container"] / p50["host"]}
+    print(json.dumps(result, indent=1))
+    (ROOT / "benchmarks" / "images.json").write_text(json.dumps(result, indent=1) + "\n")
+    report.rewrite()
 
 
 def _files(artifact: Path) -> list[str]:

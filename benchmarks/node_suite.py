@@ -12,9 +12,9 @@ recorded inputs as one whole-tensor sample, and program.py naming it. Then, per 
 
     python benchmarks/node_suite.py            # the whole suite (1,855 cases with tensor I/O; ~2 h on 2 cores)
     python benchmarks/node_suite.py --limit 40 # a sample, one case per operator first
-    python benchmarks/node_suite.py --report   # RESULTS.md from what was measured so far
+    python benchmarks/node_suite.py --report   # RESULTS.md's figures from what was measured so far
 
-Writes benchmarks/node_suite.json and a section of benchmarks/RESULTS.md.
+Writes benchmarks/node_suite.json, and through benchmarks/report.py the figures of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
 
 PROGRAM = '''import kiln
 
@@ -183,12 +185,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "node_suite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "node_suite.json")
     parser.add_argument("--fresh", action="store_true", help="measure every case again instead of resuming")
-    parser.add_argument("--report", action="store_true", help="only write RESULTS.md from the saved results")
+    parser.add_argument("--report", action="store_true", help="only rewrite the figures from the saved results")
     args = parser.parse_args()
     picked = cases(args.limit)
     if args.report:
         rows = json.loads(args.out.read_text())["cases"]
-        write_results(summarize(rows), rows, len(picked))
+        args.out.write_text(json.dumps({"summary": summarize(rows, len(picked)), "cases": rows}, indent=1) + "\n")
+        report.rewrite()
         return
     home = args.work / "home"
     env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(args.work / "store"),
@@ -227,57 +230,22 @@ def main() -> None:
             row = {"case": case[0], "op": case[1].graph.node[0].op_type, **run_kiln(folder), **raw(case)}
             rows.append(row)
             if len(rows) % 10 == 0:  # progress survives an interruption
-                args.out.write_text(json.dumps({"summary": summarize(rows), "cases": rows}, indent=1) + "\n")
+                args.out.write_text(json.dumps({"summary": summarize(rows, len(picked)), "cases": rows}, indent=1)
+                                    + "\n")
             print(f"[{i + 1}/{len(picked)}] {case[0]}: {row['outcome']} tvm={row.get('tvm_passed')} "
                   f"raw_tvm={row['raw_tvm']} ort={row['onnxruntime']}", flush=True)
     finally:
         if server:
             server.terminate()
-    summary = summarize(rows)
+    summary = summarize(rows, len(picked))
     args.out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1) + "\n")
     print(json.dumps(summary, indent=2))
-    if args.limit is None:
-        write_results(summary, rows, len(picked))
+    if args.limit is None and args.out == ROOT / "benchmarks" / "node_suite.json":  # a sample's rates stay out
+        report.rewrite()
 
 
-def write_results(summary: dict, rows: list[dict], total: int) -> None:
-    """The pass rates as a section of RESULTS.md (replacing an earlier one)."""
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    head = "## ONNX backend node tests through kiln"
-    errors = [r for r in rows if r["outcome"] == "internal error"]
-    section = "\n".join([
-        head, "",
-        f"`python benchmarks/node_suite.py` ({summary['cpu']}, {summary['cases']} of the {total} cases with tensor I/O "
-        f"and numeric data{' so far, in alphabetical order: the run is resumable' if summary['cases'] < total else ''}"
-        f"; onnx "
-        f"{_version('onnx')}; tvm {_version('apache-tvm')}, onnxruntime {_version('onnxruntime')}). A case passes "
-        "when its outputs match the recorded ones (raw: allclose 1e-3) or, for kiln's tvm candidate, when it is "
-        "inside the default ranges against onnxruntime (max_rel_diff <= 1e-3, cosine >= 0.9999).", "",
-        "| | pass rate |", "|---|---|",
-        f"| onnxruntime, raw | {summary['onnxruntime_pass_pct']} % |",
-        f"| TVM, raw (relax ONNX importer, default pipeline) | {summary['raw_tvm_pass_pct']} % |",
-        f"| kiln's tvm candidate (prepare: shapes fixed, functions inlined, constants folded) | "
-        f"{summary['kiln_tvm_pass_pct']} % |",
-        f"| kiln published an artifact | {summary['kiln_published_pct']} % |", "",
-        f"Outcomes: {summary['outcomes']}; internal errors: {len(errors)}"
-        + ("".join(f"\n- {r['case']}: {r['message'][:200]}" for r in errors[:20])), ""])
-    text = results.read_text() if results.is_file() else ""
-    if head in text:
-        start = text.index(head)
-        end = text.find("\n## ", start + len(head))
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    results.write_text(text)
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
-
-
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], total: int) -> dict:
+    """Pass rates, with what RESULTS.md says beside them (the suite's size, the versions, the CPU)."""
     n = len(rows)
     count = collections.Counter(r["outcome"] for r in rows)
     pct = lambda k: round(100 * k / n, 1) if n else 0.0  # noqa: E731
@@ -285,7 +253,15 @@ def summarize(rows: list[dict]) -> dict:
             "kiln_tvm_pass_pct": pct(sum(bool(r.get("tvm_passed")) for r in rows)),
             "raw_tvm_pass_pct": pct(sum(r["raw_tvm"] for r in rows)),
             "onnxruntime_pass_pct": pct(sum(r["onnxruntime"] for r in rows)),
-            "kiln_published_pct": pct(count["published"]), "cpu": _cpu()}
+            "kiln_published_pct": pct(count["published"]), "cpu": _cpu(), "total": total,
+            "versions": {"onnx": _version("onnx"), "tvm": _version("apache-tvm"),
+                         "onnxruntime": _version("onnxruntime")}}
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 def _cpu() -> str:

@@ -11,7 +11,7 @@ and on the photos bundled in scikit-image, scikit-learn and matplotlib. Ranges a
 accept: embeddings within cosine 0.99 of fp32 for every sentence, the classifier's decision unchanged on at
 least 99 % of the images. TVM is left out (its tuning takes hours here; benchmarks/compile_vs_ort.py has it).
 
-Writes benchmarks/real_models.json and the "Real models" section of benchmarks/RESULTS.md.
+Writes benchmarks/real_models.json, and through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -82,39 +82,14 @@ def optimize(models: Path, name: str, run: int) -> dict:
                             "reason": (c["reasons"] or [""])[0][:90]} for c in (manifest or {}).get("candidates", [])]}
 
 
-def write_results(results: list[dict], cpu: str) -> None:
-    from benchmarks.results_md import write_section
+def write_results(results: list[dict], info: dict) -> None:
+    """Save real_models.json (with each model's description and range) and let report.py write its figures."""
+    from benchmarks import report
 
-    (ROOT / "benchmarks" / "real_models.json").write_text(json.dumps({"cpu": cpu, "results": results}, indent=1))
-    lines = ["", f"`python benchmarks/real_models.py` ({cpu}, {os.cpu_count()} cores, 2 threads, batch 1; each model "
-             "optimized twice, `kiln optimize MODEL --data SAMPLES --range RANGE --trials 0 --ignore-current`). "
-             "Speed-up: the median of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one "
-             "process, with its 90 % bootstrap interval. Bold: shipped.", ""]
-    for name, spec in MODELS.items():
-        runs = [r for r in results if r["model"] == name]
-        if not runs:
-            continue
-        lines += [f"**{name}**: {spec['what']}; range `{spec['range']}`", "",
-                  "| candidate | " + " | ".join(f"run {r['run']} speed-up | run {r['run']} metric" for r in runs)
-                  + " | why not (run 1) |", "|---|" + "---|---|" * len(runs) + "---|"]
-        names = list(dict.fromkeys(c["name"] for r in runs for c in r["candidates"]))
-        for cand in names:
-            cells = []
-            for r in runs:
-                c = next((c for c in r["candidates"] if c["name"] == cand), None)
-                if c is None or c["speedup"] is None:
-                    cells += ["-", "-"]
-                    continue
-                s = c["speedup"]
-                text = f"{s['value']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
-                cells += [f"**{text}**" if r["selected"] == cand else text,
-                          " ".join(f"{v:.4g}" for v in c["metrics"].values())]
-            first = next((c for c in runs[0]["candidates"] if c["name"] == cand), {})
-            lines.append(f"| {cand} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
-        shipped = "; ".join(f"run {r['run']}: {r['selected']} ({r['speedup']:.2f}x)" if r["selected"]
-                            else f"run {r['run']}: nothing" for r in runs)
-        lines += ["", f"Shipped: {shipped}.", ""]
-    write_section("## Real models (`make bench`)", lines)
+    models = {k: {"what": v["what"], "range": v["range"]} for k, v in MODELS.items()}
+    (ROOT / "benchmarks" / "real_models.json").write_text(json.dumps(
+        {"cpu": info["cpu"], "cores": info["cores"], "models": models, "results": results}, indent=1))
+    report.rewrite()
 
 
 def main() -> None:
@@ -127,12 +102,12 @@ def main() -> None:
     models = prepare()
     results = [optimize(models, name, run) for run in range(1, args.runs + 1) for name in args.models]
     saved = ROOT / "benchmarks" / "real_models.json"
-    cpu = machine()["cpu"]
+    info = machine()
     if saved.is_file():  # models not run this time keep their results, when they came from the same CPU
         before = json.loads(saved.read_text())
-        if before.get("cpu") == cpu:
+        if before.get("cpu") == info["cpu"]:
             results = [r for r in before["results"] if r["model"] not in args.models] + results
-    write_results(sorted(results, key=lambda r: (list(MODELS).index(r["model"]), r["run"])), cpu)
+    write_results(sorted(results, key=lambda r: (list(MODELS).index(r["model"]), r["run"])), info)
 
 
 if __name__ == "__main__":

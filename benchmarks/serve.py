@@ -9,7 +9,7 @@ client threads for --seconds each, with --workers 1 (one runtime instance: calls
 and --workers 2 (one instance per worker); and NVIDIA's perf_analyzer against the --workers 2 server over
 gRPC (KServe v2, the tool Triton users measure servers with: throughput, p50/p99 and the server's own
 queue/compute split from ModelStatistics at concurrency 1-8; fetched by benchmarks/perf_analyzer.py).
-Writes the "serve" section of benchmarks/RESULTS.md.
+Writes benchmarks/serve.json, and through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 WORK = ROOT / "benchmarks" / "work" / "serve"
 
 import kiln  # noqa: E402
-from benchmarks.results_md import write_section  # noqa: E402
+from benchmarks import report  # noqa: E402
 from kiln.client import connect  # noqa: E402
 
 ECHO_SERVER = """
@@ -177,37 +177,14 @@ def bench(name: str, seconds: float, calls: int, threads: int | None = None) -> 
 
 
 def write(results: list[dict], command: str) -> None:
+    """Save serve.json and let report.py write every figure that comes from it."""
+    from benchmarks.perf_analyzer import WHEEL
+
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    lines = ["## Serving overhead (`benchmarks/serve.py`)", "",
-             f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores), loopback, Python clients "
-             f"in one process (threads). Command: `{command}`", "",
-             "Latency in microseconds. Added = gRPC p50 - in-process p50; echo = a bare grpcio server returning "
-             "the same request bytes (the floor of any gRPC server in Python), measured in rounds alternating "
-             "with kiln's (median of 5 rounds).", "",
-             "| model | backend | request bytes | in-process p50 / p99 | gRPC p50 / p99 | added | echo p50 / p99 | "
-             "added / echo |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['model']} | {r['backend']} | {r['request_bytes']} | {r['inprocess_us'][0]:.0f} / "
-                     f"{r['inprocess_us'][1]:.0f} | {r['grpc'][0]:.0f} / {r['grpc'][1]:.0f} | {r['added_us']:.0f} | "
-                     f"{r['echo_us'][0]:.0f} / {r['echo_us'][1]:.0f} | {r['added_vs_echo']:.2f}x |")
-    lines += ["", "Throughput (requests/s) by concurrent clients; workers = runtime instances in the server "
-              "(1: calls take turns on one instance, like a lock; 2: one instance per worker).", "",
-              "| model | workers | 1 client | 4 clients | 16 clients |", "|---|---|---|---|---|"]
-    for r in results:
-        for w, t in r["throughput"].items():
-            lines.append(f"| {r['model']} | {w} | {t[1]:.0f} | {t[4]:.0f} | {t[16]:.0f} |")
-    lines += ["", "NVIDIA perf_analyzer 2.60 (`-i grpc --concurrency-range 1:8 --measurement-interval 2000`, the "
-              "benchmark's input) against the --workers 2 server: its client-side latency, and the server's own "
-              "split from ModelStatistics (queue for a free instance, the model, request/response decoding), in us "
-              "per request.", "",
-              "| model | concurrency | infer/s | p50 | p99 | server queue | server infer | server input+output |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for row in sorted(r.get("perf_analyzer", []), key=lambda row: row["concurrency"]):
-            lines.append(f"| {r['model']} | {row['concurrency']} | {row['infer_per_s']:.0f} | {row['p50_us']:.0f} | "
-                         f"{row['p99_us']:.0f} | {row['server_queue_us']:.0f} | {row['server_infer_us']:.0f} | "
-                         f"{row['server_io_us']:.0f} |")
-    write_section(lines[0], [*lines[1:], ""])
+    (ROOT / "benchmarks" / "serve.json").write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "machine": {"cpu": cpu, "cores": os.cpu_count()}, "command": command,
+         "perf_analyzer": WHEEL.partition("==")[2], "results": results}, indent=1) + "\n")
+    report.rewrite()
 
 
 def main() -> None:
@@ -219,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [bench(m, args.seconds, args.calls if m == "digits" else max(50, args.calls // 20), args.threads)
                for m in args.models]
-    write(results, "python benchmarks/serve.py " + " ".join(sys.argv[1:]))
+    write(results, " ".join(["python benchmarks/serve.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

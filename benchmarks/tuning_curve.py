@@ -12,8 +12,9 @@ kernels an earlier one tuned):
 at each checkpoint the best records so far are compiled, and the compiled model is timed in interleaved rounds
 beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
 dynamic for transformers), in the same process. The ratio is the median of per-round ratios (TVM / onnxruntime,
-below 1 = TVM faster). Writes benchmarks/tuning_curve.json, benchmarks/tuning_curve.svg and the "Tuning curve"
-section of RESULTS.md after every checkpoint, so a run stopped early keeps the checkpoints it reached.
+below 1 = TVM faster). Writes benchmarks/tuning_curve.json and benchmarks/tuning_curve.svg after every checkpoint,
+so a run stopped early keeps the checkpoints it reached, and through benchmarks/report.py the figures of RESULTS.md
+and README.md.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import report  # noqa: E402
 from benchmarks.compile_vs_ort import CONSOLE, MODELS, feed_for, machine  # noqa: E402
-from benchmarks.results_md import write_section  # noqa: E402
 from kiln.compiler import Limits, compile_model  # noqa: E402
 from kiln.compiler.passes import DEFAULT  # noqa: E402
 from kiln.optimize.candidates import BuildContext, get  # noqa: E402
@@ -163,29 +164,11 @@ def svg(results: list[dict]) -> str:
 
 
 def write(results: list[dict], info: dict, threads: int) -> None:
-    """tuning_curve.json, the plot and the RESULTS.md section, from every model's curve."""
+    """tuning_curve.json and the plot from every model's curve; report.py writes the figures from the JSON."""
     out = ROOT / "benchmarks" / "tuning_curve.json"
     out.write_text(json.dumps({"machine": info, "threads": threads, "results": results}, indent=1))
     (ROOT / "benchmarks" / "tuning_curve.svg").write_text(svg(results))
-    lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
-             "batch 1. One search per model, continued segment by segment from its own database (each curve starts "
-             "from nothing, unless its command has --shared: then the models share one CPU database in the order "
-             "given, as kiln's runs do); at each checkpoint the best kernels so far are "
-             "compiled and timed in interleaved rounds beside fp32 onnxruntime and onnxruntime int8 in the same "
-             "process. Ratios are medians of per-round ratios (below 1 = faster than fp32 onnxruntime).", "",
-             "Commands: " + "; ".join(dict.fromkeys(f"`{m['command'].strip()}`" for m in results if "command" in m)),
-             "", "![tuning curve](tuning_curve.svg)", "",
-             "| model | minutes | trials so far (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
-             "tuner's estimate ms |", "|---|---|---|---|---|---|---|---|"]
-    for m in results:
-        trials = failed = 0
-        for r in m["rows"]:  # each row's counts are its segment's
-            trials, failed = trials + r["trials"], failed + r["failed_trials"]
-            est = f"{r['estimated_ms']:.3f}" if r["estimated_ms"] else "-"
-            lines.append(f"| {m['model']} | {r['minutes']:g} | {trials} ({failed}) | "
-                         f"{r['tvm_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | {r['tvm_over_ort']:.2f} | "
-                         f"{r['int8_over_ort']:.2f} ({m['int8']}) | {est} |")
-    write_section("## Tuning curve (`make bench-long`)", lines)
+    report.rewrite()
 
 
 def main() -> None:
@@ -200,14 +183,14 @@ def main() -> None:
     parser.add_argument("--keep-shared", action="store_true",
                         help="with --shared: start from the shared database an earlier run left (e.g. ResNet-34 "
                              "after a ResNet-18 curve) instead of an empty one")
-    parser.add_argument("--replot", action="store_true", help="redraw the plot and table from tuning_curve.json")
+    parser.add_argument("--replot", action="store_true", help="redraw the plot and figures from tuning_curve.json")
     args = parser.parse_args()
     import os
 
     threads = args.threads or os.cpu_count() or 1
     out = ROOT / "benchmarks" / "tuning_curve.json"
     earlier = json.loads(out.read_text()) if out.is_file() else {}
-    if args.replot:  # the plot and the table again from tuning_curve.json, no tuning
+    if args.replot:  # the plot and the figures again from tuning_curve.json, no tuning
         if not earlier:
             raise SystemExit(f"nothing to redraw: {out} is missing (run a curve first)")
         return write(earlier["results"], earlier["machine"], earlier.get("threads", threads))

@@ -12,7 +12,7 @@ the same records and only the kernels a pass changed differ (two separate tuning
 15 % at 10 minutes, more than a pass like Q/K/V combining can gain). Then all are timed in interleaved rounds
 beside fp32 onnxruntime in one process, and the first variant (what kiln ships by default) is profiled call by call
 (benchmarks/vm_profile.py) to show what lies between the kernels and the end-to-end time. Writes
-benchmarks/tvm_passes.json and the "Compiler passes" section of RESULTS.md.
+benchmarks/tvm_passes.json, and through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -29,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import report  # noqa: E402
 from benchmarks.compile_vs_ort import CONSOLE, feed_for, machine  # noqa: E402
-from benchmarks.results_md import write_section  # noqa: E402
 from benchmarks.tuning_curve import CURVE_MODELS, REAL  # noqa: E402
 from benchmarks.vm_profile import profile  # noqa: E402
 from kiln.compiler import Limits, compile_model  # noqa: E402
@@ -147,34 +148,11 @@ def main() -> None:
     threads = args.threads or os.cpu_count() or 1
     info = machine()
     results = [bench(m, args.minutes, threads, args.per_round, args.variants) for m in args.models]
-    command = "python benchmarks/tvm_passes.py " + " ".join(sys.argv[1:])
-    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"machine": info, "command": command,
-                                                                       "results": results}, indent=1))
-    lines = ["", f"{info['cpu']} ({info['cores']} cores, LLVM mcpu `{info['llvm_mcpu']}`), {threads} threads, "
-             f"batch 1. Command: `{command.strip()}`. Each variant tuned for the same time; variants marked "
-             "(paired) tuned in turn into one database and were all rebuilt from it, so they share every kernel "
-             "a pass did not change; the others each had a database of their own. All timed in interleaved rounds "
-             "beside fp32 onnxruntime in one process (ratio: median of per-round ratios, below 1 = faster). "
-             "`max abs diff`: largest difference from onnxruntime's output on the same input.", "",
-             "| model | variant | kiln passes applied | trials (failed) | tuner's estimate ms | p50 ms | "
-             "/ onnxruntime | max abs diff |", "|---|---|---|---|---|---|---|---|"]
-    for m in results:
-        for r in m["rows"]:
-            est = f"{r['estimated_ms']:.2f}" if r["estimated_ms"] else "-"
-            variant = r["variant"] + (" (paired)" if r.get("paired") else "")
-            lines.append(f"| {m['model']} ({m['minutes']:g} min) | {variant} | {', '.join(r['passes']) or '-'} "
-                         f"| {r['trials']} ({r['failed']}) | {est} | {r['p50_ms']:.3f} | {r['over_ort']:.2f} | "
-                         f"{r['max_abs_diff']:.2g} |")
-    lines += ["", "Where the default variant's time goes (VM instrument hook, 50 runs): end to end, the calls' sum "
-              "(kernels and VM builtins timed in place), and the tuner's estimate (kernels measured alone).", "",
-              "| model | end to end ms | calls' sum ms | tuner's estimate ms | top calls (us per run x calls) |",
-              "|---|---|---|---|---|"]
-    for m in results:
-        p = m["profile"]
-        top = "; ".join(f"{s} {us:g} x{n}" for s, us, n in p["top"][:6])
-        est = f"{p['estimated_ms']:.2f}" if p["estimated_ms"] else "-"
-        lines.append(f"| {m['model']} | {p['e2e_ms']:.3f} | {p['sum_ms']:.3f} | {est} | {top} |")
-    write_section("## Compiler passes on and off (`python benchmarks/tvm_passes.py`)", lines)
+    command = shlex.join(["python", "benchmarks/tvm_passes.py", *sys.argv[1:]])  # variant names hold spaces
+    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"machine": info, "threads": threads,
+                                                                       "command": command, "results": results},
+                                                                      indent=1))
+    report.rewrite()
 
 
 if __name__ == "__main__":

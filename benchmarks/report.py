@@ -1,0 +1,574 @@
+"""Every figure in README.md and benchmarks/RESULTS.md, written from the JSON the benchmark scripts saved.
+
+    python benchmarks/report.py                 # rewrite every generated block in place
+    python benchmarks/report.py --check         # exit 1 naming each block that differs from its JSON
+    python benchmarks/report.py --check --root DIR   # the same on a copy (DIR/README.md, DIR/benchmarks/...)
+
+A generated block is the text between a line `<!-- generated: NAME -->` and the next `<!-- end -->`; NAME
+picks a renderer below, which reads nothing but its JSON, so every figure in the docs traces back to one
+measurement and cannot drift from it unnoticed (hand-copied figures did: they outlived the runs they came from).
+The prose between the blocks names no figure of its own, and `--check` also fails on a measured-looking figure
+(a ratio, a time, a size, a percentage) outside the blocks, code and the SETTINGS below. The benchmark scripts
+save their JSON and then call `rewrite()`; this is the one place that turns measurements into text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "benchmarks/RESULTS.md")
+START, END = "<!-- generated: {} -->", "<!-- end -->"
+BLOCK = re.compile(r"^<!-- generated: (?P<name>[\w.-]+) -->\n(?P<body>.*?)^<!-- end -->$", re.M | re.S)
+
+# what counts as a measured figure in prose: a number with the unit of a ratio, a time, a size or a share
+FIGURE = re.compile(r"(?<![\w.])[~≈]?\d+(?:\.\d+)?(?:\s?-\s?\d+(?:\.\d+)?)?\s?"
+                    r"(?:x|×|ns|us|µs|ms|s|sec|seconds?|min|minutes?|h|hours?|%|[KMG]i?B|GFLOP/s|(?:requests|infer)/s)"
+                    r"(?![\w/])")
+# settings, not measurements: they may stand in prose (each phrase exactly as the docs write it)
+SETTINGS = ("90 % bootstrap interval", "`min_gain` (2 %)", "default 75 % of RAM")
+
+Renderer = Callable[[dict], list[str]]
+BLOCKS: dict[str, tuple[str, Renderer]] = {}
+
+
+def block(name: str, source: str) -> Callable[[Renderer], Renderer]:
+    """Register a renderer: block NAME is written from benchmarks/SOURCE alone."""
+    def register(fn: Renderer) -> Renderer:
+        BLOCKS[name] = (source, fn)
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+def _where(m: dict, mcpu: bool = True, flat: bool = False) -> str:
+    """The machine a JSON names, with what it records: `AMD EPYC (2 cores, LLVM mcpu `znver4`)`, or with commas
+    (`flat`) where it already stands in parentheses."""
+    extra = [f"{m['cores']} cores" if m.get("cores") else "", f"LLVM mcpu `{m['llvm_mcpu']}`"
+             if mcpu and m.get("llvm_mcpu") else ""]
+    extra = ", ".join(e for e in extra if e)
+    if not m.get("cpu"):
+        return f"a {m['cores']}-core host" if m.get("cores") else "an unrecorded machine"
+    if not extra:
+        return m["cpu"]
+    return f"{m['cpu']}, {extra}" if flat else f"{m['cpu']} ({extra})"
+
+
+def _from(d: dict, machine: dict, source: str) -> str:
+    """The opening of a summary: when and where it was measured, and the JSON it comes from."""
+    return f"{_on(d)} {_where(machine)}, from `benchmarks/{source}`:"
+
+
+def _on(d: dict) -> str:
+    """`Measured DATE on`, or `Measured on` when the JSON does not record the date."""
+    return f"Measured {d['date']} on" if d.get("date") else "Measured on"
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def _join(items: Iterable[str]) -> str:
+    return "; ".join(items)
+
+
+# ------------------------------------------------------------------- compile_vs_ort: results.json, results-cuda.json
+
+def _search(run: dict) -> str:
+    """What the tuner did: trials run and failed, its cost model, why it stopped."""
+    if not run.get("trials_run"):
+        return "-"
+    return (f"{run['trials_run']} run, {run['failed_trials']} failed, "
+            f"{run.get('tasks_measured', '?')}/{run['tasks']} tasks measured, {run.get('cost_model')} model, "
+            f"stopped by {run.get('stopped_by')}")
+
+
+def _compile_section(d: dict) -> list[str]:
+    m, cuda = d["machine"], "gpu" in d["machine"]
+    where = f"GPU {m['gpu']} (TVM); " if cuda else ""
+    commands = list(dict.fromkeys(r.get("command", "").strip() for r in d["results"]))
+    numbered = len(commands) > 1
+    lines = [f"{_on(d)} {where}{_where(m)}, {m['os']}, Python {m['python']}."]
+    if d.get("versions"):
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in d["versions"].items()) + ".")
+    if numbered:
+        lines.append("Commands (column `run`): " + "; ".join(f"({i}) `{c}`" for i, c in enumerate(commands, 1)))
+    elif commands[0]:
+        lines.append(f"Command: `{commands[0]}`")
+    lines += ["", "Batch 1, random weights, median of up to 300 timed calls after warm-up; onnxruntime re-measured "
+              "right after each TVM build in the same process with the same thread count. Ratio = TVM / "
+              "onnxruntime (below 1 = TVM faster)." + (
+                  " TVM runs on the GPU, timed from the host with the copies in and out; onnxruntime is its CPU "
+                  "build on all cores; trials 0 = DLight's default GPU schedules." if cuda else ""), "",
+              ("| run " if numbered else "") + "| model | input | onnxruntime p50 ms | trials | search | tasks | "
+              "tuning+build s | TVM p50 ms | TVM p90 ms | onnxruntime p50 ms (same moment) | ratio TVM/ORT | "
+              "max rel diff |", ("|---" if numbered else "") + "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        shape = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+        run_no = f"| {commands.index(r.get('command', '').strip()) + 1} " if numbered else ""
+        for run in r["runs"]:
+            lines.append(f"{run_no}| {r['model']} | {shape} | {r['ort_p50_ms']:.4f} | {run['trials']} | "
+                         f"{_search(run)} | {run['tasks']} | {run['build_s']} | {run['tvm_p50_ms']:.4f} | "
+                         f"{run['tvm_p90_ms']:.4f} | {run['ort_p50_ms']:.4f} | {run['ratio_tvm_over_ort']:.2f} | "
+                         f"{run['max_rel_diff']:.1e} |")
+    return lines
+
+
+block("compile_vs_ort", "results.json")(_compile_section)
+block("compile_vs_ort-cuda", "results-cuda.json")(_compile_section)
+
+
+def _ratios(r: dict) -> str:
+    """One model's TVM / onnxruntime ratios, untuned first, then after each budget."""
+    return ", ".join(f"{_x(run['ratio_tvm_over_ort'])} " + (f"after {run['trials_run']} trials" if run.get("trials_run")
+                                                           else f"after {run['trials']} trials" if run["trials"]
+                                                           else "untuned") for run in r["runs"])
+
+
+@block("compile_vs_ort-summary", "results.json")
+def compile_summary(d: dict) -> list[str]:
+    versions = ", ".join(f"{k} {d['versions'][k]}" for k in ("tvm", "onnxruntime") if k in d.get("versions", {}))
+    return [f"{_from(d, d['machine'], 'results.json')} TVM / onnxruntime{f' ({versions})' if versions else ''}, "
+            + _join(f"{r['model']} {_ratios(r)}" for r in d["results"]) + "."]
+
+
+@block("compile_vs_ort-cuda-summary", "results-cuda.json")
+def cuda_summary(d: dict) -> list[str]:
+    lines = []
+    for r in d["results"]:
+        untuned = next((run for run in r["runs"] if not run["trials"]), None)
+        for run in (run for run in r["runs"] if run["trials"]):
+            start = f"{untuned['tvm_p50_ms']:.2f} ms with DLight's schedules, " if untuned else ""
+            lines.append(f"- {r['model']}: {start}{run['tvm_p50_ms']:.2f} ms after {run.get('trials_run')} trials "
+                         f"({run.get('tasks_measured', '?')} of {run['tasks']} tasks measured, "
+                         f"{run.get('failed_trials', 0)} failed, {run['build_s']:.0f} s of tuning and build); "
+                         f"onnxruntime on the CPU {run['ort_p50_ms']:.2f} ms")
+    return [f"{_on(d)} GPU {d['machine']['gpu']}, host {_where(d['machine'], mcpu=False, flat=True)}, from "
+            "`benchmarks/results-cuda.json`:", "", *lines]
+
+
+@block("readme-cuda", "results-cuda.json")
+def readme_cuda(d: dict) -> list[str]:
+    return [f"{_on(d)} GPU {d['machine']['gpu']} (host: {_where(d['machine'], mcpu=False, flat=True)}), from "
+            "`benchmarks/results-cuda.json`: TVM's time over onnxruntime's on the CPU, "
+            + _join(f"{r['model']} {_ratios(r)}" for r in d["results"]) + "."]
+
+
+# ------------------------------------------------------------------------------------------ serve.json
+
+@block("serve", "serve.json")
+def serve(d: dict) -> list[str]:
+    lines = [f"{_on(d)} {_where(d['machine'])}, loopback, Python clients in one process (threads). "
+             f"Command: `{d['command'].strip()}`", "",
+             "Latency in microseconds. Added = gRPC p50 - in-process p50; echo = a bare grpcio server returning "
+             "the same request bytes (the floor of any gRPC server in Python), measured in rounds alternating "
+             "with kiln's (median of 5 rounds).", "",
+             "| model | backend | request bytes | in-process p50 / p99 | gRPC p50 / p99 | added | echo p50 / p99 | "
+             "added / echo |", "|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        lines.append(f"| {r['model']} | {r['backend']} | {r['request_bytes']} | {r['inprocess_us'][0]:.0f} / "
+                     f"{r['inprocess_us'][1]:.0f} | {r['grpc'][0]:.0f} / {r['grpc'][1]:.0f} | {r['added_us']:.0f} | "
+                     f"{r['echo_us'][0]:.0f} / {r['echo_us'][1]:.0f} | {_x(r['added_vs_echo'])} |")
+    lines += ["", "Throughput (requests/s) by concurrent clients; workers = runtime instances in the server "
+              "(1: calls take turns on one instance, like a lock; 2: one instance per worker).", "",
+              "| model | workers | 1 client | 4 clients | 16 clients |", "|---|---|---|---|---|"]
+    for r in d["results"]:
+        for w, t in r["throughput"].items():
+            lines.append(f"| {r['model']} | {w} | {t['1']:.0f} | {t['4']:.0f} | {t['16']:.0f} |")
+    version = f" {d['perf_analyzer']}" if d.get("perf_analyzer") else ""
+    lines += ["", f"NVIDIA perf_analyzer{version} (`-i grpc --concurrency-range 1:8 --measurement-interval 2000`, the "
+              "benchmark's input) against the --workers 2 server: its client-side latency, and the server's own "
+              "split from ModelStatistics (queue for a free instance, the model, request/response decoding), in us "
+              "per request.", "",
+              "| model | concurrency | infer/s | p50 | p99 | server queue | server infer | server input+output |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        for row in sorted(r.get("perf_analyzer", []), key=lambda row: row["concurrency"]):
+            lines.append(f"| {r['model']} | {row['concurrency']} | {row['infer_per_s']:.0f} | {row['p50_us']:.0f} | "
+                         f"{row['p99_us']:.0f} | {row['server_queue_us']:.0f} | {row['server_infer_us']:.0f} | "
+                         f"{row['server_io_us']:.0f} |")
+    return lines
+
+
+@block("serve-summary", "serve.json")
+def serve_summary(d: dict) -> list[str]:
+    return [f"{_from(d, d['machine'], 'serve.json')} what a gRPC call adds over an in-process one, and that against "
+            "a bare grpcio echo of the same request bytes: " + _join(
+                f"{r['model']} ({r['request_bytes']} request bytes) adds {r['added_us']:.0f} us to "
+                f"{r['inprocess_us'][0]:.0f} us in-process, {_x(r['added_vs_echo'])} the echo's "
+                f"{r['echo_us'][0]:.0f} us" for r in d["results"]) + "."]
+
+
+# ------------------------------------------------------------------------------------------ compression.json
+
+@block("compression", "compression.json")
+def compression(d: dict) -> list[str]:
+    lines = [f"{_on(d)} {_where(d['machine'])}, onnxruntime {d['onnxruntime']}, {d['threads']} threads, batch 1, "
+             f"random weights, calibration on {d['calibration']} synthetic inputs. Command: `{d['command'].strip()}`",
+             "", "Speed-up = fp32 onnxruntime p50 / candidate p50, both measured back to back in this process. "
+             "Cosine and arg-max vs fp32 are for orientation only (random weights, synthetic inputs).", "",
+             "| model | candidate | build s | fp32 p50 ms | p50 ms | speed-up | cosine vs fp32 | same arg-max |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['candidate']} | failed: {r['error']} | | | | | |")
+        else:
+            lines.append(f"| {r['model']} | {r['candidate']} | {r['build_s']:.1f} | {r['fp32_p50']:.3f} | "
+                         f"{r['p50']:.3f} | {_x(r['speedup'])} | {r['cosine']:.4f} | {r['argmax_same']} |")
+    lines += ["", "What the gate ships: the real flow (`kiln optimize examples/MODEL --candidates onnxruntime,"
+              "ort-fp32-basic,ort-int8-dynamic,ort-int8-static`) with the example's ranges and synthetic "
+              "calibration; speed-up of the published model vs fp32 onnxruntime, measured by the flow.", "",
+              "| model | published | speed-up | inside every range |", "|---|---|---|---|"]
+    for s in d["shipped"]:
+        if "error" in s:
+            lines.append(f"| {s['model']} | failed: {s['error']} | | |")
+        else:
+            lines.append(f"| {s['model']} | {s['selected']} | {_x(s['speedup'])} | {', '.join(s['passed'])} |")
+    return lines
+
+
+def _by_model(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            out.setdefault(r["model"], []).append(r)
+    return out
+
+
+@block("compression-summary", "compression.json")
+def compression_summary(d: dict) -> list[str]:
+    built = _join(f"{m} " + ", ".join(f"{r['candidate']} {_x(r['speedup'])}" for r in rows)
+                  for m, rows in _by_model(d["rows"]).items())
+    shipped = _join(f"{s['model']} {s['selected']} {_x(s['speedup'])}" for s in d["shipped"] if "error" not in s)
+    return [f"{_from(d, d['machine'], 'compression.json')} speed-up over fp32 onnxruntime with random weights, "
+            f"{built}. Published through the real flow and its gate: {shipped}."]
+
+
+@block("readme-int8", "compression.json")
+def readme_int8(d: dict) -> list[str]:
+    best = [max((r for r in rows if "int8" in r["candidate"]), key=lambda r: r["speedup"])
+            for rows in _by_model(d["rows"]).values()]
+    return [f"{_from(d, d['machine'], 'compression.json')} the fastest int8 candidate over fp32 onnxruntime with "
+            "random weights, " + _join(f"{r['model']} {r['candidate']} {_x(r['speedup'])}" for r in best) + "."]
+
+
+# ------------------------------------------------------------------------------------------ images.json
+
+@block("images", "images.json")
+def images(d: dict) -> list[str]:
+    c, h = d["container_us"], d["host_us"]
+    return [f"{_on(d)} {_where(d['machine'])}. Base {d['base']} ({d['base_mb']:.0f} MB); Docker {d['docker']}; "
+            "digits artifact (onnxruntime); container on the host network; same client for both, 5 alternating "
+            "rounds.", "",
+            "| measure | value |", "|---|---|",
+            f"| generic runtime image size | **{d['runtime_mb']:.0f} MB** (goal < 300 MB) |",
+            f"| generic runtime image build, no layer cache (wheels already on the host) | "
+            f"{d['runtime_build_s']:.1f} s |",
+            f"| digits model image build, cold (no layer cache) | {d['model_build_cold_s']:.2f} s |",
+            f"| digits model image build, cached | {d['model_build_cached_s']:.2f} s |",
+            f"| `build_model_image` end to end (runtime layers cached, verify + tag, no push) | "
+            f"{d['build_model_image_s']:.2f} s |",
+            f"| digits model image size | {d['model_mb']:.0f} MB |",
+            f"| container start to SERVING | {d['start_to_serving_s']:.2f} s |",
+            f"| gRPC p50 / p99, in the container | {c[0]:.0f} / {c[1]:.0f} us |",
+            f"| gRPC p50 / p99, `kiln serve` on the host | {h[0]:.0f} / {h[1]:.0f} us |",
+            f"| container / host p50 | {_x(d['container_over_host'])} |"]
+
+
+# ------------------------------------------------------------------------------------------ node_suite.json
+
+@block("node_suite", "node_suite.json")
+def node_suite(d: dict) -> list[str]:
+    s = d["summary"]
+    total = s.get("total", s["cases"])
+    versions = ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items())
+    errors = [r for r in d["cases"] if r["outcome"] == "internal error"]
+    return [f"`python benchmarks/node_suite.py` ({s['cpu']}, {s['cases']} of the {total} cases with tensor I/O and "
+            f"numeric data{' so far, in alphabetical order: the run is resumable' if s['cases'] < total else ''}"
+            f"{'; ' + versions if versions else ''}). A case passes when its outputs match the recorded ones (raw: "
+            "allclose 1e-3) or, for kiln's tvm candidate, when it is inside the default ranges against onnxruntime "
+            "(max_rel_diff <= 1e-3, cosine >= 0.9999).", "",
+            "| | pass rate |", "|---|---|",
+            f"| onnxruntime, raw | {s['onnxruntime_pass_pct']} % |",
+            f"| TVM, raw (relax ONNX importer, default pipeline) | {s['raw_tvm_pass_pct']} % |",
+            f"| kiln's tvm candidate (prepare: shapes fixed, functions inlined, constants folded) | "
+            f"{s['kiln_tvm_pass_pct']} % |",
+            f"| kiln published an artifact | {s['kiln_published_pct']} % |", "",
+            f"Outcomes: {s['outcomes']}; internal errors: {len(errors)}",
+            *(f"- {r['case']}: {r['message'][:200]}" for r in errors[:20])]
+
+
+# ------------------------------------------------------------------------------------------ real_models.json
+
+@block("real_models", "real_models.json")
+def real_models(d: dict) -> list[str]:
+    models = d.get("models", {})
+    lines = [f"`python benchmarks/real_models.py` ({_where(d, flat=True)}, batch 1; each model optimized twice, "
+             "`kiln optimize MODEL --data SAMPLES --range RANGE --trials 0 --ignore-current`). Speed-up: the median "
+             "of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one process, with its "
+             "90 % bootstrap interval. Bold: shipped.", ""]
+    names = list(dict.fromkeys([*models, *(r["model"] for r in d["results"])]))
+    for name in names:
+        runs = [r for r in d["results"] if r["model"] == name]
+        if not runs:
+            continue
+        spec = models.get(name, {"what": name, "range": "?"})
+        lines += [f"**{name}**: {spec['what']}; range `{spec['range']}`", "",
+                  "| candidate | " + " | ".join(f"run {r['run']} speed-up | run {r['run']} metric" for r in runs)
+                  + " | why not (run 1) |", "|---|" + "---|---|" * len(runs) + "---|"]
+        for cand in dict.fromkeys(c["name"] for r in runs for c in r["candidates"]):
+            cells = []
+            for r in runs:
+                c = next((c for c in r["candidates"] if c["name"] == cand), None)
+                if c is None or c["speedup"] is None:
+                    cells += ["-", "-"]
+                    continue
+                s = c["speedup"]
+                text = f"{s['value']:.2f}x ({s['low']:.2f}-{s['high']:.2f})"
+                cells += [f"**{text}**" if r["selected"] == cand else text,
+                          " ".join(f"{v:.4g}" for v in c["metrics"].values())]
+            first = next((c for c in runs[0]["candidates"] if c["name"] == cand), {})
+            lines.append(f"| {cand} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
+        lines += ["", f"Shipped: {_shipped(runs)}.", ""]
+    return lines[:-1]
+
+
+def _shipped(runs: list[dict]) -> str:
+    return "; ".join(f"run {r['run']}: {r['selected']} ({_x(r['speedup'])}" + (f", {r['seconds']} s)" if "seconds" in r
+                                                                               else ")")
+                     if r["selected"] else f"run {r['run']}: nothing" for r in runs)
+
+
+@block("readme-demo", "real_models.json")
+def readme_demo(d: dict) -> list[str]:
+    runs = [r for r in d["results"] if r["model"] == "minilm-l3"]
+    return [f"{_from(d, d, 'real_models.json')} paraphrase-MiniLM-L3-v2 through `kiln optimize` "
+            "(`benchmarks/real_models.py`) shipped, with its speed-up over fp32 onnxruntime and the run's wall time, "
+            f"{_shipped(runs) if runs else 'nothing yet'}."]
+
+
+@block("readme-real-models", "real_models.json")
+def readme_real_models(d: dict) -> list[str]:
+    per_model: dict[str, dict[str, list[str]]] = {}
+    for r in d["results"]:  # each run's pick, runs that shipped the same candidate together
+        per_model.setdefault(r["model"], {}).setdefault(r["selected"] or "nothing", []).append(
+            _x(r["speedup"]) if r["selected"] else f"run {r['run']}")
+    return [f"{_from(d, d, 'real_models.json')} real models with real inputs, what the gate shipped in each run "
+            "and its speed-up over fp32 onnxruntime, " + _join(
+                f"{model} " + ", ".join(f"{sel} {' and '.join(xs)}" for sel, xs in picks.items())
+                for model, picks in per_model.items()) + "."]
+
+
+# ------------------------------------------------------------------------------------------ tvm_passes.json
+
+@block("tvm_passes", "tvm_passes.json")
+def tvm_passes(d: dict) -> list[str]:
+    threads = f", {d['threads']} threads" if d.get("threads") else ""
+    lines = [f"{_where(d['machine'])}{threads}, batch 1. Command: `{d['command'].strip()}`. Each variant tuned for "
+             "the same time; variants marked (paired) tuned in turn into one database and were all rebuilt from it, "
+             "so they share every kernel a pass did not change; the others each had a database of their own. All "
+             "timed in interleaved rounds beside fp32 onnxruntime in one process (ratio: median of per-round ratios, "
+             "below 1 = faster). `max abs diff`: largest difference from onnxruntime's output on the same input.", "",
+             "| model | variant | kiln passes applied | trials (failed) | tuner's estimate ms | p50 ms | "
+             "/ onnxruntime | max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    for m in d["results"]:
+        for r in m["rows"]:
+            est = f"{r['estimated_ms']:.2f}" if r["estimated_ms"] else "-"
+            variant = r["variant"] + (" (paired)" if r.get("paired") else "")
+            lines.append(f"| {m['model']} ({m['minutes']:g} min) | {variant} | {', '.join(r['passes']) or '-'} "
+                         f"| {r['trials']} ({r['failed']}) | {est} | {r['p50_ms']:.3f} | {r['over_ort']:.2f} | "
+                         f"{r['max_abs_diff']:.2g} |")
+    lines += ["", "Where the default variant's time goes (VM instrument hook, 50 runs): end to end, the calls' sum "
+              "(kernels and VM builtins timed in place), and the tuner's estimate (kernels measured alone).", "",
+              "| model | end to end ms | calls' sum ms | tuner's estimate ms | top calls (us per run x calls) |",
+              "|---|---|---|---|---|"]
+    for m in d["results"]:
+        p = m["profile"]
+        top = "; ".join(f"{s} {us:g} x{n}" for s, us, n in p["top"][:6])
+        est = f"{p['estimated_ms']:.2f}" if p["estimated_ms"] else "-"
+        lines.append(f"| {m['model']} | {p['e2e_ms']:.3f} | {p['sum_ms']:.3f} | {est} | {top} |")
+    return lines
+
+
+@block("readme-passes", "tvm_passes.json")
+def readme_passes(d: dict) -> list[str]:
+    return [f"{_from(d, d['machine'], 'tvm_passes.json')} `benchmarks/tvm_passes.py`'s variants, each after the "
+            "same tuning time, in time over fp32 onnxruntime, " + _join(
+                f"{m['model']} ({m['minutes']:g} minutes each) " + ", ".join(
+                    f"{r['variant']} {_x(r['over_ort'])}" for r in m["rows"]) for m in d["results"]) + "."]
+
+
+# ------------------------------------------------------------------------------------------ tuning_curve.json
+
+@block("tuning_curve", "tuning_curve.json")
+def tuning_curve(d: dict) -> list[str]:
+    info = d["machine"]
+    lines = [f"{_where(info)}, {d['threads']} threads, batch 1. One search per model, continued segment by segment "
+             "from its own database (each curve starts from nothing, unless its command has --shared: then the "
+             "models share one CPU database in the order given, as kiln's runs do); at each checkpoint the best "
+             "kernels so far are compiled and timed in interleaved rounds beside fp32 onnxruntime and onnxruntime "
+             "int8 in the same process. Ratios are medians of per-round ratios (below 1 = faster than fp32 "
+             "onnxruntime).", "",
+             "Commands: " + "; ".join(dict.fromkeys(f"`{m['command'].strip()}`" for m in d["results"]
+                                                    if "command" in m)),
+             "", "![tuning curve](tuning_curve.svg)", "",
+             "| model | minutes | trials so far (failed) | TVM p50 ms | onnxruntime p50 ms | TVM / ORT | int8 / ORT | "
+             "tuner's estimate ms |", "|---|---|---|---|---|---|---|---|"]
+    for m in d["results"]:
+        trials = failed = 0
+        for r in m["rows"]:  # each row's counts are its segment's
+            trials, failed = trials + r["trials"], failed + r["failed_trials"]
+            est = f"{r['estimated_ms']:.3f}" if r["estimated_ms"] else "-"
+            lines.append(f"| {m['model']} | {r['minutes']:g} | {trials} ({failed}) | "
+                         f"{r['tvm_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | {r['tvm_over_ort']:.2f} | "
+                         f"{r['int8_over_ort']:.2f} ({m['int8']}) | {est} |")
+    return lines
+
+
+def _curve(m: dict) -> str:
+    rows = m["rows"]
+    points = ", ".join(("untuned " if not r["minutes"] else f"{r['minutes']:g} min ") + _x(r["tvm_over_ort"])
+                       for r in rows)
+    int8 = [r["int8_over_ort"] for r in rows]
+    last = rows[-1]
+    return (f"{m['model']}{' (shared database)' if m.get('shared') else ''}: {points} "
+            f"(last: {last['tvm_p50_ms']:.1f} ms against {last['ort_p50_ms']:.1f} ms); "
+            f"{m['int8']} {min(int8):.2f}-{max(int8):.2f}x")
+
+
+@block("tuning_curve-summary", "tuning_curve.json")
+def tuning_summary(d: dict) -> list[str]:
+    return [f"{_from(d, d['machine'], 'tuning_curve.json')} TVM's time over fp32 onnxruntime by minutes of tuning "
+            f"({d['threads']} threads), and the int8 candidate's range over the same checkpoints:", "",
+            *(f"- {_curve(m)}" for m in d["results"])]
+
+
+@block("readme-tuning", "tuning_curve.json")
+def readme_tuning(d: dict) -> list[str]:
+    by = {m["model"]: m for m in d["results"]}
+    reach = ", ".join(f"{m['model']} {_x(m['rows'][-1]['tvm_over_ort'])} after {m['rows'][-1]['minutes']:g} minutes"
+                      for m in d["results"])
+    fast = []
+    for name, m in by.items():
+        exact = by.get(name.removesuffix("+fast-math"))
+        if name.endswith("+fast-math") and exact:
+            last = m["rows"][-1]
+            same = next((r for r in exact["rows"] if r["minutes"] == last["minutes"]), None)
+            fast.append(f"{exact['model']} is at {_x(last['tvm_over_ort'])} after {last['minutes']:g} minutes with "
+                        "tvm-fast-math's passes" + (f", {_x(same['tvm_over_ort'])} without them" if same else ""))
+    return [f"{_from(d, d['machine'], 'tuning_curve.json')} the curves so far, TVM's time over fp32 onnxruntime at "
+            f"each one's last checkpoint, {reach}." + (f" Fast math: {_join(fast)}." if fast else "")]
+
+
+# ------------------------------------------------------------------------------------------ the machinery
+
+def _load(root: Path, source: str, cache: dict) -> dict | None:
+    if source not in cache:
+        path = root / "benchmarks" / source
+        cache[source] = json.loads(path.read_text()) if path.is_file() else None
+    return cache[source]
+
+
+def render(name: str, root: Path = ROOT, cache: dict | None = None) -> str:
+    """Block NAME as it belongs in the docs, markers included, from its JSON under ROOT."""
+    if name not in BLOCKS:
+        raise KeyError(f"unknown generated block {name!r} (known: {', '.join(sorted(BLOCKS))})")
+    source, fn = BLOCKS[name]
+    data = _load(root, source, {} if cache is None else cache)
+    body = fn(data) if data is not None else [f"Not measured: benchmarks/{source} is missing."]
+    return "\n".join([START.format(name), "", *body, "", END])
+
+
+def regenerate(text: str, root: Path = ROOT, cache: dict | None = None) -> str:
+    """TEXT with every generated block replaced by what its JSON gives."""
+    cache = {} if cache is None else cache
+    return BLOCK.sub(lambda m: render(m["name"], root, cache), text)
+
+
+def stray_figures(text: str) -> list[tuple[int, str]]:
+    """Measured-looking figures outside generated blocks, code and SETTINGS, as (line number, figure)."""
+    text = BLOCK.sub(lambda m: "\n" * m[0].count("\n"), text)
+    text = re.sub(r"<!--.*?-->", lambda m: "\n" * m[0].count("\n"), text, flags=re.S)
+    found, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for phrase in SETTINGS:
+            line = line.replace(phrase, "")
+        line = re.sub(r"`[^`]*`", "``", line)
+        found += [(number, m[0]) for m in FIGURE.finditer(line)]
+    return found
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """What is wrong in the docs under ROOT: blocks that differ from their JSON, unknown or unclosed blocks,
+    and figures outside blocks. Empty when all is well."""
+    problems, cache = [], {}
+    for doc in DOCS:
+        path = root / doc
+        text = path.read_text()
+        closed = {m.start() for m in BLOCK.finditer(text)}
+        for start in re.finditer(r"^<!-- generated: (\S+) -->$", text, re.M):
+            if start.start() not in closed:
+                problems.append(f"{doc}: block {start[1]}: no `{END}` after its start")
+        for m in BLOCK.finditer(text):
+            name = m["name"]
+            try:
+                want = render(name, root, cache)
+            except KeyError as exc:
+                problems.append(f"{doc}: block {name}: {exc.args[0]}")
+                continue
+            except Exception as exc:  # a JSON without the fields its renderer needs
+                problems.append(f"{doc}: block {name}: benchmarks/{BLOCKS[name][0]} cannot be rendered: {exc!r}")
+                continue
+            if m[0] != want:
+                diff = difflib.unified_diff(m[0].splitlines(), want.splitlines(), "in " + doc,
+                                            f"from benchmarks/{BLOCKS[name][0]}", lineterm="", n=0)
+                problems.append(f"{doc}: block {name} differs from benchmarks/{BLOCKS[name][0]}:\n  "
+                                + "\n  ".join(list(diff)[2:12]))
+        problems += [f"{doc}:{line}: figure {fig!r} outside a generated block" for line, fig in stray_figures(text)]
+    return problems
+
+
+def rewrite(root: Path = ROOT) -> list[str]:
+    """Rewrite every block of the docs under ROOT from its JSON; returns the docs that changed."""
+    changed, cache = [], {}
+    for doc in DOCS:
+        path = root / doc
+        text = path.read_text()
+        new = regenerate(text, root, cache)
+        if new != text:
+            path.write_text(new)
+            changed.append(doc)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the tree whose README.md and benchmarks/ to use")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check(args.root)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("run `python benchmarks/report.py` to rewrite the blocks from the JSON", file=sys.stderr)
+        return 1 if problems else 0
+    for doc in rewrite(args.root):
+        print(f"wrote {args.root / doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
