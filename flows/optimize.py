@@ -13,9 +13,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from kiln import progress
-from kiln.artifact.manifest import Manifest, OptimizeOptions
+from kiln.artifact.manifest import BASELINE, Manifest, OptimizeOptions
 from kiln.errors import GateError, KilnError
 from kiln.optimize import candidates as registry
+from kiln.optimize import report
+from kiln.optimize.confirm import verdict
 from kiln.optimize.evaluate import INCUMBENT
 from kiln.optimize.evaluate import incumbent as incumbent_candidate
 from kiln.optimize.request import OptimizeRequest, RegistryVersion
@@ -27,6 +29,7 @@ from tasks.report import report_candidates, report_result
 from tasks.stages import (
     build_candidates,
     compile_tvm,
+    confirm_winner,
     evaluate_candidates,
     find_current,
     prepare_model,
@@ -102,6 +105,17 @@ def _optimize(r: OptimizeRequest) -> dict:
         report_result(checked.name, evaluation.candidates, None, None, None, exc.message)
         raise
     report_candidates(checked.name, evaluation.candidates)
+    confirmation = None
+    if selected.name not in (BASELINE, INCUMBENT):
+        confirmation = confirm_winner(checked, ref, evaluation, selected, INCUMBENT if current else None)
+        problem = verdict(confirmation, selected.name, r.min_gain, INCUMBENT if current else None)
+        if problem and current and confirmation.held_out_passed is not False:
+            selected = next(c for c in evaluation.candidates if c.name == INCUMBENT)
+        elif problem:
+            report_result(checked.name, evaluation.candidates, None, None, None, problem)
+            raise GateError(f"{problem}; nothing was published", report.text(evaluation.candidates),
+                            hint="a speed-up inside the noise is not one (re-run on a quieter machine); a range "
+                                 "missed on held-out samples means the accuracy did not carry over")
     if selected.name == INCUMBENT:
         message = (f"the current version ({current}) is still the fastest inside every range; no candidate beat it "
                    f"beyond the noise and by {r.min_gain:.0%}")
@@ -111,7 +125,7 @@ def _optimize(r: OptimizeRequest) -> dict:
     options = OptimizeOptions(trials=r.trials, max_trials_per_task=r.max_trials_per_task, tune_time=r.tune_time,
                               threads=threads,
                               candidates=chosen, latency_repeats=r.latency_repeats)
-    artifact = publish_artifact(checked, prepared, evaluation, selected, r.target, r.store, options)
+    artifact = publish_artifact(checked, prepared, evaluation, selected, r.target, r.store, options, confirmation)
     speedup = Manifest.read(Path(artifact)).speedup_vs_baseline
     report_result(checked.name, evaluation.candidates, selected.name, artifact, speedup)
     result = {"artifact": artifact, "selected": selected.name, "speedup_vs_baseline": speedup, "published": True}

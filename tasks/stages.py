@@ -8,10 +8,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 
 from kiln import progress
-from kiln.artifact.manifest import CandidateResult, OptimizeOptions
+from kiln.artifact.manifest import CandidateResult, Confirmation, OptimizeOptions
 from kiln.artifact.store import ArtifactStore
 from kiln.fs import json_sha256
-from kiln.optimize import build, compile, evaluate, gate, prepare, publish, reference, validate
+from kiln.optimize import build, compile, confirm, evaluate, gate, prepare, publish, reference, validate
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel, ReferenceData
 
 
@@ -105,7 +105,15 @@ def select(evaluation: Evaluation, incumbent: str | None = None, min_gain: float
     return gate.choose(evaluation.candidates, incumbent, min_gain)
 
 
+@task(name="confirm")
+def confirm_winner(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, winner: CandidateResult,
+                   incumbent: str | None = None) -> Confirmation:
+    return confirm.confirm(checked, ref, evaluation, winner, incumbent, log=get_run_logger())
+
+
 @task(name="publish", retries=2, retry_delay_seconds=2)
 def publish_artifact(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation,
-                     selected: CandidateResult, target: str, store: str | None, options: OptimizeOptions) -> str:
-    return publish.publish(checked, prepared, evaluation, selected, target, store, options, log=get_run_logger())
+                     selected: CandidateResult, target: str, store: str | None, options: OptimizeOptions,
+                     confirmation: Confirmation | None = None) -> str:
+    return publish.publish(checked, prepared, evaluation, selected, target, store, options, confirmation,
+                           log=get_run_logger())

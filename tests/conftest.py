@@ -66,6 +66,20 @@ def kiln_env(prefect_server, kiln_home, tmp_path) -> dict[str, str]:
     return env
 
 
+def wait_for(predicate, timeout: float, what, interval: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), or fail naming `what` (a string, or a
+    callable that describes the state at the deadline) after `timeout` seconds: a fixed sleep is too short on a
+    loaded machine and wasted time on an idle one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
 def run_kiln(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "kiln"), *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)

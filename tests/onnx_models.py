@@ -44,6 +44,16 @@ def lstm(path: Path) -> Path:
     return _save(graph, path)
 
 
+def unary(path: Path, op: str, shape: tuple[int, ...] = (1, 4)) -> Path:
+    """x -> OP -> y, one elementwise node (Atanh, Log, ...): NaN outside its domain, which synthetic N(0, 1)
+    inputs reach."""
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x"], ["y"], name=op.lower())], op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    return _save(graph, path)
+
+
 def checker_failure(path: Path) -> Path:
     """A node that reads a tensor nothing produces: onnx.checker rejects it."""
     graph = helper.make_graph(

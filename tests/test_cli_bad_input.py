@@ -246,3 +246,36 @@ def test_declared_shape_too_large_and_graph_without_outputs(tmp_path, kiln_env, 
     onnx.save(model, str(tmp_path / "no-outputs.onnx"))
     expect_failure([str(tmp_path / "no-outputs.onnx"), "--shape", "pixels=1x64"], kiln_env, seeded_store,
                    "graph has no outputs")
+
+
+def test_reference_that_gives_nan_is_named(tmp_path, kiln_env, seeded_store):
+    """atanh on synthetic N(0, 1) inputs: onnxruntime itself gives NaN, so every candidate, the baseline included,
+    would fail its ranges and the gate would say to widen them. kiln names the output and the first sample instead
+    and asks for data inside the model's domain; with --data, the sample is named by its position in the file
+    (sample 7 lies in the selection split after held-out samples, so a split-relative index would differ).
+    A program that allows non-finite values is optimized: the same NaN on both sides agrees."""
+    from kiln.artifact.specs import TensorSpec
+    from kiln.program.datasets import synthetic
+
+    model = onnx_models.unary(tmp_path / "atanh.onnx", "Atanh")
+    x = synthetic([TensorSpec(name="x", dtype="float32", shape=[1, 4])], [], count=8).inputs["x"]
+    outside = np.abs(x).reshape(8, -1) >= 1  # what kiln feeds the model: atanh is NaN/Inf there
+    first, count = int(np.flatnonzero(outside.any(axis=1))[0]), int(outside.sum())
+    out = expect_failure([str(model), "--candidates", "onnxruntime", "--trials", "0"], kiln_env, seeded_store,
+                         f"output 'y' holds {count} NaN/Inf value(s), the first in sample {first}",
+                         "gives NaN/Inf on the evaluation data (synthetic", "--data")
+    assert "widen the ranges" not in out
+    data = np.full((10, 1, 4), 0.5, np.float32)
+    data[7, 0, [1, 3]] = [1.5, -2.0]
+    np.savez(tmp_path / "data.npz", x=data)
+    expect_failure([str(model), "--candidates", "onnxruntime", "--trials", "0", "--data", str(tmp_path / "data.npz")],
+                   kiln_env, seeded_store, "output 'y' holds 2 NaN/Inf value(s), the first in sample 7", "data.npz",
+                   "inside the model's domain")
+    prog = tmp_path / "allowed"
+    prog.mkdir()
+    shutil.copy(model, prog / "model.onnx")
+    (prog / "program.py").write_text("import kiln\n\nclass P(kiln.ModelProgram):\n    allow_nonfinite = True\n")
+    proc = run_kiln(["optimize", str(prog), "--candidates", "onnxruntime", "--trials", "0", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    base = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "onnxruntime")
+    assert base["metrics"]["cosine"]["value"] == 1.0 and base["metrics"]["max_rel_diff"]["value"] == 0.0

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import run_kiln, store_snapshot
 
@@ -145,6 +146,11 @@ def test_small_cnn_candidates_and_served_settings(kiln_env, tmp_path):
     assert cands["ort-int8-static"]["settings"]["calibration_feeds"] > 0
     winner = cands[manifest["selected"]]
     assert manifest["settings"] == winner["settings"] and manifest["backend"] == winner["backend"]
+    if manifest["selected"] != "onnxruntime":  # confirmed over several inputs, judged on held-out samples
+        confirmation = manifest["confirmation"]
+        assert confirmation["inputs"] == 8 and confirmation["speedup"]["low"] > 1.0
+        assert confirmation["held_out_samples"] == 3 and confirmation["held_out_passed"]  # 20 % of 16 samples
+        assert manifest["speedup_vs_baseline"] == pytest.approx(confirmation["speedup"]["value"], abs=1e-4)
     folder = Path(kiln_env["KILN_STORE"]) / "cnn" / manifest["id"]
     level = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
     options = kiln.load(folder).runner.session.get_session_options()

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import onnx_models
-from conftest import BIN, ROOT, run_kiln, store_snapshot
+from conftest import BIN, ROOT, run_kiln, store_snapshot, wait_for
 
 
 def program(tmp_path: Path, body: str) -> Path:
@@ -64,9 +64,19 @@ def test_sigterm_ends_the_run_and_its_children_within_seconds(tmp_path, kiln_env
     assert time.monotonic() - start < 20, "took too long to stop"
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "SIGTERM received" in stderr and "Traceback" not in stderr
-    time.sleep(1)
-    alive = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, f"still running after SIGTERM: {alive}"
+
+    def alive() -> list[int]:
+        return [p.pid for p in family if _running(p)]
+
+    wait_for(lambda: not alive(), 5, lambda: f"every child of `kiln optimize` to end after SIGTERM; left: {alive()}")
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether `proc` still runs (a zombie has ended; it may be reaped between the two calls)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _library(tmp_path: Path, body: str) -> Path:

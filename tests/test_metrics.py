@@ -56,3 +56,28 @@ def test_impossible_range_is_refused_when_declared():
     with pytest.raises(ValidationError, match="at_least 0.9 is above at_most 0.5: no value can pass"):
         metrics.custom(lambda o: 1.0, name="x", at_least=0.9, at_most=0.5)
     assert Range(at_least=0.5, at_most=0.5).check(0.5, None, True)  # a point is a valid range
+
+
+def test_matching_nonfinite_values_agree_and_others_do_not():
+    """NaN/Inf where the reference has the very same value is agreement (a program that allows non-finite
+    outputs must not fail the baseline on them); a NaN or Inf where the reference is finite is a failure."""
+    ref = {"y": np.array([[0.3, np.nan, -np.inf, 0.9], [0.5, 0.2, np.inf, 0.1]])}
+    same = {"y": ref["y"].copy()}
+    close = {"y": ref["y"] + np.array([[1e-6, 0, 0, 0], [0, 0, 0, 0]])}
+    nan_where_finite = {"y": np.array([[0.3, np.nan, -np.inf, np.nan], [0.5, 0.2, np.inf, 0.1]])}
+    finite_where_nan = {"y": np.array([[0.3, 0.0, -np.inf, 0.9], [0.5, 0.2, np.inf, 0.1]])}
+    wrong_infinity = {"y": np.array([[0.3, np.nan, np.inf, 0.9], [0.5, 0.2, np.inf, 0.1]])}
+    checks = [metrics.max_abs_diff(at_most=1e-3), metrics.max_rel_diff(at_most=1e-3), metrics.cosine(at_least=0.999),
+              metrics.agreement(at_least=1.0)]
+    for m in checks:
+        for outputs in (same, close):
+            value = m.compute(outputs, ref, None)
+            assert m.range.check(value, None, m.higher_is_better), (m.name, value)
+        for outputs in (nan_where_finite, finite_where_nan, wrong_infinity):
+            value = m.compute(outputs, ref, None)
+            assert not m.range.check(value, None, m.higher_is_better), (m.name, value)
+    assert metrics.max_abs_diff(at_most=1).compute(same, ref, None) == 0.0
+    assert metrics.max_abs_diff(at_most=1).compute(nan_where_finite, ref, None) == np.inf  # not NaN: as far as can be
+    # a masked -inf score must not win the arg-max on both sides and hide a real disagreement
+    scores = {"y": np.array([[-np.inf, 0.1, 0.9]])}
+    assert metrics.agreement(at_least=1).compute({"y": np.array([[-np.inf, 0.9, 0.1]])}, scores, None) == 0.0

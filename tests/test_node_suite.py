@@ -64,3 +64,7 @@ def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monk
     assert not internal, f"internal errors ({len(internal)}; {summary}):\n" + "\n".join(internal)
     assert not gate_mistakes, "\n".join(gate_mistakes)
     assert outcomes["published"] >= 0.75 * len(cases), summary  # onnxruntime runs ~84 % of the suite
+    # benchmarks/node_suite.json measured TVM agreeing on 79 of these 130 cases (61 %; 58.4 % of the whole suite,
+    # ONNX 1.23.2, TVM 0.27): half leaves ~14 cases of room for version drift, yet a TVM path or an output
+    # comparison that breaks (no build, no run, every metric failing) drops far below it
+    assert tvm_agrees >= 0.5 * len(cases), summary

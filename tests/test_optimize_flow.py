@@ -51,7 +51,17 @@ def test_manifest_records_the_whole_decision(digits_run, digits_program):
     assert selected["passed"] and selected["eligible"] and not selected["reasons"]
     # never slower than the baseline: the baseline itself, or faster beyond the noise of the measurement
     assert selected["name"] == "onnxruntime" or selected["speedup"]["low"] > 1.0
-    assert manifest["speedup_vs_baseline"] == pytest.approx(selected["speedup"]["value"], abs=1e-4)  # rounded
+    confirmation = manifest["confirmation"]
+    if selected["name"] == "onnxruntime":  # nothing to confirm
+        assert confirmation is None and manifest["speedup_vs_baseline"] == pytest.approx(1.0, abs=1e-4)
+    else:  # the winner timed again over several inputs: the artifact claims that, not the selection's best ratio
+        assert set(confirmation["latency_ms"]) == {selected["name"], "onnxruntime"} and confirmation["inputs"] >= 2
+        assert len(confirmation["latency_ms"]["onnxruntime"]["rounds"]) >= 3
+        assert manifest["speedup_vs_baseline"] == pytest.approx(confirmation["speedup"]["value"], abs=1e-4)
+        assert confirmation["speedup"]["low"] > 1.0
+        # accuracy on samples that chose nothing, against the same ranges
+        assert confirmation["held_out_samples"] > 0 and confirmation["held_out_passed"]
+        assert set(confirmation["held_out"]) == {"top1", "top1_vs_reference", "agreement"}
     assert json.loads(manifest["target"])["kind"] == "llvm"
     assert manifest["model"]["path"] in manifest["files"]
     assert manifest["files"][manifest["model"]["path"]] == manifest["model"]["sha256"]

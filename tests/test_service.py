@@ -23,7 +23,7 @@ import pytest
 from mlflow_server import MlflowServer
 from prefect.client.base import PrefectHttpxSyncClient
 
-from conftest import BIN, ROOT, free_port
+from conftest import BIN, ROOT, free_port, wait_for
 
 MLFLOW_SECRET = "mlflow-secret-for-tests"
 HF_SECRET = "hf-secret-for-tests"
@@ -62,9 +62,19 @@ def service(tmp_path_factory, digits_program, mlflow):
     yield svc
     proc = kiln(["down"], env)
     assert proc.returncode == 0, proc.stderr
-    time.sleep(1)
-    alive = [n for n, pid in pids.items() if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert not alive, f"still running after `kiln down`: {alive}"
+
+    def alive() -> list[str]:
+        return [n for n, pid in pids.items() if _running(pid)]
+
+    wait_for(lambda: not alive(), 15, lambda: f"every process of `kiln up` to end after `kiln down`; left: {alive()}")
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie has ended; the pid may vanish between the two calls)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kiln(args: list[str], env: dict[str, str]):

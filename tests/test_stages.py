@@ -28,7 +28,7 @@ from kiln.errors import DatasetError, KilnError, ProgramError
 from kiln.fs import atomic_dir
 from kiln.optimize import feeds as feeds_io
 from kiln.optimize.models import CheckedProgram
-from kiln.optimize.reference import split_calibration
+from kiln.optimize.reference import check_finite, split_calibration
 from kiln.optimize.request import OptimizeRequest
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.program.datasets import Samples
@@ -73,6 +73,24 @@ def test_calibration_split_refuses_too_few_samples_and_skips_without_data(tmp_pa
     _, calibration, source = split_calibration(synthetic, samples(8), checked(tmp_path))
     assert source == "synthetic" and calibration.count == 3  # 3 whole-tensor feeds
     assert calibration.batch is None and calibration.inputs["x"].shape == (3, 2, 3)
+
+
+def test_nonfinite_reference_names_the_sample_by_its_place_in_the_data(tmp_path):
+    """The message names the sample the user can find in their file, through the calibration and held-out
+    splits, for outputs with one row per sample and for outputs with one row per feed of 2 rows."""
+    prog = program(tmp_path, dataset=kiln.Dataset(path="data.npz"), calibration_fraction=0.2)
+    evaluation, _, _ = split_calibration(prog, samples(20), checked(tmp_path))  # samples 4..19
+    selection, held = evaluation.take(np.arange(0, 16, 2)), evaluation.take(np.arange(1, 16, 2))
+    rows = {"p": np.zeros((8, 3), np.float32), "f": np.zeros((4, 1), np.float32)}
+    held_rows = {"p": np.zeros((8, 3), np.float32), "f": np.zeros((4, 1), np.float32)}
+    check_finite([(rows, selection), (held_rows, held)], checked(tmp_path))  # all finite: nothing to say
+    rows["p"][6, 1], held_rows["p"][5, 0] = np.nan, np.inf  # samples 16 and 15 of the data
+    with pytest.raises(DatasetError, match=r"output 'p' holds 2 NaN/Inf value\(s\), the first in sample 15"):
+        check_finite([(rows, selection), (held_rows, held)], checked(tmp_path))
+    rows["p"][:], held_rows["p"][:] = 0, 0
+    held_rows["f"][1, 0] = -np.inf  # the second held-out feed: samples 9 and 11
+    with pytest.raises(DatasetError, match="output 'f' holds 1 NaN/Inf value.* sample 9"):
+        check_finite([(rows, selection), (held_rows, held)], checked(tmp_path))
 
 
 def test_metrics_are_computed_and_scored_against_the_reference():

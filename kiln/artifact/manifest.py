@@ -95,6 +95,26 @@ class CandidateResult(BaseModel):
     build_seconds: float | None = None
 
 
+class Confirmation(BaseModel):
+    """The winner timed again after the gate chose it, in fresh interleaved rounds over several evaluation inputs
+    (the selection rounds used one and chose among many rows, so their best ratio is biased upward), and its
+    accuracy on held-out samples that no decision saw. The artifact's speed-up is this one."""
+
+    inputs: int  # evaluation inputs each timed call ran through, one after another (latencies are per input)
+    latency_ms: dict[str, LatencyMs]  # the winner, the baseline and, when there is one, the incumbent
+    speedup: Speedup  # the winner against the baseline
+    vs_incumbent: Speedup | None = None
+    held_out_samples: int = 0
+    held_out: dict[str, MetricResult] = Field(default_factory=dict)  # the winner's metrics on those samples
+    held_out_passed: bool | None = None  # None: the evaluation split was too small to hold samples out
+
+    def describe(self) -> str:
+        held = ", ".join(f"{n} {m.value:.4g}" for n, m in self.held_out.items() if m.value is not None)
+        return (f"{self.speedup.describe()} {BASELINE}'s speed, confirmed in fresh interleaved rounds over "
+                f"{self.inputs} inputs; " + (f"on {self.held_out_samples} held-out samples: {held}" if held else
+                                             "no samples held out (too few to share)"))
+
+
 class ModelInfo(BaseModel):
     path: str
     sha256: str
@@ -207,7 +227,8 @@ class Manifest(BaseModel):
     selected: str
     backend: str
     settings: RunSettings = Field(default_factory=RunSettings)
-    speedup_vs_baseline: float
+    speedup_vs_baseline: float  # the confirmation's, where there is one
+    confirmation: Confirmation | None = None
     tuning: TuningInfo | None = None
     protocol: ProtocolInfo | None = None
     options: OptimizeOptions | None = None

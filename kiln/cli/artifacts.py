@@ -36,7 +36,8 @@ def inspect(
         info = Table(show_header=False, title=f"artifact {folder}")
         for k, v in [("name", manifest.name), ("id", manifest.id), ("created", manifest.created_at),
                      ("selected", f"{manifest.selected} ({manifest.backend})"),
-                     ("speed-up vs onnxruntime", f"{manifest.speedup_vs_baseline:.2f}x"),
+                     ("speed-up vs onnxruntime", manifest.confirmation.describe() if manifest.confirmation
+                      else f"{manifest.speedup_vs_baseline:.2f}x"),
                      ("model", f"{manifest.model.path} sha256 {manifest.model.sha256[:16]}..."),
                      ("target", manifest.target), ("dataset", manifest.dataset),
                      ("inputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.inputs)),

@@ -153,8 +153,9 @@ def optimize(
         return
     out = wide()
     out.print(candidate_table(manifest))
-    out.print(f"published [bold]{manifest.selected}[/] ({manifest.speedup_vs_baseline:.2f}x onnxruntime's speed, "
-              "timed in interleaved rounds)")
+    how = manifest.confirmation.describe() if manifest.confirmation else \
+        f"{manifest.speedup_vs_baseline:.2f}x onnxruntime's speed, timed in interleaved rounds"
+    out.print(f"published [bold]{manifest.selected}[/]: {how}", highlight=False, soft_wrap=True)
     out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
     for key in ("upload", "image"):
         if result.get(key):

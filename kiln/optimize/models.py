@@ -70,6 +70,10 @@ class ReferenceData(BaseModel):
     metrics: dict[str, float]
     calibration_path: str | None = None
     calibration_source: str | None = None
+    # samples kept from every choice (kiln.optimize.defaults.HELD_OUT_FRACTION): the winner's reported accuracy
+    held_out_path: str | None = None
+    held_out_samples: int = 0
+    held_out_metrics: dict[str, float] = Field(default_factory=dict)  # the reference's own scores there
 
 
 class BuiltCandidate(BaseModel):

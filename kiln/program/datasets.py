@@ -31,10 +31,17 @@ class Samples(BaseModel):
     labels: np.ndarray | None = None
     source: str = "synthetic"
     batch: int | None = None  # rows per feed when the arrays are rows of a batch; None: whole tensors
+    index: np.ndarray | None = None  # each sample's position in what was loaded (None: 0..count-1)
 
     @property
     def count(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Each sample's position in the loaded data, kept through splits, so that a message about a sample
+        names the one the user can find in their file."""
+        return self.index if self.index is not None else np.arange(self.count)
 
     @property
     def per_feed(self) -> int:
@@ -44,7 +51,7 @@ class Samples(BaseModel):
     def take(self, idx: np.ndarray | slice) -> Samples:
         return Samples(inputs={k: v[idx] for k, v in self.inputs.items()},
                        labels=None if self.labels is None else self.labels[idx], source=self.source,
-                       batch=self.batch)
+                       batch=self.batch, index=self.positions[idx])
 
 
 class Dataset(BaseModel):

@@ -3,6 +3,11 @@
 A metric is computed on a candidate's outputs for the evaluation dataset, against the dataset's labels or
 against the reference (unoptimized, onnxruntime) outputs. Its `Range` is absolute (`at_least`/`at_most`)
 or relative to what the reference model scored (`max_degradation`, a fraction: 0.005 = 0.5 %).
+
+The metrics that compare with the reference take NaN/Inf where the reference has the very same value (NaN for
+NaN, +Inf for +Inf) as agreement: a program that allows non-finite outputs (a masked score of -Inf, a NaN the
+model is meant to give) must not fail every candidate, the baseline included, on them. A non-finite value
+where the reference has another value is as far off as can be.
 """
 
 from __future__ import annotations
@@ -102,6 +107,10 @@ class Metric(BaseModel):
                            f"{sorted(outputs)}")
         out = np.asarray(outputs[name], dtype=np.float64)
         ref = np.asarray(reference[name], dtype=np.float64)
+        if self.compares_to_reference:
+            # equal non-finite values are left out of the comparison (for arg-max: never the largest); `stray`
+            # marks the samples with a NaN/Inf that the other side does not have
+            out, ref, stray = _set_aside_matching_nonfinite(out, ref, -np.inf if self.kind == "agreement" else 0.0)
         if self.kind == "custom":
             assert self.fn is not None
             params = inspect.signature(self.fn).parameters
@@ -116,26 +125,49 @@ class Metric(BaseModel):
             diff = out.reshape(labels.shape) - labels if out.size == labels.size else out - labels
             return float(np.mean(np.abs(diff)) if self.kind == "mae" else np.sqrt(np.mean(diff**2)))
         if self.kind == "max_abs_diff":
-            return float(np.max(np.abs(out - ref))) if out.size else 0.0
+            return float(np.max(_abs_diff(out, ref))) if out.size else 0.0
         if self.kind == "max_rel_diff":
             if not out.size:  # an empty output: nothing to differ on
                 return 0.0
-            scale = float(np.max(np.abs(ref))) or 1.0
-            return float(np.max(np.abs(out - ref)) / scale)
+            finite = np.abs(ref[np.isfinite(ref)])
+            scale = float(np.max(finite)) if finite.size else 0.0
+            return float(np.max(_abs_diff(out, ref)) / (scale or 1.0))
         if self.kind == "cosine":
             a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
             denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
             same = np.all(a == b, axis=1)
             # a zero vector has no direction: it agrees only with another zero vector (an int8 model that
             # outputs all zeros must not score 1.0)
-            cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 0.0)
-            return float(np.min(np.where(same, 1.0, cos)))
+            with np.errstate(invalid="ignore"):
+                cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1), 0.0)
+            return float(np.min(np.where(same, 1.0, np.where(stray, 0.0, cos))))
         if self.kind == "agreement":
             if out.size == 0:  # an empty output: nothing to disagree on
                 return 1.0
             a, b = out.reshape(len(out), -1).argmax(1), ref.reshape(len(ref), -1).argmax(1)
-            return float(np.mean(a == b))
+            return float(np.mean((a == b) & ~stray))
         raise ValueError(f"unknown metric kind {self.kind}")
+
+
+def _set_aside_matching_nonfinite(out: np.ndarray, ref: np.ndarray, fill: float
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(out, ref, stray): `fill` on both sides where both hold the same non-finite value (NaN and NaN, or the
+    same infinity), so those places agree instead of turning the whole comparison into NaN; `stray` says per
+    sample (first axis) whether one side still holds a NaN/Inf the other does not have there, which arg-max and
+    cosine could look past although the sample does not agree."""
+    if out.shape != ref.shape or not out.ndim:
+        return out, ref, np.zeros(len(out) if out.ndim else 1, dtype=bool)
+    same = (np.isnan(out) & np.isnan(ref)) | (np.isinf(out) & (out == ref))
+    stray = ((~np.isfinite(out) | ~np.isfinite(ref)) & ~same).reshape(len(out), -1).any(axis=1)
+    if same.any():
+        out, ref = np.where(same, fill, out), np.where(same, fill, ref)
+    return out, ref, stray
+
+
+def _abs_diff(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|out - ref|, infinite where exactly one side is NaN: NaN would compare as neither large nor small."""
+    diff = np.abs(out - ref)
+    return np.where(np.isnan(diff), np.inf, diff)
 
 
 def _metric(kind: str, name: str, output: str | None, k: int = 1, **bounds: float | None) -> Metric:

@@ -44,7 +44,9 @@ class ModelProgram:
     transformer: ClassVar[str | None] = None
     #: calibrate on synthetic inputs when there is no dataset (off: static int8 is skipped instead)
     calibrate_on_synthetic: ClassVar[bool] = False
-    #: accept NaN and Inf in float inputs when serving (default: refused, naming the input)
+    #: accept NaN and Inf in float inputs (the data, and requests when serving) and in the reference's outputs
+    #: while optimizing, where equal NaN/Inf on both sides count as agreement (default: refused, naming the
+    #: input or output and the sample)
     allow_nonfinite: ClassVar[bool] = False
     #: metrics with acceptable ranges; empty = agreement with the onnxruntime reference
     metrics: ClassVar[list[Metric]] = []

@@ -1,0 +1,110 @@
+"""confirm: the gate's winner timed again, and judged on held-out samples, before anything is published.
+
+The selection rounds time every candidate on the first evaluation input and the gate takes the best of up to
+~20 ratios: the largest of many noisy estimates is biased upward (the winner's curse), and one input is not the
+traffic. So the winner, the baseline and the incumbent are timed again in fresh interleaved rounds, each call
+running through several evaluation inputs (kiln.optimize.defaults.CONFIRM_INPUTS, spread over the split), and
+the artifact claims that speed-up; if it is not beyond the noise and by min_gain, nothing is published. The
+winner's accuracy is measured on the held-out samples (kiln.optimize.reference.split_held_out), which neither
+the accuracy-aware fallback nor the gate saw; outside a range there, nothing is published either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kiln.artifact.manifest import BASELINE, CandidateResult, Confirmation, LatencyMs
+from kiln.config import settings
+from kiln.optimize.defaults import CONFIRM_INPUTS, CONFIRM_SECONDS, LATENCY_REPEATS
+from kiln.optimize.feeds import gather_outputs, load_eval, run_all
+from kiln.optimize.isolation import run_isolated
+from kiln.optimize.models import CheckedProgram, Evaluation, ReferenceData
+from kiln.optimize.noise import speedup
+from kiln.optimize.scoring import compute_metrics, score
+from kiln.runtime.latency import interleaved
+from kiln.runtime.runners import open_runner
+
+_log = logging.getLogger("kiln.optimize")
+
+
+def spread(count: int, wanted: int = CONFIRM_INPUTS) -> list[int]:
+    """Up to `wanted` indices spread evenly over `count` inputs (all of them when there are fewer)."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
+
+
+def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | None = None) -> str | None:
+    """Why the confirmed winner may not ship, or None. Decided on numbers alone, so it can be tested with
+    controlled timings."""
+    if conf.held_out_passed is False:
+        missed = "; ".join(f"{n} = {m.value:.6g}, outside {m.range}" for n, m in conf.held_out.items()
+                           if not m.passed)
+        return f"{winner} is outside a range on the {conf.held_out_samples} held-out samples: {missed}"
+    if not conf.speedup.beyond_noise(min_gain):
+        return (f"{winner} was not confirmed faster than {BASELINE} beyond the noise and by {min_gain:.0%} when "
+                f"timed again over {conf.inputs} inputs: {conf.speedup.describe()}")
+    if incumbent and conf.vs_incumbent is not None and not conf.vs_incumbent.beyond_noise(min_gain):
+        return (f"{winner} was not confirmed faster than the current version beyond the noise and by "
+                f"{min_gain:.0%}: {conf.vs_incumbent.describe()}")
+    return None
+
+
+def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, winner: CandidateResult,
+            incumbent: str | None = None, log: logging.Logger | logging.LoggerAdapter = _log) -> Confirmation:
+    """The confirmation rounds and the held-out accuracy of `winner`, in a child process like every run of a
+    candidate (compiled code can crash)."""
+    cfg = settings()
+    names = [winner.name, BASELINE, *([incumbent] if incumbent else [])]
+    conf = run_isolated(measure, checked, ref, evaluation, names, what=f"confirming {winner.name}",
+                        timeout=cfg.candidate_timeout_s, memory_mb=cfg.candidate_memory_limit_mb,
+                        timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
+    log.info("confirmed over %d inputs: %s %s vs %s%s; held out (%d samples): %s", conf.inputs, winner.name,
+             conf.speedup.describe(), BASELINE,
+             f", {conf.vs_incumbent.describe()} vs the current version" if conf.vs_incumbent else "",
+             conf.held_out_samples, {k: m.value for k, m in conf.held_out.items()} or "none")
+    return conf
+
+
+def measure(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, names: list[str]) -> Confirmation:
+    """confirm's work, in the child: `names[0]` is the winner, `names[1]` the baseline, `names[2]` the incumbent."""
+    results = {c.name: c for c in evaluation.candidates}
+    built = {b.name: b for b in evaluation.built}
+    os.environ["TVM_NUM_THREADS"] = str(max(results[n].settings.threads or 1 for n in names))
+    fds = load_eval(ref.path)[0]
+    held = load_eval(ref.held_out_path) if ref.held_out_path else None
+    pool = fds + (held[0] if held else [])
+    inputs = [pool[i] for i in spread(len(pool))]
+    runners = {}
+    try:
+        for name in names:
+            runners[name] = open_runner(built[name].backend, Path(built[name].path or ""), checked.inputs,
+                                        checked.outputs, results[name].settings)
+        calls = {n: (lambda r=r: [r.run(f) for f in inputs]) for n, r in runners.items()}
+        timed = interleaved(calls, repeats=LATENCY_REPEATS, max_seconds=CONFIRM_SECONDS)
+        latency = {n: LatencyMs(**_per_input(t.summary(), len(inputs))) for n, t in timed.items()}
+        held_out, passed = {}, None
+        if held:
+            metrics = checked.load().program.get_metrics()
+            outputs = gather_outputs(run_all(runners[names[0]].run, held[0]), ref.held_out_samples, held[3])
+            values = compute_metrics(metrics, outputs, held[1], held[2], where=names[0])
+            held_out, reasons = score(metrics, values, ref.held_out_metrics)
+            passed = not reasons
+    finally:
+        for r in runners.values():
+            r.close()
+    winner, base = latency[names[0]], latency[names[1]]
+    return Confirmation(inputs=len(inputs), latency_ms=latency, speedup=speedup(base, winner),
+                        vs_incumbent=speedup(latency[names[2]], winner) if len(names) > 2 else None,
+                        held_out_samples=ref.held_out_samples if held else 0, held_out=held_out,
+                        held_out_passed=passed)
+
+
+def _per_input(summary: dict, inputs: int) -> dict:
+    """A call's times divided by the inputs it ran through: milliseconds per input, the traffic's mean."""
+    return {k: ([x / inputs for x in v] if isinstance(v, list) else v / inputs if k != "runs" else v)
+            for k, v in summary.items()}

@@ -1,0 +1,16 @@
+"""The optimizer's defaults, in one place: the CLI, the request, the flows and the stages read them here."""
+
+from __future__ import annotations
+
+TARGETS = ("llvm", "cuda")  # llvm: this CPU; cuda: an NVIDIA GPU
+MIN_GAIN = 0.02  # a new candidate must be at least this much faster (a fraction of latency) to ship
+LATENCY_REPEATS = 200  # timed calls per candidate in the selection rounds (or 5 s of calls, whichever is fewer)
+LATENCY_SECONDS = 5.0
+# the winner, the baseline and the incumbent are timed again in fresh rounds, over this many evaluation inputs
+# spread across the split (all of them when there are fewer): the speed-up the artifact claims is this one
+CONFIRM_INPUTS = 8
+CONFIRM_SECONDS = 5.0
+# a share of the evaluation samples that neither the accuracy-aware fallback nor the gate sees: the winner's
+# accuracy is reported (and must stay inside the ranges) on these; none when the split is too small to share
+HELD_OUT_FRACTION = 0.2
+MIN_SELECTION_FEEDS = 4  # the selection split keeps at least this many feeds
