@@ -20,6 +20,7 @@ from kiln.artifact.layout import PROGRAM_DIR
 from kiln.artifact.manifest import Manifest
 from kiln.artifact.store import ArtifactStore
 from kiln.errors import KilnError
+from kiln.optimize.defaults import LATENCY_REPEATS, MIN_GAIN
 from kiln.optimize.request import OptimizeRequest
 
 
@@ -35,6 +36,19 @@ def program_location(artifact: Path, manifest: Manifest) -> tuple[str | None, st
     if len(models) == 1 and not any(folder.glob("*.py")):  # a bare .onnx was the program
         return str(models[0]), None
     return None, f"neither {file} nor a single .onnx model is in {folder}"
+
+
+# what a re-optimization decides itself, whatever the version in service was asked
+_OWN = {"program", "data", "ranges", "name", "compare_with_current", "trials", "tune_time", "target", "min_gain",
+        "latency_repeats"}
+
+
+def request_for(folder: Path, manifest: Manifest, location: str, **own) -> OptimizeRequest:
+    """The request the version in service recorded, on its saved program (its data and ranges are in it), with
+    this re-optimization's budget and the version as the incumbent."""
+    asked = {k: v for k, v in manifest.request.items() if k not in _OWN}
+    asked.setdefault("shapes", manifest.program.shapes or None)  # versions made before requests were recorded
+    return OptimizeRequest.of(**asked, program=location, name=manifest.name, incumbent=str(folder), **own)
 
 
 def newest_versions(store: ArtifactStore, names: list[str] | None) -> dict[str, tuple[Path, Manifest]]:
@@ -61,8 +75,8 @@ def reoptimize(
     models: list[str] | None = None,
     store: str | None = None,
     target: Literal["llvm", "cuda"] = "llvm",
-    min_gain: float = 0.02,
-    latency_repeats: int = 200,
+    min_gain: float = MIN_GAIN,
+    latency_repeats: int = LATENCY_REPEATS,
     tune_time: float | None = None,
 ) -> list[dict]:
     """Continue tuning every stored model and publish a new version only where it is faster.
@@ -89,25 +103,20 @@ def reoptimize(
             logger.warning("skipping %s v%s: %s", name, manifest.version, problem)
             outcomes.append({"model": name, "outcome": f"skipped: {problem}"})
             continue
-        options = manifest.options
         try:
-            request = OptimizeRequest.of(
-                program=location, shapes=manifest.program.shapes or None, trials=extra_trials, target=target,
-                tune_time=tune_time,
-                max_trials_per_task=options.max_trials_per_task if options else None,
-                candidates=options.candidates if options else None, threads=options.threads if options else None,
-                store=store, latency_repeats=latency_repeats, incumbent=str(folder), min_gain=min_gain, name=name)
-            result = optimize(request)
+            request = request_for(folder, manifest, location, trials=extra_trials, tune_time=tune_time,
+                                  target=target, store=store, min_gain=min_gain, latency_repeats=latency_repeats)
+            outcome = optimize(request)
         except KilnError as exc:  # the program or its data no longer load, or nothing passes its ranges
             logger.warning("skipping %s v%s: %s", name, manifest.version, exc.render())
             where = f"{exc.where}: " if exc.where else ""
             outcomes.append({"model": name, "outcome": f"skipped: {where}{exc.message}"})
             continue
-        if result.get("published"):
-            new = Manifest.read(Path(result["artifact"]))
+        if outcome.published:
+            new = outcome.manifest
             outcomes.append({"model": name, "outcome": f"v{new.version} published ({new.selected}, "
                                                        f"{new.speedup_vs_baseline:.2f}x vs onnxruntime)",
-                             "artifact": result["artifact"]})
+                             "artifact": outcome.artifact})
         else:
             outcomes.append({"model": name, "outcome": f"v{manifest.version} kept: still the fastest",
                              "artifact": str(folder)})

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from kiln.errors import KilnError
@@ -33,6 +33,8 @@ class Settings(BaseSettings):
 
     # child processes: the user's program (import, loaders, metrics) and each candidate's build and evaluation
     program_timeout_s: float = Field(600.0, gt=0)
+    # importing program.py alone (inside the above): a program that loops at import fails in a minute, not ten
+    program_import_timeout_s: float = Field(60.0, gt=0)
     candidate_timeout_s: float = Field(1800.0, gt=0)
     candidate_memory_mb: float = Field(0.0, ge=0)  # address-space limit per candidate child; 0: 75 % of RAM
 
@@ -74,7 +76,16 @@ class Settings(BaseSettings):
     optimize_deployment: str = "optimize/optimize"
     web_max_upload_mb: float = Field(256.0, gt=0)
     mlflow_webhook_secret: str | None = None
-    mlflow_tracking_uri: str | None = None  # where models:/, runs:/ and mlflow-artifacts:/ sources are fetched
+    # MLflow: where models:/, runs:/ and mlflow-artifacts:/ sources are fetched and versions tagged, and how kiln
+    # signs in there; MLflow's own variable names are read too, as its clients do
+    mlflow_tracking_uri: str | None = Field(None, validation_alias=AliasChoices("KILN_MLFLOW_TRACKING_URI",
+                                                                                "MLFLOW_TRACKING_URI"))
+    mlflow_tracking_token: str | None = Field(None, validation_alias=AliasChoices("KILN_MLFLOW_TRACKING_TOKEN",
+                                                                                  "MLFLOW_TRACKING_TOKEN"))
+    mlflow_tracking_username: str | None = Field(None, validation_alias=AliasChoices("KILN_MLFLOW_TRACKING_USERNAME",
+                                                                                     "MLFLOW_TRACKING_USERNAME"))
+    mlflow_tracking_password: str | None = Field(None, validation_alias=AliasChoices("KILN_MLFLOW_TRACKING_PASSWORD",
+                                                                                     "MLFLOW_TRACKING_PASSWORD"))
     hf_webhook_secret: str | None = None
     hf_source_template: str | None = None  # e.g. s3://models/hf/{repo}/{revision}.zip
     webhook_window_s: int = Field(300, ge=1)
@@ -85,7 +96,8 @@ class Settings(BaseSettings):
     prefect_home: Path | None = Field(None, validation_alias="PREFECT_HOME")
 
     @field_validator("s3_region", "s3_access_key", "s3_secret_key", "s3_block", "prefect_ui_url",
-                     "mlflow_webhook_secret", "mlflow_tracking_uri", "hf_webhook_secret", "hf_source_template",
+                     "mlflow_webhook_secret", "mlflow_tracking_uri", "mlflow_tracking_token",
+                     "mlflow_tracking_username", "mlflow_tracking_password", "hf_webhook_secret", "hf_source_template",
                      "prefect_api_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:

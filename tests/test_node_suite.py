@@ -50,9 +50,8 @@ def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monk
                 internal.append(f"{case[0]}: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
             outcomes["published"] += 1
-            from kiln.artifact.manifest import Manifest
 
-            manifest = Manifest.read(Path(result["artifact"]))
+            manifest = result.manifest
             tvm = next(c for c in manifest.candidates if c.name == "tvm")
             if tvm.metrics and all(m.passed for m in tvm.metrics.values()):
                 tvm_agrees += 1

@@ -17,7 +17,6 @@ from kiln.artifact.manifest import (
     LatencyMs,
     Manifest,
     ModelInfo,
-    OptimizeOptions,
     ProgramInfo,
     RunSettings,
     TuningInfo,
@@ -161,8 +160,8 @@ def manifest() -> Manifest:
                     candidates=[cand], selected="tvm", backend="tvm", settings=cand.settings,
                     speedup_vs_baseline=1.2, tuning=TuningInfo(trials=8, tasks=2, records_added=8, seconds=1.0,
                                                                 database="tuning/", target={"kind": "llvm"}),
-                    options=OptimizeOptions(trials=8, threads=2, candidates=["onnxruntime", "tvm"],
-                                            latency_repeats=10))
+                    request={"program": "/p", "trials": 8, "threads": 2, "candidates": ["onnxruntime", "tvm"],
+                             "latency_repeats": 10})
 
 
 def test_manifest_round_trip_keeps_every_typed_section(tmp_path):
@@ -173,7 +172,7 @@ def test_manifest_round_trip_keeps_every_typed_section(tmp_path):
     assert back.program.file == "program_strict.py" and back.tuning.trials == 8 and back.settings.threads == 2
     raw = json.loads((tmp_path / "manifest.json").read_text())  # the JSON an earlier kiln wrote and reads
     assert raw["program"]["file"] == "program_strict.py" and raw["tuning"]["tasks"] == 2
-    assert raw["settings"]["device"] == "cpu" and raw["options"]["candidates"] == ["onnxruntime", "tvm"]
+    assert raw["settings"]["device"] == "cpu" and raw["request"]["candidates"] == ["onnxruntime", "tvm"]
 
 
 def test_manifest_from_an_earlier_kiln_still_reads(tmp_path):

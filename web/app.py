@@ -13,12 +13,14 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from kiln import registries
 from kiln.artifact.store import ArtifactStore
 from kiln.errors import KilnError
 from kiln.optimize import candidates as registry
 from kiln.optimize.request import OptimizeRequest
+from kiln.program import sources
 from kiln.program.naming import clean_name, parse_shapes
-from web import security, uploads, webhooks
+from web import security, uploads
 from web.deliveries import Deliveries
 from web.prefect_runs import PrefectUnavailable, Runs
 from web.settings import WebSettings
@@ -156,21 +158,33 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             by_name.setdefault(manifest.name, []).append(manifest)
         return page(request, "models.html", models=by_name, store=settings.store)
 
-    async def deliver(request: Request, parse) -> JSONResponse:
-        """Verify and parse with `parse(headers, body)`, then start (or find) the run for its key."""
+    @app.post("/webhooks/{registry_name}")
+    async def webhook(registry_name: str, request: Request) -> JSONResponse:
+        """A model registry's delivery (kiln.registries): verified and read by that registry, then the run for
+        its key is started, or found."""
+        registry = registries.get(registry_name)
+        if registry is None:
+            return JSONResponse({"status": "rejected", "detail": f"no registry {registry_name!r} (known: "
+                                                                 f"{', '.join(registries.REGISTRIES)})"}, 404)
         try:
-            trigger = parse({k.lower(): v for k, v in request.headers.items()}, await request.body())
-        except webhooks.Rejected as exc:
+            trigger = registry.delivery({k.lower(): v for k, v in request.headers.items()}, await request.body(),
+                                        settings.kiln)
+        except registries.Rejected as exc:
             return JSONResponse({"status": "rejected", "detail": exc.message}, exc.status)
         if trigger is None:
             return JSONResponse({"status": "ignored", "reason": "not an event kiln acts on"}, 200)
+        if not sources.is_location(trigger.source):
+            return JSONResponse({"status": "rejected", "detail": (
+                f"{registry.name}: the model version's source {trigger.source!r} is not a local path or a URI kiln "
+                f"resolves ({', '.join(sources.schemes())}) of a program folder, archive or .onnx file")}, 422)
         accepted = {"status": "accepted", "key": trigger.key}
         if (known := deliveries.known(trigger.key)) is not None:  # a retried delivery: no Prefect call
             return JSONResponse({**accepted, "flow_run_id": known}, 202)
+        report_to = {"registry": registry.name, "name": trigger.model, "version": trigger.version} \
+            if registry.tags_versions else None
         try:
-            run = OptimizeRequest.of(**settings.webhook_parameters, program=trigger.source,
-                                     name=clean_name(trigger.model),
-                                     **({"report_to": trigger.report_to} if trigger.report_to else {}))
+            run = OptimizeRequest.of(**settings.kiln.webhook_parameters, program=trigger.source,
+                                     name=clean_name(trigger.model), report_to=report_to)
         except KilnError as exc:  # KILN_WEBHOOK_PARAMETERS was checked at start-up; the source may be wrong
             return JSONResponse({"status": "rejected", "detail": exc.render()}, 422)
 
@@ -187,16 +201,6 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         if created:
             log.info("webhook %s: flow run %s (%s)", trigger.key, flow_run_id, trigger.event)
         return JSONResponse({**accepted, "flow_run_id": flow_run_id}, 202)
-
-    @app.post("/webhooks/mlflow")
-    async def mlflow_webhook(request: Request) -> JSONResponse:
-        return await deliver(request, lambda headers, body: webhooks.mlflow(
-            headers, body, settings.mlflow_secret, settings.webhook_window_s))
-
-    @app.post("/webhooks/huggingface")
-    async def hf_webhook(request: Request) -> JSONResponse:
-        return await deliver(request, lambda headers, body: webhooks.huggingface(
-            headers, body, settings.hf_secret, settings.hf_source_template))
 
     return app
 

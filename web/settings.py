@@ -1,4 +1,4 @@
-"""The web service's settings: the part of kiln's Settings it uses (what `kiln up` sets)."""
+"""The web service's settings: kiln's Settings (what `kiln up` sets), and what the web derives from them."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ from kiln.config import ConfigError, Settings, settings
 
 
 class WebSettings(BaseModel):
+    kiln: Settings  # secrets, webhook window and parameters, upload limit: read there, by the registries too
     token: str
-    prefect_api: str = "http://127.0.0.1:4200/api"
-    prefect_ui: str = "http://127.0.0.1:4200"
-    deployment: str = "optimize/optimize"
-    uploads: Path
-    store: Path
-    max_upload_mb: float = 256.0
-    mlflow_secret: str | None = None
-    hf_secret: str | None = None
-    hf_source_template: str | None = None  # e.g. s3://models/hf/{repo}/{revision}.zip
-    webhook_window_s: int = 300
-    webhook_parameters: dict = {}  # optimize parameters for webhook-started runs (e.g. upload, image, trials)
+    prefect_api: str
+    prefect_ui: str
 
     @field_validator("token")
     @classmethod
@@ -31,26 +23,38 @@ class WebSettings(BaseModel):
                               hint="`kiln up` makes one and prints it")
         return value
 
-    @field_validator("webhook_parameters")
+    @field_validator("kiln")
     @classmethod
-    def _optimize_fields(cls, value: dict) -> dict:
-        """Webhook runs would all fail on a typo here: check it once, at start-up."""
+    def _webhook_parameters(cls, value: Settings) -> Settings:
+        """Webhook runs would all fail on a typo in KILN_WEBHOOK_PARAMETERS: check it once, at start-up."""
         from kiln.optimize.request import OptimizeRequest
 
         try:
-            OptimizeRequest.of(program="-", **value)
+            OptimizeRequest.of(program="-", **value.webhook_parameters)
         except Exception as exc:
             raise ConfigError(f"KILN_WEBHOOK_PARAMETERS: {getattr(exc, 'message', exc)}",
                               hint=getattr(exc, "hint", None)) from None
         return value
 
+    @property
+    def deployment(self) -> str:
+        return self.kiln.optimize_deployment
+
+    @property
+    def uploads(self) -> Path:
+        return self.kiln.home_dir / "uploads"
+
+    @property
+    def store(self) -> Path:
+        return self.kiln.store_dir
+
+    @property
+    def max_upload_mb(self) -> float:
+        return self.kiln.web_max_upload_mb
+
     @classmethod
     def of(cls, cfg: Settings | None = None, token: str | None = None) -> WebSettings:
         cfg = cfg or settings()
-        api = (cfg.prefect_api_url or "http://127.0.0.1:4200/api").rstrip("/")
-        return cls(token=cfg.web_token if token is None else token, prefect_api=api,
-                   prefect_ui=cfg.prefect_ui_url or api.removesuffix("/api"), deployment=cfg.optimize_deployment,
-                   uploads=cfg.home_dir / "uploads", store=cfg.store_dir, max_upload_mb=cfg.web_max_upload_mb,
-                   mlflow_secret=cfg.mlflow_webhook_secret, hf_secret=cfg.hf_webhook_secret,
-                   hf_source_template=cfg.hf_source_template, webhook_window_s=cfg.webhook_window_s,
-                   webhook_parameters=cfg.webhook_parameters)
+        api = (cfg.prefect_api_url or f"http://{cfg.host}:{cfg.prefect_port}/api").rstrip("/")
+        return cls(kiln=cfg, token=cfg.web_token if token is None else token, prefect_api=api,
+                   prefect_ui=cfg.prefect_ui_url or api.removesuffix("/api"))

@@ -18,6 +18,7 @@ from kiln.errors import ArtifactError
 
 SCHEMA_VERSION = 1
 BASELINE = "onnxruntime"  # the unoptimized model in onnxruntime: what every speed-up is measured against
+INCUMBENT = "current"  # the version in service, when a run measures it beside the challengers
 
 
 class LatencyMs(BaseModel):
@@ -183,17 +184,6 @@ class ProtocolInfo(BaseModel):
     v2_service: str = V2_SERVICE_NAME
 
 
-class OptimizeOptions(BaseModel):
-    """The options the run was given, so a re-optimization can repeat them."""
-
-    trials: int
-    max_trials_per_task: int | None = None
-    tune_time: float | None = None  # seconds
-    threads: int
-    candidates: list[str]
-    latency_repeats: int
-
-
 class Upload(BaseModel):
     uri: str
     at: str
@@ -231,7 +221,7 @@ class Manifest(BaseModel):
     confirmation: Confirmation | None = None
     tuning: TuningInfo | None = None
     protocol: ProtocolInfo | None = None
-    options: OptimizeOptions | None = None
+    request: dict[str, Any] = Field(default_factory=dict)  # what the run was asked (OptimizeRequest), to repeat it
     files: dict[str, str] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     # where it was shipped: recorded after publishing; not part of the artifact's hash

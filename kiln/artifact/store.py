@@ -77,6 +77,10 @@ class ArtifactStore:
                 continue
         return sorted(out, key=lambda fm: (fm[1].name, fm[1].version or 0, fm[1].created_at))
 
+    def folder(self, manifest: Manifest) -> Path:
+        """Where a published manifest's artifact lives in this store."""
+        return self.root / manifest.name / manifest.id
+
     def newest(self, name: str) -> Path | None:
         """The folder of `name`'s newest readable version, or None."""
         versions = [folder for folder, m in self.manifests() if m.name == name]

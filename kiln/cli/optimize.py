@@ -15,14 +15,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.artifact.manifest import Manifest
+from kiln.artifact.outcome import OptimizeOutcome
 from kiln.artifact.remote import S3Settings
 from kiln.cli.app import app, candidate_table, err, fail, wide
+from kiln.cli.stopping import supervise
 from kiln.config import Settings, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
+from kiln.optimize.defaults import MIN_GAIN, TARGETS
 from kiln.optimize.request import parse_duration
-from kiln.program.sources import MLFLOW_SCHEMES, REMOTE_SCHEMES
+from kiln.program import sources
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -62,7 +64,7 @@ def optimize(
     tune_time: str | None = typer.Option(None, help="wall-clock tuning budget beside --trials, e.g. 20m or 2h "
                                                     "(whichever is spent first ends the search)"),
     max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task [default: none]"),
-    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    target: str = typer.Option(TARGETS[0], help="llvm (this CPU) or cuda"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
     candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: "
@@ -96,7 +98,7 @@ def optimize(
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, name=name, ranges=range_ or None,
                                      data=_local(data))
-        if not program.startswith(REMOTE_SCHEMES + MLFLOW_SCHEMES) and not Path(program).expanduser().exists():
+        if not program.startswith(sources.schemes()) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
         if upload and not cfg.s3_block:  # a Prefect block is read by the flow itself
@@ -104,6 +106,7 @@ def optimize(
         _check_prefect_api(cfg.prefect_api_url)
     except KilnError as exc:
         fail(exc)
+    supervise(after="; nothing was published")
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from flows.optimize import optimize as optimize_flow
@@ -144,10 +147,10 @@ def optimize(
         raise typer.Exit(3) from None
     finally:
         unsubscribe()
-    if not result.get("published", True):
+    if not result.published:
         _kept(result, as_json)
         return
-    manifest = Manifest.read(Path(result["artifact"]))
+    manifest = result.manifest
     if as_json:
         sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         return
@@ -156,33 +159,30 @@ def optimize(
     how = manifest.confirmation.describe() if manifest.confirmation else \
         f"{manifest.speedup_vs_baseline:.2f}x onnxruntime's speed, timed in interleaved rounds"
     out.print(f"published [bold]{manifest.selected}[/]: {how}", highlight=False, soft_wrap=True)
-    out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
-    for key in ("upload", "image"):
-        if result.get(key):
-            out.print(f"{key}: {result[key]}", highlight=False, soft_wrap=True)
+    out.print(f"artifact: {result.artifact}", highlight=False, soft_wrap=True)
+    for key, value in (("upload", result.upload), ("image", result.image)):
+        if value:
+            out.print(f"{key}: {value}", highlight=False, soft_wrap=True)
 
 
 def _local(path: str | None) -> str | None:
     """A local path as an absolute one (the flow may run in another folder); URIs as they are."""
-    if not path or path.startswith(REMOTE_SCHEMES + MLFLOW_SCHEMES):
+    if not path or path.startswith(sources.schemes()):
         return path
     return str(Path(path).expanduser().resolve())
 
 
-def _kept(result: dict, as_json: bool) -> None:
+def _kept(outcome: OptimizeOutcome, as_json: bool) -> None:
     """The version in service stayed: show this run's table and why nothing new was published."""
-    from kiln.artifact.manifest import CandidateResult
-
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(outcome.model_dump_json(indent=2, exclude={"manifest"}) + "\n")
         return
     out = wide()
-    candidates = [CandidateResult.model_validate(c) for c in result.get("candidates", [])]
-    if candidates:
-        out.print(candidate_table(name=result.get("name", ""), candidates=candidates, selected=result["selected"]))
-    out.print(f"nothing new published: {result.get('message', 'the current version is still the fastest')}",
+    if outcome.candidates:
+        out.print(candidate_table(name=outcome.name, candidates=outcome.candidates, selected=outcome.selected))
+    out.print(f"nothing new published: {outcome.message or 'the current version is still the fastest'}",
               highlight=False, soft_wrap=True)
-    out.print(f"artifact: {result['artifact']}", highlight=False, soft_wrap=True)
+    out.print(f"artifact: {outcome.artifact}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -191,19 +191,21 @@ def reoptimize(
     tune_time: str | None = typer.Option(None, help="wall-clock tuning budget per model, e.g. 20m or 2h"),
     model: list[str] = typer.Option([], "--model", help="only this model (repeatable) [default: every model]"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
-    min_gain: float = typer.Option(0.02, min=0.0, max=0.9, help="how much faster a new version must be (fraction)"),
-    target: str = typer.Option("llvm", help="llvm (this CPU) or cuda"),
+    min_gain: float = typer.Option(MIN_GAIN, min=0.0, max=0.9, help="how much faster a new version must be "
+                                                                     "(fraction)"),
+    target: str = typer.Option(TARGETS[0], help="llvm (this CPU) or cuda"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
 ) -> None:
     """Continue tuning stored models; publish a new version only where it is faster than the current one."""
     try:
         cfg = _prepare_prefect()
-        if target not in ("llvm", "cuda"):
+        if target not in TARGETS:
             raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
         seconds = parse_duration(tune_time) if tune_time else None
         _check_prefect_api(cfg.prefect_api_url)
     except KilnError as exc:
         fail(exc)
+    supervise()
     from flows.reoptimize import reoptimize as reoptimize_flow
 
     _quiet_prefect(verbose)
@@ -236,10 +238,17 @@ class Interrupted(BaseException):
 @contextlib.contextmanager
 def _stopped_by_signals() -> Iterator[None]:
     """While a run is under way, SIGTERM and SIGINT kill its child processes at once and end it within
-    seconds; the handlers are restored afterwards."""
+    seconds; the handlers are restored afterwards. Only the first signal counts: Ctrl-C reaches this process
+    twice, from the terminal and passed on by the supervising parent (kiln.cli.stopping), which also kills
+    everything left if this orderly stop takes longer than its grace."""
     from kiln.optimize.isolation import terminate_children
 
+    stopping: list[int] = []
+
     def stop(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
         terminate_children()
         raise Interrupted(signum)
 

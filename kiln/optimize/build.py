@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kiln.config import settings
 from kiln.optimize import candidates as registry
+from kiln.optimize.evaluate import incumbent as incumbent_candidate
 from kiln.optimize.feeds import load_calibration
 from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel, ReferenceData
@@ -34,7 +35,9 @@ def build_one(name: str, context: registry.BuildContext, calibration_path: str |
 
 
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],
-                     log: logging.Logger | logging.LoggerAdapter = _log) -> list[BuiltCandidate]:
+                     log: logging.Logger | logging.LoggerAdapter = _log, incumbent: str | None = None
+                     ) -> list[BuiltCandidate]:
+    """The `names` (the baseline first), and the `incumbent` artifact's module beside them when there is one."""
     cfg = settings()
     out = []
     for name in names:
@@ -81,4 +84,6 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
                      ", ".join(attempt.settings.kept_fp32[:8]), attempt.settings.calibration_check)
         if not is_baseline:
             log.info("%s built in %.1f s", name, seconds)
+        if is_baseline and incumbent:  # measured again beside the challengers: it is the one to beat
+            out.append(incumbent_candidate(incumbent))
     return out

@@ -32,6 +32,7 @@ from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
 from kiln.optimize.inspect import describe_unsupported
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
+from kiln.optimize.plan import Plan
 
 RESULT = "result.json"
 _log = logging.getLogger("kiln.optimize")
@@ -88,12 +89,18 @@ def cache_dir(key: str) -> Path:
     return kiln_home() / "cache" / "tvm" / key
 
 
-def cached_build(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                 continue_from: str | None = None, tune_seconds: float | None = None, name: str = "tvm") -> Path | None:
-    """The cache folder of a finished build of exactly these inputs, or None (the database is seeded first,
-    since the key of a continued search depends on it)."""
-    seed_database(prepared, target, continue_from)
-    folder = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds, name))
+def build_folder(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path:
+    """Where the build of `name` for this plan lives: the one cache key, used by the stage and by Prefect's task
+    cache alike. The database is seeded first, since the key of a continued search depends on it."""
+    r = plan.request
+    seed_database(prepared, r.target, plan.tuning_from)
+    return cache_dir(compile_key(prepared, r.target, r.trials, r.max_trials_per_task, plan.tuning_from, r.tune_time,
+                                 name))
+
+
+def cached_build(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path | None:
+    """The cache folder of a finished build of exactly these inputs, or None."""
+    folder = build_folder(prepared, plan, name)
     return folder if (folder / RESULT).is_file() else None
 
 
@@ -113,24 +120,21 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
                              start_us=round(k.start_us, 3) if k.start_us is not None else None) for k in t.tasks])
 
 
-def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = "llvm", trials: int = 64,
-                max_trials_per_task: int | None = None, continue_from: str | None = None,
+def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
                 log: logging.Logger | logging.LoggerAdapter = _log,
-                on_progress: Callable[[Progress], None] | None = None,
-                tune_seconds: float | None = None, name: str = "tvm") -> BuiltCandidate:
-    """Tune and build a compile-stage candidate (`name`: tvm, tvm-fast-math), or return the cached build of the
-    same inputs.
-
-    continue_from: an artifact's tuning/ folder, the search to continue where this machine has none.
-    tune_seconds: a wall-clock budget beside `trials` (whichever is spent first ends the search). A build
-    that fails is returned with its reason (the run goes on with the other candidates)."""
+                on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+    """Tune and build a compile-stage candidate (`name`: tvm, tvm-fast-math) within the plan's budget (trials,
+    and a wall-clock tune_time beside them: whichever is spent first ends the search), continuing from the
+    incumbent's saved database where this machine has none; or return the cached build of the same inputs. A
+    build that fails is returned with its reason (the run goes on with the other candidates)."""
     if checked.unsupported_ops:
         return BuiltCandidate(name=name, backend="tvm",
                               error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
-    records = seed_database(prepared, target, continue_from)
-    if continue_from:
-        log.info("continuing the search from %d tuning records", records)
-    cache = cache_dir(compile_key(prepared, target, trials, max_trials_per_task, continue_from, tune_seconds, name))
+    r = plan.request
+    target, trials, tune_seconds = r.target, r.trials, r.tune_time
+    cache = build_folder(prepared, plan, name)
+    if plan.tuning_from:
+        log.info("continuing the search from %d tuning records", count_records(tuning_dir(prepared, target)))
     if (cache / RESULT).is_file():
         built = BuiltCandidate.model_validate_json((cache / RESULT).read_text())
         if built.path and Path(built.path).is_file():
@@ -138,7 +142,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, target: str = 
             return built.model_copy(update={"cached": True})
     db_dir = tuning_dir(prepared, target)
     s = settings()
-    limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=max_trials_per_task,
+    limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=r.max_trials_per_task,
                     builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s,
                     prepack=s.tvm_prepack)
     log.info("tuning with %d trials%s for target %s; database %s", trials,

@@ -7,6 +7,8 @@ running through several evaluation inputs (kiln.optimize.defaults.CONFIRM_INPUTS
 the artifact claims that speed-up; if it is not beyond the noise and by min_gain, nothing is published. The
 winner's accuracy is measured on the held-out samples (kiln.optimize.reference.split_held_out), which neither
 the accuracy-aware fallback nor the gate saw; outside a range there, nothing is published either.
+
+`choose` is the one decision of what ships: the gate, then this confirmation.
 """
 
 from __future__ import annotations
@@ -16,19 +18,55 @@ import os
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
 
 from kiln.artifact.manifest import BASELINE, CandidateResult, Confirmation, LatencyMs
 from kiln.config import settings
+from kiln.errors import GateError
+from kiln.optimize import gate, report
 from kiln.optimize.defaults import CONFIRM_INPUTS, CONFIRM_SECONDS, LATENCY_REPEATS
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.noise import speedup
+from kiln.optimize.plan import Plan
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.runtime.latency import interleaved
 from kiln.runtime.runners import open_runner
 
 _log = logging.getLogger("kiln.optimize")
+
+
+class Choice(BaseModel):
+    """What ships: the confirmed winner, or the incumbent kept (`kept`, with the message that says why)."""
+
+    selected: CandidateResult
+    confirmation: Confirmation | None = None  # None: the baseline or the incumbent, nothing to confirm
+    kept: bool = False
+    message: str | None = None
+
+
+def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, plan: Plan,
+           log: logging.Logger | logging.LoggerAdapter = _log) -> Choice:
+    """The gate's pick, confirmed; GateError (with the table) when nothing may ship."""
+    incumbent, min_gain = plan.incumbent_name, plan.request.min_gain
+    selected = gate.choose(evaluation.candidates, incumbent, min_gain)
+    confirmation = None
+    if selected.name not in (BASELINE, incumbent):
+        confirmation = confirm(checked, ref, evaluation, selected, incumbent, log)
+        problem = verdict(confirmation, selected.name, min_gain, incumbent)
+        if problem and incumbent and confirmation.held_out_passed is not False:
+            selected = next(c for c in evaluation.candidates if c.name == incumbent)
+            selected.reasons.append(problem)
+        elif problem:
+            raise GateError(f"{problem}; nothing was published", report.text(evaluation.candidates),
+                            hint="a speed-up inside the noise is not one (re-run on a quieter machine); a range "
+                                 "missed on held-out samples means the accuracy did not carry over")
+    if selected.name == incumbent:
+        return Choice(selected=selected, kept=True,
+                      message=f"the current version ({plan.incumbent}) is still the fastest inside every range; no "
+                              f"candidate beat it beyond the noise and by {min_gain:.0%}")
+    return Choice(selected=selected, confirmation=confirmation)
 
 
 def spread(count: int, wanted: int = CONFIRM_INPUTS) -> list[int]:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.artifact.manifest import CandidateResult, LatencyMs, Manifest, RunSettings
+from kiln.artifact.manifest import INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.errors import ModelError
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
@@ -17,7 +17,7 @@ from kiln.optimize.scoring import compute_metrics, score
 from kiln.runtime.latency import interleaved
 from kiln.runtime.runners import open_runner
 
-INCUMBENT = "current"  # the version in service, when a re-optimization measures it beside the challengers
+__all__ = ["INCUMBENT", "evaluate", "incumbent"]
 _log = logging.getLogger("kiln.optimize")
 
 

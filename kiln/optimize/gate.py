@@ -12,9 +12,8 @@ from kiln.artifact.manifest import BASELINE, CandidateResult
 from kiln.cpu import u8s8_exact
 from kiln.errors import GateError
 from kiln.optimize import report
+from kiln.optimize.defaults import MIN_GAIN
 from kiln.optimize.noise import speedup
-
-MIN_GAIN = 0.02  # a new candidate must be at least this much faster (a fraction of latency) to ship
 
 
 def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | None, min_gain: float) -> None:

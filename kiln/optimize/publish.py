@@ -12,11 +12,8 @@ from pathlib import Path
 from kiln.artifact import layout
 from kiln.artifact.manifest import (
     BASELINE,
-    CandidateResult,
-    Confirmation,
     Manifest,
     ModelInfo,
-    OptimizeOptions,
     ProgramInfo,
     TuningInfo,
     speedup,
@@ -25,7 +22,9 @@ from kiln.artifact.manifest import (
 from kiln.artifact.store import ArtifactStore
 from kiln.compiler import DB_FILES
 from kiln.fs import file_sha256
+from kiln.optimize.confirm import Choice
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
+from kiln.optimize.plan import Plan
 from kiln.optimize.protocol import generate as generate_protocol
 from kiln.optimize.report import markdown as report_markdown
 from kiln.optimize.report import svg_plot, tuning_markdown
@@ -69,9 +68,10 @@ def _copy_tuning(evaluation: Evaluation, folder: Path) -> TuningInfo | None:
     return None
 
 
-def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, selected: CandidateResult,
-            target: str, store: str | None, options: OptimizeOptions, confirmation: Confirmation | None = None,
-            log: logging.Logger | logging.LoggerAdapter = _log) -> str:
+def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, choice: Choice, plan: Plan,
+            log: logging.Logger | logging.LoggerAdapter = _log) -> Manifest:
+    """The chosen candidate as a new version in the plan's store; its manifest (ArtifactStore.folder finds it)."""
+    selected, confirmation, target = choice.selected, choice.confirmation, plan.request.target
     built = next(b for b in evaluation.built if b.name == selected.name)
     if confirmation is not None:  # timed again after the choice: the selection rounds' best ratio is biased
         gain = confirmation.speedup.value
@@ -104,8 +104,8 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
             selected=selected.name, backend=selected.backend, settings=selected.settings,
             speedup_vs_baseline=round(gain, 4), confirmation=confirmation, tuning=tuning, protocol=protocol,
-            options=options, versions=versions())
+            request=plan.recorded(), versions=versions())
 
-    final = ArtifactStore(store).publish(fill)
+    final = ArtifactStore(plan.request.store).publish(fill)
     log.info("published %s (%s, %.2fx vs onnxruntime)", final, selected.name, gain)
-    return str(final)
+    return Manifest.read(final)

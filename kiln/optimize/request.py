@@ -8,11 +8,12 @@ with the same message wherever it came from.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import KilnError
+from kiln.optimize.defaults import LATENCY_REPEATS, MIN_GAIN, TARGETS
 from kiln.program.naming import parse_shapes
 
 
@@ -41,9 +42,19 @@ class RegistryVersion(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    registry: Literal["mlflow"] = "mlflow"
+    registry: str = "mlflow"
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
+
+    @field_validator("registry")
+    @classmethod
+    def _taggable(cls, value: str) -> str:
+        from kiln import registries
+
+        if value not in registries.taggable():
+            raise RequestError(f"registry {value!r} takes no tags on its versions",
+                               hint=f"report_to.registry must be one of {registries.taggable()}")
+        return value
 
 
 class OptimizeRequest(BaseModel):
@@ -51,7 +62,7 @@ class OptimizeRequest(BaseModel):
 
     program: str = Field(description="a program folder, a .zip/.tar.gz of one, or a bare .onnx file: a path on "
                                      "the worker, a file:// URI, an s3:// URI (KILN_S3_* settings on the worker), "
-                                     "or an MLflow models:/, runs:/ or mlflow-artifacts:/ URI "
+                                     "or a model registry's URI: MLflow's models:/, runs:/ or mlflow-artifacts:/ "
                                      "(KILN_MLFLOW_TRACKING_URI on the worker)")
     shapes: dict[str, list[int]] | None = Field(
         None, description='concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}')
@@ -63,20 +74,20 @@ class OptimizeRequest(BaseModel):
                                                                     "spends trials where the latency is)")
     tune_time: float | None = Field(None, gt=0, description="wall-clock tuning budget beside `trials`, in seconds or "
                                                            "as 90s / 20m / 2h: no new trial starts once it is spent")
-    target: str = Field("llvm", description="llvm (this CPU) or cuda")
+    target: str = Field(TARGETS[0], description="llvm (this CPU) or cuda")
     candidates: list[str] | None = Field(None, description="candidates to build; the onnxruntime baseline is "
                                                            "always measured (default: kiln's default set)")
     threads: int | None = Field(None, ge=1, description="threads for every backend while measuring (default: all "
                                                         "cores)")
     store: str | None = Field(None, description="artifact store folder (default: KILN_STORE or ~/.kiln/store)")
-    latency_repeats: int = Field(200, ge=1, description="timed calls per candidate")
+    latency_repeats: int = Field(LATENCY_REPEATS, ge=1, description="timed calls per candidate")
     upload: str | None = Field(None, description="s3://BUCKET/PREFIX to upload the artifact to (KILN_S3_* settings "
                                                  "or the kiln-s3 block on the worker)")
     image: str | None = Field(None, description="REGISTRY/NAME[:TAG] to build the model's runtime image as and push "
                                                 "to (DOCKER_HOST on the worker)")
     incumbent: str | None = Field(None, description="the artifact now in service (set by reoptimize): tuning "
                                                     "continues from its database and it must be beaten by min_gain")
-    min_gain: float = Field(0.02, ge=0.0, le=0.9, description="how much faster (a fraction), beyond the noise of "
+    min_gain: float = Field(MIN_GAIN, ge=0.0, le=0.9, description="how much faster (a fraction), beyond the noise of "
                                                               "the measurement, a candidate must be than the "
                                                               "baseline and the incumbent to replace them")
     compare_with_current: bool = Field(True, description="gate against the newest version of the same name in the "
@@ -148,7 +159,7 @@ class OptimizeRequest(BaseModel):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        if value not in ("llvm", "cuda"):
+        if value not in TARGETS:
             raise RequestError(f"unknown target {value!r}", hint="use --target llvm or --target cuda")
         return value
 

@@ -1,5 +1,5 @@
-"""Where a program comes from: a local path, a file:// URI, an s3:// URI or an MLflow model (models:/, runs:/,
-mlflow-artifacts:/) fetched into KILN_HOME."""
+"""Where a program comes from: a local path, a file:// URI, an s3:// URI, or a model registry's URI (MLflow's
+models:/, runs:/, mlflow-artifacts:/; kiln.registries) fetched into KILN_HOME."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ from kiln.errors import ProgramError, StorageError
 from kiln.program.archive import is_archive
 
 REMOTE_SCHEMES = ("s3://", "file://")
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def schemes() -> tuple[str, ...]:
+    """Every URI scheme a program location may have (a plain path aside)."""
+    from kiln import registries
+
+    return REMOTE_SCHEMES + registries.source_schemes()
+
+
+def is_location(source: object) -> bool:
+    """A local path (absolute), or a URI of a scheme kiln resolves: what a webhook's source may be."""
+    return isinstance(source, str) and (source.startswith("/") or source.startswith(schemes()))
 
 
 def localize(location: str) -> str:
@@ -23,21 +34,11 @@ def localize(location: str) -> str:
         return unquote(parsed.path)
     if location.startswith("s3://"):
         return str(fetch_s3_program(location, kiln_home() / "programs" / "s3"))
-    if location.startswith(MLFLOW_SCHEMES):
-        return str(fetch_mlflow_program(location, kiln_home() / "programs" / "mlflow"))
+    from kiln import registries
+
+    if registry := registries.for_source(location):
+        return str(registry.resolve(location, kiln_home() / "programs" / registry.name, fetch_s3_program))
     return location
-
-
-def fetch_mlflow_program(source: str, dest_root: Path) -> Path:
-    """An MLflow model version, logged model, run artifact or artifact folder, fetched through the tracking
-    server (KILN_MLFLOW_TRACKING_URI): the kiln program it holds, else its ONNX model as a bare-model program."""
-    from kiln.registries.mlflow import Mlflow, program_in
-
-    with Mlflow() as server:
-        location = server.artifact_uri(source)
-        if location.startswith("s3://"):  # a server that hands out its store's URIs instead of serving them
-            return program_in(fetch_s3_program(location.rstrip("/"), dest_root))
-        return program_in(server.download(location, source, dest_root))
 
 
 def fetch_s3_program(uri: str, dest_root: Path) -> Path:

@@ -3,11 +3,18 @@ checked. The serving runtime uses this to run the mapping code, so it imports no
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import importlib.util
+import signal
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
+from kiln.config import env_name, settings
 from kiln.errors import ProgramError
 from kiln.fs import json_sha256
 from kiln.program.datasets import Dataset
@@ -24,15 +31,23 @@ def import_program(root: Path, program_file: str = PROGRAM_FILE) -> ModelProgram
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(root))
+    limit = settings().program_import_timeout_s
     try:
-        spec.loader.exec_module(module)
+        with _time_limit(limit):
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise ProgramError(f"syntax error: {exc.msg}", where=f"{exc.filename or file}:{exc.lineno}",
                            hint=(exc.text or "").strip() or None) from None
+    except _ImportTimeout as exc:
+        raise ProgramError(f"importing {program_file} did not finish within {limit:g} s "
+                           f"({env_name('program_import_timeout_s')})", where=_where(exc, file),
+                           hint=f"{program_file} should only define its ModelProgram when imported: move slow work "
+                                "(loading data, downloads, training) into a Dataset loader, which "
+                                f"{env_name('program_timeout_s')} limits; or raise "
+                                f"{env_name('program_import_timeout_s')} if its imports really take this long") \
+            from None
     except Exception as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
-        where = f"{file}:{frames[-1].lineno}" if frames else str(file)
-        raise ProgramError(f"importing the program raised {_describe(exc)}", where=where) from None
+        raise ProgramError(f"importing the program raised {_describe(exc)}", where=_where(exc, file)) from None
     finally:
         sys.path.remove(str(root))
         for name, mod in list(sys.modules.items()):  # helpers imported from root must not leak into the next program
@@ -51,6 +66,56 @@ def import_program(root: Path, program_file: str = PROGRAM_FILE) -> ModelProgram
     except Exception as exc:
         raise ProgramError(f"creating {classes[0].__name__}() raised {type(exc).__name__}: {exc}",
                            where=str(file)) from None
+
+
+class _ImportTimeout(BaseException):
+    """Raised into program.py when its import runs out of time; a BaseException, so that the program's own
+    `except Exception:` cannot swallow it."""
+
+
+BACKSTOP_S = 15.0  # after the limit: time for the alarm's exception to unwind before the process is ended
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Stop the block after `seconds` (SIGALRM raises _ImportTimeout where it is), so a program.py that loops at
+    import fails in a minute with its own message instead of using up the whole KILN_PROGRAM_TIMEOUT_S.
+
+    User code runs in a child process's main thread (kiln.optimize.isolation), where signals can be used; in any
+    other thread, or under an outer alarm that comes sooner (pytest-timeout's), the block runs unlimited here.
+    Code that never returns to Python (a C loop holding the GIL) or swallows BaseException is ended by
+    faulthandler's watchdog thread BACKSTOP_S later: it shows where it was stuck and exits the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_delay, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if outer_delay and outer_delay <= seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _ImportTimeout()
+
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    with contextlib.suppress(ValueError, OSError):  # fd 2 is what a process's stderr is, whatever sys.stderr is
+        faulthandler.dump_traceback_later(seconds + BACKSTOP_S, exit=True, file=2)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # give the outer alarm back what is left of it
+            left = max(outer_delay - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
+
+
+def _where(exc: BaseException, file: Path) -> str:
+    """`file:line` of the program's innermost frame in the traceback (where it raised, or where it was stopped)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
+    return f"{file}:{frames[-1].lineno}" if frames else str(file)
 
 
 def _describe(exc: Exception) -> str:

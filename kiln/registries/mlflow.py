@@ -1,24 +1,38 @@
-"""MLflow's model registry, both ways, through its REST API: where a model version's files are, and tags on it.
+"""MLflow's model registry, both ways, through its REST API: where a model version's files are, tags on it, and
+its signed webhook deliveries.
 
 MLflow 3 gives a model logged with `mlflow.onnx.log_model(..., registered_model_name=N)` a version whose source
 is `models:/m-<id>` (a logged model, not a run), and its `model_version.created` webhook carries that source with
 no run id. The files live under `mlflow-artifacts:/...`, served by the tracking server itself
 (`mlflow server --serve-artifacts`), so everything here goes through the one URL in KILN_MLFLOW_TRACKING_URI
 (or MLflow's own MLFLOW_TRACKING_URI), authenticated as MLflow's clients are (MLFLOW_TRACKING_TOKEN, or
-MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD). httpx, not the mlflow package: kiln needs a handful of calls.
+MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD; all read by kiln.config). httpx, not the mlflow package:
+kiln needs a handful of calls.
+
+MLflow signs "{delivery_id}.{timestamp}.{body}" with HMAC-SHA256 (header `X-MLflow-Signature: v1,<base64>`,
+`X-MLflow-Delivery-Id`, `X-MLflow-Timestamp` in Unix seconds); a delivery outside the time window is refused,
+so a captured one cannot be replayed later.
 """
 
 from __future__ import annotations
 
-import os
+import base64
+import hashlib
+import hmac
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 from kiln.errors import ProgramError, ServiceError
+from kiln.registries.base import Registry, Rejected, Trigger, json_object
 from kiln.retry import with_retries
+
+if TYPE_CHECKING:
+    from kiln.config import Settings
 
 TIMEOUT_S = 60.0
 
@@ -30,7 +44,7 @@ class RegistryError(ServiceError):
 def tracking_uri() -> str:
     from kiln.config import settings
 
-    uri = settings().mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = settings().mlflow_tracking_uri or ""
     if not uri.startswith(("http://", "https://")):
         raise ProgramError("an MLflow source needs the MLflow server it lives on",
                            hint="set KILN_MLFLOW_TRACKING_URI (e.g. http://mlflow:5000) where the flow runs")
@@ -43,13 +57,16 @@ class Mlflow:
     def __init__(self, uri: str | None = None):
         import httpx
 
+        from kiln.config import settings
+
+        cfg = settings()
         self.uri = (uri or tracking_uri()).rstrip("/")
         headers = {}
         auth = None
-        if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-            headers["Authorization"] = f"Bearer {token}"
-        elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
-            auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        if cfg.mlflow_tracking_token:
+            headers["Authorization"] = f"Bearer {cfg.mlflow_tracking_token}"
+        elif cfg.mlflow_tracking_username:
+            auth = (cfg.mlflow_tracking_username, cfg.mlflow_tracking_password or "")
         self.http = httpx.Client(base_url=self.uri, headers=headers, auth=auth, timeout=TIMEOUT_S,
                                  follow_redirects=True)
 
@@ -213,24 +230,51 @@ def program_in(folder: Path) -> Path:
     return next((m for m in models if m.name == "model.onnx"), models[0])
 
 
-TAG_LIMIT = 4000  # MLflow keeps tag values up to 5000 characters
+class MlflowRegistry(Registry):
+    name = "mlflow"
+    schemes = ("models:/", "runs:/", "mlflow-artifacts:/")
+    tags_versions = True
 
+    def resolve(self, source: str, dest_root: Path, fetch_other: Callable[[str, Path], Path]) -> Path:
+        """An MLflow model version, logged model, run artifact or artifact folder, fetched through the tracking
+        server: the kiln program it holds, else its ONNX model as a bare-model program."""
+        with Mlflow() as server:
+            location = server.artifact_uri(source)
+            if location.startswith("s3://"):  # a server that hands out its store's URIs instead of serving them
+                return program_in(fetch_other(location.rstrip("/"), dest_root))
+            return program_in(server.download(location, source, dest_root))
 
-def outcome_tags(result: dict[str, Any] | None, error: str | None = None, run: str | None = None) -> dict[str, str]:
-    """What the registry shows of a kiln run: kiln.status (published, kept-current or failed), kiln.selected,
-    kiln.speedup (against onnxruntime), kiln.artifact (its upload URI where it was uploaded), kiln.image and
-    kiln.message; kiln.run is the Prefect flow run."""
-    tags = {"kiln.run": run} if run else {}
-    if result is None:
-        return {**tags, "kiln.status": "failed", "kiln.message": (error or "the run failed")[:TAG_LIMIT]}
-    tags["kiln.status"] = "published" if result.get("published") else "kept-current"
-    tags["kiln.selected"] = str(result.get("selected"))
-    if result.get("speedup_vs_baseline") is not None:
-        tags["kiln.speedup"] = f"{result['speedup_vs_baseline']:.2f}x"
-    if result.get("upload") or result.get("artifact"):
-        tags["kiln.artifact"] = str(result.get("upload") or result.get("artifact"))
-    if result.get("image"):
-        tags["kiln.image"] = str(result["image"])
-    if result.get("message"):
-        tags["kiln.message"] = str(result["message"])[:TAG_LIMIT]
-    return tags
+    def tag(self, model: str, version: str, tags: dict[str, str]) -> None:
+        with Mlflow() as server:
+            server.set_version_tags(model, version, tags)
+
+    def delivery(self, headers: dict[str, str], body: bytes, cfg: Settings, now: float | None = None
+                 ) -> Trigger | None:
+        if not cfg.mlflow_webhook_secret:
+            raise Rejected(503, "KILN_MLFLOW_WEBHOOK_SECRET is not set on the kiln web service")
+        signature = headers.get("x-mlflow-signature")
+        delivery = headers.get("x-mlflow-delivery-id")
+        stamp = headers.get("x-mlflow-timestamp")
+        if not (signature and delivery and stamp):
+            raise Rejected(401, "unsigned: X-MLflow-Signature, X-MLflow-Delivery-Id and X-MLflow-Timestamp are "
+                                "required")
+        try:
+            sent = int(stamp)
+        except ValueError:
+            raise Rejected(401, f"X-MLflow-Timestamp {stamp!r} is not Unix seconds") from None
+        version, _, given = signature.partition(",")
+        expected = base64.b64encode(hmac.new(cfg.mlflow_webhook_secret.encode(),
+                                             f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).digest())
+        if version != "v1" or not hmac.compare_digest(given.encode(), expected):
+            raise Rejected(403, "the signature does not match (X-MLflow-Signature)")
+        if abs((now or time.time()) - sent) > cfg.webhook_window_s:
+            raise Rejected(403, f"stale delivery: its timestamp is more than {cfg.webhook_window_s} s from now")
+        payload = json_object(body)
+        event = f"{payload.get('entity')}.{payload.get('action')}"
+        if event != "model_version.created":
+            return None
+        data = payload.get("data") if isinstance(payload.get("data"), dict) else payload
+        name, ver = data.get("name"), data.get("version")
+        if not isinstance(name, str) or not name or ver in (None, ""):
+            raise Rejected(400, "model_version.created needs data.name and data.version")
+        return Trigger(self.name, name, str(ver), data.get("source"), event)

@@ -1,0 +1,65 @@
+"""plan: every decision of one optimize run, made once from the request and the checked program.
+
+Which candidates each stage builds, whether the reference cuts a calibration split, which version in the store
+is the incumbent to beat and whose tuning database the search continues from, the threads, and what the
+artifact records of the request: the flow then only calls the stages in order, each with the Plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from kiln.artifact import layout
+from kiln.artifact.store import ArtifactStore
+from kiln.optimize import candidates as registry
+from kiln.optimize.evaluate import INCUMBENT
+from kiln.optimize.models import CheckedProgram
+from kiln.optimize.request import OptimizeRequest
+
+_log = logging.getLogger("kiln.optimize")
+
+
+class Plan(BaseModel):
+    request: OptimizeRequest
+    name: str  # the model's name in the store
+    threads: int  # for every backend while measuring
+    transforms: list[str]  # built by the build stage: the baseline first, then graph levels, int8, fusion
+    compiled: list[str]  # built by the compile stage (TVM), each cached by content
+    calibrate: bool  # some transform needs the calibration split (static int8, accuracy-aware fallback)
+    incumbent: str | None = None  # the version in service, measured beside the candidates and to be beaten
+    tuning_from: str | None = None  # the incumbent's saved tuning database, where the search continues
+
+    @property
+    def incumbent_name(self) -> str | None:
+        """The incumbent's row in the candidate table, when there is one."""
+        return INCUMBENT if self.incumbent else None
+
+    def recorded(self) -> dict[str, Any]:
+        """The request as the artifact records it, so that a re-optimization repeats it (what was asked, without
+        where it came from or went)."""
+        return self.request.model_dump(mode="json", exclude_defaults=True,
+                                       exclude={"incumbent", "report_to", "upload", "image", "store"})
+
+
+def plan(request: OptimizeRequest, checked: CheckedProgram,
+         log: logging.Logger | logging.LoggerAdapter = _log) -> Plan:
+    chosen = request.chosen
+    transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
+    incumbent = request.incumbent
+    if incumbent is None and request.compare_with_current:
+        newest = ArtifactStore(request.store).newest(checked.name)
+        incumbent = str(newest) if newest else None
+        if incumbent:
+            log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
+    return Plan(request=request, name=checked.name, threads=request.threads or os.cpu_count() or 1,
+                transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
+                calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware
+                              for c in transforms),
+                incumbent=incumbent,
+                # reoptimize continues the search from the version in service; a plain re-run hits the cache
+                tuning_from=str(Path(request.incumbent) / layout.TUNING_DIR) if request.incumbent else None)
