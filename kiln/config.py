@@ -8,7 +8,9 @@ seen at once; a value that does not parse is a `ConfigError` naming the variable
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +154,34 @@ def settings() -> Settings:
     except SettingsError as exc:  # a value that should be JSON and is not
         field = next((f for f in Settings.model_fields if f'"{f}"' in str(exc)), "?")
         raise ConfigError(f"{env_name(field)} is not valid JSON", hint=f"fix or unset {env_name(field)}") from None
+
+
+def environment() -> dict[str, str]:
+    """The whole environment, for a child process kiln starts (it reads its own settings there)."""
+    return dict(os.environ)
+
+
+@contextlib.contextmanager
+def environ_set(name: str, value: str, keep: bool = False) -> Iterator[None]:
+    """`name` set to `value` inside the block and restored after it (left as it is where `keep` and already set);
+    for the few variables other libraries read once, at import or when their thread pool starts."""
+    before = os.environ.get(name)
+    if keep and before is not None:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def environ_default(name: str, value: str) -> None:
+    """Set `name` for this process and its children unless it is set already."""
+    os.environ.setdefault(name, value)
 
 
 def kiln_home() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from kiln.artifact.outcome import OptimizeOutcome
 from kiln.artifact.remote import S3Settings
 from kiln.cli.app import app, candidate_table, err, fail, wide
 from kiln.cli.stopping import supervise
-from kiln.config import Settings, settings
+from kiln.config import Settings, environ_default, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
 from kiln.optimize.defaults import MIN_GAIN, TARGETS
@@ -263,9 +262,9 @@ def _stopped_by_signals() -> Iterator[None]:
 def _prepare_prefect() -> Settings:
     """kiln's settings, checked, and Prefect's environment made safe for a run from the terminal."""
     cfg = settings()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    environ_default("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # a loaded 2-core machine can take longer than Prefect's default 20 s to start its temporary server
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    environ_default("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if cfg.prefect_home:  # Prefect creates its home without parents and fails obscurely
         cfg.prefect_home.expanduser().mkdir(parents=True, exist_ok=True)
     return cfg

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kiln.config import environment
 from kiln.errors import KilnError
 
 T = TypeVar("T")
@@ -80,7 +81,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
     `what` (e.g. "the program", "candidate ort-int8-static") and how it ended (`timeout_hint` for a timeout)."""
     ctx = _ctx()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb, dict(os.environ)), daemon=True)
+    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory_mb, environment()), daemon=True)
     with _lock:
         proc.start()
         _children.add(proc)

@@ -6,7 +6,6 @@ The TVM runner loads `libtvm_runtime.so` only (TVM_USE_RUNTIME_LIB=1), never the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from kiln.artifact.manifest import RunSettings
 from kiln.artifact.specs import TensorSpec
+from kiln.config import environ_default, environ_set
 
 
 class Runner(Protocol):
@@ -79,15 +79,8 @@ def _import_tvm_runtime():
     import sys
 
     if "tvm" not in sys.modules:
-        before = os.environ.get("TVM_USE_RUNTIME_LIB")
-        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-        try:
+        with environ_set("TVM_USE_RUNTIME_LIB", "1"):
             import tvm  # noqa: F401
-        finally:
-            if before is None:
-                os.environ.pop("TVM_USE_RUNTIME_LIB", None)
-            else:
-                os.environ["TVM_USE_RUNTIME_LIB"] = before
     import tvm
     import tvm.runtime.vm  # noqa: F401  (registers the Relax VM)
 
@@ -101,8 +94,8 @@ class TvmRunner:
 
     def __init__(self, module_path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                  threads: int | None = None, device: str = "cpu"):
-        if threads and "TVM_NUM_THREADS" not in os.environ:  # read once, when TVM's thread pool starts
-            os.environ["TVM_NUM_THREADS"] = str(threads)
+        if threads:  # read once, when TVM's thread pool starts (an earlier TVM_NUM_THREADS is left as it is)
+            environ_default("TVM_NUM_THREADS", str(threads))
         tvm = _import_tvm_runtime()
         self._tvm = tvm
         self.on_cpu = device != "cuda"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from kiln.config import Settings, settings
+from kiln.config import Settings, environment, settings
 from kiln.errors import KilnError
 from kiln.fs import checkout_file
 
@@ -140,7 +140,7 @@ def up(cfg: ServiceConfig | None = None, log: Log = print) -> dict[str, str]:
     from web.settings import WebSettings
 
     WebSettings.of(given, token=token)  # the web app's settings fail here, with the variable named, not in its log
-    env = {**os.environ, **cfg.env, "PREFECT_API_URL": cfg.api, "KILN_ROOT": str(root),
+    env = {**environment(), **cfg.env, "PREFECT_API_URL": cfg.api, "KILN_ROOT": str(root),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
     if given.prefect_home:  # Prefect creates its home without parents and fails obscurely
         given.prefect_home.expanduser().mkdir(parents=True, exist_ok=True)
