@@ -17,7 +17,7 @@ from rich.table import Table
 from kiln.artifact.outcome import OptimizeOutcome
 from kiln.artifact.remote import S3Settings
 from kiln.cli.app import app, candidate_table, err, fail, wide
-from kiln.cli.stopping import supervise
+from kiln.cli.stopping import say_stopped, supervise
 from kiln.config import Settings, environ_default, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
@@ -135,7 +135,7 @@ def optimize(
     except KilnError as exc:
         fail(exc)
     except Interrupted as exc:
-        err.print(f"[bold red]stopped:[/] {exc}; nothing was published", highlight=False)
+        say_stopped(exc.signum, "; nothing was published")
         raise typer.Exit(128 + exc.signum) from None
     except Exception as exc:  # not the user's mistake: say so, keep the traceback for -v
         if verbose:
@@ -216,7 +216,7 @@ def reoptimize(
     except KilnError as exc:
         fail(exc)
     except Interrupted as exc:
-        err.print(f"[bold red]stopped:[/] {exc}", highlight=False)
+        say_stopped(exc.signum)
         raise typer.Exit(128 + exc.signum) from None
     table = Table(title="re-optimization")
     table.add_column("model")

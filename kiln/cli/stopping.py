@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -27,15 +28,25 @@ from rich.markup import escape
 
 from kiln.cli.app import err
 
-GRACE_S = 2.0  # for the child's own orderly stop before everything is killed; well inside the 5 s promised
+GRACE_S = 2.5  # for the child's orderly stop (about 2 s on a loaded machine), then all is killed: inside 5 s
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_CHILD_SUBREAPER = 36
+_said = mmap.mmap(-1, 1)  # shared with the forked child: whether one of the two printed the "stopped:" line
 
 
 class _Signalled(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def say_stopped(signum: int, after: str = "") -> None:
+    """`stopped: SIGTERM received{after}`, once: the child says it when it stops in order, the parent when it had
+    to kill the child first."""
+    if _said[0]:
+        return
+    _said[0] = 1
+    err.print(f"[bold red]stopped:[/] {signal.Signals(signum).name} received{escape(after)}", highlight=False)
 
 
 def supervise(after: str = "") -> None:
@@ -105,8 +116,7 @@ def _stop(pid: int, signum: int, after: str) -> int:
     with contextlib.suppress(ChildProcessError):  # reap the adopted ones
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
-    if code != 128 + signum:  # the child did not get to say it
-        err.print(f"[bold red]stopped:[/] {signal.Signals(signum).name} received{escape(after)}", highlight=False)
+    say_stopped(signum, after)  # unless the child did
     return 128 + signum
 
 
