@@ -259,6 +259,41 @@ def readme_int8(d: dict) -> list[str]:
             "random weights, " + _join(f"{r['model']} {r['candidate']} {_x(r['speedup'])}" for r in best) + "."]
 
 
+# ---------------------------------------------------------------------------------------- int8_isa.json
+
+def _cpu_of(d: dict, row: dict) -> str:
+    return f"emulated znver3 (`{d['emulated']['qemu']}`)" if row["cpu"] != d["host_isa"] else f"host ({row['cpu']})"
+
+
+@block("int8-isa", "int8_isa.json")
+def int8_isa(d: dict) -> list[str]:
+    """The accuracy (not the speed: emulation times nothing) of each int8 scheme on the host and on an emulated
+    AVX2-only CPU, the same model files run on both."""
+    head = (f"{_on(d)} {d['host_cpu']} (int8 ISA `{d['host_isa']}`) and, emulated, an AMD EPYC znver3 (detected "
+            f"`{d['emulated']['detected_isa']}`), from `benchmarks/int8_isa.json`: {d['model']}, onnxruntime "
+            f"{d['onnxruntime']}, cosine with fp32 per sentence over the real tokens.")
+    lines = [head, "", "| candidate | weights | CPU | lengths | sentences | worst cosine | mean cosine | "
+             "worst sentence_embedding cosine |", "|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        if r["scheme"] == "-":
+            continue
+        lines.append(f"| {r['candidate']} | {r['scheme']} | {_cpu_of(d, r)} | {r['lengths']} | {r['sentences']} | "
+                     f"{r['min_cosine']:.4f} | {r['mean_cosine']:.4f} | {r['min_cosine_sentence_embedding']:.4f} |")
+    return lines
+
+
+@block("readme-int8-isa", "int8_isa.json")
+def readme_int8_isa(d: dict) -> list[str]:
+    pick = {(r["candidate"], r["scheme"], r["cpu"] == d["host_isa"]): r for r in d["rows"]
+            if r["lengths"] == "natural" and r["candidate"] == "ort-int8-fused-smooth"}
+    worst = {k: f"{v['min_cosine_sentence_embedding']:.4f}" for k, v in pick.items()}
+    c = "ort-int8-fused-smooth"
+    return [f"{_on(d)} {d['host_cpu']} and an emulated znver3, from `benchmarks/int8_isa.json`: all-MiniLM-L6-v2's "
+            f"worst sentence-embedding cosine with {c}, U8S8 {worst.get((c, 'U8S8', True))} on the host and "
+            f"{worst.get((c, 'U8S8', False))} emulated (the range is 0.99); U8U8 {worst.get((c, 'U8U8', True))} on "
+            f"the host and {worst.get((c, 'U8U8', False))} emulated."]
+
+
 # ------------------------------------------------------------------------------------------ images.json
 
 @block("images", "images.json")
