@@ -23,7 +23,7 @@ def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | No
     c.eligible = False
     isa = c.settings.int8_isa
     if not c.passed and isa and not u8s8_exact(isa):
-        c.reasons.append(f"int8 for {isa} (no VNNI: u8 x s8 saturates), so its weights are uint8 (U8U8, exact)")
+        c.reasons.append(f"int8 for {isa}: no VNNI, so uint8 weights (U8U8) to stay exact")
     if not c.passed or not c.latency_ms:
         return
     if c is base or c.name == incumbent:  # the incumbent is judged against the winner, below
