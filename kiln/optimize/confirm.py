@@ -55,13 +55,15 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
     if selected.name not in (BASELINE, incumbent):
         confirmation = confirm(checked, ref, evaluation, selected, incumbent, log)
         problem = verdict(confirmation, selected.name, min_gain, incumbent)
-        if problem and incumbent and confirmation.held_out_passed is not False:
-            selected = next(c for c in evaluation.candidates if c.name == incumbent)
-            selected.reasons.append(problem)
-        elif problem:
-            raise GateError(f"{problem}; nothing was published", report.text(evaluation.candidates),
-                            hint="a speed-up inside the noise is not one (re-run on a quieter machine); a range "
-                                 "missed on held-out samples means the accuracy did not carry over")
+        if problem:
+            selected.reasons.append(problem)  # the winner's row says why it did not ship
+            if not incumbent:
+                raise GateError(f"{problem}; nothing was published", report.text(evaluation.candidates),
+                                hint="a speed-up inside the noise is not one (re-run on a quieter machine); a range "
+                                     "missed on held-out samples means the accuracy did not carry over")
+            current = next(c for c in evaluation.candidates if c.name == incumbent)
+            return Choice(selected=current, kept=True, message=f"{problem}; the current version ({plan.incumbent}) "
+                                                               "stays")
     if selected.name == incumbent:
         return Choice(selected=selected, kept=True,
                       message=f"the current version ({plan.incumbent}) is still the fastest inside every range; no "
