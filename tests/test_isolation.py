@@ -43,19 +43,16 @@ def test_a_program_that_hangs_exits_or_crashes_is_named(tmp_path, kiln_env, body
 def test_sigterm_ends_the_run_and_its_children_within_seconds(tmp_path, kiln_env):
     """A dataset loader that would take ten minutes: SIGTERM to `kiln optimize` ends it and every process
     it started within seconds."""
+    marker = tmp_path / "loading"
     prog = program(tmp_path, "import time")
     (prog / "program.py").write_text((prog / "program.py").read_text().replace(
-        "    pass", "    dataset = kiln.Dataset(loader=lambda: time.sleep(600))"))
+        "    pass", f"    dataset = kiln.Dataset(loader=lambda: (open({str(marker)!r}, 'w').close(), "
+                   "time.sleep(600)))"))
     proc = subprocess.Popen([str(BIN / "kiln"), "optimize", str(prog), "--candidates", "onnxruntime"], cwd=ROOT,
                             env=kiln_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     me = psutil.Process(proc.pid)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait for the child that runs the loader
-        if any("forkserver" not in " ".join(c.cmdline()) for c in me.children(recursive=True)
-               if c.is_running()) and len(me.children(recursive=True)) >= 2:
-            break
-        time.sleep(0.5)
-    time.sleep(2)
+    wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the dataset loader to start")
+    assert proc.poll() is None, proc.communicate()[1]
     family = me.children(recursive=True)
     assert family, "no child process was started"
     start = time.monotonic()

@@ -10,6 +10,7 @@ from pathlib import Path
 from kiln.artifact.manifest import INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.errors import ModelError
+from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
@@ -99,7 +100,7 @@ def time_together(checked: CheckedProgram, ref: ReferenceData, cands: list[tuple
 
 
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
-             latency_repeats: int = 200, latency_seconds: float = 5.0,
+             latency_repeats: int = LATENCY_REPEATS, latency_seconds: float = LATENCY_SECONDS,
              log: logging.Logger | logging.LoggerAdapter = _log,
              on_progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
     """Run every built candidate on the evaluation feeds, score it against the reference, and time it.
