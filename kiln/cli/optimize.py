@@ -80,6 +80,8 @@ def optimize(
                                                          "default agreement ranges)"),
     name: str | None = typer.Option(None, help="the model's name in the store [default: the program's name, or "
                                                "the file's (its folder's for model.onnx)]"),
+    min_gain: float = typer.Option(MIN_GAIN, min=0.0, max=0.9, help="how much faster than onnxruntime (and the "
+                                   "current version), beyond the noise, a candidate must be to ship (fraction)"),
     against_current: bool = typer.Option(True, "--against-current/--ignore-current",
                                          help="gate against the newest stored version of the same name: a re-run "
                                               "that finds nothing faster publishes nothing new"),
@@ -95,8 +97,8 @@ def optimize(
         request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials, tune_time=tune_time,
                                      max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
-                                     compare_with_current=against_current, name=name, ranges=range_ or None,
-                                     data=_local(data))
+                                     compare_with_current=against_current, min_gain=min_gain, name=name,
+                                     ranges=range_ or None, data=_local(data))
         if not program.startswith(sources.schemes()) and not Path(program).expanduser().exists():
             raise KilnError("no such file or folder", where=program,
                             hint="give a program folder, a .zip/.tar.gz of one, or a .onnx file")
