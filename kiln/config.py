@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     tune_builder_timeout_s: float = Field(120.0, gt=0)
     tune_runner_timeout_s: float = Field(60.0, gt=0)
     tvm_prepack: bool = True  # CPU: weights packed at compile time in the layout the tuned kernels read
-    # the int8 instruction set of the CPUs that will serve (kiln.cpu.INT8_ISAS): auto is this one; "avx2" makes
+    # the int8 instruction set of the CPUs that will serve (kiln.cpu.Int8Isa): auto is this one; "avx2" makes
     # int8 that stays exact on CPUs without VNNI when optimizing on one with it
     int8_isa: Literal["auto", "amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"] = "auto"
 

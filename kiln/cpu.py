@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal
 
 Int8Isa = Literal["amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"]
-INT8_ISAS: tuple[str, ...] = ("amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse")
 EXACT_U8S8: frozenset[str] = frozenset({"amx", "avx512-vnni", "avx-vnni"})
 
 
@@ -75,7 +74,7 @@ def int8_isa() -> str:
 
 @dataclass(frozen=True)
 class Int8Scheme:
-    isa: str  # kiln.cpu.INT8_ISAS
+    isa: str  # an Int8Isa
     u8_weights: bool  # U8U8 instead of U8S8
 
     @classmethod
@@ -90,12 +89,6 @@ class Int8Scheme:
     @property
     def label(self) -> str:
         return "U8U8" if self.u8_weights else "U8S8"
-
-    @property
-    def why(self) -> str:
-        if self.u8_weights:
-            return f"U8U8 for {self.isa}: its u8 x s8 kernels saturate (no VNNI), u8 x u8 ones are exact"
-        return f"U8S8 for {self.isa}: exact int32 dot products"
 
     @property
     def quant_type(self) -> str:

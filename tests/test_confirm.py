@@ -49,8 +49,10 @@ def test_confirmation_inputs_are_spread_over_the_split():
 
 def test_the_published_speed_up_is_the_confirmation(kiln_env, tmp_path):
     """A wide MLP (four 1024x1024 MatMuls at batch 1: bound by reading the weights, which int8 makes 4x
-    smaller): int8 wins the gate; the manifest's speed-up is the confirmation's (fresh rounds over 8 of the
-    evaluation inputs, not the one the selection timed), and its accuracy was measured on held-out samples."""
+    smaller), where int8 usually wins the gate. Whatever this CPU makes of it, the outcome is the confirmation's:
+    a published int8 carries the fresh rounds over 8 evaluation inputs (not the one the selection timed) as its
+    speed-up, beyond the noise (what the gate guarantees, not a bound on speed), and its accuracy on held-out
+    samples; a winner the rounds do not bear out publishes nothing and says so; the baseline needs no rounds."""
     import json
 
     import onnx_models
@@ -60,13 +62,19 @@ def test_the_published_speed_up_is_the_confirmation(kiln_env, tmp_path):
     np.savez(tmp_path / "wide.npz", x=np.random.default_rng(0).standard_normal((40, 1, 1024)).astype(np.float32))
     proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "wide.npz"), "--range", "cosine>=0.99",
                      "--candidates", "onnxruntime,ort-int8-dynamic", "--trials", "0", "--json"], kiln_env)
+    if proc.returncode == 1:  # the selection's int8 win did not hold up when timed again
+        assert "was not confirmed faster than onnxruntime" in proc.stderr and "nothing was published" in proc.stderr
+        return
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
-    assert manifest["selected"] == "ort-int8-dynamic", [(c["name"], c["reasons"]) for c in manifest["candidates"]]
     confirmation = manifest["confirmation"]
+    if manifest["selected"] == "onnxruntime":  # int8 not faster on this CPU: nothing to confirm
+        assert confirmation is None and manifest["speedup_vs_baseline"] == 1.0
+        return
+    assert manifest["selected"] == "ort-int8-dynamic", [(c["name"], c["reasons"]) for c in manifest["candidates"]]
     assert confirmation["inputs"] == 8 and set(confirmation["latency_ms"]) == {"ort-int8-dynamic", "onnxruntime"}
     assert manifest["speedup_vs_baseline"] == round(confirmation["speedup"]["value"], 4)
-    assert confirmation["speedup"]["low"] > 1.0
+    assert confirmation["speedup"]["low"] > 1.0  # the gate's rule for what ships
     assert confirmation["held_out_samples"] == 6 and confirmation["held_out_passed"]  # 20 % of the 32 left
     assert confirmation["held_out"]["cosine"]["value"] >= 0.99
     human = run_kiln(["inspect", str(Path(kiln_env["KILN_STORE"]) / "wide" / manifest["id"])], kiln_env)

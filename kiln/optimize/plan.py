@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from kiln.artifact import layout
+from kiln.artifact.manifest import INCUMBENT
 from kiln.artifact.store import ArtifactStore
 from kiln.optimize import candidates as registry
-from kiln.optimize.evaluate import INCUMBENT
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.request import OptimizeRequest
 
