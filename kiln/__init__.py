@@ -5,9 +5,9 @@ program (the user's side), artifact (the contract), runtime and serving (no comp
 compiler (TVM), ship (images), cli and service (the front doors).
 """
 
-from kiln.errors import KilnError
+from kiln.errors import InputError, KilnError
 from kiln.program import Dataset, ModelProgram, metrics
 from kiln.runtime.predictor import Predictor, load
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "KilnError", "ModelProgram", "Predictor", "load", "metrics", "__version__"]
+__all__ = ["Dataset", "InputError", "KilnError", "ModelProgram", "Predictor", "load", "metrics", "__version__"]

@@ -23,7 +23,7 @@ from kiln.optimize.request import OptimizeRequest
 def validate_program(request: OptimizeRequest) -> CheckedProgram:
     r = request
     return validate.validate(r.program, r.shapes, r.chosen, r.name, log=get_run_logger(), data=r.data,
-                             ranges=r.ranges)
+                             ranges=r.ranges, dims=r.dims, default_dims=r.default_dims)
 
 
 @task(name="plan")

@@ -74,9 +74,23 @@ def test_operators_tvm_cannot_compile_skip_only_the_tvm_candidate(tmp_path, kiln
     assert manifest["backend"] == "onnxruntime" and manifest["selected"] in ("onnxruntime", "ort-fp32-basic")
 
 
-def test_undeclared_dynamic_dimension(kiln_env, seeded_store, digits_program):
-    expect_failure([str(digits_program / "model.onnx")], kiln_env, seeded_store,
-                   "dynamic dimensions: axis 0 ('batch')", "--shape pixels=1x64")
+def test_undeclared_dynamic_dimension(tmp_path, kiln_env, seeded_store):
+    """A sequence axis with neither a declared range nor data to show one: the hint names the range options
+    (never a one-token shape); the open batch axis beside it needs nothing (batch 1)."""
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx")
+    output = expect_failure([str(model)], kiln_env, seeded_store,
+                            "dynamic dimensions with no range: sequence (input_ids:1, attention_mask:1, "
+                            "token_type_ids:1)", "--dim sequence=LOW..HIGH", "--data samples.parquet")
+    assert "batch" not in output.split("no range:")[1].split("\n")[0] and "=1x1" not in output
+
+
+def test_dimension_ranges_that_cannot_be(tmp_path, kiln_env, seeded_store):
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx")
+    expect_failure([str(model), "--dim", "sequence=16..4"], kiln_env, seeded_store,
+                   "the range of dimension 'sequence' is 16..4")
+    expect_failure([str(model), "--dim", "seq=1..8"], kiln_env, seeded_store,
+                   "a range is declared for dimension 'seq', which the model's inputs do not have",
+                   "batch (input_ids:0, attention_mask:0, token_type_ids:0); sequence (input_ids:1")
 
 
 def _program_copy(src: Path, tmp_path: Path) -> Path:

@@ -8,8 +8,9 @@ import pytest
 from kiln.artifact.specs import TensorSpec, check_index_ranges
 from kiln.compiler import import_onnx, supported_ops
 from kiln.errors import DatasetError, InputError, ModelError
-from kiln.optimize.inspect import index_guards, input_specs, load_model, unsupported_ops
+from kiln.optimize.inspect import dynamic_dims, index_guards, input_specs, load_model, unsupported_ops
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes, prepare_model
+from kiln.optimize.profile import resolve
 from kiln.program.datasets import Dataset
 
 import onnx_models
@@ -40,11 +41,13 @@ def test_unsupported_ops_are_listed_with_nodes(tmp_path):
     assert unsupported_ops(model, supported_ops()) == {"LSTM": ["encoder_lstm"]}
 
 
-def test_dynamic_dims_must_be_declared(tmp_path):
+def test_dynamic_dims_get_a_profile(tmp_path):
+    """An open batch axis is a dimension of the profile (batch 1 unless declared); a declared shape fixes it."""
     model = load_model(onnx_models.runtime_shapes(tmp_path / "m.onnx"))
-    with pytest.raises(ModelError, match=r"dynamic dimensions: axis 0 \('batch'\)") as exc:
-        input_specs(model, {}, "m.onnx")
-    assert "--shape x=1x3x8x8" in str(exc.value)
+    specs = input_specs(model, {}, "m.onnx")
+    assert specs[0].shape == [-1, 3, 8, 8] and dynamic_dims(model, specs) == {"batch": ["x:0"]}
+    assert resolve(specs, dynamic_dims(model, specs), {}, None, "m.onnx").explain() == "batch 1 (batch default)"
+    assert resolve(specs, dynamic_dims(model, specs), {"x:0": (1, 4)}, None, "m.onnx").describe() == "batch 1..4"
     with pytest.raises(ModelError, match="does not fit"):
         input_specs(model, {"x": [1, 4, 8, 8]}, "m.onnx")
     assert input_specs(model, {"x": [2, 3, 8, 8]}, "m.onnx")[0].shape == [2, 3, 8, 8]

@@ -23,7 +23,8 @@ def test_outcome_tags_say_what_the_registry_shows():
     published = outcome_tags(_outcome(artifact="/store/m/abc", selected="tvm", speedup=1.8312, published=True,
                                       upload="s3://models/m/abc", image="reg:5000/m:abc"), run="r1")
     assert published == {"kiln.run": "r1", "kiln.status": "published", "kiln.selected": "tvm",
-                         "kiln.speedup": "1.83x", "kiln.artifact": "s3://models/m/abc", "kiln.image": "reg:5000/m:abc"}
+                         "kiln.speedup": "1.83x", "kiln.artifact": "s3://models/m/abc", "kiln.image": "reg:5000/m:abc",
+                         "kiln.profile": "static"}
     kept = outcome_tags(_outcome(artifact="/store/m/old", selected="current", published=False,
                                  message="the current version is still the fastest"))
     assert kept["kiln.status"] == "kept-current" and kept["kiln.artifact"] == "/store/m/old"

@@ -183,7 +183,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         report_to = {"registry": registry.name, "name": trigger.model, "version": trigger.version} \
             if registry.tags_versions else None
         try:
-            run = OptimizeRequest.of(**settings.kiln.webhook_parameters, program=trigger.source,
+            # a registered model's open axes: ranges from its program's data, else defaults (batch 1, 1..512)
+            run = OptimizeRequest.of(**{"default_dims": True, **settings.kiln.webhook_parameters},
+                                     program=trigger.source,
                                      name=clean_name(trigger.model), report_to=report_to)
         except KilnError as exc:  # KILN_WEBHOOK_PARAMETERS was checked at start-up; the source may be wrong
             return JSONResponse({"status": "rejected", "detail": exc.render()}, 422)

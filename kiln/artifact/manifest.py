@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.artifact.layout import MANIFEST, PROGRAM_DIR, V2_SERVICE_NAME
-from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.artifact.specs import IndexGuard, Profile, TensorSpec
 from kiln.errors import ArtifactError
 
 SCHEMA_VERSION = 1
@@ -30,6 +30,7 @@ class LatencyMs(BaseModel):
     p10: float | None = None
     runs: int | None = None
     rounds: list[float] = Field(default_factory=list)
+    buckets: dict[str, float] = Field(default_factory=dict)  # p50 per shape bucket, where shapes vary
 
 
 class MetricResult(BaseModel):
@@ -132,6 +133,7 @@ class ProgramInfo(BaseModel):
     file: str = "program.py"  # the program's .py in program/ (one of several in a folder)
     allow_nonfinite: bool = False  # the program accepts NaN/Inf inputs (servers refuse them otherwise)
     requirements: list[str] = Field(default_factory=list)  # pip requirements of the mapping code (in its image)
+    padding: dict[str, float] = Field(default_factory=dict)  # input -> pad value: dynamic batching may pad to it
 
 
 class TaskTuning(BaseModel):
@@ -209,9 +211,11 @@ class Manifest(BaseModel):
     model: ModelInfo
     program: ProgramInfo
     target: str
-    inputs: list[TensorSpec]
+    inputs: list[TensorSpec]  # -1: a dynamic dimension, whose range `profile` gives
     outputs: list[TensorSpec]
     guards: list[IndexGuard] = Field(default_factory=list)
+    profile: Profile = Field(default_factory=Profile)  # the shapes it accepts (empty: the inputs' one shape)
+    timing: str | None = None  # what the latencies were timed over (the inputs, the shape buckets' shares)
     dataset: str
     candidates: list[CandidateResult]
     selected: str

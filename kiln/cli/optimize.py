@@ -65,7 +65,10 @@ def optimize(
     max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task [default: none]"),
     target: str = typer.Option(TARGETS[0], help="llvm (this CPU) or cuda"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
-    shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD for a dynamic input, repeatable"),
+    shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD fixes a dynamic input's shape, repeatable"),
+    dim: list[str] = typer.Option([], "--dim", help="NAME=LOW..HIGH: the range of a dynamic dimension, by the "
+                                                    "model's name for it or INPUT:AXIS, repeatable [default: what "
+                                                    "--data shows; batch 1]"),
     candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: "
                                           f"{', '.join(DEFAULT_CANDIDATES)}]"),
     threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
@@ -94,7 +97,8 @@ def optimize(
     try:
         cfg = _prepare_prefect()
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
-        request = OptimizeRequest.of(program=program, shapes=shape or None, trials=trials, tune_time=tune_time,
+        request = OptimizeRequest.of(program=program, shapes=shape or None, dims=dim or None, trials=trials,
+                                     tune_time=tune_time,
                                      max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, min_gain=min_gain, name=name,
@@ -160,6 +164,9 @@ def optimize(
     how = manifest.confirmation.describe() if manifest.confirmation else \
         f"{manifest.speedup_vs_baseline:.2f}x onnxruntime's speed, timed in interleaved rounds"
     out.print(f"published [bold]{manifest.selected}[/]: {how}", highlight=False, soft_wrap=True)
+    if manifest.profile:
+        out.print(f"accepts: {manifest.profile.explain()}; timed over {manifest.timing}", highlight=False,
+                  soft_wrap=True)
     out.print(f"artifact: {result.artifact}", highlight=False, soft_wrap=True)
     for key, value in (("upload", result.upload), ("image", result.image)):
         if value:

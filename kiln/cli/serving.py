@@ -26,6 +26,11 @@ def serve(
     max_message_mb: float = typer.Option(16.0, min=0.001, help="largest request/response in MiB"),
     threads: int | None = typer.Option(None, min=1, help="threads per model instance [default: cores / workers]"),
     log_requests: bool = typer.Option(True, help="one JSON line per request on stderr"),
+    max_queue_delay_us: int = typer.Option(0, min=0, help="dynamic batching: how long a request may wait for others "
+                                                          "to share its model call (0: off); the model's first axis "
+                                                          "must be a dynamic batch"),
+    max_batch: int = typer.Option(0, min=0, help="dynamic batching: most rows in one call [default: the batch "
+                                                 "dimension's upper end]"),
 ) -> None:
     """Serve an artifact: over gRPC the program's protocol, the v2 tensor protocol (KServe / Triton), health and
     reflection; over HTTP the v2 REST routes and Prometheus metrics (/metrics).
@@ -36,8 +41,11 @@ def serve(
     try:
         if artifact.startswith("s3://"):
             artifact = str(pull_to_store(artifact, None))
+        from kiln.serving.batching import BatchingConfig
+
         run_server(artifact, host=host, port=port, workers=workers, max_message_mb=max_message_mb, threads=threads,
-                   log_requests=log_requests, http_port=None if http_port < 0 else http_port)
+                   log_requests=log_requests, http_port=None if http_port < 0 else http_port,
+                   batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us))
     except KilnError as exc:
         fail(exc)
 

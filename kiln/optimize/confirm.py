@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from kiln.artifact.manifest import BASELINE, CandidateResult, Confirmation, LatencyMs
+from kiln.artifact.manifest import BASELINE, CandidateResult, Confirmation
 from kiln.config import settings
 from kiln.errors import GateError
 from kiln.optimize import gate, report
@@ -31,7 +31,7 @@ from kiln.optimize.models import CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.noise import speedup
 from kiln.optimize.plan import Plan
 from kiln.optimize.scoring import compute_metrics, score
-from kiln.runtime.latency import interleaved
+from kiln.optimize.traffic import plan_timing, time_over
 from kiln.runtime.runners import open_runner
 
 _log = logging.getLogger("kiln.optimize")
@@ -50,7 +50,7 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
            log: logging.Logger | logging.LoggerAdapter = _log) -> Choice:
     """The gate's pick, confirmed; GateError (with the table) when nothing may ship."""
     incumbent, min_gain = plan.incumbent_name, plan.request.min_gain
-    selected = gate.choose(evaluation.candidates, incumbent, min_gain)
+    selected = gate.choose(evaluation.candidates, incumbent, min_gain, evaluation.traffic)
     confirmation = None
     if selected.name not in (BASELINE, incumbent):
         confirmation = confirm(checked, ref, evaluation, selected, incumbent, log)
@@ -118,15 +118,15 @@ def measure(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
     fds = load_eval(ref.path)[0]
     held = load_eval(ref.held_out_path) if ref.held_out_path else None
     pool = fds + (held[0] if held else [])
-    inputs = [pool[i] for i in spread(len(pool))]
+    traffic = plan_timing(pool, checked.profile) if checked.profile else None
+    inputs = [pool[i] for i in (traffic.timed if traffic and traffic.shares else spread(len(pool)))]
     runners = {}
     try:
         for name in names:
             runners[name] = open_runner(built[name].backend, Path(built[name].path or ""), checked.inputs,
                                         checked.outputs, results[name].settings)
-        calls = {n: (lambda r=r: [r.run(f) for f in inputs]) for n, r in runners.items()}
-        timed = interleaved(calls, repeats=LATENCY_REPEATS, max_seconds=CONFIRM_SECONDS)
-        latency = {n: LatencyMs(**_per_input(t.summary(), len(inputs))) for n, t in timed.items()}
+        latency = time_over({n: r.run for n, r in runners.items()}, inputs, traffic, LATENCY_REPEATS,
+                            CONFIRM_SECONDS)
         held_out, passed = {}, None
         if held:
             metrics = checked.load().program.get_metrics()
@@ -142,9 +142,3 @@ def measure(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
                         vs_incumbent=speedup(latency[names[2]], winner) if len(names) > 2 else None,
                         held_out_samples=ref.held_out_samples if held else 0, held_out=held_out,
                         held_out_passed=passed)
-
-
-def _per_input(summary: dict, inputs: int) -> dict:
-    """A call's times divided by the inputs it ran through: milliseconds per input, the traffic's mean."""
-    return {k: ([x / inputs for x in v] if isinstance(v, list) else v / inputs if k != "runs" else v)
-            for k, v in summary.items()}

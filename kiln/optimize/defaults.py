@@ -14,3 +14,8 @@ CONFIRM_SECONDS = 5.0
 # accuracy is reported (and must stay inside the ranges) on these; none when the split is too small to share
 HELD_OUT_FRACTION = 0.2
 MIN_SELECTION_FEEDS = 4  # the selection split keeps at least this many feeds
+
+# a candidate this many times slower than the baseline on the first PROBE_INPUTS evaluation inputs is stopped
+# there (untuned TVM can be 30x slower: running it over every sample for accuracy buys nothing)
+HOPELESS_SLOWDOWN = 10.0
+PROBE_INPUTS = 3

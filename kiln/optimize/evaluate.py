@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.artifact.manifest import INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
+from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.errors import ModelError
-from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS
+from kiln.optimize.defaults import HOPELESS_SLOWDOWN, LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.scoring import compute_metrics, score
-from kiln.runtime.latency import interleaved
+from kiln.optimize.traffic import Traffic, plan_timing, time_over
 from kiln.runtime.runners import open_runner
 
 __all__ = ["INCUMBENT", "evaluate", "incumbent"]
 _log = logging.getLogger("kiln.optimize")
+STOPPED_EARLY = "stopped early"
 
 
 def incumbent(artifact: str) -> BuiltCandidate:
@@ -31,6 +33,10 @@ def incumbent(artifact: str) -> BuiltCandidate:
 
 def _failed(result: CandidateResult) -> bool:
     return any(r.startswith("failed to run") for r in result.reasons)
+
+
+def _stopped(result: CandidateResult) -> bool:
+    return any(r.startswith(STOPPED_EARLY) for r in result.reasons)
 
 
 def _unbuilt(cand: BuiltCandidate) -> CandidateResult:
@@ -56,47 +62,70 @@ def tuning_notes(cand: BuiltCandidate) -> list[str]:
                else ""), *pipeline, *t.warnings]
 
 
-def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings
-                 ) -> CandidateResult:
-    """One candidate's accuracy, in its child process: run it on every feed and score it. A candidate that
-    cannot load or run comes back with its reason; a metric that raises is the program's mistake and is raised."""
+def probe_ms(run, fds: list) -> float:
+    """Milliseconds per input over the first PROBE_INPUTS inputs, after one warm-up call: a first look at
+    speed, enough to tell a hopeless candidate (HOPELESS_SLOWDOWN) from a contender."""
+    inputs = fds[:PROBE_INPUTS]
+    run(inputs[0])
+    start = time.perf_counter()
+    for feed in inputs:
+        run(feed)
+    return (time.perf_counter() - start) * 1e3 / len(inputs)
+
+
+def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
+                 baseline_ms: float | None = None) -> tuple[CandidateResult, float | None]:
+    """One candidate's accuracy, in its child process: run it on every feed and score it; with its probe
+    latency. A candidate that cannot load or run comes back with its reason, one HOPELESS_SLOWDOWN times
+    slower than the baseline's probe is stopped before its accuracy is measured; a metric that raises is the
+    program's mistake and is raised."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
     fds, reference, labels, batch = load_eval(ref.path)
     runner = None
+    probe = None
     try:
         runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings)
+        probe = probe_ms(runner.run, fds)
+        if baseline_ms and probe > HOPELESS_SLOWDOWN * baseline_ms:
+            return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
+                                   reasons=[f"{STOPPED_EARLY}: {probe / baseline_ms:.0f}x slower than {BASELINE} on "
+                                            f"the first {min(PROBE_INPUTS, len(fds))} inputs ({probe:.3g} vs "
+                                            f"{baseline_ms:.3g} ms); its accuracy was not measured"],
+                                   build_seconds=cand.build_seconds), probe
         outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
     except Exception as exc:
         return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
                                reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
-                               build_seconds=cand.build_seconds)
+                               build_seconds=cand.build_seconds), probe
     finally:
         if runner:
             runner.close()
     values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
     metric_results, reasons = score(metrics, values, ref.metrics)
     return CandidateResult(name=cand.name, backend=cand.backend, metrics=metric_results, passed=not reasons,
-                           reasons=reasons, settings=settings, build_seconds=cand.build_seconds)
+                           reasons=reasons, settings=settings, build_seconds=cand.build_seconds), probe
 
 
 def time_together(checked: CheckedProgram, ref: ReferenceData, cands: list[tuple[BuiltCandidate, RunSettings]],
-                  repeats: int, seconds: float) -> dict[str, LatencyMs]:
-    """Latency of every candidate, in one child process, timed in interleaved rounds on the first feed."""
+                  repeats: int, seconds: float) -> tuple[dict[str, LatencyMs], Traffic]:
+    """Latency of every candidate, in one child process, timed in interleaved rounds over the inputs
+    kiln.optimize.traffic picks (the first, for a static program)."""
     threads = {s.threads for _, s in cands if s.threads}
     os.environ["TVM_NUM_THREADS"] = str(max(threads or {1}))
     fds = load_eval(ref.path)[0]
+    traffic = plan_timing(fds, checked.profile)
+    inputs = [fds[i] for i in traffic.timed]
     runners = {}
     try:
         for cand, settings in cands:
             runners[cand.name] = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs,
                                              settings)
-        calls = {name: (lambda r=r: r.run(fds[0])) for name, r in runners.items()}
-        timed = interleaved(calls, repeats=repeats, max_seconds=seconds)
+        timed = time_over({name: r.run for name, r in runners.items()}, inputs, traffic, repeats, seconds)
     finally:
         for r in runners.values():
             r.close()
-    return {name: LatencyMs(**t.summary()) for name, t in timed.items()}
+    return timed, traffic
 
 
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
@@ -112,6 +141,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
     limits = dict(timeout=cfg.candidate_timeout_s, memory_mb=cfg.candidate_memory_limit_mb,
                   timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
     results, runnable = [], []
+    baseline_ms = None
     for i, cand in enumerate(built):
         if on_progress:
             on_progress(i, len(built) + 1, cand.name)
@@ -121,15 +151,18 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         notes = tuning_notes(cand)
         run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
         try:
-            result = run_isolated(evaluate_one, checked, ref, cand, run_settings, what=f"candidate {cand.name}",
-                                  **limits)
+            result, probe = run_isolated(evaluate_one, checked, ref, cand, run_settings,
+                                         None if cand.baseline else baseline_ms, what=f"candidate {cand.name}",
+                                         **limits)
+            if cand.baseline:
+                baseline_ms = probe
         except IsolationError as exc:
             if cand.baseline:
                 raise
             result = CandidateResult(name=cand.name, backend=cand.backend, settings=run_settings,
                                      reasons=[f"failed to run: {exc.message.removeprefix(f'candidate {cand.name} ')}"],
                                      build_seconds=cand.build_seconds)
-        if not _failed(result):  # it ran: it is timed with the others
+        if not _failed(result) and not _stopped(result):  # it ran: it is timed with the others
             runnable.append((cand, run_settings))
         elif cand.baseline:
             raise ModelError(f"the unoptimized model does not run in onnxruntime: {'; '.join(result.reasons)}",
@@ -138,7 +171,9 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         results.append(result)
     if on_progress:
         on_progress(len(built), len(built) + 1, "timing in interleaved rounds")
-    latencies = _time(checked, ref, runnable, latency_repeats, latency_seconds, limits, log)
+    latencies, traffic = _time(checked, ref, runnable, latency_repeats, latency_seconds, limits, log)
+    if traffic is not None and traffic.shares:
+        log.info("timed over %s", traffic.describe())
     for result in results:
         result.latency_ms = latencies.get(result.name)
         if result.latency_ms is None:
@@ -149,15 +184,15 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
                      "inside every range" if result.passed else result.reasons)
     if on_progress:
         on_progress(len(built) + 1, len(built) + 1, "")
-    return Evaluation(candidates=results, built=built)
+    return Evaluation(candidates=results, built=built, traffic=traffic)
 
 
 def _time(checked: CheckedProgram, ref: ReferenceData, runnable: list[tuple[BuiltCandidate, RunSettings]],
-          repeats: int, seconds: float, limits: dict, log) -> dict[str, LatencyMs]:
+          repeats: int, seconds: float, limits: dict, log) -> tuple[dict[str, LatencyMs], Traffic | None]:
     """All together in interleaved rounds; if that child dies (one candidate crashed only when timed), each
     alone, so the one that crashes is named and the others still get a latency (without pairing)."""
     if not runnable:
-        return {}
+        return {}, None
     together = {**limits, "timeout": limits["timeout"] and limits["timeout"] * len(runnable)}
     try:
         return run_isolated(time_together, checked, ref, runnable, repeats, seconds, what="timing the candidates",
@@ -167,13 +202,14 @@ def _time(checked: CheckedProgram, ref: ReferenceData, runnable: list[tuple[Buil
             raise ModelError(f"the unoptimized model does not run in onnxruntime: {exc.message}",
                              where=checked.model_path) from None
         log.warning("timing in interleaved rounds failed (%s); timing each candidate alone", exc.message)
-    out = {}
+    out, traffic = {}, None
     for cand, run_settings in runnable:
         try:
-            out.update(run_isolated(time_together, checked, ref, [(cand, run_settings)], repeats, seconds,
-                                    what=f"timing candidate {cand.name}", **limits))
+            timed, traffic = run_isolated(time_together, checked, ref, [(cand, run_settings)], repeats, seconds,
+                                          what=f"timing candidate {cand.name}", **limits)
+            out.update(timed)
         except IsolationError as exc:
             if cand.baseline:
                 raise
             log.warning("%s failed while timed: %s", cand.name, exc.message)
-    return out
+    return out, traffic

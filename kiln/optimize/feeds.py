@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.artifact.specs import TensorSpec
+from kiln.program import ragged
 from kiln.program.datasets import Samples
 
 Feed = dict[str, np.ndarray]
@@ -34,11 +35,14 @@ def feeds(samples: Samples, specs: list[TensorSpec]) -> list[Feed]:
 def gather_outputs(per_feed: list[Feed], count: int, batch: int | None) -> Feed:
     """Outputs with one row per sample: per-feed outputs stacked ([N, *output shape], scalars and empty
     tensors included), or, for rows of a batch, joined along the batch axis and cut back to `count` rows.
-    An output without that batch axis stays one entry per feed."""
+    An output without that batch axis stays one entry per feed. Outputs whose shapes differ from feed to feed
+    (samples at their own lengths) stay one tensor per feed, in an object array (kiln.program.ragged)."""
     out = {}
     for name in per_feed[0]:
         parts = [np.asarray(o[name]) for o in per_feed]
-        if batch is not None and all(p.ndim and p.shape[0] == batch for p in parts):
+        if len({p.shape for p in parts}) > 1:
+            out[name] = ragged.of(parts)
+        elif batch is not None and all(p.ndim and p.shape[0] == batch for p in parts):
             out[name] = np.concatenate(parts, axis=0)[:count]
         else:
             out[name] = np.stack(parts)
@@ -57,9 +61,29 @@ def _read_feeds(data) -> list[Feed]:
     return [{n: data[f"feed{i}/{n}"] for n in names} for i in range(int(data["meta/feeds"]))]
 
 
+def _output_arrays(reference: Feed) -> dict[str, np.ndarray]:
+    """Outputs as npz entries: ref/{name}, or ref{i}/{name} per sample where they differ in shape."""
+    arrays = {}
+    for n, a in reference.items():
+        if ragged.is_ragged(a):
+            arrays.update({f"ref{i}/{n}": x for i, x in enumerate(a)})
+            arrays[f"ragged/{n}"] = np.array(len(a))
+        else:
+            arrays[f"ref/{n}"] = a
+    return arrays
+
+
+def _read_outputs(data) -> Feed:
+    out = {k[len("ref/"):]: data[k] for k in data.files if k.startswith("ref/")}
+    for key in (k for k in data.files if k.startswith("ragged/")):
+        name = key[len("ragged/"):]
+        out[name] = ragged.of([data[f"ref{i}/{name}"] for i in range(int(data[key]))])
+    return out
+
+
 def save_eval(path: Path, fds: list[Feed], reference: Feed, labels: np.ndarray | None, batch: int | None) -> None:
     arrays = _feed_arrays(fds)
-    arrays.update({f"ref/{n}": a for n, a in reference.items()})
+    arrays.update(_output_arrays(reference))
     if labels is not None:
         arrays["labels"] = labels
     np.savez(path, **arrays, **{"meta/batch": np.array(batch or 0)})
@@ -69,7 +93,7 @@ def load_eval(path: str | Path) -> tuple[list[Feed], Feed, np.ndarray | None, in
     """(feeds, reference outputs, labels, rows per feed or None) as saved by save_eval."""
     with np.load(path, allow_pickle=False) as data:
         fds = _read_feeds(data)
-        ref = {k[len("ref/"):]: data[k] for k in data.files if k.startswith("ref/")}
+        ref = _read_outputs(data)
         labels = data["labels"] if "labels" in data.files else None
         return fds, ref, labels, int(data["meta/batch"]) or None
 

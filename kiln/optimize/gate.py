@@ -14,9 +14,11 @@ from kiln.errors import GateError
 from kiln.optimize import report
 from kiln.optimize.defaults import MIN_GAIN
 from kiln.optimize.noise import speedup
+from kiln.optimize.traffic import Traffic, slower_buckets
 
 
-def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | None, min_gain: float) -> None:
+def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | None, min_gain: float,
+           traffic: Traffic | None = None) -> None:
     """Set `c.speedup` and `c.eligible`; add the reason when it passed but may not ship."""
     if base and base.latency_ms and c.latency_ms:
         c.speedup = speedup(base.latency_ms, c.latency_ms)
@@ -32,7 +34,11 @@ def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | No
     if c.speedup is None:
         c.reasons.append(f"{BASELINE} was not timed")
     elif c.speedup.beyond_noise(min_gain):
-        c.eligible = True
+        slow = slower_buckets(c.latency_ms.buckets, base.latency_ms.buckets, traffic) if traffic and base else []
+        if slow:
+            c.reasons.append(f"faster on average ({c.speedup.describe()}) but slower than {BASELINE} on "
+                             f"{'; '.join(slow)}")
+        c.eligible = not slow
     elif c.speedup.value < 1.0:
         c.reasons.append(f"slower than {BASELINE}: {c.speedup.describe()}")
     else:
@@ -44,13 +50,13 @@ def base_p50(base: CandidateResult | None) -> float:
     return base.latency_ms.p50 if base and base.latency_ms else 1.0
 
 
-def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = MIN_GAIN
-           ) -> CandidateResult:
+def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = MIN_GAIN,
+           traffic: Traffic | None = None) -> CandidateResult:
     """The fastest eligible candidate, or the `incumbent` when no eligible one beats it beyond noise and by
     `min_gain`: a re-run with unchanged inputs ships nothing new."""
     base = next((c for c in candidates if c.name == BASELINE), None)
     for c in candidates:
-        _judge(c, base, incumbent, min_gain)
+        _judge(c, base, incumbent, min_gain, traffic)
     eligible = [c for c in candidates if c.eligible]
     if not eligible:
         if any(c.passed for c in candidates):  # only when the baseline itself is outside a range

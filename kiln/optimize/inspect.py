@@ -64,7 +64,8 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def input_specs(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str) -> list[TensorSpec]:
-    """Concrete specs of the graph inputs; every dynamic dimension must be declared."""
+    """Specs of the graph inputs: declared shapes fix whole inputs; every other dynamic dimension stays -1, for
+    the profile (kiln.optimize.profile) to give a range."""
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
     unknown = sorted(set(shapes) - set(names))
@@ -83,15 +84,33 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str
                 raise ModelError(f"declared shape {want} for input {vi.name!r} does not fit the model's {dims}",
                                  where=where, hint="only dynamic dimensions may be chosen")
             dims = list(want)
-        dynamic = [(i, d) for i, d in enumerate(dims) if not isinstance(d, int)]
-        if dynamic:
-            example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims)
-            axes = ", ".join(f"axis {i} ({d!r})" for i, d in dynamic)
-            raise ModelError(f"input {vi.name!r} has dynamic dimensions: {axes}", where=where,
-                             hint=f"declare them: --shape {vi.name}={example} or shapes = "
-                                  f"{{{vi.name!r}: [{example.replace('x', ', ')}]}} in program.py")
-        specs.append(TensorSpec(name=vi.name, dtype=dtype, shape=[int(d) for d in dims]))
+        specs.append(TensorSpec(name=vi.name, dtype=dtype, shape=[d if isinstance(d, int) else -1 for d in dims]))
     return specs
+
+
+def dynamic_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> dict[str, list[str]]:
+    """The dynamic dimensions left in `specs`, by the model's name for each (its dim_param; INPUT:AXIS for an
+    unnamed one), with the input axes ("input:axis") each appears on, in graph order."""
+    by_input = {vi.name: _dims(vi) for vi in graph_inputs(model)}
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        for axis, d in enumerate(spec.shape):
+            if d >= 0:
+                continue
+            named = by_input.get(spec.name, [])[axis] if axis < len(by_input.get(spec.name, [])) else "?"
+            key = f"{spec.name}:{axis}"
+            out.setdefault(named if isinstance(named, str) and named != "?" else key, []).append(key)
+    return out
+
+
+def output_axes(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Each named dynamic dimension of the outputs: the output axes ("output:axis") it appears on."""
+    out: dict[str, list[str]] = {}
+    for vi in model.graph.output:
+        for axis, d in enumerate(_dims(vi)):
+            if isinstance(d, str) and d != "?":
+                out.setdefault(d, []).append(f"{vi.name}:{axis}")
+    return out
 
 
 def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:

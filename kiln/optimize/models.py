@@ -10,8 +10,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from kiln.artifact.manifest import CandidateResult, RunSettings, TuningInfo
-from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.artifact.specs import IndexGuard, Profile, TensorSpec
 from kiln.config import kiln_home
+from kiln.optimize.traffic import Traffic
 from kiln.program.loader import LoadedProgram, load_program
 
 
@@ -26,7 +27,9 @@ class CheckedProgram(BaseModel):
     model_sha256: str
     program_sha256: str
     shapes: dict[str, list[int]]
-    inputs: list[TensorSpec]
+    dims: dict[str, tuple[int, int]] = Field(default_factory=dict)  # the declared ranges
+    profile: Profile = Field(default_factory=Profile)  # every dynamic dimension's range (empty: static)
+    inputs: list[TensorSpec]  # -1: a dynamic dimension of the profile
     outputs: list[TensorSpec]
     guards: list[IndexGuard] = Field(default_factory=list)
     dataset: str
@@ -34,6 +37,7 @@ class CheckedProgram(BaseModel):
     has_labels: bool
     allow_nonfinite: bool = False
     requirements: list[str] = Field(default_factory=list)  # what the mapping code imports (pip requirements)
+    padding: dict[str, float] = Field(default_factory=dict)  # the program's pad value per input (serving batches)
     calibration_method: str = "minmax"
     max_fallback_rounds: int = 4
     fallback_seconds: float = 900.0
@@ -46,7 +50,7 @@ class CheckedProgram(BaseModel):
 
     def load(self) -> LoadedProgram:
         """The user's program again: only ever called in a child process (kiln.optimize.isolation)."""
-        return load_program(self.source, self.shapes)
+        return load_program(self.source, self.shapes, self.dims)
 
     @property
     def work_dir(self) -> Path:
@@ -93,3 +97,4 @@ class BuiltCandidate(BaseModel):
 class Evaluation(BaseModel):
     candidates: list[CandidateResult]
     built: list[BuiltCandidate]
+    traffic: Traffic | None = None  # which inputs the latencies were timed over, and the shape buckets

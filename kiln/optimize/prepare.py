@@ -19,7 +19,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference
 
-from kiln.artifact.specs import TensorSpec
+from kiln.artifact.specs import Profile, TensorSpec
 from kiln.errors import ModelError
 from kiln.fs import file_sha256
 from kiln.optimize.inspect import index_guards, load_model
@@ -28,8 +28,10 @@ from kiln.optimize.models import CheckedProgram, PreparedModel
 _log = logging.getLogger("kiln.optimize")
 
 
-def fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> onnx.ModelProto:
-    """A copy of the model whose graph inputs carry the concrete shapes."""
+def fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec], profile: Profile | None = None
+                     ) -> onnx.ModelProto:
+    """A copy of the model whose graph inputs carry the specs' shapes: concrete, or for a dynamic dimension
+    (-1) the profile's name for it, so every axis that shares a range shares a symbol."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     by_name = {s.name: s for s in specs}
@@ -39,8 +41,12 @@ def fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> onnx.Mo
             continue
         shape = vi.type.tensor_type.shape
         del shape.dim[:]
-        for d in spec.shape:
-            shape.dim.add().dim_value = d
+        for axis, d in enumerate(spec.shape):
+            if d >= 0:
+                shape.dim.add().dim_value = d
+            else:
+                dim = profile.axis(spec.name, axis) if profile else None
+                shape.dim.add().dim_param = dim.name if dim else f"{spec.name}_{axis}"
     return fixed
 
 
@@ -57,12 +63,13 @@ ORT_DISABLED = ("MatMulAddFusion",)
 
 
 def prepare_model(model: onnx.ModelProto, specs: list[TensorSpec], out: Path, where: str,
-                  ort_disabled: tuple[str, ...] = ORT_DISABLED) -> onnx.ModelProto:
-    """Write the prepared model to `out` and return it (shape-inferred)."""
+                  ort_disabled: tuple[str, ...] = ORT_DISABLED, profile: Profile | None = None) -> onnx.ModelProto:
+    """Write the prepared model to `out` and return it (shape-inferred). With a profile the dynamic dimensions
+    stay symbolic: what onnxruntime's candidates build on, valid for every shape in it."""
     import onnxruntime as ort
     from onnx.inliner import inline_local_functions
 
-    model = fix_input_shapes(model, specs)
+    model = fix_input_shapes(model, specs, profile)
     if model.functions:
         model = inline_local_functions(model)
     model = infer_shapes(model, where)
@@ -91,6 +98,7 @@ def prepare(checked: CheckedProgram, log: logging.Logger | logging.LoggerAdapter
     out = checked.work_dir / "prepared.onnx"
     model = load_model(Path(checked.model_path))
     before = len(model.graph.node)
-    prepared = prepare_model(model, checked.inputs, out, checked.model_path)
-    log.info("prepared model: %d -> %d nodes (shapes fixed, constants folded)", before, len(prepared.graph.node))
+    prepared = prepare_model(model, checked.inputs, out, checked.model_path, profile=checked.profile)
+    log.info("prepared model: %d -> %d nodes (%s, constants folded)", before, len(prepared.graph.node),
+             f"dynamic dimensions {checked.profile.describe()}" if checked.profile else "shapes fixed")
     return PreparedModel(path=str(out), sha256=file_sha256(out), guards=index_guards(prepared) or checked.guards)

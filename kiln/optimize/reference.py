@@ -41,7 +41,8 @@ def split_calibration(prog: LoadedProgram, samples: Samples, checked: CheckedPro
     if p.dataset is None:
         if not p.calibrate_on_synthetic:
             return samples, None, "none (no dataset; set calibrate_on_synthetic = True to use synthetic inputs)"
-        return samples, synthetic(checked.inputs, checked.guards, count=p.synthetic_samples, seed=1), "synthetic"
+        return samples, synthetic(checked.inputs, checked.guards, count=p.synthetic_samples, seed=1,
+                                  profile=checked.profile), "synthetic"
     batch = samples.per_feed
     n_cal = max(batch, int(samples.count * p.calibration_fraction))
     if samples.count - n_cal < batch:
@@ -118,7 +119,7 @@ def reference(checked: CheckedProgram, threads: int, calibrate: bool = False,
 def compute_reference(checked: CheckedProgram, threads: int, calibrate: bool) -> ReferenceData:
     """reference's work, in the child process."""
     prog = checked.load()
-    samples = load_samples(prog, checked.inputs, checked.guards)
+    samples = load_samples(prog, checked.inputs, checked.guards, checked.profile)
     calibration_path, calibration_source = None, None
     if calibrate:
         samples, calib, calibration_source = split_calibration(prog, samples, checked)

@@ -31,6 +31,10 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
             "p10-p90 ms": f"{_fmt(c.latency_ms.p10)}-{_fmt(c.latency_ms.p90)}" if c.latency_ms else "-",
             "speed-up": _speedup(base, c),
         }
+        buckets = sorted({b for x in candidates if x.latency_ms for b in x.latency_ms.buckets},
+                         key=lambda b: [int(n) for n in b.replace("-", " ").split() if n.isdigit()])
+        for b in buckets:  # samples at their own shapes: p50 ms per shape bucket, the traffic's share in the manifest
+            row[f"p50 {b}"] = _fmt(c.latency_ms.buckets.get(b)) if c.latency_ms else "-"
         for name, m in c.metrics.items():
             row[name] = f"{_fmt(m.value)} {'ok' if m.passed else 'FAIL'}"
         row["in ranges"] = "yes" if c.passed else "no"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kiln.errors import KilnError
 from kiln.optimize.defaults import LATENCY_REPEATS, MIN_GAIN, TARGETS
-from kiln.program.naming import parse_shapes
+from kiln.program.naming import parse_dims, parse_shapes
 
 
 class RequestError(KilnError, ValueError):
@@ -66,6 +66,13 @@ class OptimizeRequest(BaseModel):
                                      "(KILN_MLFLOW_TRACKING_URI on the worker)")
     shapes: dict[str, list[int]] | None = Field(
         None, description='concrete shapes for dynamic input dimensions, e.g. {"input": [1, 3, 224, 224]}')
+    dims: dict[str, tuple[int, int]] | None = Field(
+        None, description='ranges of dynamic dimensions by the model\'s names for them (or "input:axis"), e.g. '
+                          '{"sequence_length": [1, 128], "batch_size": [1, 8]}; undeclared ones take the range the '
+                          'data shows, a batch dimension 1')
+    default_dims: bool = Field(False, description="a dynamic dimension that neither dims nor the data gives a "
+                                                  "range takes 1..512 (a batch dimension: 1) instead of stopping the "
+                                                  "run (what registry webhooks ask)")
     trials: int = Field(64, ge=0, le=MAX_TRIALS,
                         description="total MetaSchedule trial budget for the TVM candidate (0: apply the database; "
                                     f"default 64, or {MAX_TRIALS} when only tune_time is given)")
@@ -155,6 +162,17 @@ class OptimizeRequest(BaseModel):
                         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
                     raise RequestError(f"shape of {key!r} must be a list of positive integers, not {dims!r}")
         return value or None
+
+    @field_validator("dims", mode="before")
+    @classmethod
+    def _dims(cls, value: Any) -> Any:
+        """NAME=LOW..HIGH strings (the CLI's --dim, the form's lines) or a mapping of ranges."""
+        if value is None or value == {} or value == []:
+            return None
+        try:
+            return parse_dims(list(value) if isinstance(value, list | tuple) else value) or None
+        except KilnError as exc:
+            raise RequestError(exc.message, hint=exc.hint) from None
 
     @field_validator("target")
     @classmethod

@@ -8,21 +8,24 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.artifact.specs import TensorSpec, check_index_ranges
+from kiln.artifact.specs import Profile, TensorSpec, check_index_ranges
 from kiln.config import settings
 from kiln.errors import DatasetError, ModelError, ProgramError
 from kiln.optimize.candidates import of_stage
 from kiln.optimize.inspect import (
     describe_unsupported,
+    dynamic_dims,
     index_guards,
     input_specs,
     load_model,
+    output_axes,
     output_specs,
     unsupported_ops,
 )
 from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
+from kiln.optimize.profile import bounded, concrete, resolve
 from kiln.optimize.protocol import check as check_protocol
 from kiln.program.datasets import Samples, synthetic
 from kiln.program.generated import write_program
@@ -73,16 +76,17 @@ def check_labels(metrics: list[Metric], outputs: list[TensorSpec], samples: Samp
                                    hint="fix the labels, or point the metric at the right output (output=...)")
 
 
-def load_samples(prog: LoadedProgram, inputs, guards) -> Samples:
-    """The program's evaluation samples (its dataset, or synthetic ones from the declared shapes)."""
+def load_samples(prog: LoadedProgram, inputs, guards, profile: Profile | None = None) -> Samples:
+    """The program's evaluation samples (its dataset, or synthetic ones from the declared shapes and ranges)."""
     if prog.program.dataset is None:
-        return synthetic(inputs, guards, count=prog.program.synthetic_samples)
+        return synthetic(inputs, guards, count=prog.program.synthetic_samples, profile=profile)
     return prog.program.dataset.load(prog.root, inputs, bool(prog.program.allow_nonfinite))
 
 
 def validate(location: str, shapes: dict[str, list[int]] | None, candidates: list[str], name: str | None = None,
              log: logging.Logger | logging.LoggerAdapter = _log, data: str | None = None,
-             ranges: list[str] | None = None) -> CheckedProgram:
+             ranges: list[str] | None = None, dims: dict[str, tuple[int, int]] | None = None,
+             default_dims: bool = False) -> CheckedProgram:
     """Load the program and model and check them against each other; raise a KilnError on any mistake.
 
     The user's code (program.py, dataset loaders, metrics) runs in a child process with a time limit, so a
@@ -94,8 +98,8 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
                                          Path(localize(data)).expanduser().resolve() if data else None,
                                          ranges or [], name))
         log.info("wrote a program for %s with data %s and ranges %s: %s", location, data, ranges, program_file)
-    checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name,
-                                    what="the program", timeout=settings().program_timeout_s,
+    checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name, dims,
+                                    default_dims, what="the program", timeout=settings().program_timeout_s,
                                     timeout_hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes "
                                                  "this long")
     if checked.unsupported_ops:
@@ -103,6 +107,8 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     log.info("program %s: model %s, inputs %s, %d samples from %s, metrics %s", checked.name,
              Path(checked.model_path).name, [(s.name, s.shape, s.dtype) for s in checked.inputs], checked.samples,
              checked.dataset, metrics)
+    if checked.profile.dims:
+        log.info("shape profile: %s", checked.profile.explain())
     if checked.guards:
         log.info("index inputs guarded: %s", [(g.input, g.low, g.high) for g in checked.guards])
     return checked
@@ -123,23 +129,31 @@ def check_requirements(requirements: list[str], where: str) -> list[str]:
 
 
 def check_program(path: str, location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
-                  name: str | None = None) -> tuple[CheckedProgram, list[str]]:
+                  name: str | None = None, dims: dict[str, tuple[int, int]] | None = None,
+                  default_dims: bool = False) -> tuple[CheckedProgram, list[str]]:
     """validate's work, in the child process: (the checked program, its metric names)."""
-    prog = load_program(path, shapes)
+    prog = load_program(path, shapes, dims)
     where = str(prog.model_path)
     model = load_model(prog.model_path)
     inputs = input_specs(model, prog.shapes, where)
     if not inputs:
         raise ModelError("the model has no inputs", where=where)
+    data = None if prog.program.dataset is None else \
+        prog.program.dataset.load(prog.root, inputs, bool(prog.program.allow_nonfinite))
+    profile = resolve(inputs, dynamic_dims(model, inputs), prog.dims, data, where, default_dims)
+    inputs = concrete(inputs, profile)
+    named = output_axes(model)
+    for dim in profile.dims:
+        dim.outputs = named.get(dim.name, [])
     missing: dict[str, list[str]] = {}
     if of_stage(candidates, "compile"):  # not a refusal: the other candidates can still ship
         from kiln.compiler import supported_ops
 
         missing = unsupported_ops(model, supported_ops())
-    check_feed_size(inputs, 1 if prog.program.dataset is not None else prog.program.synthetic_samples, where)
-    fixed = infer_shapes(fix_input_shapes(model, inputs), where)
+    check_feed_size(bounded(inputs, profile), 1 if data is not None else prog.program.synthetic_samples, where)
+    fixed = infer_shapes(fix_input_shapes(model, inputs, profile), where)
     guards = index_guards(fixed)
-    samples = load_samples(prog, inputs, guards)
+    samples = data if data is not None else load_samples(prog, inputs, guards, profile)
     check_index_ranges(samples.inputs, guards, where=f"dataset {samples.source}")
     metrics = prog.program.get_metrics()
     label_needers = [m.name for m in metrics if m.needs_labels]
@@ -154,6 +168,10 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
             raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",
                                where=str(prog.root / "program.py"))
     check_labels(metrics, outputs, samples)
+    unknown = sorted(set(prog.program.padding) - {s.name for s in inputs})
+    if unknown:
+        raise ProgramError(f"padding names {unknown}, which the model does not take; its inputs are "
+                           f"{[s.name for s in inputs]}", where=str(prog.root / "program.py"))
     if prog.program.proto:
         check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
     p = prog.program
@@ -162,8 +180,10 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         location=str(location), source=str(prog.source), root=str(prog.root),
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
         model_sha256=prog.files.get(Path(prog.model_path).relative_to(prog.root).as_posix(), ""),
-        program_sha256=prog.sha256, shapes=prog.shapes, inputs=inputs, outputs=outputs, guards=guards,
+        program_sha256=prog.sha256, shapes=prog.shapes, dims=prog.dims, profile=profile, inputs=inputs,
+        outputs=outputs, guards=guards,
         unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), requirements=requirements,
+        padding=dict(p.padding),
         calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),

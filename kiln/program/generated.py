@@ -20,25 +20,26 @@ from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.program.external_data import external_data_files
 from kiln.program.metrics import parse_ranges, source
 
-DATA_SUFFIXES = (".npz",)
+DATA_SUFFIXES = (".npz", ".parquet", ".pq")
+DATA_HINT = ("give a .npz with one array per input name (first axis: samples), a .parquet with one column per "
+             "input (lists for samples of their own lengths), a folder of one .npz per sample, or a folder of "
+             "NAME.npy files")
 
 
 def _data_files(data: Path) -> list[Path]:
-    """The data's files: one .npz, or a folder of NAME.npy (one array per model input, and labels)."""
+    """The data's files: one .npz or .parquet, a folder of .npz (one sample each), or a folder of NAME.npy (one
+    array per model input, and labels)."""
     if data.is_file():
         if data.suffix.lower() not in DATA_SUFFIXES:
-            raise DatasetError(f"unsupported data file {data.suffix!r}", where=str(data),
-                               hint="give a .npz with one array per input name (first axis: samples), or a "
-                                    "folder of NAME.npy files")
+            raise DatasetError(f"unsupported data file {data.suffix!r}", where=str(data), hint=DATA_HINT)
         return [data]
     if data.is_dir():
-        files = sorted(data.glob("*.npy"))
+        files = sorted(data.glob("*.npz")) or sorted(data.glob("*.npy"))
         if not files:
-            raise DatasetError("the folder holds no .npy files", where=str(data),
-                               hint="save one NAME.npy per model input (first axis: samples)")
+            raise DatasetError("the folder holds no .npz or .npy files", where=str(data), hint=DATA_HINT)
         return files
     raise DatasetError("no such file or folder", where=str(data),
-                       hint="give a .npz, or a folder of NAME.npy files, readable on the machine that runs kiln")
+                       hint=DATA_HINT + ", readable on the machine that runs kiln")
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -66,14 +67,14 @@ def default_name(model: Path) -> str:
     return model.parent.name if generic and model.parent.name else model.stem
 
 
-def program_source(name: str | None, model: str, data: bool, metrics: list) -> str:
+def program_source(name: str | None, model: str, data: str | None, metrics: list) -> str:
     lines = ['"""Written by kiln for a bare model (kiln optimize MODEL --data ... --range ...): edit it freely."""',
              "", "import kiln", "", "", "class Program(kiln.ModelProgram):"]
     if name:
         lines.append(f"    name = {name!r}")
     lines.append(f"    model = {model!r}")
     if data:
-        lines.append('    dataset = kiln.Dataset(path="data.npz")')
+        lines.append(f'    dataset = kiln.Dataset(path={data!r})')
     if metrics:
         lines.append("    metrics = [")
         lines += [f"        {source(m)}," for m in metrics]
@@ -101,9 +102,17 @@ def write_program(model: Path, data: Path | None, ranges: list[str], name: str |
         for e in externals:
             (staged.path / e).parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(model.parent / e, staged.path / e)
-        if len(files) == 1 and files[0].suffix.lower() == ".npz":
-            _link_or_copy(files[0], staged.path / "data.npz")
+        dataset = None
+        if len(files) == 1 and data is not None and data.is_file():
+            dataset = "data" + files[0].suffix.lower()
+            _link_or_copy(files[0], staged.path / dataset)
+        elif files and files[0].suffix.lower() == ".npz":  # one sample per file
+            dataset = "data"
+            (staged.path / dataset).mkdir()
+            for f in files:
+                _link_or_copy(f, staged.path / dataset / f.name)
         elif files:
-            _merge_npy(files, staged.path / "data.npz")
-        (staged.path / "program.py").write_text(program_source(name, model.name, bool(files), metrics))
+            dataset = "data.npz"
+            _merge_npy(files, staged.path / dataset)
+        (staged.path / "program.py").write_text(program_source(name, model.name, dataset, metrics))
     return final

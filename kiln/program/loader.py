@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from kiln.program.archive import extract, is_archive
 from kiln.program.external_data import external_data_files
 from kiln.program.generated import default_name
 from kiln.program.model_program import ModelProgram
-from kiln.program.naming import clean_name
+from kiln.program.naming import clean_name, parse_dims
 from kiln.program.user_code import PROGRAM_FILE, check_declarations, import_program
 
 
@@ -27,6 +27,7 @@ class LoadedProgram:
     model_path: Path
     name: str
     shapes: dict[str, list[int]]
+    dims: dict[str, tuple[int, int]] = field(default_factory=dict)
     members: list[str] | None = None  # the program's files relative to root; None = the whole folder
     source: Path | None = None  # what load_program() takes to load it again (folder, .py or bare .onnx)
     program_file: str | None = None  # the program's .py inside root (program.py unless a .py was given)
@@ -40,10 +41,12 @@ class LoadedProgram:
 
     @property
     def sha256(self) -> str:
-        return json_sha256({"files": self.files, "shapes": self.shapes})
+        return json_sha256({"files": self.files, "shapes": self.shapes,
+                            **({"dims": {k: list(v) for k, v in self.dims.items()}} if self.dims else {})})
 
 
-def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | None = None) -> LoadedProgram:
+def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | None = None,
+                 dims: dict[str, tuple[int, int]] | None = None) -> LoadedProgram:
     """Resolve `location` to a LoadedProgram; raise ProgramError with file:line on any mistake."""
     path = Path(location).expanduser()
     if not path.exists():
@@ -74,4 +77,5 @@ def load_program(location: str | os.PathLike, shapes: dict[str, list[int]] | Non
     merged = {**{k: list(v) for k, v in (program.shapes or {}).items()}, **(shapes or {})}
     return LoadedProgram(root=root, program=program, model_path=(root / program.model).resolve(),
                          name=clean_name(name), shapes=merged, members=members,
+                         dims={**parse_dims(dict(program.dims or {})), **(dims or {})},
                          source=source, program_file=program_file)

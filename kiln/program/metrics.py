@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.errors import ProgramError
+from kiln.program import ragged
 
 Outputs = dict[str, np.ndarray]
 
@@ -105,17 +106,19 @@ class Metric(BaseModel):
         if name not in outputs:
             raise KeyError(f"metric {self.name!r} scores output {name!r}, but the model's outputs are "
                            f"{sorted(outputs)}")
+        if self.kind == "custom":  # ragged outputs reach it as object arrays of per-sample arrays
+            assert self.fn is not None
+            params = inspect.signature(self.fn).parameters
+            args: list[Any] = [outputs, labels, reference][: max(1, len(params))]
+            return float(self.fn(*args))
+        if ragged.is_ragged(outputs[name]) or ragged.is_ragged(reference.get(name)):
+            return self._per_sample(name, outputs[name], reference[name], labels)
         out = np.asarray(outputs[name], dtype=np.float64)
         ref = np.asarray(reference[name], dtype=np.float64)
         if self.compares_to_reference:
             # equal non-finite values are left out of the comparison (for arg-max: never the largest); `stray`
             # marks the samples with a NaN/Inf that the other side does not have
             out, ref, stray = _set_aside_matching_nonfinite(out, ref, -np.inf if self.kind == "agreement" else 0.0)
-        if self.kind == "custom":
-            assert self.fn is not None
-            params = inspect.signature(self.fn).parameters
-            args: list[Any] = [outputs, labels, reference][: max(1, len(params))]
-            return float(self.fn(*args))
         if self.kind == "topk":
             assert labels is not None
             top = np.argsort(-out.reshape(len(out), -1), axis=1)[:, : self.k]
@@ -147,6 +150,32 @@ class Metric(BaseModel):
             a, b = out.reshape(len(out), -1).argmax(1), ref.reshape(len(ref), -1).argmax(1)
             return float(np.mean((a == b) & ~stray))
         raise ValueError(f"unknown metric kind {self.kind}")
+
+
+    def _per_sample(self, name: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> float:
+        """The metric over samples of their own shapes: computed on each sample alone, then combined as the
+        metric combines samples (the worst cosine, the largest difference, the share that agrees, the mean
+        error over every value)."""
+        outs, refs = ragged.samples(outputs), ragged.samples(reference)
+        if len(outs) != len(refs):
+            raise ValueError(f"{len(outs)} samples of output {name!r}, but {len(refs)} in the reference")
+        one = [(o[None], r[None], None if labels is None else labels[i : i + 1])
+               for i, (o, r) in enumerate(zip(outs, refs, strict=True))]
+        values = np.array([self.compute({name: o}, {name: r}, lab) for o, r, lab in one])
+        sizes = np.array([o.size for o in outs], dtype=np.float64)
+        if self.kind == "cosine":
+            return float(values.min())
+        if self.kind == "max_abs_diff":
+            return float(values.max())
+        if self.kind == "max_rel_diff":
+            scales = [float(np.max(np.abs(r[np.isfinite(r)]))) if np.isfinite(r).any() else 0.0 for r in refs]
+            diffs = values * np.array([s or 1.0 for s in scales])
+            return float(diffs.max() / (max(scales) or 1.0))
+        if self.kind == "mae":
+            return float(np.sum(values * sizes) / sizes.sum())
+        if self.kind == "rmse":
+            return float(np.sqrt(np.sum(values**2 * sizes) / sizes.sum()))
+        return float(values.mean())  # agreement, topk: the share of samples
 
 
 def _set_aside_matching_nonfinite(out: np.ndarray, ref: np.ndarray, fill: float

@@ -23,6 +23,14 @@ class ModelProgram:
     model: ClassVar[str] = "model.onnx"
     #: concrete shapes for inputs with dynamic dimensions, e.g. {"pixels": [1, 64]}
     shapes: ClassVar[dict[str, list[int]]] = {}
+    #: ranges of dynamic dimensions, by the model's dimension names or "input:axis", e.g.
+    #: {"sequence_length": (1, 128), "batch_size": (1, 8)}; undeclared ones take the range the dataset shows
+    #: (a batch dimension: 1)
+    dims: ClassVar[dict[str, tuple[int, int]]] = {}
+    #: how to pad each input when a server batches requests of unequal length, e.g.
+    #: {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}: name the mask, so padded positions are inert;
+    #: empty = only requests of equal shapes share a batch
+    padding: ClassVar[dict[str, float]] = {}
     #: evaluation data; None = synthetic inputs from the declared shapes
     dataset: ClassVar[Dataset | None] = None
     #: how many synthetic feeds to make when there is no dataset

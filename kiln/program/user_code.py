@@ -20,6 +20,7 @@ from kiln.fs import json_sha256
 from kiln.program.datasets import Dataset
 from kiln.program.metrics import Metric
 from kiln.program.model_program import ModelProgram
+from kiln.program.naming import parse_dims
 
 PROGRAM_FILE = "program.py"
 
@@ -141,6 +142,18 @@ def check_declarations(program: ModelProgram, root: Path, program_file: str = PR
         isinstance(v, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in v) for v in program.shapes.values()
     ):
         raise ProgramError(f"{cls}.shapes must map input names to lists of positive ints", where=where)
+    if not isinstance(program.dims, dict):
+        raise ProgramError(f"{cls}.dims must map dimension names to (LOW, HIGH) ranges", where=where,
+                           hint='e.g. dims = {"sequence_length": (1, 128)}')
+    try:
+        parse_dims(dict(program.dims))
+    except ProgramError as exc:
+        raise ProgramError(f"{cls}.dims: {exc.message}", where=where, hint=exc.hint) from None
+    if not isinstance(program.padding, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in program.padding.items()):
+        raise ProgramError(f"{cls}.padding must map input names to pad values", where=where,
+                           hint='e.g. padding = {"input_ids": 0, "attention_mask": 0}')
     if program.dataset is not None and not isinstance(program.dataset, Dataset):
         raise ProgramError(f"{cls}.dataset must be a kiln.Dataset", where=where)
     metrics = program.metrics

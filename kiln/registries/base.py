@@ -65,8 +65,8 @@ def outcome_tags(outcome: OptimizeOutcome | None, error: str | None = None, run:
                  ) -> dict[str, str]:
     """What a registry shows of a kiln run (None when it failed):
     kiln.status (published, kept-current or failed), kiln.selected, kiln.speedup (against onnxruntime),
-    kiln.artifact (its upload URI where it was uploaded), kiln.image and kiln.message; kiln.run is the Prefect
-    flow run."""
+    kiln.artifact (its upload URI where it was uploaded), kiln.image, kiln.profile (the shapes it accepts and
+    where each range came from) and kiln.message; kiln.run is the Prefect flow run."""
     tags = {"kiln.run": run} if run else {}
     if outcome is None:
         return {**tags, "kiln.status": "failed", "kiln.message": (error or "the run failed")[:TAG_LIMIT]}
@@ -78,6 +78,7 @@ def outcome_tags(outcome: OptimizeOutcome | None, error: str | None = None, run:
         tags["kiln.artifact"] = str(outcome.upload or outcome.artifact)
     if outcome.image:
         tags["kiln.image"] = str(outcome.image)
+    tags["kiln.profile"] = outcome.manifest.profile.explain()[:TAG_LIMIT]
     if outcome.message:
         tags["kiln.message"] = str(outcome.message)[:TAG_LIMIT]
     return tags

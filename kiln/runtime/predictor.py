@@ -39,11 +39,10 @@ class Predictor:
         for spec in self.inputs:
             arr = np.asarray(feed[spec.name])
             want = np.dtype(spec.dtype)
-            if list(arr.shape) != spec.shape:
-                raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, expected {spec.shape}")
             if arr.dtype == object or not np.can_cast(arr.dtype, want, "same_kind"):
                 raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, expected {want}")
             out[spec.name] = np.asarray(arr, dtype=want, order="C")  # a 0-d input stays 0-d
+        self.manifest.profile.check(out, self.inputs)  # rank, fixed dimensions, each dynamic one in its range
         check_index_ranges(out, self.manifest.guards, where="request")
         if not self.manifest.program.allow_nonfinite:
             check_finite(out, where="request")

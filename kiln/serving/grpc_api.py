@@ -112,7 +112,8 @@ class Handlers:
     async def model_config(self, request, context):
         def make():
             self.inference.check_model(request.name, request.version)
-            config = json_format.ParseDict(self.inference.config(), self.v2.ModelConfig())
+            # an artifact published before a field existed answers without it
+            config = json_format.ParseDict(self.inference.config(), self.v2.ModelConfig(), ignore_unknown_fields=True)
             return self.v2.ModelConfigResponse(config=config)
 
         return await self._answer("ModelConfig", context, make)

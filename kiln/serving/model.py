@@ -24,6 +24,8 @@ from kiln.artifact.manifest import Manifest
 from kiln.errors import InputError
 from kiln.program.user_code import load_user_program
 from kiln.runtime.predictor import Predictor, load
+from kiln.serving.batching import Batcher, BatchingConfig
+from kiln.serving.model_config import batch_dim
 from kiln.serving.statistics import Metrics, ModelStats, Timing
 
 T = TypeVar("T")
@@ -51,6 +53,7 @@ class ModelService:
             sel = next((c for c in manifest.candidates if c.name == manifest.selected), None)
             spin = bool(sel and sel.latency_ms and sel.latency_ms.p50 >= 1.0 and threads > 1)
         first = load(folder, threads=threads, spin=spin)  # verifies every file's sha256 once
+        self.checker = first  # Predictor.check reads only the manifest: safe from any thread
         self.manifest: Manifest = first.manifest
         self.instances = workers
         self.pool: queue.Queue[Predictor] = queue.Queue()
@@ -73,8 +76,17 @@ class ModelService:
         finally:
             self.pool.put(predictor)
 
+    def execute(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One model call on checked inputs (a batch of requests each checked on arrival)."""
+        predictor = self.pool.get()
+        try:
+            return predictor.runner.run(feed)
+        finally:
+            self.pool.put(predictor)
+
     def warm_up(self, rounds: int = 3) -> None:
-        feed = {s.name: np.zeros(s.shape, dtype=s.dtype) for s in self.manifest.inputs}
+        profile = self.manifest.profile  # the smallest shape it accepts: warm, and cheap
+        feed = {s.name: np.zeros(profile.shape(s, "low"), dtype=s.dtype) for s in self.manifest.inputs}
         for _ in range(rounds * self.pool.qsize()):
             self.run(feed)
 
@@ -90,10 +102,17 @@ class Inference:
         self.executor: futures.ThreadPoolExecutor | None = None
         self.stats = ModelStats()
         self.metrics = Metrics(manifest.name)
+        self.batching: BatchingConfig | None = None
+        self.batcher: Batcher | None = None
 
-    def loaded(self, service: ModelService) -> None:
+    def loaded(self, service: ModelService, batching: BatchingConfig | None = None) -> None:
         if service.instances > 1:
             self.executor = futures.ThreadPoolExecutor(max_workers=service.instances, thread_name_prefix="kiln-model")
+        if batching and batching.on:
+            self.batching = batching
+            self.batcher = Batcher(self.manifest, batch_dim(self.manifest), service.execute, service.instances,
+                                   batching.max_batch, batching.max_queue_delay_us, self.manifest.program.padding,
+                                   run_in_thread=service.instances > 1, on_batch=self.stats.executed)
         self.service = service
 
     def close(self) -> None:
@@ -131,6 +150,10 @@ class Inference:
 
     async def _run(self, feed: dict[str, np.ndarray], t: Timing) -> dict[str, np.ndarray]:
         try:
+            if self.batcher is not None:  # checked alone, run with whatever arrives within the delay
+                done = await self.batcher.submit(self.s.checker.check(feed))
+                t.queue, t.compute_infer = done.queue_ns, done.infer_ns
+                return done.outputs
             if self.executor is None:
                 outputs, t.queue, t.compute_infer = self.s.run_timed(feed, time.perf_counter_ns())
             else:
@@ -158,7 +181,7 @@ class Inference:
         except BaseException:
             self.stats.failed(t)
             raise
-        self.stats.succeeded(t, batch=1)
+        self.stats.succeeded(t, executed=self.batcher is None)  # a batch counts its execution once
         self.metrics.executed.inc()
         self.metrics.computing.inc(t.compute_infer / 1e9)
         return answer
@@ -194,14 +217,14 @@ class Inference:
         from kiln.serving.model_config import model_config
 
         return model_config(self.manifest, self.service.instances if self.service else 0,
-                            device=self.manifest.settings.device or "cpu")
+                            device=self.manifest.settings.device or "cpu", batching=self.batching)
 
     def statistics(self) -> dict:
         """Triton's ModelStatistics in its JSON form (REST); gRPC parses the same dict."""
         st = self.stats
         return {"name": self.manifest.name, "version": self.version, "last_inference": st.last_inference_ms,
                 "inference_count": st.inference_count, "execution_count": st.execution_count,
-                "inference_stats": st.as_dict(), "batch_stats": []}
+                "inference_stats": st.as_dict(), "batch_stats": st.batch_stats()}
 
     def index(self) -> list[dict]:
         state = "READY" if self.ready else "LOADING"

@@ -1,35 +1,53 @@
 """The model's configuration in Triton's terms (`ModelConfig`), derived from the manifest.
 
 perf_analyzer and tritonclient read it before anything else: the inputs and outputs with their types and
-dims, `max_batch_size` (0: the server does not batch, every dimension, the batch's too, is in `dims`), the
-platform and backend, how many instances serve it and on what, and whether responses are decoupled.
+dims (-1 where dynamic), `max_batch_size` (0: no dynamic batch axis, so every dimension, the batch's too, is in
+`dims`; else the batch's upper end, and `dims` leave the batch axis out, as Triton's do), the platform and
+backend, how many instances serve it and on what, and whether responses are decoupled.
 One dict, in the JSON form Triton's REST API returns; the gRPC answer is parsed from it.
 """
 
 from __future__ import annotations
 
 from kiln.artifact.manifest import Manifest
+from kiln.artifact.specs import Dim
 from kiln.serving.tensors import v2_datatype
 
 
-def _tensor(spec, dims_key: str) -> dict:
+def _tensor(spec, dims_key: str, batched: bool = False) -> dict:
+    """-1 for a dynamic dimension; with `batched`, the batch axis is left out of dims, as Triton does."""
     datatype = v2_datatype(spec.dtype)
+    dims = [int(d) for d in spec.shape]
     return {"name": spec.name, "data_type": f"TYPE_{'STRING' if datatype == 'BYTES' else datatype}",
-            dims_key: [int(d) for d in spec.shape]}
+            dims_key: dims[1:] if batched and dims else dims}
 
 
-def model_config(manifest: Manifest, instances: int, device: str = "cpu") -> dict:
+def batch_dim(manifest: Manifest) -> Dim | None:
+    """The profile's dimension that is the first axis of every input (a dynamic batch), or None."""
+    for dim in manifest.profile.dims:
+        if dim.low != dim.high and manifest.inputs and all(f"{s.name}:0" in dim.axes for s in manifest.inputs):
+            return dim
+    return None
+
+
+def model_config(manifest: Manifest, instances: int, device: str = "cpu", batching=None) -> dict:
     m = manifest
     kind = "KIND_GPU" if device.startswith("cuda") else "KIND_CPU"
-    return {
+    batch = batch_dim(m)
+    outputs_batched = bool(batch) and all(s.shape and s.shape[0] < 0 for s in m.outputs)
+    config = {
         "name": m.name,
         "platform": f"kiln_{m.backend}",
         "backend": "kiln",
         "runtime": m.backend,
-        "max_batch_size": 0,
-        "input": [_tensor(s, "dims") for s in m.inputs],
-        "output": [_tensor(s, "dims") for s in m.outputs],
+        "max_batch_size": batch.high if batch and outputs_batched else 0,
+        "input": [_tensor(s, "dims", bool(batch) and outputs_batched) for s in m.inputs],
+        "output": [_tensor(s, "dims", bool(batch) and outputs_batched) for s in m.outputs],
         "instance_group": [{"name": m.name, "kind": kind, "count": instances}],
         "parameters": {"kiln.artifact": {"string_value": m.id}, "kiln.selected": {"string_value": m.selected}},
         "model_transaction_policy": {"decoupled": False},
     }
+    if batching is not None and batching.on:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": batching.max_queue_delay_us,
+                                      "preferred_batch_size": [batching.max_batch]}
+    return config

@@ -24,8 +24,10 @@ from kiln.artifact.manifest import Manifest
 from kiln.artifact.store import resolve
 from kiln.errors import KilnError
 from kiln.serving import protocol as protocols
+from kiln.serving.batching import BatchingConfig
 from kiln.serving.grpc_api import Handlers
 from kiln.serving.model import Inference, ModelService
+from kiln.serving.model_config import batch_dim
 
 log = logging.getLogger("kiln.serve")
 
@@ -47,12 +49,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def _serve(artifact: str, host: str, port: int, workers: int, max_message_mb: float, threads: int | None,
-                 grace_s: float, log_requests: bool, http_port: int | None) -> None:
+                 grace_s: float, log_requests: bool, http_port: int | None, batching: BatchingConfig) -> None:
     limit = int(max_message_mb * (1 << 20))
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
     folder = resolve(artifact)
     manifest = Manifest.read(folder)
+    batching = batching.checked(manifest, batch_dim(manifest))  # a model that cannot batch stops here
     inference = Inference(manifest)
     requests = RequestLog(enabled=log_requests)
     handlers = Handlers(inference, protocols.load(folder / PROTOCOL_DIR, manifest.protocol, own_pool=False),
@@ -78,7 +81,7 @@ async def _serve(artifact: str, host: str, port: int, workers: int, max_message_
     loop = asyncio.get_running_loop()
     service = await loop.run_in_executor(None, lambda: ModelService(folder, workers=workers, threads=threads))
     await loop.run_in_executor(None, service.warm_up)
-    inference.loaded(service)
+    inference.loaded(service, batching)
     for name in ["", *served]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
@@ -132,8 +135,9 @@ class RequestLog:
 
 def serve(artifact: str, host: str = "127.0.0.1", port: int = 8001, workers: int = 1, max_message_mb: float = 16,
           threads: int | None = None, grace_s: float = 10.0, log_requests: bool = True,
-          http_port: int | None = None) -> None:
+          http_port: int | None = None, batching: BatchingConfig | None = None) -> None:
     """Serve until SIGTERM/SIGINT; prints `serving NAME (CANDIDATE) on HOST:PORT` once health says SERVING
     (`serving NAME (CANDIDATE) with HTTP on http://HOST:HTTP_PORT and gRPC on HOST:PORT` when HTTP is on)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    asyncio.run(_serve(artifact, host, port, workers, max_message_mb, threads, grace_s, log_requests, http_port))
+    asyncio.run(_serve(artifact, host, port, workers, max_message_mb, threads, grace_s, log_requests, http_port,
+                       batching or BatchingConfig()))

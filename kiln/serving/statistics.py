@@ -52,14 +52,28 @@ class ModelStats:
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
+    batches: dict[int, Duration] = field(default_factory=dict)  # batch size -> executions (and their compute ns)
 
-    def succeeded(self, t: Timing, batch: int) -> None:
+    def succeeded(self, t: Timing, rows: int = 1, executed: bool = True) -> None:
+        """One request answered; `executed`: it ran alone (a dynamic batch counts its execution in `executed`)."""
         self.success.add(time.perf_counter_ns() - t.start)
         for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
             getattr(self, phase).add(getattr(t, phase))
-        self.inference_count += batch
-        self.execution_count += 1
+        self.inference_count += rows
+        if executed:
+            self.executed(1, rows)
         self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def executed(self, requests: int, rows: int, ns: int = 0) -> None:
+        """One model execution, of `requests` requests holding `rows` rows: Triton's execution_count, and its
+        batch_stats by batch size."""
+        self.execution_count += 1
+        self.batches.setdefault(rows, Duration()).add(ns)
+
+    def batch_stats(self) -> list[dict]:
+        """Triton's batch_stats: per batch size, how many executions (compute_infer holds their count)."""
+        return [{"batch_size": size, "compute_infer": {"count": d.count, "ns": d.ns}}
+                for size, d in sorted(self.batches.items())]
 
     def failed(self, t: Timing) -> None:
         self.fail.add(time.perf_counter_ns() - t.start)

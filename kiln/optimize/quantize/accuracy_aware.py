@@ -28,6 +28,7 @@ import onnx
 
 from kiln.artifact.manifest import RunSettings
 from kiln.optimize.build_context import BuildContext, Built
+from kiln.program import ragged
 
 RANK_FEEDS = 16  # calibration feeds used to rank nodes (exposing every tensor is memory-hungry)
 
@@ -120,7 +121,12 @@ def _run(model: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarra
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
     per_feed = [session.run(names, feed) for feed in feeds]
-    return {n: np.concatenate([np.asarray(out[i]) for out in per_feed]) for i, n in enumerate(names)}
+    joined = {}
+    for i, n in enumerate(names):
+        parts = [np.asarray(out[i]) for out in per_feed]
+        # samples at their own lengths: one tensor per feed, as the evaluation holds them
+        joined[n] = np.concatenate(parts) if len({p.shape[1:] for p in parts}) == 1 else ragged.of(parts)
+    return joined
 
 
 def _exposed(model: onnx.ModelProto, names: list[str]) -> bytes:

@@ -1,0 +1,195 @@
+"""Dynamic batching, as Triton's dynamic batcher does it: requests to a model whose first axis is a dynamic
+batch wait up to `max_queue_delay_us` for others to join, up to `max_batch` rows, then run as one call, and
+each caller gets exactly its own rows back.
+
+Requests of unequal length are padded to the longest in the batch only where the program says how
+(`padding = {"attention_mask": 0, "input_ids": 0, ...}` names a value for every input that varies): the mask
+makes the padded positions inert, and each caller's outputs are cut back to its own length on the output axes
+the model names like the padded dimension. Without it, only requests of equal shapes share a batch.
+While every model instance is busy, requests keep queuing, so batches grow under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel
+
+from kiln.artifact.manifest import Manifest
+from kiln.artifact.specs import Dim
+from kiln.errors import KilnError
+
+Feed = dict[str, np.ndarray]
+
+
+class BatchingConfig(BaseModel):
+    """`kiln serve --max-batch N --max-queue-delay-us D`: off while the delay is 0."""
+
+    max_batch: int = 0  # 0: the batch dimension's upper end
+    max_queue_delay_us: int = 0
+
+    @property
+    def on(self) -> bool:
+        return self.max_queue_delay_us > 0
+
+    def checked(self, manifest: Manifest, batch: Dim | None) -> BatchingConfig:
+        """This config with max_batch resolved; KilnError when the model cannot batch like that."""
+        if not self.on:
+            return self
+        if batch is None:
+            raise KilnError(f"dynamic batching needs a dynamic batch dimension (the first axis of every input), and "
+                            f"{manifest.name}'s inputs accept {manifest.profile.explain()}",
+                            hint="optimize it with a batch range, e.g. --dim batch_size=1..8, or serve it without "
+                                 "--max-queue-delay-us")
+        size = self.max_batch or batch.high
+        if size > batch.high:
+            raise KilnError(f"--max-batch {size} is above the batch range {batch.low}..{batch.high} the model was "
+                            "optimized and checked for", hint=f"use --max-batch {batch.high} or less")
+        return self.model_copy(update={"max_batch": size})
+
+
+@dataclass
+class Pending:
+    feed: Feed
+    rows: int
+    future: asyncio.Future
+    arrived: int = field(default_factory=time.perf_counter_ns)
+
+
+@dataclass
+class Executed:
+    """What one model execution reports back to each of its requests."""
+
+    outputs: Feed
+    queue_ns: int
+    infer_ns: int
+    batch: int
+
+
+class Batcher:
+    """Collects requests into batches and runs each with `execute(feed) -> outputs` on a free instance."""
+
+    def __init__(self, manifest: Manifest, batch: Dim, execute: Callable[[Feed], Feed], instances: int,
+                 max_batch: int, delay_us: int, padding: dict[str, float] | None = None,
+                 run_in_thread: bool = False, on_batch: Callable[[int, int, int], None] | None = None):
+        self.manifest, self.batch_dim = manifest, batch
+        self.execute, self.max_batch, self.delay_s = execute, max_batch, delay_us / 1e6
+        self.padding = padding or {}
+        self.varying = [d for d in manifest.profile.dims if d is not batch and d.low != d.high]
+        self.can_pad = bool(self.varying) and all(
+            a.rpartition(":")[0] in self.padding for d in self.varying for a in d.axes)
+        self.run_in_thread = run_in_thread
+        self.on_batch = on_batch
+        self.free = asyncio.Semaphore(instances)
+        self.queue: list[Pending] = []
+        self.arrived = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def submit(self, feed: Feed) -> Executed:
+        """Queue one checked request; its own rows of the batch's outputs come back."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._collect())
+        rows = int(np.shape(next(iter(feed.values())))[0]) if feed else 1
+        pending = Pending(feed, rows, asyncio.get_running_loop().create_future())
+        self.queue.append(pending)
+        self.arrived.set()
+        return await pending.future
+
+    def _key(self, p: Pending) -> tuple:
+        """Requests that may share a batch have equal keys: every axis but the batch's, or with padding, every
+        axis but the batch's and the padded ones."""
+        padded = {a for d in self.varying for a in d.axes} if self.can_pad else set()
+        return tuple((n, tuple(s for i, s in enumerate(np.shape(a)) if i and f"{n}:{i}" not in padded))
+                     for n, a in sorted(p.feed.items()))
+
+    def _take(self) -> list[Pending]:
+        """The oldest request and those that fit with it, up to max_batch rows, oldest first."""
+        first = self.queue[0]
+        key, rows, chosen = self._key(first), 0, []
+        for p in self.queue:
+            if self._key(p) == key and rows + p.rows <= self.max_batch:
+                chosen.append(p)
+                rows += p.rows
+        for p in chosen:
+            self.queue.remove(p)
+        return chosen
+
+    async def _collect(self) -> None:
+        while True:
+            if not self.queue:
+                self.arrived.clear()
+                await self.arrived.wait()
+            await self.free.acquire()  # while every instance is busy, requests gather
+            deadline = self.queue[0].arrived / 1e9 + self.delay_s
+            while sum(p.rows for p in self.queue) < self.max_batch and time.perf_counter() < deadline:
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), max(0.0, deadline - time.perf_counter()))
+                except TimeoutError:
+                    break
+            batch = self._take()
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[Pending]) -> None:
+        try:
+            feed, lengths = self._stack(batch)
+            start = time.perf_counter_ns()
+            if self.run_in_thread:
+                outputs = await asyncio.get_running_loop().run_in_executor(None, self.execute, feed)
+            else:
+                outputs = self.execute(feed)
+            infer_ns = time.perf_counter_ns() - start
+            if self.on_batch:
+                self.on_batch(len(batch), sum(p.rows for p in batch), infer_ns)
+            row = 0
+            for p, own in zip(batch, lengths, strict=True):
+                if not p.future.done():
+                    p.future.set_result(Executed(self._cut(outputs, row, p.rows, own), start - p.arrived,
+                                                 infer_ns, len(batch)))
+                row += p.rows
+        except Exception as exc:  # the batch failed: each of its callers hears why
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        finally:
+            self.free.release()
+
+    def _stack(self, batch: list[Pending]) -> tuple[Feed, list[dict[str, int]]]:
+        """One feed of every request's rows, padded to the longest where the program says how; and each
+        request's own value of each padded dimension."""
+        lengths = [{d.name: int(np.shape(p.feed[d.axes[0].rpartition(":")[0]])[int(d.axes[0].rpartition(":")[2])])
+                    for d in self.varying if d.axes[0].rpartition(":")[0] in p.feed} for p in batch]
+        if len(batch) == 1:
+            return batch[0].feed, lengths
+        feed = {}
+        for name in batch[0].feed:
+            parts = [p.feed[name] for p in batch]
+            if self.can_pad and len({a.shape for a in parts}) > 1:
+                longest = np.max([a.shape for a in parts], axis=0)
+                value = self.padding[name]
+                parts = [np.pad(a, [(0, 0)] + [(0, int(m - s)) for s, m in zip(a.shape[1:], longest[1:],
+                                                                             strict=True)], constant_values=value)
+                         for a in parts]
+            feed[name] = np.concatenate(parts, axis=0)
+        return feed, lengths
+
+    def _cut(self, outputs: Feed, row: int, rows: int, own: dict[str, int]) -> Feed:
+        """A caller's rows of each output, each padded axis cut back to its own length."""
+        out = {}
+        batch_axes = {a.rpartition(":")[0] for a in self.batch_dim.outputs if a.endswith(":0")}
+        for name, arr in outputs.items():
+            arr = np.asarray(arr)
+            if name in batch_axes or (arr.ndim and not self.batch_dim.outputs):
+                arr = arr[row : row + rows]
+            index = [slice(None)] * arr.ndim
+            for d in self.varying:
+                for axis in d.outputs:
+                    out_name, _, i = axis.rpartition(":")
+                    if out_name == name and d.name in own and int(i) < arr.ndim:
+                        index[int(i)] = slice(0, own[d.name])
+            out[name] = arr[tuple(index)]
+        return out

@@ -1,0 +1,298 @@
+"""Dynamic shapes end to end: a BERT-shaped model with open [batch, sequence] axes, optimized from samples at
+their own lengths (a parquet file of list columns, as `datasets.Dataset.to_parquet` writes a tokenizer's unpadded
+output, and a folder of one .npz per sample) with no --shape, then run at every length of its profile and
+refused outside it. The profile, the data checks and the per-sample metrics are unit-tested below."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kiln
+from kiln.artifact.specs import Dim, Profile, TensorSpec
+from kiln.errors import DatasetError, InputError, ModelError
+from kiln.optimize.feeds import gather_outputs, load_eval, save_eval
+from kiln.optimize.profile import resolve
+from kiln.optimize.traffic import plan_timing
+from kiln.program import metrics, ragged
+from kiln.program.datasets import Dataset, Samples
+
+import onnx_models
+from conftest import run_kiln
+
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+LONGEST = 29
+
+
+def sentences(count: int = 40, seed: int = 0) -> list[dict[str, list[int]]]:
+    """Token ids of `count` sentences of 3..LONGEST tokens, most of them short, as real text is."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.gamma(4.0, 4.0, count).astype(int) + 3, 3, LONGEST)
+    lengths[0] = LONGEST
+    return [{"input_ids": rng.integers(1, 100, n).tolist(), "attention_mask": [1] * int(n),
+             "token_type_ids": [0] * int(n)} for n in lengths]
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def write_npz_folder(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        np.savez(folder / f"{i:04d}.npz", **{k: np.asarray(v, np.int64) for k, v in row.items()})
+    return folder
+
+
+def reference(model: Path, length: int, seed: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    feed = {"input_ids": rng.integers(1, 100, (1, length)), "attention_mask": np.ones((1, length), np.int64),
+            "token_type_ids": np.zeros((1, length), np.int64)}
+    return feed, ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+@pytest.mark.parametrize("layout", ["parquet", "npz-folder"])
+def test_published_without_shapes_and_served_at_every_length(tmp_path, kiln_env, layout):
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
+    rows = sentences()
+    data = write_parquet(tmp_path / "real.parquet", rows) if layout == "parquet" else \
+        write_npz_folder(tmp_path / "samples", rows)
+    proc = run_kiln(["optimize", str(model), "--data", str(data), "--range", "cosine>=0.99", "--name", f"dyn-{layout}",
+                     "--candidates", "onnxruntime,ort-fp32-fused,ort-int8-fused-dynamic", "--trials", "0", "--json"],
+                    kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert [(d["name"], d["low"], d["high"], d["source"]) for d in manifest["profile"]["dims"]] == \
+        [("batch", 1, 1, "batch default"), ("sequence", 1, LONGEST, "data")]
+    assert [s["shape"] for s in manifest["inputs"]] == [[1, -1]] * 3
+    # timed over inputs of several lengths, with each shape bucket's p50 beside the traffic's mean
+    assert "stratified by size" in manifest["timing"] and "sequence 17-32" in manifest["timing"]
+    timed = [c for c in manifest["candidates"] if c["latency_ms"]]
+    buckets = [b.rsplit(" ", 1)[0] for b in manifest["timing"].split("buckets ")[1].split(", ")]
+    assert len(buckets) >= 2 and len(timed) >= 2, manifest["timing"]
+    assert all(list(c["latency_ms"]["buckets"]) == buckets for c in timed), [c["latency_ms"] for c in timed]
+    assert manifest["confirmation"] is None or manifest["confirmation"]["inputs"] > 8
+
+    predictor = kiln.load(Path(kiln_env["KILN_STORE"]) / f"dyn-{layout}" / manifest["id"])
+    for length in (1, 3, 17, LONGEST):  # every length of the profile, each as accurate as the ranges say
+        feed, want = reference(model, length)
+        got = predictor.run(feed)["last_hidden_state"]
+        assert got.shape == (1, length, 32)
+        cos = float(np.dot(got.ravel(), want.ravel()) / np.linalg.norm(got) / np.linalg.norm(want))
+        assert cos >= 0.99, (length, cos)
+    feed, _ = reference(model, LONGEST + 1)
+    with pytest.raises(InputError, match=rf"sequence = {LONGEST + 1} \(axis 1\), outside the allowed range "
+                                         rf"1\.\.{LONGEST}"):
+        predictor.run(feed)
+    feed, _ = reference(model, 5)
+    feed["attention_mask"] = np.ones((1, 6), np.int64)
+    with pytest.raises(InputError, match="sequence is 5 in input 'input_ids' but 6 in input 'attention_mask'"):
+        predictor.run(feed)
+
+
+def test_declared_range_without_data_and_synthetic_lengths(tmp_path, kiln_env):
+    """`--dim` gives the range; the synthetic samples step through it, so the speed-up is over lengths too."""
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
+    proc = run_kiln(["optimize", str(model), "--dim", "sequence=4..48", "--candidates", "onnxruntime,ort-fp32-basic",
+                     "--trials", "0", "--json", "--ignore-current"], kiln_env)
+    assert proc.returncode in (0, 2), proc.stderr  # 2: nothing beat onnxruntime beyond the noise
+    if proc.returncode == 0:
+        manifest = json.loads(proc.stdout)
+        assert manifest["profile"]["dims"][1] == {"name": "sequence", "low": 4, "high": 48,
+                                                  "axes": ["input_ids:1", "attention_mask:1", "token_type_ids:1"],
+                                                  "source": "declared"}
+    else:
+        assert "synthetic (8 feeds, seed 0, batch 1, sequence 4..48)" in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_bad_samples_are_named(tmp_path, kiln_env):
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
+    rows = sentences(12)
+    cases = {
+        "longer than the declared range": (rows, ["--dim", "sequence=1..16"],
+                                           f"sample 0 has sequence = {LONGEST} (input 'input_ids' axis 1), outside "
+                                           "the declared range 1..16"),
+        "an empty list": ([*rows[:3], {k: [] for k in NAMES}, *rows[3:]], [],
+                          "sample 3 of input 'input_ids' is empty"),
+        "floats where the model takes int64": ([{**r, "input_ids": [i + 0.5 for i in r["input_ids"]]} for r in rows],
+                                               [], "sample 0 of input 'input_ids' has dtype float64, the model "
+                                                   "expects int64"),
+        "a sample of another rank": ([*rows[:1], {k: [[v, v]] for k, v in rows[1].items()}, *rows[2:]], [],
+                                     "sample 1 of input 'input_ids' has shape [1, 2,"),
+    }
+    for what, (data, extra, needle) in cases.items():
+        slug = what.replace(" ", "-")
+        path = write_npz_folder(tmp_path / slug, data) if "rank" in what else \
+            write_parquet(tmp_path / f"{slug}.parquet", data)  # parquet columns hold one rank
+        proc = run_kiln(["optimize", str(model), "--data", str(path), *extra, "--candidates", "onnxruntime",
+                         "--trials", "0"], kiln_env)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in output, (what, output)
+        assert needle in output, (what, output)
+
+
+# -- units -----------------------------------------------------------------------------------------------------
+
+SPECS = [TensorSpec(name="ids", dtype="int64", shape=[-1, -1]), TensorSpec(name="mask", dtype="int64", shape=[-1, -1])]
+DYNAMIC = {"batch": ["ids:0", "mask:0"], "seq": ["ids:1", "mask:1"]}
+
+
+def test_profile_ranges_come_from_declarations_data_and_defaults():
+    rows = Samples(inputs={"ids": ragged.of([np.ones((1, n), np.int64) for n in (4, 9, 2)]),
+                           "mask": ragged.of([np.ones((1, n), np.int64) for n in (4, 9, 2)])})
+    seen = resolve(SPECS, DYNAMIC, {}, rows, "m.onnx")
+    assert seen.explain() == "batch 1 (batch default), seq 1..9 (data)"
+    declared = resolve(SPECS, DYNAMIC, {"ids:1": (2, 64), "batch": (1, 8)}, rows, "m.onnx")
+    assert declared.explain() == "batch 1..8 (declared), seq 2..64 (declared)"
+    assert resolve(SPECS, DYNAMIC, {}, None, "m.onnx", defaults=True).explain() == \
+        "batch 1 (batch default), seq 1..512 (default)"
+    with pytest.raises(ModelError, match=r"no range: seq \(ids:1, mask:1\)") as err:
+        resolve(SPECS, DYNAMIC, {}, None, "m.onnx")
+    assert "--dim seq=LOW..HIGH" in err.value.render()
+    with pytest.raises(DatasetError, match="sample 1 has seq = 9 .* outside the declared range 1..8"):
+        resolve(SPECS, DYNAMIC, {"seq": (1, 8)}, rows, "m.onnx")
+
+
+def test_profile_check_names_the_dimension_value_and_range():
+    profile = Profile(dims=[Dim(name="seq", low=1, high=8, axes=["ids:1", "mask:1"])])
+    specs = [TensorSpec(name="ids", dtype="int64", shape=[1, -1]), TensorSpec(name="mask", dtype="int64",
+                                                                               shape=[1, -1])]
+    profile.check({"ids": np.zeros((1, 8)), "mask": np.zeros((1, 8))}, specs)
+    with pytest.raises(InputError, match=r"'ids' has seq = 9 \(axis 1\), outside the allowed range 1..8"):
+        profile.check({"ids": np.zeros((1, 9)), "mask": np.zeros((1, 9))}, specs)
+    with pytest.raises(InputError, match=r"has shape \[2, 4\], expected \[1, seq\(1..8\)\]"):
+        profile.check({"ids": np.zeros((2, 4))}, specs)
+    with pytest.raises(InputError, match="expected rank 2"):
+        profile.check({"ids": np.zeros(4)}, specs)
+
+
+def test_a_list_column_is_one_tensor_per_row(tmp_path):
+    rows = sentences(6)
+    write_parquet(tmp_path / "s.parquet", [{**r, "label": i % 2} for i, r in enumerate(rows)])
+    specs = [TensorSpec(name=n, dtype="int64", shape=[-1, -1]) for n in NAMES]
+    samples = Dataset(path="s.parquet").load(tmp_path, specs)
+    assert samples.count == 6 and samples.batch is None and list(samples.labels) == [0, 1, 0, 1, 0, 1]
+    assert [x.shape for x in samples.inputs["input_ids"]] == [(1, len(r["input_ids"])) for r in rows]
+
+
+def test_metrics_and_eval_files_over_outputs_of_their_own_lengths(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = [rng.standard_normal((1, n, 4)).astype(np.float32) for n in (3, 7, 5)]
+    out = [r.copy() for r in ref]
+    out[1][0, 2] += 0.5  # one token of one sentence off
+    gathered = gather_outputs([{"h": o} for o in out], 3, None)
+    assert ragged.is_ragged(gathered["h"])
+    want = [float(np.dot(o.ravel(), r.ravel()) / np.linalg.norm(o) / np.linalg.norm(r))
+            for o, r in zip(out, ref, strict=True)]
+    cos = metrics.cosine(at_least=0.9).compute(gathered, {"h": ragged.of(ref)}, None)
+    assert cos == pytest.approx(min(want)) and cos < 1.0
+    assert metrics.max_abs_diff(at_most=1).compute(gathered, {"h": ragged.of(ref)}, None) == pytest.approx(0.5)
+    feeds = [{"x": np.ones((1, n), np.int64)} for n in (3, 7, 5)]
+    save_eval(tmp_path / "eval.npz", feeds, {"h": ragged.of(ref)}, None, None)
+    fds, loaded, _, _ = load_eval(tmp_path / "eval.npz")
+    assert [f["x"].shape for f in fds] == [(1, 3), (1, 7), (1, 5)]
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["h"], ref, strict=True))
+
+
+def test_timed_inputs_are_stratified_by_size():
+    profile = Profile(dims=[Dim(name="seq", low=1, high=64, axes=["ids:1"])])
+    lengths = [3] * 50 + [20] * 30 + [60] * 20
+    traffic = plan_timing([{"ids": np.zeros((1, n))} for n in lengths], profile, wanted=10)
+    timed = [lengths[i] for i in traffic.timed]
+    assert sorted(timed) == [3] * 5 + [20] * 3 + [60] * 2  # each timed input stands for a tenth of the samples
+    assert traffic.shares == {"seq 3-4": 0.5, "seq 17-32": 0.3, "seq 33-64": 0.2}
+    static = plan_timing([{"ids": np.zeros((1, 8))}] * 5, Profile())
+    assert static.timed == [0] and not static.shares
+
+
+PROGRAM = '''
+import kiln
+
+
+class Program(kiln.ModelProgram):
+    name = "dyn-batched"
+    dims = {"batch": (1, 8)}  # the sequence's range comes from the data
+    padding = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
+    dataset = kiln.Dataset(path="real.parquet")
+    metrics = [kiln.metrics.cosine(at_least=0.99)]
+'''
+
+
+def test_batched_serving_gives_each_caller_its_own_rows(tmp_path, kiln_env):
+    """Requests of different lengths queued together are padded to the longest (the program names the pad
+    values), run as one call and cut back: each caller gets what its request alone gives, the statistics count
+    fewer executions than inferences, and the config says so as Triton's does."""
+    import threading
+
+    import tritonclient.grpc as tgrpc
+
+    from conftest import Served
+
+    program = tmp_path / "program"
+    program.mkdir()
+    onnx_models.tiny_bert(program / "model.onnx", seq=64)
+    write_parquet(program / "real.parquet", sentences())
+    (program / "program.py").write_text(PROGRAM)
+    proc = run_kiln(["optimize", str(program), "--candidates", "onnxruntime", "--trials", "0", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["profile"]["dims"][0]["high"] == 8 and manifest["program"]["padding"]["attention_mask"] == 0
+    artifact = Path(kiln_env["KILN_STORE"]) / "dyn-batched" / manifest["id"]
+    alone = kiln.load(artifact)
+    rng = np.random.default_rng(3)
+    requests = []
+    for i in range(24):
+        rows, length = (2 if i % 6 == 0 else 1), int(rng.integers(2, LONGEST + 1))
+        requests.append({"input_ids": rng.integers(1, 100, (rows, length)),
+                         "attention_mask": np.ones((rows, length), np.int64),
+                         "token_type_ids": np.zeros((rows, length), np.int64)})
+    want = [alone.run(r)["last_hidden_state"] for r in requests]
+
+    served = Served(artifact, "--max-queue-delay-us", "50000", "--max-batch", "8", env=kiln_env)
+    try:
+        client = tgrpc.InferenceServerClient(served.address)
+        config = client.get_model_config("dyn-batched", as_json=True)["config"]
+        assert int(config["max_batch_size"]) == 8 and [int(d) for d in config["input"][0]["dims"]] == [-1]
+        assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 50000
+        got: dict[int, np.ndarray] = {}
+        start = threading.Barrier(len(requests))
+
+        def call(i: int) -> None:
+            inputs = []
+            for name, arr in requests[i].items():
+                inp = tgrpc.InferInput(name, list(arr.shape), "INT64")
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            start.wait()
+            got[i] = tgrpc.InferenceServerClient(served.address).infer("dyn-batched", inputs).as_numpy(
+                "last_hidden_state")
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(got) == list(range(len(requests)))
+        for i, expected in enumerate(want):
+            assert got[i].shape == expected.shape, (i, got[i].shape, expected.shape)
+            np.testing.assert_allclose(got[i], expected, rtol=1e-4, atol=1e-4)
+        stats = client.get_inference_statistics("dyn-batched", as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == len(requests)
+        assert int(stats["execution_count"]) < len(requests), stats  # some requests shared a call
+        assert any(int(b["batch_size"]) > 1 for b in stats["batch_stats"]), stats["batch_stats"]
+        too_many = tgrpc.InferInput("input_ids", [9, 4], "INT64")
+        too_many.set_data_from_numpy(np.ones((9, 4), np.int64))
+        others = []
+        for name in ("attention_mask", "token_type_ids"):
+            inp = tgrpc.InferInput(name, [9, 4], "INT64")
+            inp.set_data_from_numpy(np.ones((9, 4), np.int64))
+            others.append(inp)
+        with pytest.raises(Exception, match=r"batch = 9 \(axis 0\), outside the allowed range 1\.\.8"):
+            client.infer("dyn-batched", [too_many, *others])
+    finally:
+        served.stop()
