@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     program_import_timeout_s: float = Field(60.0, gt=0)
     candidate_timeout_s: float = Field(1800.0, gt=0)
     candidate_memory_mb: float = Field(0.0, ge=0)  # address-space limit per candidate child; 0: 75 % of RAM
+    # a candidate this many times slower than the baseline on its first inputs is stopped there, its accuracy
+    # unmeasured (untuned TVM runs ~30x slower); 0: never
+    hopeless_slowdown: float = Field(10.0, ge=0)
 
     # TVM tuning: how long one trial may take to build and to run before it counts as failed (LocalBuilder's
     # own 30 s lost 21 of 44 trials of a real transformer on a loaded 2-core machine)

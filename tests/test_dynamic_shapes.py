@@ -4,6 +4,8 @@ output, and a folder of one .npz per sample) with no --shape, then run at every 
 refused outside it. The profile, the data checks and the per-sample metrics are unit-tested below."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +107,7 @@ def test_declared_range_without_data_and_synthetic_lengths(tmp_path, kiln_env):
         manifest = json.loads(proc.stdout)
         assert manifest["profile"]["dims"][1] == {"name": "sequence", "low": 4, "high": 48,
                                                   "axes": ["input_ids:1", "attention_mask:1", "token_type_ids:1"],
-                                                  "source": "declared"}
+                                                  "outputs": ["last_hidden_state:1"], "source": "declared"}
     else:
         assert "synthetic (8 feeds, seed 0, batch 1, sequence 4..48)" in proc.stderr + proc.stdout, proc.stderr
 
@@ -296,3 +298,56 @@ def test_batched_serving_gives_each_caller_its_own_rows(tmp_path, kiln_env):
             client.infer("dyn-batched", [too_many, *others])
     finally:
         served.stop()
+
+
+def test_tvm_buckets_pad_each_request_and_cut_its_outputs(tmp_path, kiln_env):
+    """TVM builds static shapes: one build per bucket of the sequence, chosen from the data's lengths, and a
+    runner that pads each request (the mask with zeros) up to the smallest bucket that holds it. Its outputs on
+    every sample are judged by the range like any candidate's, and equal the unpadded model's at every length."""
+
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
+    data = write_parquet(tmp_path / "real.parquet", sentences())
+    env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}  # untuned TVM is slow: judge its accuracy all the same
+    proc = run_kiln(["optimize", str(model), "--data", str(data), "--range", "cosine>=0.999", "--name", "dyn-tvm",
+                     "--candidates", "onnxruntime,tvm", "--trials", "0", "--json", "--min-gain", "0"], env)
+    assert proc.returncode == 0, proc.stderr  # untuned TVM is slower: onnxruntime ships, the tvm row is judged
+    home = Path(kiln_env["KILN_HOME"])
+    folders = [p for p in (home / "cache" / "tvm").glob("buckets-*") if p.is_dir()]
+    assert len(folders) == 1, folders
+    buckets = sorted(int(p.name.split("-")[1].split(".")[0]) for p in folders[0].glob("bucket-*.so"))
+    assert len(buckets) >= 2 and buckets[-1] == LONGEST, buckets  # the largest: the profile's upper end
+    tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
+    assert tvm["settings"]["buckets"] == buckets and tvm["settings"]["bucket_dim"] == "sequence"
+    assert tvm["passed"] and tvm["metrics"]["cosine"]["value"] >= 0.999, tvm  # every sample, padded to its bucket
+    # the dispatcher itself, against the unpadded model, at lengths inside and at the edges of each bucket (in a
+    # child: the TVM runtime alone must not be loaded into this process, whose other tests compile)
+    lengths = sorted({1, 2, *buckets, *(b - 1 for b in buckets), LONGEST})
+    check = subprocess.run([sys.executable, "-c", DISPATCH, str(folders[0]), str(model), json.dumps(buckets),
+                            json.dumps(lengths)], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout.splitlines()[-1]) == {str(n): [1, n, 32] for n in lengths}
+
+
+DISPATCH = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from test_dynamic_shapes import LONGEST, NAMES, reference
+from kiln.artifact.manifest import RunSettings
+from kiln.artifact.specs import Dim, Profile, TensorSpec
+from kiln.runtime.runners import open_runner
+
+folder, model, buckets, lengths = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+dim = Dim(name="sequence", low=1, high=LONGEST, axes=[f"{n}:1" for n in NAMES], outputs=["last_hidden_state:1"])
+specs = [TensorSpec(name=n, dtype="int64", shape=[1, -1]) for n in NAMES]
+outs = [TensorSpec(name="last_hidden_state", dtype="float32", shape=[1, -1, 32])]
+settings = RunSettings(buckets=buckets, bucket_dim="sequence")
+runner = open_runner("tvm", folder, specs, outs, settings, Profile(dims=[dim]))
+shapes = {}
+for n in lengths:
+    feed, want = reference(model, n)
+    got = runner.run(feed)["last_hidden_state"]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    shapes[str(n)] = list(got.shape)
+print(json.dumps(shapes))
+"""

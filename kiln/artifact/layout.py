@@ -7,6 +7,7 @@ TUNING_DIR = "tuning"  # the TVM tuning database a later re-optimization continu
 REPORT_DIR = "report"  # candidates.md and candidates.svg
 TVM_MODULE = "model.so"
 ONNX_MODULE = "model.onnx"
+TVM_BUCKETS = "buckets"  # TVM builds per shape bucket: bucket-VALUE.so each
 
 # generated protocol files and services
 SERVICE_PROTO = "kiln_service.proto"

@@ -55,6 +55,9 @@ class RunSettings(BaseModel):
     kept_fp32: list[str] | None = None  # accuracy-aware int8: the nodes left unquantized
     fallback_round: int | None = None
     calibration_check: str | None = None  # what the calibration split said of the ranges
+    buckets: list[int] | None = None  # TVM per-bucket builds: the values of `bucket_dim` each is compiled at
+    bucket_dim: str | None = None
+    padding: dict[str, float] | None = None  # pad value per input when a request is padded up to its bucket
     version: int | None = None  # the incumbent's: the version in service measured beside the challengers
     artifact: str | None = None
 

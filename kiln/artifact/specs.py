@@ -84,6 +84,9 @@ class Profile(BaseModel):
         """True when some dimension varies (a range of one value is a fixed dimension, made concrete)."""
         return any(d.low != d.high for d in self.dims)
 
+    def dim(self, name: str) -> Dim | None:
+        return next((d for d in self.dims if d.name == name), None)
+
     def axis(self, name: str, axis: int) -> Dim | None:
         key = f"{name}:{axis}"
         return next((d for d in self.dims if key in d.axes), None)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
+from kiln.artifact.specs import TensorSpec
 from kiln.compiler import (
     DB_FILES,
     MEASUREMENT,
@@ -30,9 +31,12 @@ from kiln.config import kiln_home, settings
 from kiln.errors import KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
-from kiln.optimize.inspect import describe_unsupported
+from kiln.optimize.buckets import bucketed_dim, choose, split_trials
+from kiln.optimize.inspect import describe_unsupported, load_model
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
 from kiln.optimize.plan import Plan
+from kiln.optimize.prepare import prepare_model
+from kiln.runtime.buckets import at_value, bucket_file
 
 RESULT = "result.json"
 _log = logging.getLogger("kiln.optimize")
@@ -89,13 +93,15 @@ def cache_dir(key: str) -> Path:
     return kiln_home() / "cache" / "tvm" / key
 
 
-def build_folder(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path:
+def build_folder(prepared: PreparedModel, plan: Plan, name: str = "tvm", trials: int | None = None,
+                 tune_seconds: float | None = None) -> Path:
     """Where the build of `name` for this plan lives: the one cache key, used by the stage and by Prefect's task
-    cache alike. The database is seeded first, since the key of a continued search depends on it."""
+    cache alike. The database is seeded first, since the key of a continued search depends on it. `trials` and
+    `tune_seconds`: a shape bucket's share of the plan's budget."""
     r = plan.request
     seed_database(prepared, r.target, plan.tuning_from)
-    return cache_dir(compile_key(prepared, r.target, r.trials, r.max_trials_per_task, plan.tuning_from, r.tune_time,
-                                 name))
+    return cache_dir(compile_key(prepared, r.target, r.trials if trials is None else trials, r.max_trials_per_task,
+                                 plan.tuning_from, tune_seconds if trials is not None else r.tune_time, name))
 
 
 def cached_build(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path | None:
@@ -130,14 +136,20 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
     if checked.unsupported_ops:
         return BuiltCandidate(name=name, backend="tvm",
                               error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
-    if checked.profile:  # TVM's static builds need one shape each: per-bucket builds with a padding dispatcher
-        return BuiltCandidate(name=name, backend="tvm",  # are not built yet (issue 24, step 3)
-                              error=f"skipped: the inputs have dynamic dimensions ({checked.profile.describe()}); "
-                                    "TVM builds one static shape, and its per-bucket builds are not there yet "
-                                    "(fix the shape with --shape to compile it)")
+    if checked.profile:  # static builds, one per shape bucket, behind a padding dispatcher
+        return compile_buckets(checked, plan, name, log, on_progress)
+    return compile_static(checked.inputs, prepared, plan, name, plan.request.trials, plan.request.tune_time, log,
+                          on_progress)
+
+
+def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan, name: str, trials: int,
+                   tune_seconds: float | None, log: logging.Logger | logging.LoggerAdapter = _log,
+                   on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+    """One static-shape build of `prepared` (inputs of these shapes) within `trials` and `tune_seconds`, or its
+    cached build."""
     r = plan.request
-    target, trials, tune_seconds = r.target, r.trials, r.tune_time
-    cache = build_folder(prepared, plan, name)
+    target = r.target
+    cache = build_folder(prepared, plan, name, trials, tune_seconds)
     if plan.tuning_from:
         log.info("continuing the search from %d tuning records", count_records(tuning_dir(prepared, target)))
     if (cache / RESULT).is_file():
@@ -157,7 +169,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
     before = count_records(db_dir)
     try:
         with atomic_dir(cache, existing="replace") as staged:
-            result = compile_model(Path(prepared.path), checked.inputs, target_kind=target, limits=limits,
+            result = compile_model(Path(prepared.path), inputs, target_kind=target, limits=limits,
                                    db_dir=db_dir, out=staged.path / "model.so", progress=on_progress,
                                    shared_root=shared_tuning_root(),
                                    graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes))
@@ -179,3 +191,45 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
              "shared database, %d added to it", result.seconds, result.tuning.describe(), info.stopped_by,
              info.records_added, info.seeded_records, info.shared_records_added)
     return built
+
+
+def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
+                    log: logging.Logger | logging.LoggerAdapter = _log,
+                    on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+    """A static build per shape bucket (kiln.optimize.buckets), each tuned with its traffic share of the budget,
+    largest share first; one candidate whose runner pads each request up to its bucket (kiln.runtime.buckets)."""
+    dim, why = bucketed_dim(checked.profile)
+    if dim is None:
+        return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {why}")
+    chosen = choose(dim, checked.dim_values.get(dim.name, []))
+    budget = split_trials(plan.request.trials, chosen)
+    log.info("TVM buckets of %s: %s", dim.name, ", ".join(f"{b.value} ({b.share:.0%} of the samples, "
+                                                           f"{budget[b.value]} trials)" for b in chosen))
+    model = load_model(Path(checked.model_path))
+    parts: dict[int, BuiltCandidate] = {}
+    for bucket in sorted(chosen, key=lambda b: -b.share):
+        specs = [at_value(s, dim, bucket.value) for s in checked.inputs]
+        path = checked.work_dir / "buckets" / f"{dim.name}-{bucket.value}.onnx"
+        try:
+            prepare_model(model, specs, path, checked.model_path)
+        except KilnError as exc:
+            return BuiltCandidate(name=name, backend="tvm", error=f"bucket {dim.name} = {bucket.value}: {exc.message}")
+        prepared = PreparedModel(path=str(path), sha256=file_sha256(path))
+        seconds = plan.request.tune_time * bucket.share if plan.request.tune_time else None
+        part = compile_static(specs, prepared, plan, name, budget[bucket.value], seconds, log, on_progress)
+        if part.error:
+            return part.model_copy(update={"error": f"bucket {dim.name} = {bucket.value}: {part.error}"})
+        parts[bucket.value] = part
+    key = json_sha256({str(b): p.path for b, p in sorted(parts.items())})[:24]
+    folder = cache_dir(f"buckets-{key}")
+    if not (folder / RESULT).is_file():
+        with atomic_dir(folder, existing="replace") as staged:
+            for value, part in parts.items():
+                shutil.copy2(part.path, staged.path / bucket_file(value))
+            (staged.path / RESULT).write_text(json.dumps({str(b): p.path for b, p in parts.items()}))
+    top = max(chosen, key=lambda b: b.share).value
+    first = parts[top]
+    return BuiltCandidate(
+        name=name, backend="tvm", path=str(folder), cached=all(p.cached for p in parts.values()),
+        build_seconds=sum(p.build_seconds or 0 for p in parts.values()), tuning=first.tuning,
+        settings=first.settings.merged(buckets=sorted(parts), bucket_dim=dim.name, padding=checked.padding or None))

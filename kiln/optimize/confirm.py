@@ -124,7 +124,7 @@ def measure(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
     try:
         for name in names:
             runners[name] = open_runner(built[name].backend, Path(built[name].path or ""), checked.inputs,
-                                        checked.outputs, results[name].settings)
+                                        checked.outputs, results[name].settings, checked.profile)
         latency = time_over({n: r.run for n, r in runners.items()}, inputs, traffic, LATENCY_REPEATS,
                             CONFIRM_SECONDS)
         held_out, passed = {}, None

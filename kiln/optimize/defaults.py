@@ -15,7 +15,6 @@ CONFIRM_SECONDS = 5.0
 HELD_OUT_FRACTION = 0.2
 MIN_SELECTION_FEEDS = 4  # the selection split keeps at least this many feeds
 
-# a candidate this many times slower than the baseline on the first PROBE_INPUTS evaluation inputs is stopped
-# there (untuned TVM can be 30x slower: running it over every sample for accuracy buys nothing)
-HOPELESS_SLOWDOWN = 10.0
+# a candidate far slower than the baseline (KILN_HOPELESS_SLOWDOWN) on the first PROBE_INPUTS evaluation inputs
+# is stopped there: running untuned TVM over every sample for accuracy buys nothing
 PROBE_INPUTS = 3

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
+from kiln.config import settings as kiln_settings
 from kiln.errors import ModelError
-from kiln.optimize.defaults import HOPELESS_SLOWDOWN, LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS
+from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
@@ -76,7 +77,7 @@ def probe_ms(run, fds: list) -> float:
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
                  baseline_ms: float | None = None) -> tuple[CandidateResult, float | None]:
     """One candidate's accuracy, in its child process: run it on every feed and score it; with its probe
-    latency. A candidate that cannot load or run comes back with its reason, one HOPELESS_SLOWDOWN times
+    latency. A candidate that cannot load or run comes back with its reason; one KILN_HOPELESS_SLOWDOWN times
     slower than the baseline's probe is stopped before its accuracy is measured; a metric that raises is the
     program's mistake and is raised."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
@@ -85,9 +86,11 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
     runner = None
     probe = None
     try:
-        runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings)
+        runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings,
+                             checked.profile)
         probe = probe_ms(runner.run, fds)
-        if baseline_ms and probe > HOPELESS_SLOWDOWN * baseline_ms:
+        hopeless = kiln_settings().hopeless_slowdown
+        if baseline_ms and hopeless and probe > hopeless * baseline_ms:
             return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
                                    reasons=[f"{STOPPED_EARLY}: {probe / baseline_ms:.0f}x slower than {BASELINE} on "
                                             f"the first {min(PROBE_INPUTS, len(fds))} inputs ({probe:.3g} vs "
@@ -120,7 +123,7 @@ def time_together(checked: CheckedProgram, ref: ReferenceData, cands: list[tuple
     try:
         for cand, settings in cands:
             runners[cand.name] = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs,
-                                             settings)
+                                             settings, checked.profile)
         timed = time_over({name: r.run for name, r in runners.items()}, inputs, traffic, repeats, seconds)
     finally:
         for r in runners.values():

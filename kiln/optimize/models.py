@@ -29,6 +29,7 @@ class CheckedProgram(BaseModel):
     shapes: dict[str, list[int]]
     dims: dict[str, tuple[int, int]] = Field(default_factory=dict)  # the declared ranges
     profile: Profile = Field(default_factory=Profile)  # every dynamic dimension's range (empty: static)
+    dim_values: dict[str, list[int]] = Field(default_factory=dict)  # each varying dimension, per sample (buckets)
     inputs: list[TensorSpec]  # -1: a dynamic dimension of the profile
     outputs: list[TensorSpec]
     guards: list[IndexGuard] = Field(default_factory=list)

@@ -21,7 +21,7 @@ from kiln.artifact.manifest import (
 )
 from kiln.artifact.store import ArtifactStore
 from kiln.compiler import DB_FILES
-from kiln.fs import file_sha256
+from kiln.fs import file_sha256, json_sha256
 from kiln.optimize.confirm import Choice
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
 from kiln.optimize.plan import Plan
@@ -52,8 +52,19 @@ def _copy_module(built: BuiltCandidate, checked: CheckedProgram, folder: Path) -
         # the original model, with any external data beside it, keeps its own file names
         for extra in external_data_files(module_src):
             shutil.copy2(module_src.parent / extra, folder / extra)
+    if module_src.is_dir():  # TVM builds per shape bucket: the folder of them
+        module_name = layout.TVM_BUCKETS
+        shutil.copytree(module_src, folder / module_name, ignore=shutil.ignore_patterns("*.json"))
+        return module_name
     shutil.copy2(module_src, folder / module_name)
     return module_name
+
+
+def module_sha256(path: Path) -> str:
+    """A module file's sha256; a folder of them (per-bucket builds): the hash of their names and hashes."""
+    if path.is_dir():
+        return json_sha256({f.name: file_sha256(f) for f in sorted(path.iterdir())})
+    return file_sha256(path)
 
 
 def _copy_tuning(evaluation: Evaluation, folder: Path) -> TuningInfo | None:
@@ -94,7 +105,7 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
             + (f"\n{tuning_markdown(tuned)}\n" if tuned else ""))
         return Manifest(
             name=checked.name, created_at=datetime.now(UTC).isoformat(),
-            model=ModelInfo(path=module_name, sha256=file_sha256(folder / module_name),
+            model=ModelInfo(path=module_name, sha256=module_sha256(folder / module_name),
                             source_sha256=checked.model_sha256),
             program=ProgramInfo(sha256=checked.program_sha256, shapes=checked.shapes, source=checked.location,
                                 file=Path(checked.source).name if checked.source.endswith(".py") else "program.py",

@@ -27,7 +27,7 @@ from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.profile import bounded, concrete, resolve
 from kiln.optimize.protocol import check as check_protocol
-from kiln.program.datasets import Samples, synthetic
+from kiln.program.datasets import Samples, sample_shapes, synthetic
 from kiln.program.generated import write_program
 from kiln.program.loader import LoadedProgram, load_program
 from kiln.program.metrics import Metric
@@ -114,6 +114,17 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
     return checked
 
 
+def dim_values(samples: Samples, profile: Profile) -> dict[str, list[int]]:
+    """Each varying dimension's value in each sample's model call: the histogram TVM's buckets are chosen by."""
+    out: dict[str, list[int]] = {}
+    shapes = sample_shapes(samples)
+    for dim in profile.dims:
+        name, _, axis = dim.axes[0].rpartition(":")
+        if dim.low != dim.high:
+            out[dim.name] = [int(s[name][int(axis)]) for s in shapes if name in s]
+    return out
+
+
 def check_requirements(requirements: list[str], where: str) -> list[str]:
     """Each one a requirement pip understands (the image build downloads them; a typo should fail here, before
     hours of tuning, not at the end)."""
@@ -183,7 +194,7 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         program_sha256=prog.sha256, shapes=prog.shapes, dims=prog.dims, profile=profile, inputs=inputs,
         outputs=outputs, guards=guards,
         unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), requirements=requirements,
-        padding=dict(p.padding),
+        padding=dict(p.padding), dim_values=dim_values(samples, profile),
         calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),

@@ -70,5 +70,5 @@ def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_file
     else:
         manifest = Manifest.read(folder)
     runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
-                         manifest.settings.merged(threads=threads, spin=spin))
+                         manifest.settings.merged(threads=threads, spin=spin), manifest.profile)
     return Predictor(folder, manifest, runner)

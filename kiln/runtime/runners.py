@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from kiln.artifact.manifest import RunSettings
-from kiln.artifact.specs import TensorSpec
+from kiln.artifact.specs import Profile, TensorSpec
 from kiln.config import environ_default, environ_set
 
 
@@ -122,9 +122,19 @@ class TvmRunner:
 
 
 def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                settings: RunSettings | None = None) -> Runner:
-    """Load `path` for `backend` as `settings` say (threads, graph level, spinning, device)."""
+                settings: RunSettings | None = None, profile: Profile | None = None) -> Runner:
+    """Load `path` for `backend` as `settings` say (threads, graph level, spinning, device); TVM builds per
+    shape bucket (settings.buckets) need the profile their dimension is in."""
     settings = settings or RunSettings()
+    if backend == "tvm" and settings.buckets:
+        from kiln.runtime.buckets import BucketRunner
+
+        dim = profile.dim(settings.bucket_dim or "") if profile else None
+        if dim is None:
+            raise ValueError(f"a TVM build per bucket of {settings.bucket_dim!r} needs the profile that names it")
+        device = settings.device or "cpu"
+        return BucketRunner(path, dim, settings.buckets, inputs, padding=settings.padding, load=lambda module, specs:
+                            TvmRunner(module, specs, outputs, threads=settings.threads, device=device))
     if backend == "onnxruntime":
         return OrtRunner(path, threads=settings.threads, optimization=settings.optimization or "all",
                          spin=True if settings.spin is None else settings.spin)
