@@ -143,8 +143,8 @@ def summarize(name: str, lengths: list[int], code: int, manifest: dict | None, s
         out["error"] = stderr[-1500:]
         return out
     out.update(selected=manifest["selected"], kiln_speedup=manifest["speedup_vs_baseline"],
-               profile=", ".join(f"{d['name']} {d['low']}..{d['high']} ({d['source']})"
-                                 for d in manifest["profile"]["dims"]),
+               profile=", ".join(f"{d['name']} {d['low']}" + (f"..{d['high']}" if d['high'] != d['low'] else "")
+                                 + f" ({d['source']})" for d in manifest["profile"]["dims"]),
                timing=manifest["timing"])
     if measured:
         ort_ms = np.array(measured["times"]["onnxruntime"])  # rounds x sentences

@@ -340,6 +340,71 @@ def node_suite(d: dict) -> list[str]:
             *(f"- {r['case']}: {r['message'][:200]}" for r in errors[:20])]
 
 
+# --------------------------------------------------------------------------------------- natural_lengths.json
+
+@block("natural-lengths", "natural_lengths.json")
+def natural_lengths(d: dict) -> list[str]:
+    """The bar of issue 24: the artifact `kiln optimize` ships with no --shape, timed by the benchmark itself on
+    every sentence at its own length against onnxruntime fp32 on the original model."""
+    lines = [f"`python benchmarks/natural_lengths.py` ({_where(d, flat=True)}, {d['threads']} threads, onnxruntime "
+             f"{d['onnxruntime']}, {d['rounds']} alternating rounds): `kiln optimize model.onnx --data real.parquet "
+             "--range 'cosine>=0.99' --trials 0 --json`, no --shape, no --dim; then the published artifact "
+             "(`kiln.load`) and onnxruntime fp32 on the original model, each sentence at its own length. Ratio: "
+             "onnxruntime's mean latency over the artifact's; cosine: each sentence's mean-pooled embedding "
+             "against fp32's.", "",
+             "| model | sentences (median / max tokens) | shipped | profile | kiln's confirmed speed-up | measured "
+             "ratio (per round) | artifact / onnxruntime mean ms | worst / mean pooled cosine | length 3, 37, 600 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        if r.get("exit_code") != 0 or "ratio" not in r:
+            lines.append(f"| {r['model']} | {r['samples']} ({r['median_tokens']:g} / {r['max_tokens']}) | nothing "
+                         f"(exit {r.get('exit_code')}) | | | | | | |")
+            continue
+        rounds = f"{min(r['ratio_rounds']):.2f}-{max(r['ratio_rounds']):.2f}"
+        checks = "; ".join(f"{n}: {v.split(':')[0]}" for n, v in r["checks"].items())
+        lines.append(f"| {r['model']} | {r['samples']} ({r['median_tokens']:g} / {r['max_tokens']}) | "
+                     f"{r['selected']} | {r['profile']} | {r['kiln_speedup']:.2f}x | **{r['ratio']:.2f}x** "
+                     f"({rounds}) | {r['kiln_mean_ms']:.3g} / {r['ort_mean_ms']:.3g} | "
+                     f"{r['min_pooled_cosine']:.4f} / {r['mean_pooled_cosine']:.4f} | {checks} |")
+    lines += ["", "Per length bucket (p50 ms over the rounds, the bucket's share of the sentences):", "",
+              "| model | tokens | share | artifact p50 ms | onnxruntime p50 ms | ratio |", "|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        for b in r.get("buckets", []):
+            lines.append(f"| {r['model']} | {b['tokens']} | {b['share']:.0%} | {b['kiln_p50_ms']:.3g} | "
+                         f"{b['ort_p50_ms']:.3g} | {b['ort_p50_ms'] / b['kiln_p50_ms']:.2f}x |")
+    return lines
+
+
+@block("readme-natural-lengths", "natural_lengths.json")
+def readme_natural_lengths(d: dict) -> list[str]:
+    parts = [f"{r['model']} shipped {r['selected']} at {r['ratio']:.2f}x the speed of onnxruntime fp32 on the "
+             f"original model at each sentence's own length (worst pooled cosine {r['min_pooled_cosine']:.4f})"
+             for r in d["results"] if "ratio" in r]
+    return [f"{_from(d, d, 'natural_lengths.json')} {_join(parts) if parts else 'nothing yet'}."]
+
+
+# ----------------------------------------------------------------------------------------------- batching.json
+
+@block("batching", "batching.json")
+def batching(d: dict) -> list[str]:
+    lines = [f"`{d['command']}` ({_where(d, flat=True)}; the artifact shipped {d['selected']}): all-MiniLM-L6-v2 "
+             "served over KServe v2 gRPC, each request one real sentence at its own length, from tritonclient "
+             f"threads; batching on: `--max-queue-delay-us {d['delay_us']} --max-batch 8` (requests padded to the "
+             f"longest in their batch, the program naming the pad values). Both servers measured in "
+             f"{d['rounds']} alternating rounds per concurrency.", "",
+             "| clients | batching | requests/s | p50 ms | p99 ms | executions per request |",
+             "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['clients']} | {r['batching']} | {r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['executions_per_request']:.2f} |")
+    by = {(r["clients"], r["batching"]): r for r in d["rows"]}
+    if (8, "on") in by and (8, "off") in by and (1, "off") in by:
+        lines += ["", f"At 8 clients, batching gives {by[(8, 'on')]['rps'] / by[(8, 'off')]['rps']:.2f}x the "
+                      f"throughput without it, with a p99 of {by[(8, 'on')]['p99_ms'] / by[(1, 'off')]['p99_ms']:.2f}x "
+                      "the p99 of one client without it."]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ real_models.json
 
 @block("real_models", "real_models.json")

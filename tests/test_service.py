@@ -182,8 +182,8 @@ def test_form_in_chromium(service, tmp_path):
 
 
 def test_form_bare_model_with_samples_ranges_and_name_in_chromium(service, tmp_path):
-    """A model uploaded alone, with samples, ranges and a name typed into the form: the run gates on those
-    ranges and publishes under that name, with the program kiln wrote for it."""
+    """A model uploaded alone, with samples, ranges, a batch range and a name typed into the form: the run gates
+    on those ranges and publishes under that name, with the program kiln wrote for it, accepting that batch."""
     from playwright.sync_api import sync_playwright
 
     digits = np.load(service["program"] / "digits.npz")
@@ -201,7 +201,7 @@ def test_form_bare_model_with_samples_ranges_and_name_in_chromium(service, tmp_p
         page.set_input_files("#data", str(tmp_path / "samples.npz"))
         page.fill("#ranges", "top1>=0.9\nagreement>=0.97")
         page.fill("#name", "digits-from-form")
-        page.fill("#shapes", "pixels=1x64")
+        page.fill("#dims", "batch=1..4")
         page.fill("#trials", "0")
         for box in page.locator("input[name=candidates]").all():
             box.set_checked(box.get_attribute("value") in ("onnxruntime", "ort-int8-static"))
@@ -213,6 +213,8 @@ def test_form_bare_model_with_samples_ranges_and_name_in_chromium(service, tmp_p
     static = next(c for c in manifest["candidates"] if c["name"] == "ort-int8-static")
     assert set(static["metrics"]) == {"top1", "agreement"} and static["settings"]["calibration_feeds"] > 0
     assert "agreement(at_least=0.97" in (folder / "program" / "program.py").read_text()
+    assert [(d["name"], d["low"], d["high"], d["source"]) for d in manifest["profile"]["dims"]] == \
+        [("batch", 1, 4, "declared")] and manifest["inputs"][0]["shape"] == [-1, 64]
 
     client = _session(service)  # ranges beside a whole program are refused in the browser, not in the worker
     csrf = client.get("/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
@@ -221,6 +223,8 @@ def test_form_bare_model_with_samples_ranges_and_name_in_chromium(service, tmp_p
     assert refused.status_code == 400 and "bare .onnx" in refused.text
     unreadable = client.post("/runs", data={"csrf": csrf, "ranges": "top1=>0.9"}, files=files)
     assert unreadable.status_code == 400 and "cannot read range" in unreadable.text
+    empty = client.post("/runs", data={"csrf": csrf, "dims": "batch=4..1"}, files=files)
+    assert empty.status_code == 400 and "the range of dimension &#39;batch&#39; is 4..1" in empty.text
 
 
 def _session(service) -> httpx.Client:

@@ -99,7 +99,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                      trials: str = Form(""), target: str = Form("llvm"), candidates: list[str] = Form([]),
                      shapes: str = Form(""), upload: str = Form(""), image: str = Form(""),
                      data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form(""),
-                     tune_time: str = Form("")) -> Response:
+                     tune_time: str = Form(""), dims: str = Form("")) -> Response:
         if not authorized(request):
             return login_required(request)
         sid = security.session_id(request, token)
@@ -107,7 +107,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
                         "or stale: reload the form and submit again")
         try:  # every field checked before the upload is unpacked, so a typo fails in the browser
-            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name, tune_time)
+            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name, tune_time, dims)
             OptimizeRequest.of(program="-", **form)
         except KilnError as exc:
             return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
@@ -208,7 +208,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
 
 def _form_fields(trials: str, target: str, candidates: list[str], shapes: str, upload: str, image: str,
-                 ranges: str = "", name: str = "", tune_time: str = "") -> dict:
+                 ranges: str = "", name: str = "", tune_time: str = "", dims: str = "") -> dict:
     """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
     out: dict = {"target": target}
     if str(trials).strip():
@@ -218,6 +218,9 @@ def _form_fields(trials: str, target: str, candidates: list[str], shapes: str, u
     parsed = parse_shapes([s.strip() for s in shapes.replace(",", "\n").splitlines() if s.strip()])
     if parsed:
         out["shapes"] = parsed
+    ranged = [d.strip() for d in dims.replace(",", "\n").splitlines() if d.strip()]
+    if ranged:
+        out["dims"] = ranged  # NAME=LOW..HIGH: the request reads them
     out.update({k: v.strip() for k, v in (("upload", upload), ("image", image), ("name", name)) if v.strip()})
     if ranges.strip():
         out["ranges"] = ranges

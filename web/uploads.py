@@ -115,12 +115,13 @@ def check_bare(program: Path, what: str) -> None:
 
 
 async def data_from_upload(area: Path, data: UploadFile, program: Path) -> Path:
-    """The samples for a bare model: a .npz saved beside it."""
+    """The samples for a bare model: a .npz or .parquet saved beside it."""
     check_bare(program, "samples")
     name = safe_name(data.filename, "samples.npz")
-    if not name.lower().endswith(".npz"):
-        raise ProgramError(f"{name} is not a .npz", hint="upload the samples as a .npz of arrays keyed by input name "
-                                                        "(first axis: samples)")
+    if not name.lower().endswith((".npz", ".parquet")):
+        raise ProgramError(f"{name} is neither a .npz nor a .parquet", hint="upload the samples as a .npz of arrays "
+                           "keyed by input name (first axis: samples), or a .parquet with one column per input (lists "
+                           "for samples of their own lengths)")
     (area / "data").mkdir(exist_ok=True)
     return await save(data, area / "data" / name)
 

@@ -41,6 +41,10 @@ def inspect(
                      ("model", f"{manifest.model.path} sha256 {manifest.model.sha256[:16]}..."),
                      ("target", manifest.target), ("dataset", manifest.dataset),
                      ("inputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.inputs)),
+                     ("profile", manifest.profile.explain() + (f"; TVM buckets of {manifest.settings.bucket_dim}: "
+                                                               f"{manifest.settings.buckets}"
+                                                               if manifest.settings.buckets else "")),
+                     ("timed over", manifest.timing or "-"),
                      ("outputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.outputs)),
                      ("guards", ", ".join(f"{g.input} in [{g.low}, {g.high})" for g in manifest.guards) or "-"),
                      ("tuning", manifest.tuning.model_dump_json() if manifest.tuning else "-"),
