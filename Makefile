@@ -82,6 +82,8 @@ bench: setup system-deps examples
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/images.py
 	$(BIN)/python benchmarks/real_models.py
+	$(BIN)/python benchmarks/natural_lengths.py
+	$(BIN)/python benchmarks/batching.py
 
 # hours, not minutes: run alone on the machine. ONNX's 1,855 backend node tests through kiln (resumable), and
 # the anytime tuning curve (2 hours of tuning per model)

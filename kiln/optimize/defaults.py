@@ -16,5 +16,7 @@ HELD_OUT_FRACTION = 0.2
 MIN_SELECTION_FEEDS = 4  # the selection split keeps at least this many feeds
 
 # a candidate far slower than the baseline (KILN_HOPELESS_SLOWDOWN) on the first PROBE_INPUTS evaluation inputs
-# is stopped there: running untuned TVM over every sample for accuracy buys nothing
+# is stopped there, when judging it on every sample would take more than PROBE_WORTH_S: running untuned TVM
+# over every sample for accuracy buys nothing
 PROBE_INPUTS = 3
+PROBE_WORTH_S = 5.0

@@ -12,7 +12,7 @@ from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, Latency
 from kiln.config import settings
 from kiln.config import settings as kiln_settings
 from kiln.errors import ModelError
-from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS
+from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS, PROBE_WORTH_S
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
@@ -65,7 +65,7 @@ def tuning_notes(cand: BuiltCandidate) -> list[str]:
 
 def probe_ms(run, fds: list) -> float:
     """Milliseconds per input over the first PROBE_INPUTS inputs, after one warm-up call: a first look at
-    speed, enough to tell a hopeless candidate (HOPELESS_SLOWDOWN) from a contender."""
+    speed, enough to tell a hopeless candidate (KILN_HOPELESS_SLOWDOWN) from a contender."""
     inputs = fds[:PROBE_INPUTS]
     run(inputs[0])
     start = time.perf_counter()
@@ -90,7 +90,8 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
                              checked.profile)
         probe = probe_ms(runner.run, fds)
         hopeless = kiln_settings().hopeless_slowdown
-        if baseline_ms and hopeless and probe > hopeless * baseline_ms:
+        costly = probe * len(fds) / 1e3 > PROBE_WORTH_S  # tiny models are cheap to judge: judge them
+        if baseline_ms and hopeless and costly and probe > hopeless * baseline_ms:
             return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
                                    reasons=[f"{STOPPED_EARLY}: {probe / baseline_ms:.0f}x slower than {BASELINE} on "
                                             f"the first {min(PROBE_INPUTS, len(fds))} inputs ({probe:.3g} vs "

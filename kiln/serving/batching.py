@@ -6,7 +6,8 @@ Requests of unequal length are padded to the longest in the batch only where the
 (`padding = {"attention_mask": 0, "input_ids": 0, ...}` names a value for every input that varies): the mask
 makes the padded positions inert, and each caller's outputs are cut back to its own length on the output axes
 the model names like the padded dimension. Without it, only requests of equal shapes share a batch.
-While every model instance is busy, requests keep queuing, so batches grow under load.
+While every model instance is busy, requests keep queuing, so batches grow under load; a batch runs in a
+thread, so the event loop goes on decoding and checking the next requests meanwhile.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class Inference:
             self.batching = batching
             self.batcher = Batcher(self.manifest, batch_dim(self.manifest), service.execute, service.instances,
                                    batching.max_batch, batching.max_queue_delay_us, self.manifest.program.padding,
-                                   run_in_thread=service.instances > 1, on_batch=self.stats.executed)
+                                   run_in_thread=True, on_batch=self.stats.executed)
         self.service = service
 
     def close(self) -> None:
