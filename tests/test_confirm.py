@@ -52,7 +52,8 @@ def test_the_published_speed_up_is_the_confirmation(kiln_env, tmp_path):
     smaller), where int8 usually wins the gate. Whatever this CPU makes of it, the outcome is the confirmation's:
     a published int8 carries the fresh rounds over 8 evaluation inputs (not the one the selection timed) as its
     speed-up, beyond the noise (what the gate guarantees, not a bound on speed), and its accuracy on held-out
-    samples; a winner the rounds do not bear out publishes nothing and says so; the baseline needs no rounds."""
+    samples; a winner the rounds do not bear out leaves the unchanged model to ship, its row saying why; the
+    baseline needs no rounds."""
     import json
 
     import onnx_models
@@ -62,14 +63,13 @@ def test_the_published_speed_up_is_the_confirmation(kiln_env, tmp_path):
     np.savez(tmp_path / "wide.npz", x=np.random.default_rng(0).standard_normal((40, 1, 1024)).astype(np.float32))
     proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "wide.npz"), "--range", "cosine>=0.99",
                      "--candidates", "onnxruntime,ort-int8-dynamic", "--trials", "0", "--json"], kiln_env)
-    if proc.returncode == 1:  # the selection's int8 win did not hold up when timed again
-        assert "was not confirmed faster than onnxruntime" in proc.stderr and "nothing was published" in proc.stderr
-        return
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     confirmation = manifest["confirmation"]
-    if manifest["selected"] == "onnxruntime":  # int8 not faster on this CPU: nothing to confirm
-        assert confirmation is None and manifest["speedup_vs_baseline"] == 1.0
+    if manifest["selected"] == "onnxruntime":  # int8 not faster on this CPU, or its win did not hold up when timed
+        assert confirmation is None and manifest["speedup_vs_baseline"] == 1.0  # again: the unchanged model ships
+        int8 = next(c for c in manifest["candidates"] if c["name"] == "ort-int8-dynamic")
+        assert not int8["eligible"] or any("was not confirmed faster" in r for r in int8["reasons"]), int8
         return
     assert manifest["selected"] == "ort-int8-dynamic", [(c["name"], c["reasons"]) for c in manifest["candidates"]]
     assert confirmation["inputs"] == 8 and set(confirmation["latency_ms"]) == {"ort-int8-dynamic", "onnxruntime"}

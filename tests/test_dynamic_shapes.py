@@ -351,3 +351,77 @@ for n in lengths:
     shapes[str(n)] = list(got.shape)
 print(json.dumps(shapes))
 """
+
+
+def test_batcher_groups_what_fits_and_answers_everyone():
+    """The batcher alone (no server): equal shapes share a call without padding, a request of another length
+    waits for its own, one of more rows than --max-batch runs alone, and each caller gets its rows back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from kiln.serving.batching import Batcher
+
+    seq = Dim(name="seq", low=1, high=64, axes=["x:1"], outputs=["y:1"])
+    batch = Dim(name="batch", low=1, high=8, axes=["x:0"], outputs=["y:0"])
+    manifest = SimpleNamespace(profile=Profile(dims=[batch, seq]))
+    calls: list[tuple[int, int]] = []
+
+    async def scenario() -> list[np.ndarray]:
+        batcher = Batcher(manifest, batch, lambda feed: {"y": feed["x"] * 2}, instances=1, max_batch=3,
+                          delay_us=20_000, on_batch=lambda requests, rows, ns: calls.append((requests, rows)))
+        shapes = [(1, 12), (1, 30), (1, 12), (2, 12), (4, 12)]
+        feeds = [{"x": np.arange(np.prod(s), dtype=np.float32).reshape(s) + i} for i, s in enumerate(shapes)]
+        done = await asyncio.gather(*(batcher.submit(f) for f in feeds))
+        return feeds, [d.outputs["y"] for d in done]
+
+    feeds, outputs = asyncio.run(scenario())
+    for feed, out in zip(feeds, outputs, strict=True):
+        np.testing.assert_array_equal(out, feed["x"] * 2)
+    # the two [1, 12] together (the [2, 12] would make 4 rows > 3: its own call), [1, 30] and [4, 12] alone
+    assert sorted(calls) == [(1, 1), (1, 2), (1, 4), (2, 2)], calls
+
+
+def test_bucket_runner_pads_inputs_and_cuts_every_output_back(tmp_path):
+    """The dispatcher around stand-in builds (no TVM): each request padded to the smallest bucket holding it,
+    with the program's pad values; named outputs cut on their named axis, unnamed ones on each axis as long as
+    the bucket ([1, seq] scores included)."""
+    from kiln.runtime.buckets import BucketRunner
+
+    seen = []
+
+    def load(module, specs):
+        bucket = specs[0].shape[1]
+
+        def run(feed):
+            seen.append((module.name, feed["ids"].shape, int(feed["ids"][0, -1]), int(feed["mask"][0, -1])))
+            assert feed["ids"].shape == (1, bucket)
+            return {"hidden": np.ones((1, bucket, 4)), "scores": np.ones((1, bucket)), "pooled": np.ones((1, 4))}
+        return SimpleRunner(run)
+
+    dim = Dim(name="seq", low=1, high=40, axes=["ids:1", "mask:1"], outputs=["hidden:1"])
+    specs = [TensorSpec(name=n, dtype="int64", shape=[1, -1]) for n in ("ids", "mask")]
+    runner = BucketRunner(tmp_path, dim, [8, 16, 40], specs, load, padding={"ids": 7})
+    out = runner.run({"ids": np.ones((1, 11), np.int64), "mask": np.ones((1, 11), np.int64)})
+    assert seen[-1] == ("bucket-16.so", (1, 16), 7, 0)  # ids padded with 7, the mask with 0
+    assert {k: v.shape for k, v in out.items()} == {"hidden": (1, 11, 4), "scores": (1, 11), "pooled": (1, 4)}
+    runner.run({"ids": np.ones((1, 40), np.int64), "mask": np.ones((1, 40), np.int64)})
+    assert seen[-1][:2] == ("bucket-40.so", (1, 40))
+
+
+class SimpleRunner:
+    def __init__(self, run):
+        self.run = run
+
+    def close(self):
+        pass
+
+
+def test_a_batch_declared_as_one_value_feeds_rows_that_many_at_a_time(tmp_path):
+    from kiln.optimize.profile import fix_declared
+
+    specs = [TensorSpec(name="ids", dtype="int64", shape=[-1, -1])]
+    fixed = fix_declared(specs, {"batch": ["ids:0"], "seq": ["ids:1"]}, {"batch": (4, 4), "seq": (1, 8)}, "m")
+    assert fixed[0].shape == [4, -1]
+    np.savez(tmp_path / "rows.npz", ids=np.ones((10, 8), np.int64))
+    samples = Dataset(path="rows.npz").load(tmp_path, fixed)
+    assert samples.batch == 4 and samples.count == 10

@@ -4,9 +4,10 @@ The selection rounds time every candidate on the first evaluation input and the 
 ~20 ratios: the largest of many noisy estimates is biased upward (the winner's curse), and one input is not the
 traffic. So the winner, the baseline and the incumbent are timed again in fresh interleaved rounds, each call
 running through several evaluation inputs (kiln.optimize.defaults.CONFIRM_INPUTS, spread over the split), and
-the artifact claims that speed-up; if it is not beyond the noise and by min_gain, nothing is published. The
+the artifact claims that speed-up; if it is not beyond the noise and by min_gain, the winner does not ship: the
+version in service stays, or else the unchanged model ships, as when nothing beats it in the selection. The
 winner's accuracy is measured on the held-out samples (kiln.optimize.reference.split_held_out), which neither
-the accuracy-aware fallback nor the gate saw; outside a range there, nothing is published either.
+the accuracy-aware fallback nor the gate saw; outside a range there, it does not ship either.
 
 `choose` is the one decision of what ships: the gate, then this confirmation.
 """
@@ -57,13 +58,17 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
         problem = verdict(confirmation, selected.name, min_gain, incumbent)
         if problem:
             selected.reasons.append(problem)  # the winner's row says why it did not ship
-            if not incumbent:
+            if incumbent:
+                current = next(c for c in evaluation.candidates if c.name == incumbent)
+                return Choice(selected=current, kept=True, message=f"{problem}; the current version "
+                                                                   f"({plan.incumbent}) stays")
+            base = next((c for c in evaluation.candidates if c.name == BASELINE), None)
+            if base is None or not base.eligible:
                 raise GateError(f"{problem}; nothing was published", report.text(evaluation.candidates),
                                 hint="a speed-up inside the noise is not one (re-run on a quieter machine); a range "
                                      "missed on held-out samples means the accuracy did not carry over")
-            current = next(c for c in evaluation.candidates if c.name == incumbent)
-            return Choice(selected=current, kept=True, message=f"{problem}; the current version ({plan.incumbent}) "
-                                                               "stays")
+            # as when nothing beats it in the selection: the unchanged model ships, and the winner's row says why not
+            return Choice(selected=base, message=f"{problem}; {BASELINE} (the unchanged model) was published")
     if selected.name == incumbent:
         return Choice(selected=selected, kept=True,
                       message=f"the current version ({plan.incumbent}) is still the fastest inside every range; no "

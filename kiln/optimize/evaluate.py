@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.config import settings as kiln_settings
@@ -18,6 +20,7 @@ from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.optimize.traffic import Traffic, plan_timing, time_over
+from kiln.program import ragged
 from kiln.runtime.runners import open_runner
 
 __all__ = ["INCUMBENT", "evaluate", "incumbent"]
@@ -63,6 +66,22 @@ def tuning_notes(cand: BuiltCandidate) -> list[str]:
                else ""), *pipeline, *t.warnings]
 
 
+def shape_mismatch(outputs: dict, reference: dict) -> str | None:
+    """Where a candidate's outputs differ in shape from the reference's (a per-bucket build that did not cut an
+    output back), said; None when every one matches. A metric would fail on it as if the program were wrong."""
+    for name, ref in reference.items():
+        got = outputs.get(name)
+        if got is None:
+            return f"output {name!r} is missing"
+        pairs = zip(ragged.samples(got), ragged.samples(ref), strict=False) \
+            if ragged.is_ragged(got) or ragged.is_ragged(ref) else [(np.asarray(got), np.asarray(ref))]
+        for i, (a, b) in enumerate(pairs):
+            if np.shape(a) != np.shape(b):
+                return f"output {name!r} has shape {list(np.shape(a))} where the reference has {list(np.shape(b))}" \
+                       + (f" (sample {i})" if ragged.is_ragged(ref) else "")
+    return None
+
+
 def probe_ms(run, fds: list) -> float:
     """Milliseconds per input over the first PROBE_INPUTS inputs, after one warm-up call: a first look at
     speed, enough to tell a hopeless candidate (KILN_HOPELESS_SLOWDOWN) from a contender."""
@@ -98,6 +117,9 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
                                             f"{baseline_ms:.3g} ms); its accuracy was not measured"],
                                    build_seconds=cand.build_seconds), probe
         outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
+        mismatch = shape_mismatch(outputs, reference)
+        if mismatch:
+            raise ValueError(mismatch)
     except Exception as exc:
         return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
                                reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],

@@ -83,6 +83,16 @@ def resolve(specs: list[TensorSpec], dynamic: dict[str, list[str]], declared: di
     return profile
 
 
+def fix_declared(specs: list[TensorSpec], dynamic: dict[str, list[str]], declared: dict[str, tuple[int, int]],
+                 where: str) -> list[TensorSpec]:
+    """`specs` with each dimension declared as one value (`--dim batch_size=4`) made concrete before the data is
+    read, so rows of a batch are fed that many at a time, as with `--shape`."""
+    fixed = {name: low for name, (low, high) in _canonical(declared, dynamic, specs, where).items() if low == high}
+    axes = {axis: fixed[name] for name, found in dynamic.items() if name in fixed for axis in found}
+    return [s.model_copy(update={"shape": [axes.get(f"{s.name}:{i}", d) for i, d in enumerate(s.shape)]})
+            for s in specs]
+
+
 def check_inside(samples: Samples, profile: Profile, where: str) -> None:
     """Every sample's dynamic dimensions inside the declared ranges (DatasetError naming the first that is not)."""
     for i, shape in enumerate(sample_shapes(samples)):

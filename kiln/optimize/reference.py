@@ -21,6 +21,7 @@ from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram, ReferenceData
 from kiln.optimize.scoring import compute_metrics
 from kiln.optimize.validate import load_samples
+from kiln.program import ragged
 from kiln.program.datasets import Samples, synthetic
 from kiln.program.loader import LoadedProgram
 from kiln.runtime.runners import open_runner
@@ -74,6 +75,15 @@ def check_finite(splits: list[tuple[dict[str, np.ndarray], Samples]], checked: C
     for outputs, samples in splits:
         positions = samples.positions
         for name, arr in outputs.items():
+            if ragged.is_ragged(arr):  # samples of their own shapes: one verdict per sample
+                parts = ragged.samples(arr)
+                flags = np.array([p.dtype.kind in "fc" and not np.isfinite(p).all() for p in parts])
+                if flags.any():
+                    rows = np.flatnonzero(flags)
+                    count, first = found.get(name, (0, np.iinfo(np.int64).max))
+                    found[name] = (count + int(sum((~np.isfinite(parts[r])).sum() for r in rows)),
+                                   min(first, int(positions[rows].min())))
+                continue
             arr = np.asarray(arr)
             if arr.dtype.kind not in "fc" or not arr.size:
                 continue

@@ -25,7 +25,7 @@ from kiln.optimize.inspect import (
 from kiln.optimize.isolation import run_isolated
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
-from kiln.optimize.profile import bounded, concrete, resolve
+from kiln.optimize.profile import bounded, concrete, fix_declared, resolve
 from kiln.optimize.protocol import check as check_protocol
 from kiln.program.datasets import Samples, sample_shapes, synthetic
 from kiln.program.generated import write_program
@@ -149,9 +149,11 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
     inputs = input_specs(model, prog.shapes, where)
     if not inputs:
         raise ModelError("the model has no inputs", where=where)
+    dynamic = dynamic_dims(model, inputs)
+    inputs = fix_declared(inputs, dynamic, prog.dims, where)
     data = None if prog.program.dataset is None else \
         prog.program.dataset.load(prog.root, inputs, bool(prog.program.allow_nonfinite))
-    profile = resolve(inputs, dynamic_dims(model, inputs), prog.dims, data, where, default_dims)
+    profile = resolve(inputs, dynamic, prog.dims, data, where, default_dims)
     inputs = concrete(inputs, profile)
     named = output_axes(model)
     for dim in profile.dims:

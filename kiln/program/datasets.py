@@ -331,6 +331,11 @@ def _check_ragged(samples: Samples, specs: list[TensorSpec], where: str, allow_n
         raise DatasetError(f"inputs and labels have different sample counts {sorted(counts)}", where=where)
     if counts == {0}:
         raise DatasetError("has no samples", where=where)
+    if samples.labels is not None and (samples.labels.dtype == object or (
+            samples.labels.dtype.kind in "fc" and not np.isfinite(samples.labels).all())):
+        raise DatasetError("the labels are not one number (or one equal-shaped array) per sample, or hold NaN/Inf",
+                           where=where, hint="give one class index or value per sample; labels of each sample's own "
+                                             "length are not supported")
     for spec in specs:
         tensors = ragged_tensors(samples.inputs[spec.name], spec, where)
         want = np.dtype(spec.dtype)

@@ -3,7 +3,8 @@ and its outputs are cut back, the way static-shape engines serve dynamic traffic
 
 Inputs are padded along the bucketed dimension with the program's pad values (`padding`, else 0: a mask padded
 with zeros makes the padded positions inert in an attention model); outputs are cut back on the axes the model
-names like that dimension (Dim.outputs), or, where it names none, on each inner axis as long as the bucket.
+names like that dimension (Dim.outputs), or, for an output it names none of, on each axis after the first as
+long as the bucket. An output whose shape then differs from the unpadded model's fails the candidate.
 Whether padding leaves a model's outputs inside the ranges is not assumed: the evaluation runs every sample
 through this runner, padded like any request.
 """
@@ -58,7 +59,7 @@ class BucketRunner:
 
     def _cut(self, name: str, arr: np.ndarray, value: int, bucket: int) -> np.ndarray:
         named = [ax for out, ax in self.out_axes if out == name]
-        axes = named if self.out_axes else [i for i in range(1, arr.ndim - 1) if arr.shape[i] == bucket]
+        axes = named or [i for i in range(1, arr.ndim) if arr.shape[i] == bucket]  # unnamed: as long as the bucket
         index = [slice(None)] * arr.ndim
         for ax in axes:
             if ax < arr.ndim and arr.shape[ax] == bucket:

@@ -47,13 +47,18 @@ class BatchingConfig(BaseModel):
                             hint="optimize it with a batch range, e.g. --dim batch_size=1..8, or serve it without "
                                  "--max-queue-delay-us")
         size = self.max_batch or batch.high
-        if size > batch.high:
-            raise KilnError(f"--max-batch {size} is above the batch range {batch.low}..{batch.high} the model was "
-                            "optimized and checked for", hint=f"use --max-batch {batch.high} or less")
+        if not batch.low <= size <= batch.high:
+            raise KilnError(f"--max-batch {size} is outside the batch range {batch.low}..{batch.high} the model was "
+                            "optimized and checked for", hint=f"use a --max-batch from {batch.low} to {batch.high}")
+        unbatched = [s.name for s in manifest.outputs if not s.shape or s.shape[0] >= 0]
+        if unbatched:  # each caller's rows could not be told apart
+            raise KilnError(f"dynamic batching needs every output to lead with the batch axis; {unbatched} do not "
+                            f"({[(s.name, s.shape) for s in manifest.outputs]})",
+                            hint="serve it without --max-queue-delay-us")
         return self.model_copy(update={"max_batch": size})
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the queue removes the very request it took
 class Pending:
     feed: Feed
     rows: int
@@ -108,15 +113,16 @@ class Batcher:
                      for n, a in sorted(p.feed.items()))
 
     def _take(self) -> list[Pending]:
-        """The oldest request and those that fit with it, up to max_batch rows, oldest first."""
+        """The oldest request and those that fit with it, up to max_batch rows, oldest first (a request of more
+        rows than max_batch, which the profile allows, runs alone)."""
         first = self.queue[0]
-        key, rows, chosen = self._key(first), 0, []
-        for p in self.queue:
+        key, rows, chosen = self._key(first), first.rows, [first]
+        for p in self.queue[1:]:
             if self._key(p) == key and rows + p.rows <= self.max_batch:
                 chosen.append(p)
                 rows += p.rows
-        for p in chosen:
-            self.queue.remove(p)
+        taken = {id(p) for p in chosen}
+        self.queue = [p for p in self.queue if id(p) not in taken]
         return chosen
 
     async def _collect(self) -> None:
@@ -125,14 +131,22 @@ class Batcher:
                 self.arrived.clear()
                 await self.arrived.wait()
             await self.free.acquire()  # while every instance is busy, requests gather
-            deadline = self.queue[0].arrived / 1e9 + self.delay_s
-            while sum(p.rows for p in self.queue) < self.max_batch and time.perf_counter() < deadline:
-                self.arrived.clear()
-                try:
-                    await asyncio.wait_for(self.arrived.wait(), max(0.0, deadline - time.perf_counter()))
-                except TimeoutError:
-                    break
-            batch = self._take()
+            try:
+                deadline = self.queue[0].arrived / 1e9 + self.delay_s
+                while sum(p.rows for p in self.queue) < self.max_batch and time.perf_counter() < deadline:
+                    self.arrived.clear()
+                    try:
+                        await asyncio.wait_for(self.arrived.wait(), max(0.0, deadline - time.perf_counter()))
+                    except TimeoutError:
+                        break
+                batch = self._take()
+            except Exception as exc:  # never leave callers waiting on a batcher that stopped
+                self.free.release()
+                for p in self.queue:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                self.queue = []
+                continue
             asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[Pending]) -> None:
@@ -169,7 +183,7 @@ class Batcher:
         feed = {}
         for name in batch[0].feed:
             parts = [p.feed[name] for p in batch]
-            if self.can_pad and len({a.shape for a in parts}) > 1:
+            if self.can_pad and len({a.shape[1:] for a in parts}) > 1:
                 longest = np.max([a.shape for a in parts], axis=0)
                 value = self.padding[name]
                 parts = [np.pad(a, [(0, 0)] + [(0, int(m - s)) for s, m in zip(a.shape[1:], longest[1:],
@@ -181,11 +195,8 @@ class Batcher:
     def _cut(self, outputs: Feed, row: int, rows: int, own: dict[str, int]) -> Feed:
         """A caller's rows of each output, each padded axis cut back to its own length."""
         out = {}
-        batch_axes = {a.rpartition(":")[0] for a in self.batch_dim.outputs if a.endswith(":0")}
-        for name, arr in outputs.items():
-            arr = np.asarray(arr)
-            if name in batch_axes or (arr.ndim and not self.batch_dim.outputs):
-                arr = arr[row : row + rows]
+        for name, arr in outputs.items():  # every output leads with the batch axis (BatchingConfig.checked)
+            arr = np.asarray(arr)[row : row + rows]
             index = [slice(None)] * arr.ndim
             for d in self.varying:
                 for axis in d.outputs:

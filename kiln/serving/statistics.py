@@ -61,14 +61,14 @@ class ModelStats:
             getattr(self, phase).add(getattr(t, phase))
         self.inference_count += rows
         if executed:
-            self.executed(1, rows)
+            self.executed(1, rows, t.compute_infer)
         self.last_inference_ms = time.time_ns() // 1_000_000
 
     def executed(self, requests: int, rows: int, ns: int = 0) -> None:
         """One model execution, of `requests` requests holding `rows` rows: Triton's execution_count, and its
         batch_stats by batch size."""
         self.execution_count += 1
-        self.batches.setdefault(rows, Duration()).add(ns)
+        self.batches.setdefault(rows, Duration()).add(ns)  # a request of its own counts as a batch of its rows
 
     def batch_stats(self) -> list[dict]:
         """Triton's batch_stats: per batch size, how many executions (compute_infer holds their count)."""
