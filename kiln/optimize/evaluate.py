@@ -12,7 +12,6 @@ import numpy as np
 
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
-from kiln.config import settings as kiln_settings
 from kiln.errors import ModelError
 from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS, PROBE_WORTH_S
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
@@ -94,11 +93,11 @@ def probe_ms(run, fds: list) -> float:
 
 
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
-                 baseline_ms: float | None = None) -> tuple[CandidateResult, float | None]:
+                 baseline_ms: float | None = None, hopeless: float = 0.0) -> tuple[CandidateResult, float | None]:
     """One candidate's accuracy, in its child process: run it on every feed and score it; with its probe
-    latency. A candidate that cannot load or run comes back with its reason; one KILN_HOPELESS_SLOWDOWN times
-    slower than the baseline's probe is stopped before its accuracy is measured; a metric that raises is the
-    program's mistake and is raised."""
+    latency. A candidate that cannot load or run comes back with its reason; one `hopeless` times slower than
+    the baseline's probe (KILN_HOPELESS_SLOWDOWN) is stopped before its accuracy is measured; a metric that
+    raises is the program's mistake and is raised."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
     fds, reference, labels, batch = load_eval(ref.path)
@@ -108,7 +107,6 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
         runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings,
                              checked.profile)
         probe = probe_ms(runner.run, fds)
-        hopeless = kiln_settings().hopeless_slowdown
         costly = probe * len(fds) / 1e3 > PROBE_WORTH_S  # tiny models are cheap to judge: judge them
         if baseline_ms and hopeless and costly and probe > hopeless * baseline_ms:
             return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
@@ -178,8 +176,8 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
         try:
             result, probe = run_isolated(evaluate_one, checked, ref, cand, run_settings,
-                                         None if cand.baseline else baseline_ms, what=f"candidate {cand.name}",
-                                         **limits)
+                                         None if cand.baseline else baseline_ms, cfg.hopeless_slowdown,
+                                         what=f"candidate {cand.name}", **limits)
             if cand.baseline:
                 baseline_ms = probe
         except IsolationError as exc:
