@@ -359,7 +359,7 @@ def test_batcher_groups_what_fits_and_answers_everyone():
     import asyncio
     from types import SimpleNamespace
 
-    from kiln.serving.batching import Batcher
+    from kiln.serving.batching import Batcher, BatchingConfig
 
     seq = Dim(name="seq", low=1, high=64, axes=["x:1"], outputs=["y:1"])
     batch = Dim(name="batch", low=1, high=8, axes=["x:0"], outputs=["y:0"])
@@ -367,8 +367,9 @@ def test_batcher_groups_what_fits_and_answers_everyone():
     calls: list[tuple[int, int]] = []
 
     async def scenario() -> list[np.ndarray]:
-        batcher = Batcher(manifest, batch, lambda feed: {"y": feed["x"] * 2}, instances=1, max_batch=3,
-                          delay_us=20_000, on_batch=lambda requests, rows, ns: calls.append((requests, rows)))
+        batcher = Batcher(manifest, batch, lambda feed: {"y": feed["x"] * 2}, instances=1,
+                          config=BatchingConfig(max_batch=3, max_queue_delay_us=20_000),
+                          on_batch=lambda requests, rows, ns: calls.append((requests, rows)))
         shapes = [(1, 12), (1, 30), (1, 12), (2, 12), (4, 12)]
         feeds = [{"x": np.arange(np.prod(s), dtype=np.float32).reshape(s) + i} for i, s in enumerate(shapes)]
         done = await asyncio.gather(*(batcher.submit(f) for f in feeds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiln.artifact.manifest import BASELINE, CandidateResult, TuningInfo, speedup
+from kiln.optimize.traffic import bucket_order
 
 
 def _fmt(v: float | None) -> str:
@@ -31,8 +32,7 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
             "p10-p90 ms": f"{_fmt(c.latency_ms.p10)}-{_fmt(c.latency_ms.p90)}" if c.latency_ms else "-",
             "speed-up": _speedup(base, c),
         }
-        buckets = sorted({b for x in candidates if x.latency_ms for b in x.latency_ms.buckets},
-                         key=lambda b: [int(n) for n in b.replace("-", " ").split() if n.isdigit()])
+        buckets = sorted({b for x in candidates if x.latency_ms for b in x.latency_ms.buckets}, key=bucket_order)
         for b in buckets:  # samples at their own shapes: p50 ms per shape bucket, the traffic's share in the manifest
             row[f"p50 {b}"] = _fmt(c.latency_ms.buckets.get(b)) if c.latency_ms else "-"
         for name, m in c.metrics.items():

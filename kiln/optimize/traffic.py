@@ -70,14 +70,15 @@ def plan_timing(fds: list[Feed], profile: Profile, wanted: int = TIMED_INPUTS) -
     picks = order if len(fds) <= wanted else order[np.linspace(0, len(fds) - 1, wanted).round().astype(int)]
     labels_all = [bucket_of(f, profile) for f in fds]
     shares: dict[str, float] = {}
-    for label in sorted(set(labels_all), key=lambda b: [int(x) for x in _numbers(b)]):
+    for label in sorted(set(labels_all), key=bucket_order):
         shares[label] = labels_all.count(label) / len(fds)
     timed = [int(i) for i in picks]
     return Traffic(feeds=len(fds), timed=timed, labels=[labels_all[i] for i in timed], shares=shares)
 
 
-def _numbers(label: str) -> list[str]:
-    return re.findall(r"\d+", label)
+def bucket_order(label: str) -> list[int]:
+    """Buckets sort by their numbers: `sequence 9-16` before `sequence 17-32`."""
+    return [int(x) for x in re.findall(r"\d+", label)]
 
 
 def per_bucket(times: list[list[float]], traffic: Traffic) -> dict[str, float]:
@@ -87,8 +88,7 @@ def per_bucket(times: list[list[float]], traffic: Traffic) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     for label, calls in zip(traffic.labels, times, strict=True):
         out.setdefault(label, []).extend(calls)
-    return {label: float(np.median(v)) for label, v in sorted(out.items(), key=lambda kv: [
-        int(x) for x in _numbers(kv[0])]) if v}
+    return {label: float(np.median(v)) for label, v in sorted(out.items(), key=lambda kv: bucket_order(kv[0])) if v}
 
 
 def slower_buckets(candidate: dict[str, float], baseline: dict[str, float], traffic: Traffic) -> list[str]:

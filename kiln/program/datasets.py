@@ -129,7 +129,7 @@ class Dataset(BaseModel):
             if suffix == ".npz":
                 with np.load(path, allow_pickle=False) as npz:
                     return {k: npz[k] for k in npz.files}
-            if suffix in (".csv", ".parquet", ".pq") and path.is_file():
+            if suffix in (".csv", ".parquet", ".pq"):
                 import pandas as pd
 
                 frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)

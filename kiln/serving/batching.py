@@ -80,15 +80,15 @@ class Batcher:
     """Collects requests into batches and runs each with `execute(feed) -> outputs` on a free instance."""
 
     def __init__(self, manifest: Manifest, batch: Dim, execute: Callable[[Feed], Feed], instances: int,
-                 max_batch: int, delay_us: int, padding: dict[str, float] | None = None,
-                 run_in_thread: bool = False, on_batch: Callable[[int, int, int], None] | None = None):
+                 config: BatchingConfig, padding: dict[str, float] | None = None,
+                 on_batch: Callable[[int, int, int], None] | None = None):
         self.manifest, self.batch_dim = manifest, batch
-        self.execute, self.max_batch, self.delay_s = execute, max_batch, delay_us / 1e6
+        self.config = config
+        self.execute, self.max_batch, self.delay_s = execute, config.max_batch, config.max_queue_delay_us / 1e6
         self.padding = padding or {}
         self.varying = [d for d in manifest.profile.dims if d is not batch and d.low != d.high]
         self.can_pad = bool(self.varying) and all(
             a.rpartition(":")[0] in self.padding for d in self.varying for a in d.axes)
-        self.run_in_thread = run_in_thread
         self.on_batch = on_batch
         self.free = asyncio.Semaphore(instances)
         self.queue: list[Pending] = []
@@ -153,10 +153,7 @@ class Batcher:
         try:
             feed, lengths = self._stack(batch)
             start = time.perf_counter_ns()
-            if self.run_in_thread:
-                outputs = await asyncio.get_running_loop().run_in_executor(None, self.execute, feed)
-            else:
-                outputs = self.execute(feed)
+            outputs = await asyncio.get_running_loop().run_in_executor(None, self.execute, feed)
             infer_ns = time.perf_counter_ns() - start
             if self.on_batch:
                 self.on_batch(len(batch), sum(p.rows for p in batch), infer_ns)

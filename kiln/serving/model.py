@@ -102,17 +102,14 @@ class Inference:
         self.executor: futures.ThreadPoolExecutor | None = None
         self.stats = ModelStats()
         self.metrics = Metrics(manifest.name)
-        self.batching: BatchingConfig | None = None
         self.batcher: Batcher | None = None
 
     def loaded(self, service: ModelService, batching: BatchingConfig | None = None) -> None:
         if service.instances > 1:
             self.executor = futures.ThreadPoolExecutor(max_workers=service.instances, thread_name_prefix="kiln-model")
         if batching and batching.on:
-            self.batching = batching
             self.batcher = Batcher(self.manifest, batch_dim(self.manifest), service.execute, service.instances,
-                                   batching.max_batch, batching.max_queue_delay_us, self.manifest.program.padding,
-                                   run_in_thread=True, on_batch=self.stats.executed)
+                                   batching, self.manifest.program.padding, on_batch=self.stats.executed)
         self.service = service
 
     def close(self) -> None:
@@ -217,7 +214,8 @@ class Inference:
         from kiln.serving.model_config import model_config
 
         return model_config(self.manifest, self.service.instances if self.service else 0,
-                            device=self.manifest.settings.device or "cpu", batching=self.batching)
+                            device=self.manifest.settings.device or "cpu",
+                            batching=self.batcher.config if self.batcher else None)
 
     def statistics(self) -> dict:
         """Triton's ModelStatistics in its JSON form (REST); gRPC parses the same dict."""
