@@ -14,6 +14,7 @@ from kiln import progress
 from kiln.artifact.outcome import OptimizeOutcome
 from kiln.artifact.store import ArtifactStore
 from kiln.errors import GateError, KilnError
+from kiln.optimize.compile import int8_source
 from kiln.optimize.request import OptimizeRequest, RegistryVersion
 from kiln.registries import outcome_tags
 from tasks.image import check_image
@@ -77,7 +78,8 @@ def _optimize(request: OptimizeRequest) -> OptimizeOutcome:
     ref = run_reference(checked, plan)
     built = build_candidates(checked, prepared, ref, plan)
     for name in plan.compiled:
-        state = compile_tvm(checked, prepared, plan, name, return_state=True)
+        source = int8_source(name, built)  # a TVM int8 candidate lowers an onnxruntime int8 build
+        state = compile_tvm(checked, prepared, plan, name, source, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", request.trials, request.trials, "cached build, no tuning")
         built.append(state.result())

@@ -55,7 +55,13 @@ def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
     The key names the cache folder itself (KILN_HOME included): Prefect's result storage may be shared by
     several KILN_HOMEs, and a record must never point into another one.
     """
-    folder = compile.cached_build(params["prepared"], params["plan"], params.get("name", "tvm"))
+    name = params.get("name", "tvm")
+    prepared = params["prepared"]
+    if params.get("source") is not None:  # a TVM int8 candidate: keyed by the quantized model it compiles
+        if not params["source"].path or params["checked"].profile:
+            return None
+        prepared = compile.int8_model(params["checked"], name, params["source"])
+    folder = compile.cached_build(prepared, params["plan"], name)
     return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if folder else None
 
 
@@ -63,7 +69,8 @@ LOG_EVERY_S = 30.0  # tuning progress in the run's log (the UI) at most this oft
 
 
 @task(name="compile-tvm", task_run_name="compile-{name}", cache_key_fn=_compile_cache_key, persist_result=True)
-def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm") -> BuiltCandidate:
+def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
+                source: BuiltCandidate | None = None) -> BuiltCandidate:
     """Tuning with a progress bar in the terminal (kiln.progress), a progress artifact and log lines in the UI:
     trials (failed ones counted), tasks measured, the tuner's estimate of the end-to-end latency."""
     logger = get_run_logger()
@@ -84,7 +91,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
             except Exception:
                 pass  # the UI's bar must never break tuning
 
-    built = compile.compile_tvm(checked, prepared, plan, name, log=logger, on_progress=on_progress)
+    built = compile.compile_tvm(checked, prepared, plan, name, log=logger, on_progress=on_progress, source=source)
     progress.report("tune", trials, trials, "cached build, no tuning" if built.cached else
                     (f"{built.tuning.trials_run} trials, {built.tuning.failed_trials} failed" if built.tuning else ""))
     return built

@@ -18,22 +18,6 @@ def _cnn(tmp_path):
     return onnx_models.small_cnn(tmp_path / "cnn.onnx"), [TensorSpec(name="x", dtype="float32", shape=[1, 3, 32, 32])]
 
 
-def test_a_time_budget_stops_the_search(tmp_path):
-    """--tune-time: no new trial starts once the time is spent, whatever the trial budget."""
-    from kiln.compiler import Limits, compile_model
-
-    model, inputs = _cnn(tmp_path)
-    start = time.monotonic()
-    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=5,
-                                                                           trials_per_round=4),
-                           db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
-    t = result.tuning
-    assert t.stopped_by == "time" and t.trials < 1000
-    if any(not k.trials for k in t.tasks):  # the time may run out before some tasks got a trial: said so
-        assert "tuning time ran out before" in t.warnings()[0]
-    assert time.monotonic() - start < 240  # the rounds in flight finish; nothing new starts
-
-
 def test_trials_timed_with_cold_caches_and_without_xgboost(monkeypatch, tmp_path):
     """Limits.cache_flush (the benchmark's setting measured on and off): every trial is timed, none fails.
     Run on a host with TVM but no xgboost (the GPU machines: xgboost needs scipy), where MetaSchedule's default
@@ -307,3 +291,60 @@ def test_trial_inputs_look_like_activations_not_saturating():
     assert -0.5 <= floats.min() < -0.4 and 0.4 < floats.max() <= 0.5 and abs(floats.mean()) < 0.05
     assert halves.dtype == np.float16 and np.abs(halves).max() <= 0.5
     assert not ids.any()
+
+
+def test_a_time_budget_sizes_the_first_round_so_every_task_is_measured(tmp_path):
+    """--tune-time alone (the trial budget unbounded): the first round is sized from the time and this CPU's
+    measured cost of a trial, so every task gets measured trials, largest tasks first, before any task gets a
+    second round; no trial starts once the time is spent; the costs this run measured are kept for the next
+    plan."""
+    from kiln.compiler import Limits, compile_model, trial_costs
+
+    model, inputs = _cnn(tmp_path)
+    db = tmp_path / "db"
+    costs = trial_costs.save(db, trial_s=1.5, round_s=6.0)  # as if measured here before (slow: 2 busy cores)
+    seconds = 100.0
+    start = time.monotonic()
+    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=seconds),
+                           db_dir=db, out=tmp_path / "cnn.so")
+    t = result.tuning
+    n = len(t.tasks)
+    assert n >= 3 and t.stopped_by == "time"
+    expected, warning = trial_costs.first_round(seconds, n, costs, 64)
+    assert warning is None and t.first_round == expected == trial_costs.MIN_FIRST_ROUND
+    assert all(k.valid > 0 and k.best_us for k in t.tasks), [(k.name, k.trials) for k in t.tasks]
+    sizes = [k.weight * k.flop for k in t.tasks]
+    assert sizes == sorted(sizes, reverse=True)  # the first round's order: largest expected share first
+    kept = trial_costs.load(db)
+    assert kept.measured and (kept.trial_s, kept.round_s) != (1.5, 6.0)
+    assert time.monotonic() - start < seconds + 180  # the rounds in flight finish; nothing new starts
+
+
+def test_a_time_budget_too_short_for_a_first_round_says_so_before_tuning(tmp_path, caplog):
+    """The warning names the time a first round of every task needs, and comes before any trial runs."""
+    import logging
+
+    from kiln.compiler import Limits, compile_model, trial_costs
+
+    model, inputs = _cnn(tmp_path)
+    db = tmp_path / "db"
+    trial_costs.save(db, trial_s=30.0, round_s=10.0)
+    caplog.set_level(logging.WARNING, logger="kiln.compiler")
+    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=3),
+                           db_dir=db, out=tmp_path / "cnn.so")
+    n = len(result.tuning.tasks)
+    need = trial_costs.Costs(30.0, 10.0, True).first_round_seconds(n, trial_costs.MIN_FIRST_ROUND)
+    said = [r.getMessage() for r in caplog.records if "cannot give each of the" in r.getMessage()]
+    assert said and f"needs about {-(-int(need) // 60)} min" in said[0] and "measured on this CPU" in said[0]
+    assert said[0].endswith(result.tuning.warnings()[0])
+
+
+def test_first_round_sizing():
+    from kiln.compiler.trial_costs import MIN_FIRST_ROUND, Costs, first_round
+
+    measured = Costs(trial_s=1.0, round_s=2.0, measured=True)
+    assert first_round(3600, 17, measured, 64) == (64, None)  # an hour: full rounds
+    size, warning = first_round(240, 17, measured, 64)  # the issue's --tune-time 4m on the encoder
+    assert size == 5 and warning is None and 17 * (2 + size * 1.0) <= 240
+    size, warning = first_round(60, 17, Costs(), 64)  # defaults: nothing measured on this CPU
+    assert size == MIN_FIRST_ROUND and "17 tasks" in warning and "nothing measured on this CPU yet" in warning

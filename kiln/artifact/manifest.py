@@ -154,6 +154,17 @@ class TaskTuning(BaseModel):
     start_us: float | None = None  # best known before the search: this model's earlier or the CPU's shared records
 
 
+class Int8Lowering(BaseModel):
+    """kiln's int8 compiler on a TVM int8 candidate: the dot intrinsic its kernels use, the CPU's detected int8
+    instruction set, and each quantized matmul lowered to an integer kernel or left as it was (and why)."""
+
+    intrinsic: str
+    isa: str
+    exact: bool  # int32 sums without the int16 saturation of vpmaddubsw
+    lowered: list[str] = Field(default_factory=list)
+    not_lowered: list[str] = Field(default_factory=list)
+
+
 class TuningInfo(BaseModel):
     """The TVM search behind a tvm candidate; `database` is tuning/ inside the artifact once published.
     `trials` is the budget, `trials_run` what was measured; `estimated_ms` is the tuner's own sum of the best
@@ -177,6 +188,8 @@ class TuningInfo(BaseModel):
     seeded_records: int = 0  # copied from this CPU's shared database: kernels earlier models tuned
     shared_records_added: int = 0
     cost_model: str | None = None  # "xgb", or "random" where xgboost is missing (None: no search ran)
+    first_round: int | None = None  # trials per task in the first round, sized from the time budget
+    int8: Int8Lowering | None = None
 
 
 class ProtocolInfo(BaseModel):

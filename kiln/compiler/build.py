@@ -30,6 +30,7 @@ class CompileResult:
     seconds: float
     target: dict
     passes: list[str]  # kiln's graph passes that changed the model (kiln.compiler.passes)
+    int8: object | None = None  # kiln.compiler.int8.qdq.Rewrites: the quantized matmuls lowered, and those not
 
 
 @contextlib.contextmanager
@@ -56,7 +57,8 @@ def _fds_to(log_file: Path) -> Iterator[None]:
 
 def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: str, limits: Limits, db_dir: Path,
                   out: Path, progress: ProgressFn | None = None, shared_root: Path | None = None,
-                  graph_passes: tuple[str, ...] = passes.DEFAULT) -> CompileResult:
+                  graph_passes: tuple[str, ...] = passes.DEFAULT,
+                  log: logging.Logger | logging.LoggerAdapter | None = None) -> CompileResult:
     """Tune (continuing from the database in db_dir) within `limits` and export a loadable library to `out`.
 
     shared_root: where the per-CPU shared databases live (kiln.compiler.shared_db); None: this model only."""
@@ -66,9 +68,14 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     tgt_conf = target_config(target_kind)
     target = tvm.target.Target(tgt_conf)
     mod = import_onnx(model_path, inputs)
+    rewrites = None
     try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
         with target:
+            if limits.int8:  # before the graph passes, which rewrite the matmuls it looks for
+                mod, rewrites = lower_int8(mod, limits.int8)
             mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
+            if rewrites:
+                passes_applied.insert(0, f"int8-{limits.int8}")
             lowered = pipelines.lowering()(mod)
             if limits.prepack and target_kind == "llvm":
                 lowered = pipelines.prepacking()(lowered)
@@ -84,8 +91,11 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # console: warnings only; the full log goes to db_dir/logs
     try:
+        planned = tuning.plan(lowered, target, db_dir, limits, shared)
+        if planned.progress.budget_warning:  # before tuning starts, while the console is still the console
+            (log or logging.getLogger("kiln.compiler")).warning("TVM tuning: %s", planned.progress.budget_warning)
         with _fds_to(db_dir / "tune.log"):
-            tuned = tuning.tune(lowered, target, db_dir, limits, progress, shared)
+            tuned = tuning.run(planned, progress)
             with target:
                 applied = pipelines.applying(db_dir, limits.prepack and target_kind == "llvm")(lowered)
             executable = tvm.compile(applied, target=target)
@@ -100,4 +110,17 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
                          "KILN_TUNE_BUILDER_TIMEOUT_S / KILN_TUNE_RUNNER_TIMEOUT_S if they timed out)",
                          hint=f"see {db_dir / 'logs'}")
     return CompileResult(module=out, tuning=tuned, seconds=time.perf_counter() - start, target=tgt_conf,
-                         passes=passes_applied)
+                         passes=passes_applied, int8=rewrites)
+
+
+def lower_int8(mod, intrinsic: str):
+    """kiln's QDQ-to-integer pass (kiln.compiler.int8.qdq) for `intrinsic`; NotApplicable when the model has no
+    quantized matmul it can lower (a candidate to skip, with the reasons)."""
+    from kiln.compiler.int8 import qdq
+    from kiln.compiler.int8.intrinsics import registered
+
+    mod, rewrites = qdq.rewrite(mod, registered(intrinsic))
+    if not rewrites.rewritten:
+        why = "; ".join(rewrites.skipped[:3]) or "no dequantize -> matmul or MatMulInteger in the graph"
+        raise passes.NotApplicable(f"no quantized matmul to lower to integer arithmetic ({why})")
+    return mod, rewrites

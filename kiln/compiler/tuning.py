@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.compiler import shared_db
+from kiln.compiler import shared_db, trial_costs
 from kiln.compiler.builder import pooled_builder
+from kiln.compiler.int8.space import is_int8_task
+from kiln.compiler.int8.space import space_generator as int8_space
 
 TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model trains on whole rounds
 # a task that starts from tuned records (this model's earlier search, or another model's on this CPU) needs no
@@ -56,6 +58,7 @@ class Limits:
     # each trial timed with the caches flushed (its weights read from memory, as in a model larger than the cache)
     # instead of warm from the run before; Ansor's CPU recipe. Off until measured better on and off.
     cache_flush: bool = False
+    int8: str | None = None  # kiln's int8 dense tasks are searched around this dot intrinsic (kiln.compiler.int8)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     stopped_by: str | None = None  # "trials", "time", "search space" once finished
     seeded: int = 0  # records copied from the CPU's shared database before tuning
+    first_round: int | None = None  # trials per task in the first round (sized from a time budget)
+    budget_warning: str | None = None  # said before tuning: the time cannot give every task a first round
     shared_added: int = 0  # records this run added to it
     cost_model: str | None = None  # what guided the search: "xgb" or "random"
 
@@ -120,7 +125,7 @@ class Progress:
 
     def warnings(self) -> list[str]:
         """What a user must hear: tasks left without a measurement, and a run where most trials failed."""
-        out = []
+        out = [self.budget_warning] if self.budget_warning else []
         unmeasured = [t for t in self.tasks if t.best_us is None and t.trials]
         if unmeasured:
             out.append(f"{len(unmeasured)} task(s) got no valid measurement and keep TVM's default schedule: "
@@ -228,30 +233,66 @@ def _flop(mod) -> float:
         return 0.0
 
 
-def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Progress], None] | None = None,
-         shared: Path | None = None) -> Progress:
-    """Tune every task of `mod` (a lowered Relax module) into the JSON database in `work_dir`, starting from
-    the `shared` database's records for workloads it has none of, and adding its best records there after."""
-    from tvm.ir.utils import derived_object
+@dataclass
+class Plan:
+    """A search set up and not yet run: its tasks (largest expected share of the latency first), their state,
+    and what a time budget affords each in the first round."""
+
+    extracted: list
+    progress: Progress
+    work_dir: Path
+    shared: Path | None
+    costs: trial_costs.Costs
+
+
+def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None) -> Plan:
+    """Extract the tasks of `mod` (a lowered Relax module), seed the model's database from the `shared` one,
+    and size the first round. Tasks are ordered by weight x FLOP: MetaSchedule's first round goes in task
+    order, so where the time runs out the tasks that matter most were measured."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
     extracted = ms.relax_integration.extract_tasks(mod, target)
-    progress = Progress(tasks=[TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod))
-                               for t in extracted], limits=limits)
+    states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod)) for t in extracted]
+    order = sorted(range(len(extracted)), key=lambda i: -states[i].weight * states[i].flop)
+    extracted, states = [extracted[i] for i in order], [states[i] for i in order]
+    progress = Progress(tasks=states, limits=limits)
     workloads = [t.mod for t in extracted]
     if shared is not None:
         progress.seeded = shared_db.seed(work_dir, shared, workloads)
     for task, best in zip(progress.tasks, shared_db.best_seconds(work_dir, workloads), strict=True):
         if best is not None:
             task.start_us = task.best_us = best * 1e6
+    costs = trial_costs.load(shared or work_dir)
+    if limits.seconds and limits.trials > 0 and extracted:
+        progress.first_round, progress.budget_warning = trial_costs.first_round(
+            limits.seconds, len(extracted), costs, limits.trials_per_round)
+    return Plan(extracted, progress, work_dir, shared, costs)
+
+
+def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Progress], None] | None = None,
+         shared: Path | None = None) -> Progress:
+    """Tune every task of `mod` (a lowered Relax module) into the JSON database in `work_dir`, starting from
+    the `shared` database's records for workloads it has none of, and adding its best records there after."""
+    return run(plan(mod, target, work_dir, limits, shared), on_progress)
+
+
+def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) -> Progress:
+    """Run a planned search; the costs it measured per trial and per round are kept for the next plan."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    extracted, progress, work_dir, shared = planned.extracted, planned.progress, planned.work_dir, planned.shared
+    limits = progress.limits
+    workloads = [t.mod for t in extracted]
     if not extracted or limits.trials <= 0:
         progress.stopped_by = "trials"
         return progress
     deadline = progress.started + limits.seconds if limits.seconds else None
     handed = [0]  # trials handed to the builder so far
     known = {t.name: t.start_us is not None for t in progress.tasks}
+    spent = {"search_s": 0.0, "rounds": 0, "measure_s": 0.0, "measured": 0, "handed_at": 0.0}
 
     @derived_object
     class Deadline(PySearchStrategy):
@@ -277,13 +318,19 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
                 progress.stopped_by = "time"
                 return None
             left = limits.trials - handed[0]  # the scheduler itself may overshoot by most of a round
+            began = time.monotonic()
             candidates = self.inner.generate_measure_candidates() if left > 0 else None
             if candidates is None:
                 return None
-            first_known = self.known and self.rounds == 0
-            candidates = list(candidates)[:min(left, KNOWN_TASK_ROUND) if first_known else left]
+            first = left
+            if self.rounds == 0:  # a task with tuned records, or a time budget's first round: fewer trials
+                first = min(left, KNOWN_TASK_ROUND if self.known else left, progress.first_round or left)
+            candidates = list(candidates)[:first]
             self.rounds += 1
             handed[0] += len(candidates)
+            spent["handed_at"] = time.monotonic()
+            spent["search_s"] += spent["handed_at"] - began
+            spent["rounds"] += 1
             return candidates
 
         def notify_runner_results(self, measure_candidates, results) -> None:
@@ -298,6 +345,8 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             task = progress.tasks[task_id]
+            spent["measure_s"] += time.monotonic() - spent["handed_at"]
+            spent["measured"] += len(runner_results)
             for built, ran in zip(builder_results, runner_results, strict=False):
                 task.trials += 1
                 if built.error_msg is not None:
@@ -314,8 +363,15 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
                 on_progress(progress)
 
     _nameless_log_handlers_dropped()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted_tasks=extracted, work_dir=str(work_dir), space="post-order-apply", strategy=Deadline())
+    contexts, weights = [], []
+    for task in extracted:  # kiln's int8 dense kernels get their own space; every other task MetaSchedule's
+        space = "post-order-apply"
+        if limits.int8 and is_int8_task(task.dispatched[0]):
+            space = int8_space(limits.int8)
+        made, weight = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=[task], work_dir=str(work_dir), space=space, strategy=Deadline())
+        contexts += made
+        weights += weight
     cores = contexts[0].num_threads
     # every task is measured before any gets more: a budget too small for a full round each is shared out
     per_round = max(1, min(limits.trials_per_round, limits.trials // len(extracted)))
@@ -334,6 +390,9 @@ def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Pro
     finally:
         builder.close()
     progress.stopped_by = progress.stopped_by or ("trials" if progress.trials >= limits.trials else "search space")
+    if spent["measured"] and spent["rounds"]:
+        trial_costs.save(shared or work_dir, trial_s=spent["measure_s"] / spent["measured"],
+                         round_s=spent["search_s"] / spent["rounds"])
     if shared is not None:
         progress.shared_added = shared_db.merge(work_dir, shared, workloads)
     return progress

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.artifact.manifest import RunSettings, TaskTuning, TuningInfo, versions
+from kiln.artifact.manifest import Int8Lowering, RunSettings, TaskTuning, TuningInfo, versions
 from kiln.artifact.specs import TensorSpec
 from kiln.compiler import (
     DB_FILES,
@@ -57,9 +57,42 @@ def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_pe
     db = tuning_dir(prepared, target) / DB_FILES[1]
     state = file_sha256(db) if continue_from and db.is_file() else None
     extra = candidates.get(name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
+    int8 = int8_intrinsic(name, target)
     return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
                         "seconds": tune_seconds, "prepack": settings().tvm_prepack, "tvm": v["tvm"], "kiln": v["kiln"],
-                        "measurement": MEASUREMENT, "db": state, **({"passes": list(extra)} if extra else {})})[:24]
+                        "measurement": MEASUREMENT, "db": state, **({"passes": list(extra)} if extra else {}),
+                        **({"int8": int8} if int8 else {})})[:24]
+
+
+def int8_intrinsic(name: str, target: str) -> str | None:
+    """The int8 dot intrinsic a TVM int8 candidate is built around on this CPU (None: not an int8 candidate).
+    KilnError where none applies (a GPU target, an SSE-only CPU) or the one asked for is not available."""
+    if not candidates.get(name).quantized_from:
+        return None
+    if target != "llvm":
+        raise KilnError(f"{name} builds CPU kernels (int8 dot instructions); the target is {target}")
+    from kiln.compiler.int8.intrinsics import for_cpu
+    from kiln.cpu import detected_int8_isa
+
+    key = for_cpu(detected_int8_isa(), settings().int8_intrinsic)
+    if key is None:
+        raise KilnError(f"this CPU ({detected_int8_isa()}) has no int8 dot instruction kiln's kernels use")
+    return key
+
+
+def int8_source(name: str, built: list[BuiltCandidate]) -> BuiltCandidate | None:
+    """The onnxruntime int8 build a TVM int8 candidate compiles: its last accuracy-aware attempt (the most nodes
+    kept in fp32, the one that passed the calibration check), so a node kept in fp32 stays fp32 in TVM too."""
+    source = candidates.get(name).quantized_from
+    rows = [b for b in built if b.name == source or b.name.startswith(f"{source}-fallback")]
+    return rows[-1] if rows else None
+
+
+def int8_model(checked: CheckedProgram, name: str, source: BuiltCandidate) -> PreparedModel:
+    """The quantized model `source` built, at the program's input shapes (static: one build)."""
+    path = checked.work_dir / "int8" / f"{name}.onnx"
+    prepare_model(load_model(Path(source.path)), checked.inputs, path, source.path)
+    return PreparedModel(path=str(path), sha256=file_sha256(path))
 
 
 def shared_tuning_root() -> Path:
@@ -118,6 +151,7 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         time_budget_s=limits.seconds, trials_run=t.trials, failed_trials=t.failed, stopped_by=t.stopped_by,
         estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
         seeded_records=t.seeded, shared_records_added=t.shared_added, cost_model=t.cost_model,
+        first_round=t.first_round, int8=_int8_lowering(result, limits),
         pipeline=[*result.passes, *(["weight-prepack"] if limits.prepack and result.target["kind"] == "llvm" else [])],
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
@@ -126,18 +160,43 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
                              start_us=round(k.start_us, 3) if k.start_us is not None else None) for k in t.tasks])
 
 
+def _int8_lowering(result: CompileResult, limits: Limits) -> Int8Lowering | None:
+    if result.int8 is None:
+        return None
+    from kiln.compiler.int8.intrinsics import get
+    from kiln.cpu import detected_int8_isa
+
+    return Int8Lowering(intrinsic=limits.int8, isa=detected_int8_isa(), exact=get(limits.int8).exact,
+                        lowered=result.int8.rewritten, not_lowered=result.int8.skipped)
+
+
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
                 log: logging.Logger | logging.LoggerAdapter = _log,
-                on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+                on_progress: Callable[[Progress], None] | None = None,
+                source: BuiltCandidate | None = None) -> BuiltCandidate:
     """Tune and build a compile-stage candidate (`name`: tvm, tvm-fast-math) within the plan's budget (trials,
     and a wall-clock tune_time beside them: whichever is spent first ends the search), continuing from the
     incumbent's saved database where this machine has none; or return the cached build of the same inputs. A
-    build that fails is returned with its reason (the run goes on with the other candidates)."""
+    build that fails is returned with its reason (the run goes on with the other candidates). A TVM int8
+    candidate compiles `source`, the onnxruntime int8 build whose quantization it lowers (int8_source)."""
     if checked.unsupported_ops:
         return BuiltCandidate(name=name, backend="tvm",
                               error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
+    model = Path(checked.model_path)
+    if candidates.get(name).quantized_from:
+        wanted = candidates.get(name).quantized_from
+        if source is None or not source.path:
+            why = source.error if source is not None else "not built"
+            return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {wanted} gave no model to lower ({why})")
+        try:
+            int8_intrinsic(name, plan.request.target)
+            model = Path(source.path)
+            if not checked.profile:
+                prepared = int8_model(checked, name, source)
+        except KilnError as exc:
+            return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {exc.message}")
     if checked.profile:  # static builds, one per shape bucket, behind a padding dispatcher
-        return compile_buckets(checked, plan, name, log, on_progress)
+        return compile_buckets(checked, plan, name, log, on_progress, model)
     return compile_static(checked.inputs, prepared, plan, name, plan.request.trials, plan.request.tune_time, log,
                           on_progress)
 
@@ -161,7 +220,7 @@ def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan
     s = settings()
     limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=r.max_trials_per_task,
                     builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s,
-                    prepack=s.tvm_prepack)
+                    prepack=s.tvm_prepack, int8=int8_intrinsic(name, target))
     log.info("tuning with %d trials%s for target %s; database %s", trials,
              f" or {tune_seconds:g} s" if tune_seconds else "", json.dumps(target_config(target), sort_keys=True),
              db_dir)
@@ -172,8 +231,12 @@ def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan
             result = compile_model(Path(prepared.path), inputs, target_kind=target, limits=limits,
                                    db_dir=db_dir, out=staged.path / "model.so", progress=on_progress,
                                    shared_root=shared_tuning_root(),
-                                   graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes))
+                                   graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes), log=log)
             info = tuning_info(result, limits, db_dir, count_records(db_dir) - before)
+            if result.int8 is not None:
+                log.info("%s: %d quantized matmul(s) lowered to int8 kernels (%s)%s", name,
+                         len(result.int8.rewritten), limits.int8, "; not lowered: " + "; ".join(result.int8.skipped)
+                         if result.int8.skipped else "")
             built = BuiltCandidate(name=name, backend="tvm", path=str(cache / "model.so"),
                                    build_seconds=result.seconds, settings=RunSettings(device=device_for(target)),
                                    tuning=info)
@@ -186,7 +249,8 @@ def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan
         return BuiltCandidate(name=name, backend="tvm", error=exc.message,
                               build_seconds=time.perf_counter() - start)
     for warning in info.warnings:
-        log.warning("TVM tuning: %s", warning)
+        if warning != result.tuning.budget_warning:  # said before tuning started
+            log.warning("TVM tuning: %s", warning)
     log.info("TVM build done in %.1f s: %s (stopped by %s); %d new tuning records; %d records from this CPU's "
              "shared database, %d added to it", result.seconds, result.tuning.describe(), info.stopped_by,
              info.records_added, info.seeded_records, info.shared_records_added)
@@ -195,7 +259,8 @@ def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan
 
 def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
                     log: logging.Logger | logging.LoggerAdapter = _log,
-                    on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+                    on_progress: Callable[[Progress], None] | None = None,
+                    model_path: Path | None = None) -> BuiltCandidate:
     """A static build per shape bucket (kiln.optimize.buckets), each tuned with its traffic share of the budget,
     largest share first; one candidate whose runner pads each request up to its bucket (kiln.runtime.buckets)."""
     dim, why = bucketed_dim(checked.profile)
@@ -205,11 +270,11 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
     budget = split_trials(plan.request.trials, chosen)
     log.info("TVM buckets of %s: %s", dim.name, ", ".join(f"{b.value} ({b.share:.0%} of the samples, "
                                                            f"{budget[b.value]} trials)" for b in chosen))
-    model = load_model(Path(checked.model_path))
+    model = load_model(model_path or Path(checked.model_path))
     parts: dict[int, BuiltCandidate] = {}
     for bucket in sorted(chosen, key=lambda b: -b.share):
         specs = [at_value(s, dim, bucket.value) for s in checked.inputs]
-        path = checked.work_dir / "buckets" / f"{dim.name}-{bucket.value}.onnx"
+        path = checked.work_dir / "buckets" / name / f"{dim.name}-{bucket.value}.onnx"
         try:
             prepare_model(model, specs, path, checked.model_path)
         except KilnError as exc:

@@ -33,6 +33,15 @@ register(
     Candidate(name="tvm-fast-math", backend="tvm", stage="compile", graph_passes=("fast-math",),
               description="TVM with fast approximations of exp, erf, tanh and softmax (GELU, attention), "
                           "judged by the metric ranges"),
+    # kiln's own int8 compiler: the quantized model an onnxruntime int8 candidate built, its quantized matmuls
+    # lowered to integer Relax (kiln.compiler.int8.qdq) and tensorized with the CPU's int8 dot instruction
+    Candidate(name="tvm-int8-dynamic", backend="tvm", stage="compile", quantized_from="ort-int8-dynamic",
+              description="TVM int8: ort-int8-dynamic's quantization as integer kernels on the CPU's int8 dot "
+                          "instructions (VNNI, AVX-512, AVX2), tuned"),
+    Candidate(name="tvm-int8-static", backend="tvm", stage="compile", quantized_from="ort-int8-static",
+              needs_calibration=True,
+              description="TVM int8: ort-int8-static's calibrated QDQ model as integer kernels, requantization "
+                          "in the epilogue, tuned"),
     Candidate(name="ort-fp32-basic", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_basic",
               description="fp32 model, onnxruntime graph optimization level basic"),
     Candidate(name="ort-fp32-extended", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_extended",
@@ -70,11 +79,13 @@ def all_names() -> list[str]:
 
 
 def check(chosen: list[str]) -> list[str]:
-    """The chosen names, known and de-duplicated, with the baseline first (it is always measured)."""
+    """The chosen names, known and de-duplicated, with the baseline first (it is always measured), and the
+    onnxruntime int8 candidate each TVM int8 one compiles (measured beside it: same quantization)."""
     unknown = sorted(set(chosen) - set(REGISTRY))
     if unknown:
         raise KilnError(f"unknown candidates {unknown}", hint=f"choose from {', '.join(names())}")
-    return list(dict.fromkeys([BASELINE, *chosen]))
+    sources = [REGISTRY[n].quantized_from for n in chosen if REGISTRY[n].quantized_from]
+    return list(dict.fromkeys([BASELINE, *chosen, *sources]))
 
 
 def of_stage(chosen: list[str], stage: Stage) -> list[str]:

@@ -32,6 +32,9 @@ class Candidate:
     needs_calibration: bool = False
     accuracy_aware: bool = False  # int8: retried with the worst nodes in fp32 when a range fails
     graph_passes: tuple[str, ...] = ()  # compile stage: kiln.compiler.passes run beside the exact default ones
+    # compile stage: compile the model this transform candidate built (its int8 decisions, fp32 fallbacks
+    # included) with kiln's int8 lowering (kiln.compiler.int8) instead of the original model
+    quantized_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.stage != "compile" and not self.builder:

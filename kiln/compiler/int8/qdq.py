@@ -1,0 +1,188 @@
+"""kiln's Relax pass: quantized matmuls run as integer arithmetic.
+
+TVM's ONNX importer turns a quantized model into float arithmetic around (de)quantization: a static QDQ MatMul
+becomes `matmul(dequantize(x_q), dequantize(W_q))` in fp32, and onnxruntime's dynamic MatMulInteger becomes an
+int32 x int32 matmul of widened values. Neither uses an int8 dot instruction. This pass rewrites both into
+kiln's int8 dense kernel (kiln.compiler.int8.dense): u8 activations as they are, the int8 weights pre-packed for
+the chosen intrinsic, int32 accumulation, and an epilogue that subtracts the activation zero point's column
+correction and (static) rescales by the activation and per-channel weight scales. The epilogue, the bias, the
+activation and the next quantize are ordinary Relax operators that FuseOps folds into the kernel.
+
+Static (QDQ): matmul(dequantize(x_q, s_x, z_x), [permute_dims](dequantize(W_q, s_w, 0))) with W_q a constant.
+Dynamic (MatMulInteger): matmul(astype(x_q, int32) - z_x, W, out_dtype=int32) with W folding to an int32
+constant in int8 range. A matmul kept in fp32 (the accuracy-aware fallback excluded it from quantization) has no
+dequantize around it and stays an fp32 matmul. What is not rewritten, and why, is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.compiler.int8 import dense, packing
+from kiln.compiler.int8.intrinsics import Intrinsic
+
+
+@dataclass
+class Rewrites:
+    """What the pass did: one line per quantized matmul rewritten, one per quantized matmul left as it was."""
+
+    rewritten: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _const(expr) -> np.ndarray | None:
+    from tvm.ir.expr import Constant
+
+    return expr.value.numpy() if isinstance(expr, Constant) else None
+
+
+def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Rewrites]:
+    """`mod` with every quantized matmul of `func_name` as kiln's int8 dense kernel, and what was done."""
+    import tvm
+    from tvm import relax
+
+    report = Rewrites()
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.expr_functor.PyExprMutator):
+        def __init__(self, mod, mode: str):
+            super().__init__(mod)
+            self.mode = mode  # "static" (dequantize patterns), then "dynamic" (int32 matmuls of int8 values)
+
+        def _bound(self, expr):
+            """The expression a dataflow var is bound to (the importer binds every call to a var)."""
+            while isinstance(expr, relax.Var):
+                value = self.lookup_binding(expr)
+                if value is None:
+                    return expr
+                expr = value
+            return expr
+
+        def _fold(self, expr) -> np.ndarray | None:
+            """The value of a constant expression (MatMulInteger's weights minus their zero point: astype,
+            subtract, expand_dims, reshape, permute_dims over constants), evaluated with numpy; None otherwise."""
+            expr = self._bound(expr)
+            value = _const(expr)
+            if value is not None or not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op):
+                return value
+            args = [self._fold(arg) for arg in expr.args if not isinstance(arg, relax.ShapeExpr)]
+            if any(arg is None for arg in args):
+                return None
+            op, attrs = expr.op.name, expr.attrs
+            if op == "relax.astype":
+                return args[0].astype(str(attrs.dtype))
+            if op == "relax.subtract":
+                return np.subtract(args[0], args[1])
+            if op == "relax.expand_dims":
+                return np.expand_dims(args[0], tuple(int(a) for a in attrs.axis))
+            if op == "relax.permute_dims":
+                return np.transpose(args[0], None if attrs.axes is None else [int(a) for a in attrs.axes])
+            if op == "relax.reshape":
+                return args[0].reshape([int(d) for d in expr.ty.shape])
+            return None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+                return call
+            out = self._static(call) if self.mode == "static" else self._dynamic(call)
+            return call if out is None else out
+
+        def _activation(self, x_q, zero):
+            """u8 activations and their zero point (int8 ones are shifted by 128: same products, u8 range)."""
+            if str(x_q.ty.dtype) == "uint8":
+                return x_q, zero
+            shifted = self.builder_.emit(relax.op.astype(relax.op.add(relax.op.astype(x_q, "int16"),
+                                                                       relax.const(128, "int16")), "uint8"))
+            return shifted, relax.op.add(zero, relax.const(128, "int32"))
+
+        def _weights(self, w: np.ndarray, where: str) -> str | None:
+            if w.ndim != 2:
+                return f"{where}: weights of rank {w.ndim} (batched matmul)"
+            if w.min() < -128 or w.max() > 127:
+                return f"{where}: weights outside int8 after their zero point"
+            if w.shape[0] % intrin.k_lanes:
+                return f"{where}: K={w.shape[0]} not a multiple of the {intrin.key} block's {intrin.k_lanes}"
+            return None
+
+        def _emit_dense(self, x_u8, zero_i32, w: np.ndarray):
+            """int32 [..., N] = sum_k (x - z) * w, as int8_dense(x, W) - z * colsum(W). N is padded with zero
+            columns up to the intrinsic's block and the padding cut off after."""
+            k, n = w.shape
+            padded = np.pad(w, ((0, 0), (0, -n % intrin.n_lanes))).astype(np.int8)
+            acc = self.builder_.emit(dense.emit(self.builder_, x_u8, relax.const(packing.pack(padded, intrin)),
+                                                intrin.n_lanes, intrin.k_lanes))
+            if padded.shape[1] != n:
+                rank = len(x_u8.ty.shape)
+                acc = self.builder_.emit(relax.op.strided_slice(acc, axes=[rank - 1], begin=[0], end=[n]))
+            correction = relax.op.multiply(zero_i32, relax.const(packing.column_sums(w)))
+            return relax.op.subtract(acc, correction)
+
+        def _static(self, call):
+            a, b = (self._bound(arg) for arg in call.args)
+            dq_x = a if _is(a, "relax.dequantize") else None
+            transposed = _is(b, "relax.permute_dims")
+            dq_w = self._bound(b.args[0]) if transposed else b
+            if dq_x is None or not _is(dq_w, "relax.dequantize"):
+                return None
+            where = "static matmul"
+            w_q, s_w, z_w = (_const(e) for e in (self._bound(dq_w.args[0]), dq_w.args[1], dq_w.args[2]))
+            s_x, z_x = _const(dq_x.args[1]), _const(dq_x.args[2])
+            if w_q is None or s_w is None or s_x is None or z_x is None or s_x.size != 1 or z_x.size != 1:
+                report.skipped.append(f"{where}: scales or weights computed at run time")
+                return None
+            if z_w is not None and np.any(z_w != 0):
+                report.skipped.append(f"{where}: asymmetric weights (zero point != 0)")
+                return None
+            w = w_q.T if transposed else w_q
+            axis = int(dq_w.attrs.axis)
+            if transposed and w_q.ndim == 2:
+                axis = 1 - axis
+            why = self._weights(w.astype(np.int32), where)
+            if why:
+                report.skipped.append(why)
+                return None
+            k, n = w.shape
+            s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 1 else s_w.reshape(()), (n,))
+            x_u8, zero = self._activation(self._bound(dq_x.args[0]), relax.const(int(z_x.reshape(())), "int32"))
+            acc = self._emit_dense(x_u8, zero, w)
+            scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
+            report.rewritten.append(f"static {k}x{n}")
+            return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+        def _dynamic(self, call):
+            if str(call.attrs.out_dtype) != "int32":
+                return None
+            a = self._bound(call.args[0])
+            w = self._fold(call.args[1])
+            if not _is(a, "relax.subtract"):
+                return None
+            widened, zero = self._bound(a.args[0]), a.args[1]
+            if not _is(widened, "relax.astype") or str(widened.args[0].ty.dtype) not in ("uint8", "int8"):
+                return None
+            where = "dynamic matmul"
+            if w is None:
+                report.skipped.append(f"{where}: weights computed at run time")
+                return None
+            why = self._weights(w, where)
+            if why:
+                report.skipped.append(why)
+                return None
+            x_u8, zero = self._activation(widened.args[0], zero)
+            report.rewritten.append(f"dynamic {w.shape[0]}x{w.shape[1]}")
+            return self._emit_dense(x_u8, zero, w.astype(np.int8))
+
+    def _is(expr, op_name: str) -> bool:
+        return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
+
+    out = mod
+    for mode in ("static", "dynamic"):
+        rewriter = Rewriter(out, mode)
+        func = rewriter.visit_expr(out[func_name])
+        out = rewriter.builder_.get()
+        out[func_name] = func
+    if not report.rewritten:
+        return mod, report
+    return dense.mark_fusable(relax.transform.DeadCodeElimination()(out)), report

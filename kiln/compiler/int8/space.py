@@ -1,0 +1,80 @@
+"""The search space of kiln's int8 dense kernels: a tiled, parallel schedule whose innermost block is one int8
+dot intrinsic, with the fused epilogue computed per tile, vectorized.
+
+MetaSchedule's generic tensorizing rule (MultiLevelTilingWithIntrin) did not give one buildable trial here: its
+parallelize-vectorize-unroll rule vectorizes the loop around the tensorized block ("Cannot broadcast lanes=16
+to 32": 64 of 64 trials failed to build). So this is a schedule function (topi's dense_vnni schedule, with its
+tile sizes left to the search): the rows and the column blocks are split three ways, the reduction two ways, each
+split sampled (`sample_perfect_tile`) so the evolutionary search and its cost model tune them like any other
+task's; everything else about the schedule is fixed.
+"""
+
+from __future__ import annotations
+
+from kiln.compiler.int8.dense import BLOCK
+from kiln.compiler.int8.intrinsics import Intrinsic, registered
+
+
+def is_int8_task(mod) -> bool:
+    """Whether a task's module holds kiln's int8 dense block (fused functions keep the block's name)."""
+    return f'sblock("{BLOCK}' in mod.script()
+
+
+def schedule(sch, intrin: Intrinsic) -> None:
+    """Schedule the int8 dense block of `sch` (and its fused epilogue) around `intrin`."""
+    dense = next(b for b in _blocks(sch) if sch.get(b).name_hint.startswith(BLOCK))
+    epilogue = _inline_epilogue(sch, dense)
+    *rows, n, k = sch.get_loops(dense)
+    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    n_o, n_i = sch.split(n, [None, intrin.n_lanes])
+    k_o, k_i = sch.split(k, [None, intrin.k_lanes])
+    m0, m1, m2 = sch.split(m, sch.sample_perfect_tile(m, n=3, max_innermost_factor=8))
+    n0, n1, n2 = sch.split(n_o, sch.sample_perfect_tile(n_o, n=3, max_innermost_factor=8))
+    k0, k1 = sch.split(k_o, sch.sample_perfect_tile(k_o, n=2, max_innermost_factor=64))
+    sch.reorder(m0, n0, m1, n1, k0, k1, m2, n2, n_i, k_i)
+    outer = sch.fuse(m0, n0)
+    sch.parallel(outer)
+    if epilogue is not None:  # computed per tile, while its accumulators are in cache
+        sch.reverse_compute_at(epilogue, n1, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(epilogue)[-1])
+    init = sch.decompose_reduction(dense, k0)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(n_i, intrin.tvm_name)
+    unroll = sch.sample_categorical(candidates=[0, 16, 64], probs=[1 / 3, 1 / 3, 1 / 3])
+    sch.annotate(outer, "pragma_auto_unroll_max_step", unroll)
+    sch.annotate(outer, "pragma_unroll_explicit", 1)
+
+
+def _blocks(sch):
+    return sch.get_child_blocks(sch.get_sblock("root"))
+
+
+def _inline_epilogue(sch, dense):
+    """Inline the elementwise blocks after the dense block into the last one; returns that last block (None
+    when nothing follows the dense block)."""
+    consumers = sch.get_consumers(dense)
+    last = None
+    while consumers:
+        block = consumers[0]
+        following = sch.get_consumers(block)
+        if not following:
+            last = block
+            break
+        sch.compute_inline(block)
+        consumers = sch.get_consumers(dense)
+    return last
+
+
+def space_generator(intrin_key: str):
+    """A MetaSchedule space generator for int8 dense tasks on `intrin_key`, with the LLVM postprocessors and
+    mutators (tile sizes and the unroll factor are what mutates)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    intrin = registered(intrin_key)
+
+    def fn(sch) -> None:
+        schedule(sch, intrin)
+
+    return ms.space_generator.ScheduleFn(fn, sch_rules=[], postprocs=[
+        ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(),
+        ms.postproc.RewriteReductionBlock()], mutator_probs="llvm")
