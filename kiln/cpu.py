@@ -94,3 +94,16 @@ class Int8Scheme:
     def quant_type(self) -> str:
         """The weights' onnxruntime.quantization.QuantType name."""
         return "QUInt8" if self.u8_weights else "QInt8"
+
+
+def clock_ghz() -> float | None:
+    """The clock /proc/cpuinfo reports for the first CPU (what peak estimates are taken at); None if unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("cpu MHz")), "")
+    try:
+        return float(line.partition(":")[2]) / 1000.0
+    except ValueError:
+        return None

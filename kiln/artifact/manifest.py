@@ -152,6 +152,7 @@ class TaskTuning(BaseModel):
     best_us: float | None = None
     first_error: str | None = None
     start_us: float | None = None  # best known before the search: this model's earlier or the CPU's shared records
+    int8: bool = False  # one of kiln's int8 dense kernels: its GOP/s is a share of Int8Lowering.peak_gops
 
 
 class Int8Lowering(BaseModel):
@@ -163,6 +164,7 @@ class Int8Lowering(BaseModel):
     exact: bool  # int32 sums without the int16 saturation of vpmaddubsw
     lowered: list[str] = Field(default_factory=list)
     not_lowered: list[str] = Field(default_factory=list)
+    peak_gops: float | None = None  # cores x clock x the intrinsic's int8 ops per cycle
 
 
 class TuningInfo(BaseModel):

@@ -72,6 +72,7 @@ class TaskState:
     best_us: float | None = None
     first_error: str | None = None
     start_us: float | None = None  # best known before this search: the model's own or the shared records
+    int8: bool = False  # one of kiln's int8 dense kernels (kiln.compiler.int8)
 
     @property
     def failed(self) -> int:
@@ -252,7 +253,8 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
     from tvm.s_tir import meta_schedule as ms
 
     extracted = ms.relax_integration.extract_tasks(mod, target)
-    states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod)) for t in extracted]
+    states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod),
+                        int8=bool(limits.int8) and is_int8_task(t.dispatched[0])) for t in extracted]
     order = sorted(range(len(extracted)), key=lambda i: -states[i].weight * states[i].flop)
     extracted, states = [extracted[i] for i in order], [states[i] for i in order]
     progress = Progress(tasks=states, limits=limits)
@@ -364,10 +366,8 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
 
     _nameless_log_handlers_dropped()
     contexts, weights = [], []
-    for task in extracted:  # kiln's int8 dense kernels get their own space; every other task MetaSchedule's
-        space = "post-order-apply"
-        if limits.int8 and is_int8_task(task.dispatched[0]):
-            space = int8_space(limits.int8)
+    for task, state in zip(extracted, progress.tasks, strict=True):  # kiln's int8 kernels: their own space
+        space = int8_space(limits.int8) if state.int8 else "post-order-apply"
         made, weight = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=[task], work_dir=str(work_dir), space=space, strategy=Deadline())
         contexts += made

@@ -157,17 +157,20 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
                              build_failures=k.build_failures, run_failures=k.run_failures,
                              best_us=round(k.best_us, 3) if k.best_us is not None else None,
                              first_error=k.first_error,
-                             start_us=round(k.start_us, 3) if k.start_us is not None else None) for k in t.tasks])
+                             start_us=round(k.start_us, 3) if k.start_us is not None else None, int8=k.int8)
+                  for k in t.tasks])
 
 
 def _int8_lowering(result: CompileResult, limits: Limits) -> Int8Lowering | None:
     if result.int8 is None:
         return None
     from kiln.compiler.int8.intrinsics import get
-    from kiln.cpu import detected_int8_isa
+    from kiln.cpu import clock_ghz, detected_int8_isa
 
-    return Int8Lowering(intrinsic=limits.int8, isa=detected_int8_isa(), exact=get(limits.int8).exact,
-                        lowered=result.int8.rewritten, not_lowered=result.int8.skipped)
+    intrin, ghz = get(limits.int8), clock_ghz()
+    return Int8Lowering(intrinsic=limits.int8, isa=detected_int8_isa(), exact=intrin.exact,
+                        lowered=result.int8.rewritten, not_lowered=result.int8.skipped,
+                        peak_gops=round(intrin.peak_gops(result.target["num-cores"], ghz), 1) if ghz else None)
 
 
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",

@@ -55,6 +55,11 @@ def tuning_notes(cand: BuiltCandidate) -> list[str]:
     if t is None:
         return []
     pipeline = [f"kiln passes: {', '.join(t.pipeline)}"] if t.pipeline else []
+    if t.int8 is not None:
+        sums = "exact" if t.int8.exact else "int16 sums saturate"
+        pipeline.append(f"int8 kernels: {t.int8.intrinsic} on {t.int8.isa} ({sums}), "
+                        f"{len(t.int8.lowered)} matmul(s) lowered: {', '.join(t.int8.lowered)}"
+                        + (f"; not lowered: {'; '.join(t.int8.not_lowered)}" if t.int8.not_lowered else ""))
     if cand.cached:
         return ["tuning: none this run (the build of an earlier run with the same model, target and budget)",
                 *pipeline]

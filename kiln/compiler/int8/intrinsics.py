@@ -30,6 +30,11 @@ class Intrinsic:
     exact: bool  # int32 sums without saturation
     needs: tuple[str, ...]  # LLVM target features it uses
     what: str
+    ops_per_cycle: int  # int8 ops (multiply + add = 2) per cycle and core at one instruction per cycle
+
+    def peak_gops(self, cores: int, ghz: float) -> float:
+        """The kernel's ceiling on this CPU: what a task's GOP/s is a share of."""
+        return cores * ghz * self.ops_per_cycle
 
     @property
     def tvm_name(self) -> str:
@@ -37,11 +42,12 @@ class Intrinsic:
 
 
 INTRINSICS: dict[str, Intrinsic] = {i.key: i for i in (
-    Intrinsic("vnni", 16, 4, True, ("avx512vnni",), "AVX-512 VNNI vpdpbusd: u8 x s8 summed into int32"),
-    Intrinsic("avx512", 16, 4, False, ("avx512bw",), "AVX-512 vpmaddubsw + vpmaddwd: int16 pair sums saturate"),
-    Intrinsic("avx512-exact", 16, 2, True, ("avx512bw",), "AVX-512 widened to int16 + vpmaddwd: exact, half lanes"),
-    Intrinsic("avx2", 8, 4, False, ("avx2",), "AVX2 vpmaddubsw + vpmaddwd: int16 pair sums saturate"),
-    Intrinsic("avx2-exact", 8, 2, True, ("avx2",), "AVX2 widened to int16 + vpmaddwd: exact, half lanes"),
+    # 64 u8 x s8 products per vpdpbusd (zmm); 64 per vpmaddubsw + vpmaddwd pair; 32 per vpmaddwd (zmm); AVX2 half
+    Intrinsic("vnni", 16, 4, True, ("avx512vnni",), "AVX-512 VNNI vpdpbusd: u8 x s8 summed into int32", 128),
+    Intrinsic("avx512", 16, 4, False, ("avx512bw",), "AVX-512 vpmaddubsw + vpmaddwd: int16 pair sums saturate", 64),
+    Intrinsic("avx512-exact", 16, 2, True, ("avx512bw",), "AVX-512 widened to int16 + vpmaddwd: exact", 64),
+    Intrinsic("avx2", 8, 4, False, ("avx2",), "AVX2 vpmaddubsw + vpmaddwd: int16 pair sums saturate", 32),
+    Intrinsic("avx2-exact", 8, 2, True, ("avx2",), "AVX2 widened to int16 + vpmaddwd: exact, half lanes", 32),
 )}
 
 

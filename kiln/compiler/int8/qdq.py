@@ -185,4 +185,51 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
         out[func_name] = func
     if not report.rewritten:
         return mod, report
-    return dense.mark_fusable(relax.transform.DeadCodeElimination()(out)), report
+    out = scalar_constants_as_vectors(relax.transform.DeadCodeElimination()(out), func_name)
+    return dense.mark_fusable(out), report
+
+
+_ELEMENTWISE = ("relax.multiply", "relax.add", "relax.subtract", "relax.divide")
+
+
+def scalar_constants_as_vectors(mod, func_name: str = "main"):
+    """Scalar constants in elementwise arithmetic as one-element tensors (the same broadcast).
+
+    Legalization writes a scalar constant into the kernel's TIR as a literal, so each layer's matmul, whose
+    epilogue multiplies by that layer's own weight scale, was a workload of its own: 24 int8 tasks to tune on a
+    4-layer encoder instead of 3. As a one-element buffer the scale is an argument, and equal kernels are one
+    task again (MetaSchedule dedupes tasks by their TIR)."""
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    def scalar_const(expr):
+        return isinstance(expr, Constant) and expr.value.numpy().ndim == 0
+
+    @relax.expr_functor.mutator
+    class Lift(relax.expr_functor.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _ELEMENTWISE):
+                return call
+            args = list(call.args)
+            for i, arg in enumerate(args):
+                if len(args[1 - i].ty.shape) < 1:
+                    continue
+                if scalar_const(arg):
+                    args[i] = relax.const(arg.value.numpy().reshape(1))
+                elif isinstance(arg, relax.Var):  # tensor x (scalar x constant): the layer's combined scale
+                    bound = self.lookup_binding(arg)
+                    if (isinstance(bound, relax.Call) and bound.op == call.op and call.op.name == "relax.multiply"
+                            and sum(map(scalar_const, bound.args)) == 1
+                            and all(len(b.ty.shape) == 0 for b in bound.args)):
+                        value, const = sorted(bound.args, key=scalar_const)
+                        args[i] = self.builder_.emit(relax.op.multiply(
+                            value, relax.const(const.value.numpy().reshape(1))))
+            return relax.Call(call.op, args, call.attrs) if args != list(call.args) else call
+
+    lift = Lift(mod)
+    func = lift.visit_expr(mod[func_name])
+    out = lift.builder_.get()
+    out[func_name] = func
+    return out

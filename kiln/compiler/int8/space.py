@@ -50,19 +50,24 @@ def _blocks(sch):
 
 
 def _inline_epilogue(sch, dense):
-    """Inline the elementwise blocks after the dense block into the last one; returns that last block (None
-    when nothing follows the dense block)."""
-    consumers = sch.get_consumers(dense)
-    last = None
-    while consumers:
-        block = consumers[0]
-        following = sch.get_consumers(block)
-        if not following:
-            last = block
-            break
-        sch.compute_inline(block)
-        consumers = sch.get_consumers(dense)
-    return last
+    """Inline every block but the dense one and the function's output into the output: the epilogue (zero-point
+    correction, rescale, bias, activation, requantize) and the small producers FuseOps put beside it (the
+    zero point's cast, its column correction). Returns the output block (None when the dense block is it)."""
+    name = sch.get(dense).name_hint
+    inlined = True
+    while inlined:
+        inlined = False
+        for block in _blocks(sch):
+            if sch.get(block).name_hint == name or not sch.get_consumers(block):
+                continue
+            try:
+                sch.compute_inline(block)
+                inlined = True
+                break
+            except Exception:  # tvm ScheduleError: a block that cannot be inlined stays where it is
+                continue
+    outputs = [b for b in _blocks(sch) if sch.get(b).name_hint != name and not sch.get_consumers(b)]
+    return outputs[0] if len(outputs) == 1 else None
 
 
 def space_generator(intrin_key: str):

@@ -1,0 +1,116 @@
+"""kiln's own int8 compiler against onnxruntime's int8 on the same quantization (issue 25's bar `tvm-int8`).
+
+    python benchmarks/int8_vs_ort.py                          # the encoder at 5, 20 minutes of tuning
+    python benchmarks/int8_vs_ort.py --minutes 4 --models encoder
+
+Each run is the bar's command, in a fresh KILN_HOME (no tuning records from earlier runs):
+`kiln optimize MODEL.onnx --candidates onnxruntime,ort-int8-dynamic,ort-int8-fused-dynamic,tvm-int8-dynamic
+--tune-time Nm --range 'cosine>=0.99' --json`. kiln times every candidate in the same interleaved rounds, so the
+ratio is tvm-int8-dynamic's p50 over the best onnxruntime int8 row's p50 from one run (<= 1.0: TVM is as fast).
+The per-task rows come from the build's tuning record: each int8 kernel's GOP/s and its share of the detected
+instruction set's peak (cores x clock x int8 ops per cycle). Writes benchmarks/int8_vs_ort.json and, through
+benchmarks/report.py, its table in RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / "benchmarks" / "work" / "int8"
+MODELS = {"encoder": ("examples/encoder/model.onnx", "examples/encoder/make_model.py",
+                      "4-layer encoder, hidden 256, seq 128, random weights")}
+ORT_INT8 = ("ort-int8-dynamic", "ort-int8-fused-dynamic")
+
+
+def run(model: str, minutes: float) -> dict:
+    rel, script, what = MODELS[model]
+    path = ROOT / rel
+    if not path.is_file():
+        subprocess.run([sys.executable, str(ROOT / script), "--out", str(path)], check=True)
+    home = WORK / f"{model}-{minutes:g}m"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(home / "store"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(path), "--candidates",
+           "onnxruntime," + ",".join(ORT_INT8) + ",tvm-int8-dynamic", "--tune-time", f"{minutes:g}m",
+           "--range", "cosine>=0.99", "--json"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    row = {"model": model, "what": what, "minutes": minutes, "exit": proc.returncode,
+           "seconds": round(time.monotonic() - start, 1), "command": " ".join(cmd[1:])}
+    if proc.returncode != 0:
+        return {**row, "error": proc.stderr.strip().splitlines()[-1:]}
+    out = json.loads(proc.stdout)
+    rows = {c["name"]: c for c in out["candidates"]}
+    p50 = {n: rows[n]["latency_ms"]["p50"] for n in rows if rows[n].get("latency_ms")}
+    best_ort = min((n for n in ORT_INT8 if n in p50), key=p50.get, default=None)
+    tvm = rows.get("tvm-int8-dynamic", {})
+    row.update(selected=out["selected"], p50_ms=p50, best_ort_int8=best_ort,
+               tvm_notes=tvm.get("notes", []), tvm_reasons=tvm.get("reasons", []),
+               accuracy={n: {k: m["value"] for k, m in rows[n].get("metrics", {}).items()} for n in rows})
+    if best_ort and "tvm-int8-dynamic" in p50:
+        row["tvm_over_ort_int8"] = round(p50["tvm-int8-dynamic"] / p50[best_ort], 3)
+    row["tasks"] = int8_tasks(home)
+    return row
+
+
+def int8_tasks(home: Path) -> list[dict]:
+    """The tvm-int8 build's per-task record: int8 kernels' GOP/s and share of the instruction set's peak."""
+    for result in sorted((home / "cache" / "tvm").glob("*/result.json")):
+        built = json.loads(result.read_text())
+        tuning = built.get("tuning") or {}
+        if built.get("name") != "tvm-int8-dynamic" or not tuning.get("int8"):
+            continue
+        peak = tuning["int8"].get("peak_gops")
+        tasks = []
+        for t in tuning["per_task"]:
+            gops = t["flop"] / t["best_us"] / 1e3 if t.get("best_us") and t.get("flop") else None
+            tasks.append({"name": t["name"], "weight": t["weight"], "trials": t["trials"], "best_us": t["best_us"],
+                          "int8": t.get("int8", False), "gops": round(gops, 1) if gops else None,
+                          "peak_share": round(gops / peak, 3) if gops and peak and t.get("int8") else None})
+        return [{"intrinsic": tuning["int8"]["intrinsic"], "isa": tuning["int8"]["isa"], "peak_gops": peak,
+                 "first_round": tuning.get("first_round"), "trials_run": tuning.get("trials_run"),
+                 "tasks": sorted(tasks, key=lambda t: -(t["best_us"] or 0) * t["weight"])}]
+    return []
+
+
+def machine() -> dict:
+    from kiln.cpu import clock_ghz, detected_int8_isa
+
+    name = next((ln.partition(":")[2].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), platform.processor())
+    return {"cpu": name, "cores": os.cpu_count(), "int8_isa": detected_int8_isa(), "clock_ghz": clock_ghz()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--minutes", nargs="+", type=float, default=[5, 20])
+    args = parser.parse_args()
+    out = ROOT / "benchmarks" / "int8_vs_ort.json"
+    results = {"machine": machine(), "runs": []}
+    for model in args.models:
+        for minutes in args.minutes:
+            row = run(model, minutes)
+            results["runs"].append(row)
+            print(json.dumps({k: row.get(k) for k in ("model", "minutes", "exit", "tvm_over_ort_int8",
+                                                      "best_ort_int8", "selected")}), flush=True)
+            out.write_text(json.dumps(results, indent=1))
+    from benchmarks import report
+
+    report.rewrite()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""kiln's own int8 compiler: its x86 dot intrinsics against numpy, the QDQ/MatMulInteger lowering against
+onnxruntime's int8, a node kept in fp32 staying fp32, and the TVM int8 candidates through the optimize flow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from kiln.compiler.int8 import dense, packing
+from kiln.compiler.int8.intrinsics import INTRINSICS, for_cpu, registered
+from kiln.cpu import detected_int8_isa
+
+from conftest import run_kiln
+
+
+def usable() -> list[str]:
+    """The intrinsics this CPU can run (every CPU these tests run on has AVX2)."""
+    return [k for k in INTRINSICS if _runs_here(k)]
+
+
+def _runs_here(key: str) -> bool:
+    try:
+        return for_cpu(detected_int8_isa(), key) == key
+    except Exception:
+        return False
+
+
+def _saturating(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """vpmaddubsw then vpmaddwd by ones, in numpy: u8 x s8 products summed in pairs into int16 with saturation,
+    then the pairs of pairs summed into int32."""
+    prod = a[:, :, None].astype(np.int64) * w[None, :, :].astype(np.int64)  # [M, K, N]
+    pairs = np.clip(prod[:, 0::2] + prod[:, 1::2], -32768, 32767)  # [M, K/2, N]
+    return pairs.sum(axis=1)
+
+
+def _compile_dense(key: str, m: int, k: int, n: int):
+    import tvm
+    from tvm import te
+
+    from kiln.compiler.int8.space import schedule
+    from kiln.compiler.targets import target_config
+
+    intrin = registered(key)
+    a = te.placeholder((m, k), "uint8", name="a")
+    w = te.placeholder((n // intrin.n_lanes, k // intrin.k_lanes, intrin.n_lanes, intrin.k_lanes), "int8", name="w")
+    out = dense.int8_dense(a, w, intrin.n_lanes, intrin.k_lanes)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, w, out]), seed=1)
+    schedule(sch, intrin)  # the tuned kernels' schedule, with sampled tile sizes
+    return tvm.compile(sch.mod, target=tvm.target.Target(target_config("llvm"))), intrin
+
+
+@pytest.mark.parametrize("key", list(INTRINSICS))
+def test_int8_intrinsics_against_numpy(key):
+    """Every intrinsic this CPU has, scheduled as the tuner schedules it, on full-range u8 x s8 values: the
+    exact ones give numpy's int32 sums bit for bit; the vpmaddubsw ones give numpy's model of their int16
+    saturation (and differ from the exact sums: what the gate's accuracy check is there for)."""
+    import tvm
+
+    if not _runs_here(key):
+        assert key in ("vnni", "avx512", "avx512-exact") and "avx2" in usable(), usable()
+        return  # an AVX-512 instruction on an AVX2-only CPU: its AVX2 siblings are tested here
+    m, k, n = 24, 64, 48
+    lib, intrin = _compile_dense(key, m, k, n)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    got = tvm.runtime.tensor(np.zeros((m, n), np.int32))
+    lib(tvm.runtime.tensor(a), tvm.runtime.tensor(packing.pack(w, intrin)), got)
+    exact = a.astype(np.int64) @ w.astype(np.int64)
+    if intrin.exact:
+        np.testing.assert_array_equal(got.numpy(), exact)
+    else:
+        np.testing.assert_array_equal(got.numpy(), _saturating(a, w))
+        assert not np.array_equal(got.numpy(), exact)
+
+
+def test_packing_round_trips():
+    intrin = registered("avx2-exact")
+    w = np.random.default_rng(1).integers(-128, 128, (32, 24)).astype(np.int8)
+    packed = packing.pack(w, intrin)
+    assert packed.shape == (24 // 8, 32 // 2, 8, 2)
+    np.testing.assert_array_equal(packing.unpack(packed), w)
+
+
+def _mlp(path, excluded_width: int = 24):
+    """MatMul -> Add -> Relu -> Gemm(transB) -> Relu -> MatMul: the three kinds of matmul quantizers see."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(size=(32, 64)).astype(np.float32), rng.normal(size=64).astype(np.float32)
+    w2, b2 = rng.normal(size=(48, 64)).astype(np.float32), rng.normal(size=48).astype(np.float32)
+    w3 = rng.normal(size=(48, excluded_width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+             helper.make_node("Add", ["h", "b1"], ["h1"], name="bias"),
+             helper.make_node("Relu", ["h1"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["g"], name="gemm", transB=1),
+             helper.make_node("Relu", ["g"], ["r2"], name="relu2"),
+             helper.make_node("MatMul", ["r2", "w3"], ["y"], name="last")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, excluded_width])],
+                              [numpy_helper.from_array(v, n) for n, v in
+                               (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _quantized(tmp_path, kind: str, exclude: tuple[str, ...] = ()):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    src = _mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / f"mlp-{kind}.onnx"
+    rng = np.random.default_rng(2)
+    if kind == "static":
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.feeds = iter([{"x": rng.normal(size=(8, 32)).astype(np.float32)} for _ in range(16)])
+
+            def get_next(self):
+                return next(self.feeds, None)
+
+        quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=list(exclude))
+    else:
+        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=list(exclude))
+    return out
+
+
+def _run_tvm(mod, x):
+    import tvm
+    from tvm import relax
+
+    from kiln.compiler.targets import target_config
+
+    ex = tvm.compile(mod, target=tvm.target.Target(target_config("llvm")))
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_quantized_matmul_and_gemm_lowered_to_integer_kernels(tmp_path, kind):
+    """Static QDQ and dynamic (MatMulInteger) MatMul and Gemm become kiln's int8 dense kernels (no fp32 matmul
+    is left) whose outputs match onnxruntime's int8 within one quantization step of the output."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+
+    path = _quantized(tmp_path, kind)
+    x = np.random.default_rng(3).normal(size=(8, 32)).astype(np.float32)
+    expected = _ort(path, x)
+    mod = from_onnx(onnx.load(path), keep_params_in_input=False)
+    for key in [k for k in usable() if INTRINSICS[k].exact]:
+        lowered, report = rewrite(mod, registered(key))
+        assert len(report.rewritten) == 3 and not report.skipped, report
+        assert all(r.startswith(kind) for r in report.rewritten)
+        script = lowered["main"].script()
+        assert "R.matmul" not in script and script.count("kiln_int8_dense") >= 3
+        got = _run_tvm(lowered, x)
+        step = np.abs(expected).max() / 127  # one step of an 8-bit output
+        assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
+
+
+def test_a_node_kept_in_fp32_stays_fp32(tmp_path):
+    """The accuracy-aware fallback keeps a node out of quantization: kiln's lowering leaves it an fp32 matmul
+    and lowers the rest."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+
+    path = _quantized(tmp_path, "static", exclude=("last",))
+    mod = from_onnx(onnx.load(path), keep_params_in_input=False)
+    lowered, report = rewrite(mod, registered(usable()[0]))
+    assert len(report.rewritten) == 2, report
+    script = lowered["main"].script()
+    assert script.count("R.matmul(") == 1 and 'dtype="float32") = R.matmul(' in script
+    x = np.random.default_rng(4).normal(size=(8, 32)).astype(np.float32)
+    expected = _ort(path, x)
+    assert np.abs(_run_tvm(lowered, x) - expected).max() <= np.abs(expected).max() / 127
+
+
+def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
+    """tvm-int8-dynamic and tvm-int8-static compile the onnxruntime int8 builds (added to the run beside them),
+    are tuned around this CPU's int8 intrinsic, measured and gated like every candidate; the run publishes, and
+    the manifest names the intrinsic, the instruction set and each matmul lowered."""
+    proc = run_kiln(["optimize", str(digits_program), "--candidates", "tvm-int8-dynamic,tvm-int8-static",
+                     "--trials", "8", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    rows = {c["name"]: c for c in out["candidates"]}
+    assert {"ort-int8-dynamic", "ort-int8-static"} <= set(rows)  # the sources, measured beside them
+    expected = for_cpu(detected_int8_isa())
+    for name in ("tvm-int8-dynamic", "tvm-int8-static"):
+        row = rows[name]
+        assert row["latency_ms"]["p50"] > 0 and row["passed"], row  # built, measured and judged
+        assert f"kiln passes: int8-{expected}" in " ".join(row["notes"]), row["notes"]
+        int8 = next(n for n in row["notes"] if n.startswith("int8 kernels:"))
+        assert f"int8 kernels: {expected} on {detected_int8_isa()} (exact), 2 matmul(s) lowered" in int8, int8
+        assert not row["notes"][0].startswith("tuning: 0 trials"), row["notes"]
+    assert out["published"] and out["artifact"]
