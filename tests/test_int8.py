@@ -213,3 +213,37 @@ def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
         assert f"int8 kernels: {expected} on {detected_int8_isa()} (exact), 2 matmul(s) lowered" in int8, int8
         assert not row["notes"][0].startswith("tuning: 0 trials"), row["notes"]
     assert out["published"] and out["artifact"]
+
+
+def test_layers_of_one_shape_are_one_int8_tuning_task(tmp_path):
+    """Two dynamic-int8 layers of the same shape, each with its own per-tensor weight scale: one int8 kernel
+    to tune, run twice (a scale written into the kernel as a literal made each layer a task of its own)."""
+    import tvm
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    from kiln.compiler import pipelines
+    from kiln.compiler.int8.qdq import rewrite
+    from kiln.compiler.int8.space import is_int8_task
+    from kiln.compiler.targets import target_config
+
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(scale=s, size=(32, 32)).astype(np.float32) for s in (1.0, 3.0)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="l0"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["h1"], name="l1"), helper.make_node("Relu", ["h1"], ["y"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "two.onnx")
+    quantize_dynamic(str(tmp_path / "two.onnx"), str(tmp_path / "two-int8.onnx"), weight_type=QuantType.QInt8)
+    target = tvm.target.Target(target_config("llvm"))
+    lowered, report = rewrite(from_onnx(onnx.load(tmp_path / "two-int8.onnx"), keep_params_in_input=False),
+                              registered(usable()[0]))
+    assert len(report.rewritten) == 2
+    with target:
+        tasks = ms.relax_integration.extract_tasks(pipelines.lowering()(lowered), target)
+    int8 = [t for t in tasks if is_int8_task(t.dispatched[0])]
+    assert [t.weight for t in int8] == [2], [(t.task_name, t.weight) for t in int8]

@@ -9,7 +9,10 @@ tuned records, its own or the CPU's shared ones, only a short one) and then spen
 estimated end-to-end latency most; builder and runner timeouts are settings; a measure
 callback counts valid and failed trials per task and reports progress; a wrapper around the evolutionary
 search stops handing out trials once the wall-clock budget is spent (the scheduler then winds down the
-trials already in flight, as it does when a task's search space is exhausted).
+trials already in flight, as it does when a task's search space is exhausted). With a wall-clock budget the
+first round is sized from the time and this CPU's measured cost of a trial (kiln.compiler.trial_costs), tasks
+largest first, so every task is measured early; kiln's int8 kernels are searched in their own space
+(kiln.compiler.int8.space).
 """
 
 from __future__ import annotations
@@ -243,7 +246,6 @@ class Plan:
     progress: Progress
     work_dir: Path
     shared: Path | None
-    costs: trial_costs.Costs
 
 
 def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None) -> Plan:
@@ -268,7 +270,7 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
     if limits.seconds and limits.trials > 0 and extracted:
         progress.first_round, progress.budget_warning = trial_costs.first_round(
             limits.seconds, len(extracted), costs, limits.trials_per_round)
-    return Plan(extracted, progress, work_dir, shared, costs)
+    return Plan(extracted, progress, work_dir, shared)
 
 
 def tune(mod, target, work_dir: Path, limits: Limits, on_progress: Callable[[Progress], None] | None = None,
