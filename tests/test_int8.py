@@ -247,3 +247,86 @@ def test_layers_of_one_shape_are_one_int8_tuning_task(tmp_path):
         tasks = ms.relax_integration.extract_tasks(pipelines.lowering()(lowered), target)
     int8 = [t for t in tasks if is_int8_task(t.dispatched[0])]
     assert [t.weight for t in int8] == [2], [(t.task_name, t.weight) for t in int8]
+
+
+def _cnn_qdq(tmp_path):
+    """Conv(3 -> 8) -> Relu -> Conv(8 -> 16, pad 1) -> Relu -> Conv(16 -> 12, stride 2, pad 1), static QDQ."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(6)
+    weights = {"w0": rng.normal(size=(8, 3, 3, 3)), "w1": rng.normal(size=(16, 8, 3, 3)),
+               "w2": rng.normal(size=(12, 16, 3, 3)), "b1": rng.normal(size=16)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 6, 6])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cnn.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(16)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "cnn.onnx"), str(tmp_path / "cnn-qdq.onnx"), Reader(), per_channel=True,
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return tmp_path / "cnn-qdq.onnx"
+
+
+def test_quantized_conv_lowered_to_integer_kernels(tmp_path):
+    """Static QDQ Conv (padded, strided, with bias) becomes kiln's NHWC int8 kernel, outputs within one
+    quantization step of onnxruntime's int8; the 3-channel stem is named and stays fp32."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+
+    path = _cnn_qdq(tmp_path)
+    x = np.random.default_rng(7).normal(size=(1, 3, 12, 12)).astype(np.float32)
+    expected = _ort(path, x)
+    mod = from_onnx(onnx.load(path), keep_params_in_input=False)
+    for key in [k for k in usable() if INTRINSICS[k].exact]:
+        lowered, report = rewrite(mod, registered(key))
+        assert report.rewritten == ["static conv 16x8x3x3", "static conv 12x16x3x3"], report
+        assert report.skipped == [f"static conv 8x3x3x3: 3 input channels, not a multiple of "
+                                  f"{INTRINSICS[key].k_lanes}"], report
+        assert lowered["main"].script().count("R.nn.conv2d(") == 1  # the stem
+        got = _run_tvm(lowered, x)
+        step = np.abs(expected).max() / 127
+        assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
+
+
+def test_conv_kernel_as_the_tuner_schedules_it():
+    """The NHWC int8 convolution, scheduled by the tuner's space (tensorized), equals numpy's convolution."""
+    import tvm
+    from tvm import te
+
+    from kiln.compiler.int8.space import schedule
+    from kiln.compiler.targets import target_config
+
+    intrin = registered(next(k for k in usable() if INTRINSICS[k].exact))
+    rng = np.random.default_rng(8)
+    n, h, w_, c, o, k, stride = 1, 9, 9, 8, 32, 3, 2
+    a = rng.integers(0, 256, (n, h, w_, c)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, k, c, o)).astype(np.int8)
+    a_t = te.placeholder(a.shape, "uint8", name="a")
+    w_t = te.placeholder((o // intrin.n_lanes, k * k * c // intrin.k_lanes, intrin.n_lanes, intrin.k_lanes), "int8")
+    out = dense.int8_conv2d_nhwc(a_t, w_t, (k, k), (stride, stride), (1, 1), intrin.n_lanes, intrin.k_lanes)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a_t, w_t, out]), seed=3)
+    schedule(sch, intrin)
+    lib = tvm.compile(sch.mod, target=tvm.target.Target(target_config("llvm")))
+    oh = (h - k) // stride + 1
+    got = tvm.runtime.tensor(np.zeros((n, oh, oh, o), np.int32))
+    lib(tvm.runtime.tensor(a), tvm.runtime.tensor(packing.pack(w.reshape(k * k * c, o), intrin)), got)
+    expected = np.zeros((n, oh, oh, o), np.int64)
+    for y in range(oh):
+        for x in range(oh):
+            patch = a[:, y * stride:y * stride + k, x * stride:x * stride + k, :].astype(np.int64)
+            expected[:, y, x, :] = np.einsum("nhwc,hwco->no", patch, w.astype(np.int64))
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -8,7 +8,8 @@ the chosen intrinsic, int32 accumulation, and an epilogue that subtracts the act
 correction and (static) rescales by the activation and per-channel weight scales. The epilogue, the bias, the
 activation and the next quantize are ordinary Relax operators that FuseOps folds into the kernel.
 
-Static (QDQ): matmul(dequantize(x_q, s_x, z_x), [permute_dims](dequantize(W_q, s_w, 0))) with W_q a constant.
+Static (QDQ): matmul(dequantize(x_q, s_x, z_x), [permute_dims](dequantize(W_q, s_w, 0))) with W_q a constant,
+and conv2d(dequantize(x_q), dequantize(W_q)) (NCHW, one group) as an NHWC kernel padded with the zero point.
 Dynamic (MatMulInteger): matmul(astype(x_q, int32) - z_x, W, out_dtype=int32) with W folding to an int32
 constant in int8 range. A matmul kept in fp32 (the accuracy-aware fallback excluded it from quantization) has no
 dequantize around it and stays an fp32 matmul. What is not rewritten, and why, is reported.
@@ -85,9 +86,13 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+            if not isinstance(call.op, tvm.ir.Op):
                 return call
-            out = self._static(call) if self.mode == "static" else self._dynamic(call)
+            out = None
+            if call.op.name == "relax.matmul":
+                out = self._static(call) if self.mode == "static" else self._dynamic(call)
+            elif call.op.name == "relax.nn.conv2d" and self.mode == "static":
+                out = self._static_conv(call)
             return call if out is None else out
 
         def _activation(self, x_q, zero):
@@ -107,50 +112,98 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
                 return f"{where}: K={w.shape[0]} not a multiple of the {intrin.key} block's {intrin.k_lanes}"
             return None
 
-        def _emit_dense(self, x_u8, zero_i32, w: np.ndarray):
-            """int32 [..., N] = sum_k (x - z) * w, as int8_dense(x, W) - z * colsum(W). N is padded with zero
-            columns up to the intrinsic's block and the padding cut off after."""
-            k, n = w.shape
+        def _emit_packed(self, w: np.ndarray, kernel, rank: int):
+            """Emit `kernel(packed weights)` for w [K, N], N padded with zero columns up to the intrinsic's
+            block and the padding cut off after."""
+            n = w.shape[1]
             padded = np.pad(w, ((0, 0), (0, -n % intrin.n_lanes))).astype(np.int8)
-            acc = self.builder_.emit(dense.emit(self.builder_, x_u8, relax.const(packing.pack(padded, intrin)),
-                                                intrin.n_lanes, intrin.k_lanes))
+            acc = self.builder_.emit(kernel(relax.const(packing.pack(padded, intrin))))
             if padded.shape[1] != n:
-                rank = len(x_u8.ty.shape)
                 acc = self.builder_.emit(relax.op.strided_slice(acc, axes=[rank - 1], begin=[0], end=[n]))
+            return acc
+
+        def _emit_dense(self, x_u8, zero_i32, w: np.ndarray):
+            """int32 [..., N] = sum_k (x - z) * w, as int8_dense(x, W) - z * colsum(W)."""
+            acc = self._emit_packed(w, lambda packed: dense.emit(self.builder_, x_u8, packed, intrin.n_lanes,
+                                                                 intrin.k_lanes), rank=len(x_u8.ty.shape))
             correction = relax.op.multiply(zero_i32, relax.const(packing.column_sums(w)))
             return relax.op.subtract(acc, correction)
 
         def _static(self, call):
+            """matmul(dequantize(x_q), [permute_dims](dequantize(W_q))): the Gemm's transB is a permute_dims."""
             a, b = (self._bound(arg) for arg in call.args)
-            dq_x = a if _is(a, "relax.dequantize") else None
             transposed = _is(b, "relax.permute_dims")
-            dq_w = self._bound(b.args[0]) if transposed else b
-            if dq_x is None or not _is(dq_w, "relax.dequantize"):
+            found = self._quantized_pair(a, self._bound(b.args[0]) if transposed else b, "static matmul")
+            if found is None:
                 return None
-            where = "static matmul"
-            w_q, s_w, z_w = (_const(e) for e in (self._bound(dq_w.args[0]), dq_w.args[1], dq_w.args[2]))
-            s_x, z_x = _const(dq_x.args[1]), _const(dq_x.args[2])
+            x_q, s_x, z_x, w_q, s_w, axis = found
+            if len(x_q.ty.shape) < 2:
+                report.skipped.append("static matmul: a vector input (the kernel tiles rows)")
+                return None
+            w = w_q.T if transposed else w_q
+            if transposed and w_q.ndim == 2:
+                axis = 1 - axis
+            why = self._weights(w.astype(np.int32), "static matmul")
+            if why:
+                report.skipped.append(why)
+                return None
+            k, n = w.shape
+            s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 1 else s_w.reshape(()), (n,))
+            x_u8, zero = self._activation(x_q, relax.const(int(z_x.reshape(())), "int32"))
+            acc = self._emit_dense(x_u8, zero, w)
+            scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
+            report.rewritten.append(f"static {k}x{n}")
+            return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+
+        def _quantized_pair(self, x, w, where: str):
+            """(x_q, s_x, z_x, w_q, s_w, z_w) of dequantize(x_q) and dequantize(constant w_q) with a per-tensor
+            activation quantization and symmetric weights, or None (a reason reported where one applies)."""
+            if not (_is(x, "relax.dequantize") and _is(w, "relax.dequantize")):
+                return None
+            w_q, s_w, z_w = (_const(e) for e in (self._bound(w.args[0]), w.args[1], w.args[2]))
+            s_x, z_x = _const(x.args[1]), _const(x.args[2])
             if w_q is None or s_w is None or s_x is None or z_x is None or s_x.size != 1 or z_x.size != 1:
                 report.skipped.append(f"{where}: scales or weights computed at run time")
                 return None
             if z_w is not None and np.any(z_w != 0):
                 report.skipped.append(f"{where}: asymmetric weights (zero point != 0)")
                 return None
-            w = w_q.T if transposed else w_q
-            axis = int(dq_w.attrs.axis)
-            if transposed and w_q.ndim == 2:
-                axis = 1 - axis
-            why = self._weights(w.astype(np.int32), where)
-            if why:
-                report.skipped.append(why)
+            return self._bound(x.args[0]), s_x, z_x, w_q, s_w, int(w.attrs.axis)
+
+        def _static_conv(self, call):
+            """conv2d(dequantize(x_q), dequantize(W_q)), NCHW/OIHW, one group: padded with the activation zero
+            point (the padding then adds nothing after the correction), run NHWC so that one instruction reads 4
+            (or 2) consecutive channels, and transposed back."""
+            attrs, where = call.attrs, "static conv"
+            found = self._quantized_pair(self._bound(call.args[0]), self._bound(call.args[1]), where)
+            if found is None:
                 return None
-            k, n = w.shape
-            s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 1 else s_w.reshape(()), (n,))
-            x_u8, zero = self._activation(self._bound(dq_x.args[0]), relax.const(int(z_x.reshape(())), "int32"))
-            acc = self._emit_dense(x_u8, zero, w)
+            x_q, s_x, z_x, w_q, s_w, axis = found
+            layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+            if layouts != ("NCHW", "OIHW", "NCHW") or int(attrs.groups) != 1 or w_q.ndim != 4:
+                report.skipped.append(f"{where}: layout {'/'.join(layouts)}, groups {int(attrs.groups)}")
+                return None
+            o, c, kh, kw = w_q.shape
+            if c % intrin.k_lanes:
+                report.skipped.append(f"{where} {o}x{c}x{kh}x{kw}: {c} input channels, not a multiple of "
+                                      f"{intrin.k_lanes}")
+                return None
+            w = w_q.transpose(2, 3, 1, 0).reshape(kh * kw * c, o).astype(np.int32)  # k = (kh * KW + kw) * C + c
+            top, left, bottom, right = (int(v) for v in attrs.padding)
+            x_u8, zero = self._activation(x_q, relax.const(int(z_x.reshape(())), "int32"))
+            z_pad = int(z_x.reshape(())) + (0 if str(x_q.ty.dtype) == "uint8" else 128)
+            padded = self.builder_.emit(relax.op.nn.pad(x_u8, [0, 0, 0, 0, top, bottom, left, right],
+                                                        pad_value=float(z_pad)))
+            nhwc = self.builder_.emit(relax.op.permute_dims(padded, [0, 2, 3, 1]))
+            acc = self._emit_packed(w, lambda packed: dense.emit_conv(
+                self.builder_, nhwc, packed, (kh, kw), [int(v) for v in attrs.strides],
+                [int(v) for v in attrs.dilation], intrin.n_lanes, intrin.k_lanes), rank=4)
+            acc = relax.op.subtract(acc, relax.op.multiply(zero, relax.const(packing.column_sums(w))))
+            s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 0 else s_w.reshape(()), (o,))
             scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
-            report.rewritten.append(f"static {k}x{n}")
-            return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+            report.rewritten.append(f"static conv {o}x{c}x{kh}x{kw}")
+            scaled = self.builder_.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale)))
+            return relax.op.permute_dims(scaled, [0, 3, 1, 2])
 
         def _dynamic(self, call):
             if str(call.attrs.out_dtype) != "int32":
@@ -169,6 +222,9 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             why = self._weights(w, where)
             if why:
                 report.skipped.append(why)
+                return None
+            if len(widened.ty.shape) < 2:
+                report.skipped.append(f"{where}: a vector input (the kernel tiles rows)")
                 return None
             x_u8, zero = self._activation(widened.args[0], zero)
             report.rewritten.append(f"dynamic {w.shape[0]}x{w.shape[1]}")

@@ -1,12 +1,14 @@
-"""The search space of kiln's int8 dense kernels: a tiled, parallel schedule whose innermost block is one int8
-dot intrinsic, with the fused epilogue computed per tile, vectorized.
+"""The search space of kiln's int8 kernels (dense and NHWC convolution): a tiled, parallel schedule whose innermost
+block is one int8 dot intrinsic, with the fused epilogue computed per tile, vectorized.
 
 MetaSchedule's generic tensorizing rule (MultiLevelTilingWithIntrin) did not give one buildable trial here: its
 parallelize-vectorize-unroll rule vectorizes the loop around the tensorized block ("Cannot broadcast lanes=16
 to 32": 64 of 64 trials failed to build). So this is a schedule function (topi's dense_vnni schedule, with its
 tile sizes left to the search): the rows and the column blocks are split three ways, the reduction two ways, each
 split sampled (`sample_perfect_tile`) so the evolutionary search and its cost model tune them like any other
-task's; everything else about the schedule is fixed.
+task's; everything else about the schedule is fixed. The last row axis (a sequence, a convolution's x) is the one
+tiled; the others (batch, y) stay outer loops, parallel with the tiles (fusing y and x into one tiled axis left
+bindings blockize could not take).
 """
 
 from __future__ import annotations
@@ -24,20 +26,22 @@ def schedule(sch, intrin: Intrinsic) -> None:
     """Schedule the int8 dense block of `sch` (and its fused epilogue) around `intrin`."""
     dense = next(b for b in _blocks(sch) if sch.get(b).name_hint.startswith(BLOCK))
     epilogue = _inline_epilogue(sch, dense)
-    *rows, n, k = sch.get_loops(dense)
-    m = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    loops = sch.get_loops(dense)
+    kinds = [iv.iter_type for iv in sch.get(dense).iter_vars]  # 0: spatial, 2: reduction
+    spatial = [lp for lp, k in zip(loops, kinds, strict=True) if k == 0]
+    *rows, m, n = spatial  # the last row axis is tiled; the others (batch, a convolution's y) stay outer
+    *reductions, k_o, k_i = [lp for lp, k in zip(loops, kinds, strict=True) if k != 0]
     n_o, n_i = sch.split(n, [None, intrin.n_lanes])
-    k_o, k_i = sch.split(k, [None, intrin.k_lanes])
     m0, m1, m2 = sch.split(m, sch.sample_perfect_tile(m, n=3, max_innermost_factor=8))
     n0, n1, n2 = sch.split(n_o, sch.sample_perfect_tile(n_o, n=3, max_innermost_factor=8))
     k0, k1 = sch.split(k_o, sch.sample_perfect_tile(k_o, n=2, max_innermost_factor=64))
-    sch.reorder(m0, n0, m1, n1, k0, k1, m2, n2, n_i, k_i)
-    outer = sch.fuse(m0, n0)
+    sch.reorder(*rows, m0, n0, m1, n1, *reductions, k0, k1, m2, n2, n_i, k_i)
+    outer = sch.fuse(*rows, m0, n0)
     sch.parallel(outer)
     if epilogue is not None:  # computed per tile, while its accumulators are in cache
         sch.reverse_compute_at(epilogue, n1, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(epilogue)[-1])
-    init = sch.decompose_reduction(dense, k0)
+    init = sch.decompose_reduction(dense, reductions[0] if reductions else k0)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(n_i, intrin.tvm_name)
     unroll = sch.sample_categorical(candidates=[0, 16, 64], probs=[1 / 3, 1 / 3, 1 / 3])
