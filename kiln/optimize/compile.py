@@ -81,8 +81,9 @@ def int8_intrinsic(name: str, target: str) -> str | None:
 
 
 def int8_source(name: str, built: list[BuiltCandidate]) -> BuiltCandidate | None:
-    """The onnxruntime int8 build a TVM int8 candidate compiles: its last accuracy-aware attempt (the most nodes
-    kept in fp32, the one that passed the calibration check), so a node kept in fp32 stays fp32 in TVM too."""
+    """The onnxruntime int8 build a TVM int8 candidate compiles: its last accuracy-aware attempt (the first whose
+    calibration check passed, or the one keeping the most nodes in fp32), so a node kept in fp32 stays fp32 in TVM
+    too."""
     source = candidates.get(name).quantized_from
     rows = [b for b in built if b.name == source or b.name.startswith(f"{source}-fallback")]
     return rows[-1] if rows else None

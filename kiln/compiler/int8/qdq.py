@@ -156,8 +156,9 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
 
         def _quantized_pair(self, x, w, where: str):
-            """(x_q, s_x, z_x, w_q, s_w, z_w) of dequantize(x_q) and dequantize(constant w_q) with a per-tensor
-            activation quantization and symmetric weights, or None (a reason reported where one applies)."""
+            """(x_q, s_x, z_x, w_q, s_w, the weight scale's axis) of dequantize(x_q) and dequantize(constant w_q)
+            with a per-tensor activation quantization and symmetric weights, or None (a reason reported where one
+            applies)."""
             if not (_is(x, "relax.dequantize") and _is(w, "relax.dequantize")):
                 return None
             w_q, s_w, z_w = (_const(e) for e in (self._bound(w.args[0]), w.args[1], w.args[2]))
@@ -270,7 +271,7 @@ def scalar_constants_as_vectors(mod, func_name: str = "main"):
                 return call
             args = list(call.args)
             for i, arg in enumerate(args):
-                if len(args[1 - i].ty.shape) < 1:
+                if getattr(args[1 - i].ty, "ndim", -1) < 1:  # a scalar (or unknown rank) beside it: keep it
                     continue
                 if scalar_const(arg):
                     args[i] = relax.const(arg.value.numpy().reshape(1))
@@ -278,7 +279,7 @@ def scalar_constants_as_vectors(mod, func_name: str = "main"):
                     bound = self.lookup_binding(arg)
                     if (isinstance(bound, relax.Call) and bound.op == call.op and call.op.name == "relax.multiply"
                             and sum(map(scalar_const, bound.args)) == 1
-                            and all(len(b.ty.shape) == 0 for b in bound.args)):
+                            and all(getattr(b.ty, "ndim", -1) == 0 for b in bound.args)):
                         value, const = sorted(bound.args, key=scalar_const)
                         args[i] = self.builder_.emit(relax.op.multiply(
                             value, relax.const(const.value.numpy().reshape(1))))
