@@ -1,12 +1,15 @@
 """kiln's own int8 compiler against onnxruntime's int8 on the same quantization (issue 25's bar `tvm-int8`).
 
-    python benchmarks/int8_vs_ort.py                          # the encoder at 5, 20 minutes of tuning
+    python benchmarks/int8_vs_ort.py                          # every model at 5, 20 minutes of tuning
     python benchmarks/int8_vs_ort.py --minutes 4 --models encoder
 
 Each run is the bar's command, in a fresh KILN_HOME (no tuning records from earlier runs):
 `kiln optimize MODEL.onnx --candidates onnxruntime,ort-int8-dynamic,ort-int8-fused-dynamic,tvm-int8-dynamic
---tune-time Nm --range 'cosine>=0.99' --json`. kiln times every candidate in the same interleaved rounds, so the
-ratio is tvm-int8-dynamic's p50 over the best onnxruntime int8 row's p50 from one run (<= 1.0: TVM is as fast).
+--tune-time Nm --range 'cosine>=0.99' --json` for the encoder; all-MiniLM-L6-v2 the same with `--data
+real.parquet` (real sentences at their own lengths, benchmarks/natural_lengths.py's set); ResNet-50-thin with its
+photo crops, `--candidates onnxruntime,ort-int8-static,tvm-int8-static --range 'agreement>=0.99'`. kiln times
+every candidate in the same interleaved rounds, so the ratio is the TVM int8 row's p50 over the best onnxruntime
+int8 row's p50 from one run (<= 1.0: TVM is as fast).
 The per-task rows come from the build's tuning record: each int8 kernel's GOP/s and its share of the detected
 instruction set's peak (cores x clock x int8 ops per cycle). Writes benchmarks/int8_vs_ort.json and, through
 benchmarks/report.py, its table in RESULTS.md.
@@ -27,27 +30,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 WORK = ROOT / "benchmarks" / "work" / "int8"
-MODELS = {"encoder": ("examples/encoder/model.onnx", "examples/encoder/make_model.py",
-                      "4-layer encoder, hidden 256, seq 128, random weights")}
-ORT_INT8 = ("ort-int8-dynamic", "ort-int8-fused-dynamic")
+DYNAMIC = {"tvm": "tvm-int8-dynamic", "ort": ("ort-int8-dynamic", "ort-int8-fused-dynamic"), "range": "cosine>=0.99"}
+MODELS = {
+    "encoder": {**DYNAMIC, "what": "4-layer encoder, hidden 256, seq 128, random weights"},
+    "minilm-l6": {**DYNAMIC, "what": "all-MiniLM-L6-v2, 160 real sentences at their own lengths"},
+    "resnet50-thin": {"tvm": "tvm-int8-static", "ort": ("ort-int8-static",), "range": "agreement>=0.99",
+                      "what": "ResNet-50-thin (open_nsfw), 190 photo crops, 1x224x224x3"},
+}
+
+
+def inputs(model: str) -> tuple[Path, list[str]]:
+    """The model file and the data arguments of the command, made where missing."""
+    if model == "encoder":
+        path = ROOT / "examples" / "encoder" / "model.onnx"
+        if not path.is_file():
+            subprocess.run([sys.executable, str(ROOT / "examples" / "encoder" / "make_model.py"), "--out", str(path)],
+                           check=True)
+        return path, []
+    from benchmarks.real_models import prepare
+
+    models = prepare()
+    if model == "resnet50-thin":
+        return models / model / "model.onnx", ["--shape", "input:0=1x224x224x3", "--data",
+                                                 str(models / model / "samples.npz")]
+    import onnx
+
+    from benchmarks.natural_lengths import write_parquet
+
+    folder = WORK / model
+    folder.mkdir(parents=True, exist_ok=True)
+    path = models / model / "model.onnx"
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    data, _ = write_parquet(model, models, names, folder)
+    return path, ["--data", str(data)]
 
 
 def run(model: str, minutes: float) -> dict:
-    rel, script, what = MODELS[model]
-    path = ROOT / rel
-    if not path.is_file():
-        subprocess.run([sys.executable, str(ROOT / script), "--out", str(path)], check=True)
+    spec = MODELS[model]
+    path, data = inputs(model)
     home = WORK / f"{model}-{minutes:g}m"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(home / "store"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(path), "--candidates",
-           "onnxruntime," + ",".join(ORT_INT8) + ",tvm-int8-dynamic", "--tune-time", f"{minutes:g}m",
-           "--range", "cosine>=0.99", "--json"]
+    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(path), *data, "--candidates",
+           ",".join(("onnxruntime", *spec["ort"], spec["tvm"])), "--tune-time", f"{minutes:g}m",
+           "--range", spec["range"], "--json"]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    row = {"model": model, "what": what, "minutes": minutes, "exit": proc.returncode,
+    row = {"model": model, "what": spec["what"], "minutes": minutes, "exit": proc.returncode,
            "seconds": round(time.monotonic() - start, 1), "command": " ".join(cmd[1:])}
     if proc.returncode != 0:
         return {**row, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -58,23 +89,24 @@ def summarize(row: dict, out: dict, home: Path) -> dict:
     """The run's rows (`kiln optimize --json`), the ratio, and the tvm-int8 build's per-task record."""
     rows = {c["name"]: c for c in out["candidates"]}
     p50 = {n: rows[n]["latency_ms"]["p50"] for n in rows if rows[n].get("latency_ms")}
-    best_ort = min((n for n in ORT_INT8 if n in p50), key=p50.get, default=None)
-    tvm = rows.get("tvm-int8-dynamic", {})
-    row.update(selected=out["selected"], p50_ms=p50, best_ort_int8=best_ort,
+    spec = MODELS[row["model"]]
+    best_ort = min((n for n in spec["ort"] if n in p50), key=p50.get, default=None)
+    tvm = rows.get(spec["tvm"], {})
+    row.update(selected=out["selected"], tvm=spec["tvm"], p50_ms=p50, best_ort_int8=best_ort,
                tvm_notes=tvm.get("notes", []), tvm_reasons=tvm.get("reasons", []),
                accuracy={n: {k: m["value"] for k, m in rows[n].get("metrics", {}).items()} for n in rows})
-    if best_ort and "tvm-int8-dynamic" in p50:
-        row["tvm_over_ort_int8"] = round(p50["tvm-int8-dynamic"] / p50[best_ort], 3)
-    row["tasks"] = int8_tasks(home)
+    if best_ort and spec["tvm"] in p50:
+        row["tvm_over_ort_int8"] = round(p50[spec["tvm"]] / p50[best_ort], 3)
+    row["tasks"] = int8_tasks(home, spec["tvm"])
     return row
 
 
-def int8_tasks(home: Path) -> list[dict]:
+def int8_tasks(home: Path, name: str) -> list[dict]:
     """The tvm-int8 build's per-task record: int8 kernels' GOP/s and share of the instruction set's peak."""
     for result in sorted((home / "cache" / "tvm").glob("*/result.json")):
         built = json.loads(result.read_text())
         tuning = built.get("tuning") or {}
-        if built.get("name") != "tvm-int8-dynamic" or not tuning.get("int8"):
+        if built.get("name") != name or not tuning.get("int8"):
             continue
         from kiln.compiler.int8.intrinsics import get
         from kiln.cpu import clock_ghz

@@ -574,26 +574,25 @@ def int8_compiler(d: dict) -> list[str]:
     """Issue 25's bar: kiln's own int8 kernels (tvm-int8-dynamic) against onnxruntime's best int8 on the same
     quantization, measured in one run by kiln's interleaved rounds."""
     m = d["machine"]
-    lines = [f"`python benchmarks/int8_vs_ort.py` ({m['cpu']}, {m['cores']} cores, int8 instruction set "
-             f"{m['int8_isa']}): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,ort-int8-dynamic,"
-             "ort-int8-fused-dynamic,tvm-int8-dynamic --tune-time N --range 'cosine>=0.99' --json` in a fresh "
-             "KILN_HOME; ratio: tvm-int8-dynamic's p50 over the best onnxruntime int8 row's p50 (<= 1.00: TVM as "
-             "fast or faster).", "",
-             "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | tvm-int8-dynamic "
-             "p50 ms | tvm / ort int8 | tvm-int8 cosine | intrinsic | trials |", "|---" * 10 + "|"]
+    lines = [f"`python benchmarks/int8_vs_ort.py` ({_on(d)} {m['cpu']}, {m['cores']} cores, int8 instruction set "
+             f"{m['int8_isa']}): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
+             "<tvm int8> --tune-time N --range ... --json` in a fresh KILN_HOME; ratio: the TVM int8 row's p50 over "
+             "the best onnxruntime int8 row's p50 (<= 1.00: TVM as fast or faster).", "",
+             "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | TVM int8 "
+             "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials |", "|---" * 10 + "|"]
     for r in d["runs"]:
         if r.get("exit") != 0:
             lines.append(f"| {r['model']} | {r['minutes']:g} min | nothing (exit {r.get('exit')}) | | | | | | | |")
             continue
         p50, best = r["p50_ms"], r.get("best_ort_int8")
         tasks = (r.get("tasks") or [{}])[0]
-        cos = r["accuracy"].get("tvm-int8-dynamic", {}).get("cosine")
-        tvm = f"{p50['tvm-int8-dynamic']:.3g}" if "tvm-int8-dynamic" in p50 else "; ".join(r["tvm_reasons"])[:80]
+        name = r.get("tvm", "tvm-int8-dynamic")
+        accuracy = ", ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].get(name, {}).items()) or "-"
+        tvm = f"{name} {p50[name]:.3g}" if name in p50 else f"{name}: " + "; ".join(r["tvm_reasons"])[:80]
         ratio = f"**{r['tvm_over_ort_int8']:.2f}**" if "tvm_over_ort_int8" in r else "-"
         lines.append(f"| {r['model']} | {r['minutes']:g} min | {r['selected']} | {p50.get('onnxruntime', 0):.3g} | "
-                     f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | "
-                     f"{f'{cos:.4f}' if cos is not None else '-'} | {tasks.get('intrinsic', '-')} | "
-                     f"{tasks.get('trials_run', '-')} |")
+                     f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | {accuracy} | "
+                     f"{tasks.get('intrinsic', '-')} | {tasks.get('trials_run', '-')} |")
     for r in d["runs"]:
         for build in r.get("tasks") or []:
             top = [t for t in build["tasks"] if t["int8"]][:4]
