@@ -74,7 +74,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
     """Tuning with a progress bar in the terminal (kiln.progress), a progress artifact and log lines in the UI:
     trials (failed ones counted), tasks measured, the tuner's estimate of the end-to-end latency."""
     logger = get_run_logger()
-    trials, tune_seconds = plan.request.trials, plan.request.tune_time
+    trials, tune_seconds = plan.request.trials, compile.time_share(plan, name)
     budget = f"{trials} trials" + (f" or {tune_seconds:g} s" if tune_seconds else "")
     artifact_id = create_progress_artifact(0.0, description=f"TVM tuning, {budget}")
     logged = [0.0]

@@ -348,3 +348,15 @@ def test_first_round_sizing():
     assert size == 5 and warning is None and 17 * (2 + size * 1.0) <= 240
     size, warning = first_round(60, 17, Costs(), 64)  # defaults: nothing measured on this CPU
     assert size == MIN_FIRST_ROUND and "17 tasks" in warning and "nothing measured on this CPU yet" in warning
+
+
+def test_tvm_candidates_of_one_run_share_the_tuning_time():
+    """--tune-time is the run's tuning time, not each TVM candidate's: shared, int8 weighted by its gain."""
+    from kiln.optimize.compile import INT8_TIME_WEIGHT, share_of
+
+    assert share_of(1200, ["tvm"], "tvm") == 1200
+    assert share_of(1200, ["tvm", "tvm-fast-math"], "tvm-fast-math") == 600
+    both = ["tvm", "tvm-int8-dynamic"]
+    assert share_of(1200, both, "tvm-int8-dynamic") == 1200 * INT8_TIME_WEIGHT / (1 + INT8_TIME_WEIGHT)
+    assert share_of(1200, both, "tvm") + share_of(1200, both, "tvm-int8-dynamic") == 1200
+    assert share_of(None, both, "tvm") is None

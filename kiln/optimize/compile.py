@@ -64,6 +64,23 @@ def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_pe
                         **({"int8": int8} if int8 else {})})[:24]
 
 
+INT8_TIME_WEIGHT = 2.0  # an int8 candidate's expected gain over fp32 TVM's: its weight in the shared tuning time
+
+
+def time_share(plan: Plan, name: str) -> float | None:
+    """This compile candidate's part of the run's wall-clock budget (None: no time budget)."""
+    return share_of(plan.request.tune_time, plan.compiled, name)
+
+
+def share_of(seconds: float | None, compiled: list[str], name: str) -> float | None:
+    """The TVM candidates of one run share --tune-time instead of each taking all of it (the run would take it
+    once per candidate), int8 ones weighted by their expected gain (INT8_TIME_WEIGHT)."""
+    if not seconds or name not in compiled:
+        return seconds
+    weight = {n: INT8_TIME_WEIGHT if candidates.get(n).quantized_from else 1.0 for n in compiled}
+    return seconds * weight[name] / sum(weight.values())
+
+
 def int8_intrinsic(name: str, target: str) -> str | None:
     """The int8 dot intrinsic a TVM int8 candidate is built around on this CPU (None: not an int8 candidate).
     KilnError where none applies (a GPU target, an SSE-only CPU) or the one asked for is not available."""
@@ -135,7 +152,8 @@ def build_folder(prepared: PreparedModel, plan: Plan, name: str = "tvm", trials:
     r = plan.request
     seed_database(prepared, r.target, plan.tuning_from)
     return cache_dir(compile_key(prepared, r.target, r.trials if trials is None else trials, r.max_trials_per_task,
-                                 plan.tuning_from, tune_seconds if trials is not None else r.tune_time, name))
+                                 plan.tuning_from, tune_seconds if trials is not None else time_share(plan, name),
+                                 name))
 
 
 def cached_build(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path | None:
@@ -201,7 +219,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
             return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {exc.message}")
     if checked.profile:  # static builds, one per shape bucket, behind a padding dispatcher
         return compile_buckets(checked, plan, name, log, on_progress, model)
-    return compile_static(checked.inputs, prepared, plan, name, plan.request.trials, plan.request.tune_time, log,
+    return compile_static(checked.inputs, prepared, plan, name, plan.request.trials, time_share(plan, name), log,
                           on_progress)
 
 
@@ -284,7 +302,7 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
         except KilnError as exc:
             return BuiltCandidate(name=name, backend="tvm", error=f"bucket {dim.name} = {bucket.value}: {exc.message}")
         prepared = PreparedModel(path=str(path), sha256=file_sha256(path))
-        seconds = plan.request.tune_time * bucket.share if plan.request.tune_time else None
+        seconds = time_share(plan, name) * bucket.share if plan.request.tune_time else None
         part = compile_static(specs, prepared, plan, name, budget[bucket.value], seconds, log, on_progress)
         if part.error:
             return part.model_copy(update={"error": f"bucket {dim.name} = {bucket.value}: {part.error}"})
