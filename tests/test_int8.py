@@ -213,6 +213,12 @@ def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
         assert f"int8 kernels: {expected} on {detected_int8_isa()} (exact), 2 matmul(s) lowered" in int8, int8
         assert not row["notes"][0].startswith("tuning: 0 trials"), row["notes"]
     assert out["schema_version"] and out["selected"] in rows  # published: the --json output is the manifest
+    # the CPU's shared database now holds int8 kernels' records, which name kiln's intrinsics: a later run that
+    # lowers no int8 (a fresh process) still opens it and builds (it failed: "TensorIntrin ... is not registered")
+    later = run_kiln(["optimize", str(digits_program), "--candidates", "tvm", "--trials", "2", "--json"], kiln_env)
+    assert later.returncode == 0, later.stderr
+    tvm = next(c for c in json.loads(later.stdout)["candidates"] if c["name"] == "tvm")
+    assert not any("not registered" in r or "build failed" in r for r in tvm["reasons"]), tvm["reasons"]
 
 
 def test_layers_of_one_shape_are_one_int8_tuning_task(tmp_path):

@@ -33,6 +33,9 @@ def applying(work_dir: Path, prepack: bool = False):
     import tvm
     from tvm import relax
 
+    from kiln.compiler.int8.intrinsics import register_all
+
+    register_all()  # the database may hold int8 kernels' records, which name kiln's intrinsics
     steps = [relax.transform.MetaScheduleApplyDatabase(str(work_dir))]
     if prepack:
         steps += [relax.transform.SplitLayoutRewritePreproc(), relax.transform.LiftTransformParams(),

@@ -69,6 +69,9 @@ def locked(folder: Path) -> Iterator[None]:
 def _open(folder: Path):
     from tvm.s_tir import meta_schedule as ms
 
+    from kiln.compiler.int8.intrinsics import register_all
+
+    register_all()  # records of int8 kernels name kiln's intrinsics
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=str(folder))
 

@@ -254,6 +254,9 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
     order, so where the time runs out the tasks that matter most were measured."""
     from tvm.s_tir import meta_schedule as ms
 
+    from kiln.compiler.int8.intrinsics import register_all
+
+    register_all()  # the databases read below may hold int8 kernels' records, which name kiln's intrinsics
     extracted = ms.relax_integration.extract_tasks(mod, target)
     states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod),
                         int8=bool(limits.int8) and is_int8_task(t.dispatched[0])) for t in extracted]

@@ -179,3 +179,12 @@ def registered(key: str) -> Intrinsic:
     except Exception:
         TensorIntrin.register(intrin.tvm_name, _desc(intrin.n_lanes, intrin.k_lanes), _impl(key))
     return intrin
+
+
+def register_all() -> None:
+    """Every kiln intrinsic registered in this process. Call before opening a tuning database: MetaSchedule
+    parses every record's trace when it loads one, and a record of an int8 kernel names its intrinsic, so a
+    process that never lowered int8 itself failed to open a database another run had added such records to
+    ("TensorIntrin 'kiln_int8_vnni_16x4' is not registered": every later TVM build on that CPU)."""
+    for key in INTRINSICS:
+        registered(key)
