@@ -45,7 +45,7 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         is_baseline = cand.stage == "baseline"
         folder = checked.work_dir / "candidates" / name
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)  # a concurrent run of the same program may have made it again
         start = time.perf_counter()
         if cand.needs_calibration and ref.calibration_path is None:
             reason = f"skipped: no calibration data ({ref.calibration_source or 'none'})"
