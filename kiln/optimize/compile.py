@@ -107,9 +107,13 @@ def int8_source(name: str, built: list[BuiltCandidate]) -> BuiltCandidate | None
 
 
 def int8_model(checked: CheckedProgram, name: str, source: BuiltCandidate) -> PreparedModel:
-    """The quantized model `source` built, at the program's input shapes (static: one build)."""
+    """The quantized model `source` built, at the program's input shapes (static: one build). Prepared once per
+    source content: Prefect's cache key and the build both ask for it."""
     path = checked.work_dir / "int8" / f"{name}.onnx"
-    prepare_model(load_model(Path(source.path)), checked.inputs, path, source.path)
+    stamp, source_sha = path.with_suffix(".source"), file_sha256(Path(source.path))
+    if not (path.is_file() and stamp.is_file() and stamp.read_text() == source_sha):
+        prepare_model(load_model(Path(source.path)), checked.inputs, path, source.path)
+        stamp.write_text(source_sha)
     return PreparedModel(path=str(path), sha256=file_sha256(path))
 
 
