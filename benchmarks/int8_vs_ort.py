@@ -139,10 +139,15 @@ def main() -> None:
     parser.add_argument("--minutes", nargs="+", type=float, default=[5, 20])
     args = parser.parse_args()
     out = ROOT / "benchmarks" / "int8_vs_ort.json"
-    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": []}
+    here = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    results = {**here, "runs": []}
+    if out.is_file():  # rows of other models/budgets stay, each with the machine and date it was measured on
+        old = json.loads(out.read_text())
+        results["runs"] = [{"machine": old["machine"], "date": old["date"], **r} for r in old["runs"]]
     for model in args.models:
         for minutes in args.minutes:
-            row = run(model, minutes)
+            row = {**here, **run(model, minutes)}
+            results["runs"] = [r for r in results["runs"] if (r["model"], r["minutes"]) != (model, minutes)]
             results["runs"].append(row)
             print(json.dumps({k: row.get(k) for k in ("model", "minutes", "exit", "tvm_over_ort_int8",
                                                       "best_ort_int8", "selected")}), flush=True)

@@ -574,15 +574,19 @@ def int8_compiler(d: dict) -> list[str]:
     """Issue 25's bar: kiln's own int8 kernels (tvm-int8-dynamic) against onnxruntime's best int8 on the same
     quantization, measured in one run by kiln's interleaved rounds."""
     m = d["machine"]
-    lines = [f"`python benchmarks/int8_vs_ort.py` ({_on(d)} {m['cpu']}, {m['cores']} cores, int8 instruction set "
-             f"{m['int8_isa']}): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
+    lines = [f"`python benchmarks/int8_vs_ort.py` (last run {_on(d)} {m['cpu']}, {m['cores']} cores, int8 "
+             f"instruction set {m['int8_isa']}; each row says its own CPU): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
              "<tvm int8> --tune-time N --range ... --json` in a fresh KILN_HOME; ratio: the TVM int8 row's p50 over "
              "the best onnxruntime int8 row's p50 (<= 1.00: TVM as fast or faster).", "",
              "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | TVM int8 "
-             "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials |", "|---" * 10 + "|"]
+             "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials | CPU (int8 ISA), date |",
+             "|---" * 11 + "|"]
     for r in d["runs"]:
+        rm = r.get("machine", m)
+        cpu = f"{rm['cpu']} ({rm['int8_isa']}), {r.get('date', d['date'])}"
         if r.get("exit") != 0:
-            lines.append(f"| {r['model']} | {r['minutes']:g} min | nothing (exit {r.get('exit')}) | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['minutes']:g} min | nothing (exit {r.get('exit')}) | | | | | | | | "
+                         f"{cpu} |")
             continue
         p50, best = r["p50_ms"], r.get("best_ort_int8")
         tasks = (r.get("tasks") or [{}])[0]
@@ -592,7 +596,7 @@ def int8_compiler(d: dict) -> list[str]:
         ratio = f"**{r['tvm_over_ort_int8']:.2f}**" if "tvm_over_ort_int8" in r else "-"
         lines.append(f"| {r['model']} | {r['minutes']:g} min | {r['selected']} | {p50.get('onnxruntime', 0):.3g} | "
                      f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | {accuracy} | "
-                     f"{tasks.get('intrinsic', '-')} | {tasks.get('trials_run', '-')} |")
+                     f"{tasks.get('intrinsic', '-')} | {tasks.get('trials_run', '-')} | {cpu} |")
     for r in d["runs"]:
         for build in r.get("tasks") or []:
             top = [t for t in build["tasks"] if t["int8"]][:4]
