@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     # own 30 s lost 21 of 44 trials of a real transformer on a loaded 2-core machine)
     tune_builder_timeout_s: float = Field(120.0, gt=0)
     tune_runner_timeout_s: float = Field(60.0, gt=0)
-    # kiln's int8 kernels: "auto" (the detected CPU's exact intrinsic: vnni, else avx512-exact, else avx2-exact) or
-    # one of kiln.compiler.int8.intrinsics.INTRINSICS (avx512, avx2: vpmaddubsw, faster, int16 sums saturate)
+    # kiln's int8 kernels: "auto" (the detected CPU's widest intrinsic of the candidate's int8_sums: exact vnni,
+    # avx512-exact, avx2-exact; saturating avx512, avx2) or one of kiln.compiler.int8.intrinsics.INTRINSICS for
+    # every int8 candidate
     int8_intrinsic: str = "auto"
     tvm_prepack: bool = True  # CPU: weights packed at compile time in the layout the tuned kernels read
     # the int8 instruction set of the CPUs that will serve (kiln.cpu.Int8Isa): auto is this one; "avx2" makes

@@ -78,6 +78,16 @@ def test_int8_intrinsics_against_numpy(key):
         assert not np.array_equal(got.numpy(), exact)
 
 
+@pytest.mark.parametrize("isa, exact, saturating", [("amx", "vnni", "avx512"), ("avx512-vnni", "vnni", "avx512"),
+                                                     ("avx512", "avx512-exact", "avx512"),
+                                                     ("avx-vnni", "avx2-exact", "avx2"), ("avx2", "avx2-exact", "avx2"),
+                                                     ("sse", None, None)])
+def test_each_cpu_gets_its_widest_exact_and_saturating_intrinsic(isa, exact, saturating):
+    """tvm-int8-* candidates get the exact kernels, the -saturating ones vpmaddubsw's (what an AVX2-only CPU runs
+    for each, told apart before any tuning)."""
+    assert for_cpu(isa) == exact and for_cpu(isa, saturating=True) == saturating
+
+
 def test_packing_round_trips():
     intrin = registered("avx2-exact")
     w = np.random.default_rng(1).integers(-128, 128, (32, 24)).astype(np.int8)
@@ -196,22 +206,27 @@ def test_a_node_kept_in_fp32_stays_fp32(tmp_path):
 
 def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
     """tvm-int8-dynamic and tvm-int8-static compile the onnxruntime int8 builds (added to the run beside them),
-    are tuned around this CPU's int8 intrinsic, measured and gated like every candidate; the run publishes, and
-    the manifest names the intrinsic, the instruction set and each matmul lowered."""
-    proc = run_kiln(["optimize", str(digits_program), "--candidates", "tvm-int8-dynamic,tvm-int8-static",
-                     "--trials", "8", "--json"], kiln_env)
+    are tuned around this CPU's int8 intrinsic, measured and gated like every candidate; the saturating variant
+    is built around vpmaddubsw beside the exact one; the run publishes, and the manifest names the intrinsic,
+    the instruction set and each matmul lowered."""
+    proc = run_kiln(["optimize", str(digits_program), "--candidates",
+                     "tvm-int8-dynamic,tvm-int8-static,tvm-int8-dynamic-saturating", "--trials", "8", "--json"],
+                    kiln_env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     rows = {c["name"]: c for c in out["candidates"]}
     assert {"ort-int8-dynamic", "ort-int8-static"} <= set(rows)  # the sources, measured beside them
-    expected = for_cpu(detected_int8_isa())
-    for name in ("tvm-int8-dynamic", "tvm-int8-static"):
+    exact, saturating = for_cpu(detected_int8_isa()), for_cpu(detected_int8_isa(), saturating=True)
+    assert exact != saturating and saturating in ("avx512", "avx2")
+    for name, expected, sums in (("tvm-int8-dynamic", exact, "exact"), ("tvm-int8-static", exact, "exact"),
+                                 ("tvm-int8-dynamic-saturating", saturating, "int16 sums saturate")):
         row = rows[name]
-        assert row["latency_ms"]["p50"] > 0 and row["passed"], row  # built, measured and judged
+        assert row["latency_ms"]["p50"] > 0 and row["metrics"], row  # built, measured and judged
         assert f"kiln passes: int8-{expected}" in " ".join(row["notes"]), row["notes"]
         int8 = next(n for n in row["notes"] if n.startswith("int8 kernels:"))
-        assert f"int8 kernels: {expected} on {detected_int8_isa()} (exact), 2 matmul(s) lowered" in int8, int8
+        assert f"int8 kernels: {expected} on {detected_int8_isa()} ({sums}), 2 matmul(s) lowered" in int8, int8
         assert not row["notes"][0].startswith("tuning: 0 trials"), row["notes"]
+    assert rows["tvm-int8-dynamic"]["passed"] and rows["tvm-int8-static"]["passed"]
     assert out["schema_version"] and out["selected"] in rows  # published: the --json output is the manifest
     # the CPU's shared database now holds int8 kernels' records, which name kiln's intrinsics: a later run that
     # lowers no int8 (a fresh process) still opens it and builds (it failed: "TensorIntrin ... is not registered")

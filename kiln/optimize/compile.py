@@ -84,16 +84,18 @@ def share_of(seconds: float | None, compiled: list[str], name: str) -> float | N
 def int8_intrinsic(name: str, target: str) -> str | None:
     """The int8 dot intrinsic a TVM int8 candidate is built around on this CPU (None: not an int8 candidate).
     KilnError where none applies (a GPU target, an SSE-only CPU) or the one asked for is not available."""
-    if not candidates.get(name).quantized_from:
+    candidate = candidates.get(name)
+    if not candidate.quantized_from:
         return None
     if target != "llvm":
         raise KilnError(f"{name} builds CPU kernels (int8 dot instructions); the target is {target}")
     from kiln.compiler.int8.intrinsics import for_cpu
     from kiln.cpu import detected_int8_isa
 
-    key = for_cpu(detected_int8_isa(), settings().int8_intrinsic)
+    key = for_cpu(detected_int8_isa(), settings().int8_intrinsic, saturating=candidate.int8_sums == "saturating")
     if key is None:
-        raise KilnError(f"this CPU ({detected_int8_isa()}) has no int8 dot instruction kiln's kernels use")
+        raise KilnError(f"this CPU ({detected_int8_isa()}) has no {candidate.int8_sums} int8 dot instruction "
+                        "kiln's kernels use")
     return key
 
 

@@ -59,16 +59,16 @@ def get(key: str) -> Intrinsic:
     return INTRINSICS[key]
 
 
-def for_cpu(isa: str, choice: str = "auto") -> str | None:
+def for_cpu(isa: str, choice: str = "auto", saturating: bool = False) -> str | None:
     """The intrinsic kiln uses on a CPU whose best int8 instructions are `isa` (kiln.cpu.detected_int8_isa):
-    exact sums by default; `choice` names one instead (refused where the CPU lacks its instructions). None: no
-    int8 dot instruction kiln can use (SSE only)."""
+    the widest exact one by default, the widest saturating one (vpmaddubsw) with `saturating`; `choice` names one
+    instead (refused where the CPU lacks its instructions). None: no int8 dot instruction kiln can use (SSE only)."""
     usable = {"amx": ("vnni", "avx512-exact", "avx512", "avx2-exact", "avx2"),
               "avx512-vnni": ("vnni", "avx512-exact", "avx512", "avx2-exact", "avx2"),
               "avx512": ("avx512-exact", "avx512", "avx2-exact", "avx2"),
               "avx-vnni": ("avx2-exact", "avx2"), "avx2": ("avx2-exact", "avx2")}.get(isa, ())
     if choice == "auto":
-        return usable[0] if usable else None
+        return next((k for k in usable if INTRINSICS[k].exact != saturating), None)
     get(choice)
     if choice not in usable:
         raise KilnError(f"the int8 intrinsic {choice!r} needs {', '.join(get(choice).needs)}, which this CPU "

@@ -42,6 +42,14 @@ register(
               needs_calibration=True,
               description="TVM int8: ort-int8-static's calibrated QDQ model as integer kernels, requantization "
                           "in the epilogue, tuned"),
+    # the same with vpmaddubsw's saturating int16 pair sums (AVX-512 or AVX2): onnxruntime's choice on CPUs
+    # without VNNI, offered beside the exact kernels so the ranges judge accuracy and the rounds speed
+    Candidate(name="tvm-int8-dynamic-saturating", backend="tvm", stage="compile", quantized_from="ort-int8-dynamic",
+              int8_sums="saturating",
+              description="TVM int8 as tvm-int8-dynamic with saturating vpmaddubsw sums (faster without VNNI)"),
+    Candidate(name="tvm-int8-static-saturating", backend="tvm", stage="compile", quantized_from="ort-int8-static",
+              needs_calibration=True, int8_sums="saturating",
+              description="TVM int8 as tvm-int8-static with saturating vpmaddubsw sums (faster without VNNI)"),
     Candidate(name="ort-fp32-basic", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_basic",
               description="fp32 model, onnxruntime graph optimization level basic"),
     Candidate(name="ort-fp32-extended", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_extended",

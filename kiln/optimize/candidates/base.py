@@ -35,6 +35,9 @@ class Candidate:
     # compile stage: compile the model this transform candidate built (its int8 decisions, fp32 fallbacks
     # included) with kiln's int8 lowering (kiln.compiler.int8) instead of the original model
     quantized_from: str | None = None
+    # int8 compile stage: the dot instruction's sums, exact (VNNI, or widened to int16) or saturating (vpmaddubsw's
+    # int16 pair sums: faster without VNNI, less accurate); the ranges judge which ships
+    int8_sums: Literal["exact", "saturating"] = "exact"
 
     def __post_init__(self) -> None:
         if self.stage != "compile" and not self.builder:
