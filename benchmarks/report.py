@@ -567,6 +567,28 @@ def readme_tuning(d: dict) -> list[str]:
             f"each one's last checkpoint, {reach}." + (f" Fast math: {_join(fast)}." if fast else "")]
 
 
+@block("tuning_curve-int8", "tuning_curve_int8.json")
+def tuning_curve_int8(d: dict) -> list[str]:
+    """kiln's int8 compiler by minutes of tuning: TVM int8 over onnxruntime running the same quantized model."""
+    lines = [f"{_where(d['machine'])}, {d['threads']} threads, batch 1. `tuning_curve.py --int8`: one search per "
+             "model of kiln's int8 kernels (the intrinsic in the model's name) on the quantized model onnxruntime's "
+             "int8 candidate built; at each checkpoint compiled and timed in interleaved rounds beside onnxruntime "
+             "fp32 and onnxruntime on that same int8 model. Ratios are medians of per-round ratios.", "",
+             "Commands: " + "; ".join(dict.fromkeys(f"`{m['command'].strip()}`" for m in d["results"]
+                                                    if "command" in m)),
+             "", "![int8 tuning curve](tuning_curve_int8.svg)", "",
+             "| model | minutes | trials so far (failed) | TVM int8 p50 ms | onnxruntime int8 p50 ms | onnxruntime "
+             "fp32 p50 ms | **TVM int8 / ORT int8** | TVM int8 / ORT fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for m in d["results"]:
+        trials = failed = 0
+        for r in m["rows"]:
+            trials, failed = trials + r["trials"], failed + r["failed_trials"]
+            lines.append(f"| {m['model']} ({m['int8']}) | {r['minutes']:g} | {trials} ({failed}) | "
+                         f"{r['tvm_p50_ms']:.3f} | {r['int8_p50_ms']:.3f} | {r['ort_p50_ms']:.3f} | "
+                         f"**{r['tvm_over_int8']:.2f}** | {r['tvm_over_ort']:.2f} |")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- int8_vs_ort.json
 
 @block("int8-compiler", "int8_vs_ort.json")

@@ -5,14 +5,19 @@
     python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared   # the second starts from the first
     python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared --later-minutes 0 5 15 30
     python benchmarks/tuning_curve.py --models encoder --fast-math      # the tvm-fast-math candidate's pipeline
+    python benchmarks/tuning_curve.py --models encoder minilm-l6 --int8 --minutes 0 5 15 30   # kiln's int8 kernels
 
 One search per model, continued from its own database (each curve starts from nothing; with --shared the
 models, in the order given, share one CPU database as kiln's runs do, so a later model starts from the
 kernels an earlier one tuned):
 at each checkpoint the best records so far are compiled, and the compiled model is timed in interleaved rounds
 beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
-dynamic for transformers), in the same process. The ratio is the median of per-round ratios (TVM / onnxruntime,
-below 1 = TVM faster). Writes benchmarks/tuning_curve.json and benchmarks/tuning_curve.svg after every checkpoint,
+dynamic for transformers), in the same process. With --int8 the search is kiln's own int8 compiler's (what
+tvm-int8-dynamic / tvm-int8-static build): onnxruntime's int8 model (INT8_SOURCE, the quantization the TVM int8
+candidate compiles) lowered to kiln's integer kernels around this CPU's int8 intrinsic, and each row also has
+tvm_over_int8, the TVM int8 build over onnxruntime running that same quantized model. The ratio is the median of per-round ratios (TVM / onnxruntime,
+below 1 = TVM faster). Writes benchmarks/tuning_curve.json and benchmarks/tuning_curve.svg (with --int8:
+tuning_curve_int8.json/.svg, so fp32 curves of another CPU stay) after every checkpoint,
 so a run stopped early keeps the checkpoints it reached, and through benchmarks/report.py the figures of RESULTS.md
 and README.md.
 """
@@ -51,6 +56,9 @@ CURVE_MODELS = {**{k: MODELS[k] for k in ("resnet18", "encoder")},
                               {"input_ids": [1, 128], "attention_mask": [1, 128]})}
 INT8 = {"resnet18": "ort-int8-static", "resnet34": "ort-int8-static", "encoder": "ort-int8-dynamic",
         "minilm-l6": "ort-int8-fused-dynamic"}
+# --int8: the onnxruntime int8 candidate whose model the TVM int8 candidate compiles (the fused graph's QAttention
+# and DynamicQuantizeMatMul are onnxruntime contrib ops no TVM frontend imports)
+INT8_SOURCE = {**INT8, "minilm-l6": "ort-int8-dynamic"}
 
 
 def _paired_ratio(a: list[float], b: list[float]) -> float:
@@ -58,8 +66,9 @@ def _paired_ratio(a: list[float], b: list[float]) -> float:
 
 
 def curve(name: str, minutes: list[float], threads: int, shared: Path | None = None, fast_math: bool = False,
-          on_row: Callable[[dict], None] = lambda partial: None) -> dict:
-    """One model's curve; on_row gets the curve so far after each checkpoint (a long run keeps what it did)."""
+          on_row: Callable[[dict], None] = lambda partial: None, int8_kernels: str | None = None) -> dict:
+    """One model's curve; on_row gets the curve so far after each checkpoint (a long run keeps what it did).
+    int8_kernels: an int8 intrinsic (kiln.compiler.int8.intrinsics): tune onnxruntime's int8 model with it."""
     rel, script, shapes = CURVE_MODELS[name]
     path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
     if not path.is_file():
@@ -72,7 +81,7 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
         subprocess.run([sys.executable, str(ROOT / command), *args], check=True)
     model = load_model(path)
     inputs, outputs = input_specs(model, shapes, rel), output_specs(model)
-    label = name + ("+fast-math" if fast_math else "")
+    label = name + ("+fast-math" if fast_math else "") + (f"+int8-{int8_kernels}" if int8_kernels else "")
     work = WORK / label
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -84,7 +93,11 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
         feed = {s.name: data[s.name][0] for s in inputs}
     calibration = [feed_for(inputs, seed=i) for i in range(8)] if name != "minilm-l6" else None
     graph_passes = (*DEFAULT, "fast-math") if fast_math else DEFAULT
-    int8 = get(INT8[name]).build(BuildContext(model=path, prepared=prepared, out_dir=work, calibration=calibration))
+    source = (INT8_SOURCE if int8_kernels else INT8)[name]
+    int8 = get(source).build(BuildContext(model=path, prepared=prepared, out_dir=work, calibration=calibration))
+    if int8_kernels:  # TVM compiles the quantized model onnxruntime runs beside it
+        prepared = work / "prepared-int8.onnx"
+        prepare_model(load_model(Path(int8.path)), inputs, prepared, int8.path)
     ort, ort8 = OrtRunner(path, threads=threads), OrtRunner(int8.path, threads=threads)
     rows, spent = [], 0.0
     for checkpoint in minutes:
@@ -92,7 +105,8 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
         start = time.perf_counter()
         res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
                             limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None,
-                                          prepack=True, threads=threads), shared_root=shared, graph_passes=graph_passes,
+                                          prepack=True, threads=threads, int8=int8_kernels), shared_root=shared,
+                            graph_passes=graph_passes,
                             progress=lambda p, at=checkpoint: print(f"\r[{label}] {at} min: {p.describe()}", end="",
                                                                     file=CONSOLE))
         spent = checkpoint
@@ -105,19 +119,21 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
                "tvm_p50_ms": t["p50"], "ort_p50_ms": o["p50"], "int8_p50_ms": q["p50"],
                "tvm_over_ort": _paired_ratio(t["rounds"], o["rounds"]),
                "int8_over_ort": _paired_ratio(q["rounds"], o["rounds"]), "pipeline": res.passes}
+        if int8_kernels:
+            row["tvm_over_int8"] = _paired_ratio(t["rounds"], q["rounds"])
         rows.append(row)
-        on_row(_result(label, name, shared, inputs, rows))
+        on_row(_result(label, name, shared, inputs, rows, source))
         print(f"\r[{label}] {checkpoint} min: TVM {t['p50']:.3f} ms, onnxruntime {o['p50']:.3f} ms, int8 "
               f"{q['p50']:.3f} ms: TVM/ORT {row['tvm_over_ort']:.2f} ({res.tuning.trials} trials, "
               f"{res.tuning.failed} failed)", file=CONSOLE)
         tvm.close()
     ort.close()
     ort8.close()
-    return _result(label, name, shared, inputs, rows)
+    return _result(label, name, shared, inputs, rows, source)
 
 
-def _result(label: str, name: str, shared: Path | None, inputs, rows: list[dict]) -> dict:
-    return {"model": label, "int8": INT8[name], "shared": shared is not None,
+def _result(label: str, name: str, shared: Path | None, inputs, rows: list[dict], source: str) -> dict:
+    return {"model": label, "int8": source, "shared": shared is not None,
             "shapes": {s.name: s.shape for s in inputs}, "rows": list(rows)}
 
 
@@ -163,11 +179,11 @@ def svg(results: list[dict]) -> str:
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def write(results: list[dict], info: dict, threads: int) -> None:
-    """tuning_curve.json and the plot from every model's curve; report.py writes the figures from the JSON."""
-    out = ROOT / "benchmarks" / "tuning_curve.json"
+def write(results: list[dict], info: dict, threads: int, stem: str = "tuning_curve") -> None:
+    """STEM.json and the plot from every model's curve; report.py writes the figures from the JSON."""
+    out = ROOT / "benchmarks" / f"{stem}.json"
     out.write_text(json.dumps({"machine": info, "threads": threads, "results": results}, indent=1))
-    (ROOT / "benchmarks" / "tuning_curve.svg").write_text(svg(results))
+    (ROOT / "benchmarks" / f"{stem}.svg").write_text(svg(results))
     report.rewrite()
 
 
@@ -183,33 +199,43 @@ def main() -> None:
     parser.add_argument("--keep-shared", action="store_true",
                         help="with --shared: start from the shared database an earlier run left (e.g. ResNet-34 "
                              "after a ResNet-18 curve) instead of an empty one")
+    parser.add_argument("--int8", action="store_true",
+                        help="kiln's int8 compiler: tune onnxruntime's int8 model with this CPU's exact int8 kernels")
     parser.add_argument("--replot", action="store_true", help="redraw the plot and figures from tuning_curve.json")
     args = parser.parse_args()
     import os
 
     threads = args.threads or os.cpu_count() or 1
-    out = ROOT / "benchmarks" / "tuning_curve.json"
+    stem = "tuning_curve_int8" if args.int8 else "tuning_curve"
+    out = ROOT / "benchmarks" / f"{stem}.json"
     earlier = json.loads(out.read_text()) if out.is_file() else {}
     if args.replot:  # the plot and the figures again from tuning_curve.json, no tuning
         if not earlier:
             raise SystemExit(f"nothing to redraw: {out} is missing (run a curve first)")
-        return write(earlier["results"], earlier["machine"], earlier.get("threads", threads))
+        return write(earlier["results"], earlier["machine"], earlier.get("threads", threads), stem)
     info = machine()
     shared = WORK / "shared" if args.shared else None
     if shared and not args.keep_shared:
         shutil.rmtree(shared, ignore_errors=True)
     command = "python benchmarks/tuning_curve.py " + " ".join(sys.argv[1:])
+    int8_kernels = None
+    if args.int8:
+        from kiln.compiler.int8.intrinsics import for_cpu
+        from kiln.cpu import detected_int8_isa
+
+        int8_kernels = for_cpu(detected_int8_isa())
 
     def save(result: dict) -> None:
         """One curve per model: a later run on the same CPU replaces its models' curves and keeps the others."""
         earlier = json.loads(out.read_text()) if out.is_file() else {}
         kept = earlier.get("results", []) if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"] else []
-        write([r for r in kept if r["model"] != result["model"]] + [{**result, "command": command}], info, threads)
+        write([r for r in kept if r["model"] != result["model"]] + [{**result, "command": command}], info, threads,
+              stem)
 
     for i, m in enumerate(args.models):
         later = shared and (i or args.keep_shared) and args.later_minutes
         curve(m, sorted(args.later_minutes if later else args.minutes), threads,
-              shared, args.fast_math, on_row=save)
+              shared, args.fast_math, on_row=save, int8_kernels=int8_kernels)
 
 
 if __name__ == "__main__":
