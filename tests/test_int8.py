@@ -351,3 +351,32 @@ def test_conv_kernel_as_the_tuner_schedules_it():
             patch = a[:, y * stride:y * stride + k, x * stride:x * stride + k, :].astype(np.int64)
             expected[:, y, x, :] = np.einsum("nhwc,hwco->no", patch, w.astype(np.int64))
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_smoothquant_int8_compiled_by_tvm_on_a_bert_shaped_graph(kiln_env, tmp_path):
+    """tvm-int8-smooth compiles ort-int8-smooth's model (SmoothQuant, per-channel dynamic int8 of the weight
+    MatMuls, attention's activation x activation MatMuls kept fp32): every weight MatMul becomes a kiln int8
+    kernel, and the TVM build is measured and judged by the same range as onnxruntime running that model."""
+    import onnx_models
+
+    model = tmp_path / "tiny-bert" / "model.onnx"
+    model.parent.mkdir()
+    onnx_models.tiny_bert(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (30, 1, 16))
+    np.savez(tmp_path / "tiny-bert.npz", input_ids=ids, attention_mask=np.ones_like(ids),
+             token_type_ids=np.zeros_like(ids))
+    shapes = [a for n in ("input_ids", "attention_mask", "token_type_ids") for a in ("--shape", f"{n}=1x16")]
+    proc = run_kiln(["optimize", str(model), *shapes, "--data", str(tmp_path / "tiny-bert.npz"), "--range",
+                     "cosine>=0.98", "--candidates", "tvm-int8-smooth", "--trials", "4", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {c["name"]: c for c in json.loads(proc.stdout)["candidates"]}
+    source = rows["ort-int8-smooth"]  # added to the run, measured beside it
+    assert "SmoothQuant alpha" in source["settings"]["quantization"], source["settings"]
+    assert "4 activation x activation MatMul(s) kept fp32" in source["settings"]["quantization"]
+    tvm = rows["tvm-int8-smooth"]
+    assert tvm["latency_ms"]["p50"] > 0 and "cosine" in tvm["metrics"], tvm["reasons"]
+    int8 = next(n for n in tvm["notes"] if n.startswith("int8 kernels:"))
+    # 2 layers x (query, key, value, output, two feed-forward) weight MatMuls, each per-channel dynamic int8
+    assert ", 12 matmul(s) lowered: dynamic 32x32" in int8, int8
+    assert abs(tvm["metrics"]["cosine"]["value"] - source["metrics"]["cosine"]["value"]) < 0.01

@@ -42,6 +42,10 @@ register(
               needs_calibration=True,
               description="TVM int8: ort-int8-static's calibrated QDQ model as integer kernels, requantization "
                           "in the epilogue, tuned"),
+    Candidate(name="tvm-int8-smooth", backend="tvm", stage="compile", quantized_from="ort-int8-smooth",
+              needs_calibration=True,
+              description="TVM int8: ort-int8-smooth's SmoothQuant per-channel dynamic int8 as integer kernels "
+                          "(transformers whose per-tensor int8 misses the ranges), tuned"),
     # the same with vpmaddubsw's saturating int16 pair sums (AVX-512 or AVX2): onnxruntime's choice on CPUs
     # without VNNI, offered beside the exact kernels so the ranges judge accuracy and the rounds speed
     Candidate(name="tvm-int8-dynamic-saturating", backend="tvm", stage="compile", quantized_from="ort-int8-dynamic",
@@ -62,6 +66,9 @@ register(
     Candidate(name="ort-int8-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
               builder=f"{_C}.ort_int8_static:build",
               description="int8 QDQ, uint8 activations, per-channel int8 weights, calibrated"),
+    Candidate(name="ort-int8-smooth", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
+              builder=f"{_C}.ort_int8_dynamic:build_smooth",
+              description="SmoothQuant, per-channel dynamic int8 of the MatMuls with constant weights (unfused)"),
     Candidate(name="ort-fp32-fused", backend="onnxruntime", builder=f"{_C}.ort_fused:build_fused",
               description="onnxruntime's transformer fusions (attention, skip/embed layer norm, bias-gelu)"),
     Candidate(name="ort-int8-fused-dynamic", backend="onnxruntime", accuracy_aware=True,
