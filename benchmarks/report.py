@@ -593,13 +593,14 @@ def tuning_curve_int8(d: dict) -> list[str]:
 
 @block("int8-compiler", "int8_vs_ort.json")
 def int8_compiler(d: dict) -> list[str]:
-    """Issue 25's bar: kiln's own int8 kernels (tvm-int8-dynamic) against onnxruntime's best int8 on the same
-    quantization, measured in one run by kiln's interleaved rounds."""
+    """Issue 25's bar: kiln's own int8 kernels (tvm-int8-*) against onnxruntime's best int8 inside the range,
+    measured in one run by kiln's interleaved rounds."""
     m = d["machine"]
     lines = [f"`python benchmarks/int8_vs_ort.py` (last run {_on(d)} {m['cpu']}, {m['cores']} cores, int8 "
-             f"instruction set {m['int8_isa']}; each row says its own CPU): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
-             "<tvm int8> --tune-time N --range ... --json` in a fresh KILN_HOME; ratio: the TVM int8 row's p50 over "
-             "the best onnxruntime int8 row's p50 (<= 1.00: TVM as fast or faster).", "",
+             f"instruction set {m['int8_isa']}; each row says its own CPU): each row one `kiln optimize MODEL.onnx "
+             "--candidates onnxruntime,<onnxruntime int8>,<tvm int8> --tune-time N --range ... --json` in a fresh "
+             "KILN_HOME; ratio: the TVM int8 row's p50 over the best onnxruntime int8 row's p50 inside the range "
+             "(<= 1.00: TVM as fast or faster).", "",
              "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | TVM int8 "
              "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials | CPU (int8 ISA), date |",
              "|---" * 11 + "|"]

@@ -13,13 +13,13 @@ kernels an earlier one tuned):
 at each checkpoint the best records so far are compiled, and the compiled model is timed in interleaved rounds
 beside fp32 onnxruntime and onnxruntime int8 (the kind kiln would ship: static QDQ for the CNN, per-channel
 dynamic for transformers), in the same process. With --int8 the search is kiln's own int8 compiler's (what
-tvm-int8-dynamic / tvm-int8-static build): onnxruntime's int8 model (INT8_SOURCE, the quantization the TVM int8
+tvm-int8-dynamic / -smooth / -static build): onnxruntime's int8 model (INT8_SOURCE, the quantization the TVM int8
 candidate compiles) lowered to kiln's integer kernels around this CPU's int8 intrinsic, and each row also has
-tvm_over_int8, the TVM int8 build over onnxruntime running that same quantized model. The ratio is the median of per-round ratios (TVM / onnxruntime,
-below 1 = TVM faster). Writes benchmarks/tuning_curve.json and benchmarks/tuning_curve.svg (with --int8:
-tuning_curve_int8.json/.svg, so fp32 curves of another CPU stay) after every checkpoint,
-so a run stopped early keeps the checkpoints it reached, and through benchmarks/report.py the figures of RESULTS.md
-and README.md.
+tvm_over_int8, the TVM int8 build over onnxruntime running that same quantized model. The ratio is the median
+of per-round ratios (TVM / onnxruntime, below 1 = TVM faster). Writes benchmarks/tuning_curve.json and
+benchmarks/tuning_curve.svg (with --int8: tuning_curve_int8.json/.svg, so fp32 curves of another CPU stay)
+after every checkpoint, so a run stopped early keeps the checkpoints it reached, and through
+benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ CURVE_MODELS = {**{k: MODELS[k] for k in ("resnet18", "encoder")},
 INT8 = {"resnet18": "ort-int8-static", "resnet34": "ort-int8-static", "encoder": "ort-int8-dynamic",
         "minilm-l6": "ort-int8-fused-dynamic"}
 # --int8: the onnxruntime int8 candidate whose model the TVM int8 candidate compiles (the fused graph's QAttention
-# and DynamicQuantizeMatMul are onnxruntime contrib ops no TVM frontend imports)
-INT8_SOURCE = {**INT8, "minilm-l6": "ort-int8-dynamic"}
+# and DynamicQuantizeMatMul are onnxruntime contrib ops no TVM frontend imports; MiniLM's per-tensor dynamic int8
+# misses cosine 0.99, its SmoothQuant one does not)
+INT8_SOURCE = {**INT8, "minilm-l6": "ort-int8-smooth"}
 
 
 def _paired_ratio(a: list[float], b: list[float]) -> float:
@@ -91,7 +92,9 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
     if name == "minilm-l6":
         data = np.load(REAL / name / "samples.npz")
         feed = {s.name: data[s.name][0] for s in inputs}
-    calibration = [feed_for(inputs, seed=i) for i in range(8)] if name != "minilm-l6" else None
+    calibration = [feed_for(inputs, seed=i) for i in range(8)]
+    if name == "minilm-l6":  # real sentences (SmoothQuant's channel ranges come from them)
+        calibration = [{s.name: data[s.name][i] for s in inputs} for i in range(8)]
     graph_passes = (*DEFAULT, "fast-math") if fast_math else DEFAULT
     source = (INT8_SOURCE if int8_kernels else INT8)[name]
     int8 = get(source).build(BuildContext(model=path, prepared=prepared, out_dir=work, calibration=calibration))
