@@ -1,4 +1,5 @@
-"""`ort-int8-dynamic`: int8 weights for MatMul, activations quantized at run time; never on Conv.
+"""`ort-int8-dynamic`: int8 weights for MatMul, activations quantized at run time; never on Conv. `ort-int8-smooth`:
+the same per channel after SmoothQuant, weight MatMuls only.
 
 onnxruntime's quantize_dynamic skips Gemm, so Gemm nodes are first rewritten to MatMul + Add; ConvInteger ran
 5.5x slower than fp32 on ResNet-18 on these machines, so convolutions stay fp32.
@@ -65,7 +66,6 @@ def build(ctx: BuildContext) -> Built:
     settings = RunSettings(optimization="all", quantization=f"int8 dynamic {ctx.int8.label} (MatMul)",
                            int8_isa=ctx.int8.isa)
     return quantize_with_fallback(ctx, rewritten, quantize, settings, ["MatMul"])
-
 
 
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
