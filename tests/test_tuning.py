@@ -256,6 +256,7 @@ def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):
             np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
     assert ("cnn", "fuse-transpose-matmul") in listed  # its Gemm reads a transposed weight
     assert ("bert", "fast-math") in listed  # its GELU's erf and attention's softmax
+    assert ("bert", "polynomial-erf") in listed  # its GELU's erf, within the exact passes' tolerance
     assert ("bert", "combine-parallel-matmul") in listed  # Q, K and V read the same hidden state
 
 

@@ -2,7 +2,8 @@
 
 Each is an exact rewrite of high-level Relax (before operators are lowered to TIR), aimed at what the tuner's
 per-task table showed on transformers: attention's Q/K/V matmuls as one, transposes feeding matmuls, reshapes
-that change nothing, batch norms after convolutions. A pass is kept in the pipeline only where the
+that change nothing, batch norms after convolutions, GELU's erf as a polynomial (not bit-exact: within ~5
+float32 steps, see kiln/compiler/polynomial_erf.py). A pass is kept in the pipeline only where the
 model's graph has its pattern (the profile: the pass changed the module), and the manifest lists the ones that
 did (`tuning.pipeline`).
 """
@@ -37,6 +38,12 @@ def _relax(name: str) -> Callable[[], object]:
     return make
 
 
+def _polynomial_erf():
+    from kiln.compiler.polynomial_erf import polynomial_erf
+
+    return polynomial_erf()
+
+
 def _combine_parallel_matmul():
     from kiln.compiler.parallel_matmul import combine_parallel_matmul
 
@@ -52,6 +59,9 @@ PASSES: dict[str, GraphPass] = {p.name: p for p in (
               _relax("RemoveRedundantReshape")),
     GraphPass("fold-batchnorm", "batch norms after convolutions folded into their weights",
               _relax("FoldBatchnormToConv2D")),
+    # within ~5 float32 steps of erf (a libm call per element otherwise, never vectorized): exact for the gate
+    GraphPass("polynomial-erf", "erf (GELU) as a vectorizable polynomial instead of a libm call per element",
+              _polynomial_erf),
     GraphPass("fast-math", "exp, erf, tanh and softmax by TVM's fast approximations (GELU, attention)",
               _relax("FastMathTransform"), exact=False),
 )}
