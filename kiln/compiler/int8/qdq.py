@@ -174,7 +174,8 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
         def _static_conv(self, call):
             """conv2d(dequantize(x_q), dequantize(W_q)), NCHW/OIHW, one group: padded with the activation zero
             point (the padding then adds nothing after the correction), run NHWC so that one instruction reads 4
-            (or 2) consecutive channels, and transposed back."""
+            (or 2) consecutive channels, and transposed back. Channels short of a multiple of those lanes are
+            padded too, with zero weights."""
             attrs, where = call.attrs, "static conv"
             found = self._quantized_pair(self._bound(call.args[0]), self._bound(call.args[1]), where)
             if found is None:
@@ -185,15 +186,14 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
                 report.skipped.append(f"{where}: layout {'/'.join(layouts)}, groups {int(attrs.groups)}")
                 return None
             o, c, kh, kw = w_q.shape
-            if c % intrin.k_lanes:
-                report.skipped.append(f"{where} {o}x{c}x{kh}x{kw}: {c} input channels, not a multiple of "
-                                      f"{intrin.k_lanes}")
-                return None
-            w = w_q.transpose(2, 3, 1, 0).reshape(kh * kw * c, o).astype(np.int32)  # k = (kh * KW + kw) * C + c
+            # channels up to a multiple of the instruction's lanes (a 3-channel RGB stem): zero weights there
+            extra = -c % intrin.k_lanes
+            w_q = np.pad(w_q, [(0, 0), (0, extra), (0, 0), (0, 0)])
+            w = w_q.transpose(2, 3, 1, 0).reshape(kh * kw * (c + extra), o).astype(np.int32)  # k = (kh*KW+kw)*C+c
             top, left, bottom, right = (int(v) for v in attrs.padding)
             x_u8, zero = self._activation(x_q, relax.const(int(z_x.reshape(())), "int32"))
             z_pad = int(z_x.reshape(())) + (0 if str(x_q.ty.dtype) == "uint8" else 128)
-            padded = self.builder_.emit(relax.op.nn.pad(x_u8, [0, 0, 0, 0, top, bottom, left, right],
+            padded = self.builder_.emit(relax.op.nn.pad(x_u8, [0, 0, 0, extra, top, bottom, left, right],
                                                         pad_value=float(z_pad)))
             nhwc = self.builder_.emit(relax.op.permute_dims(padded, [0, 2, 3, 1]))
             acc = self._emit_packed(w, lambda packed: dense.emit_conv(
