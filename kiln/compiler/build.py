@@ -75,7 +75,7 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
                 mod, rewrites = lower_int8(mod, limits.int8)
             mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
             if rewrites:
-                passes_applied.insert(0, f"int8-{limits.int8}")
+                passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else [])
             lowered = pipelines.lowering()(mod)
             if limits.prepack and target_kind == "llvm":
                 lowered = pipelines.prepacking()(lowered)

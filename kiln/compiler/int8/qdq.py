@@ -9,7 +9,8 @@ correction and (static) rescales by the activation and per-channel weight scales
 activation and the next quantize are ordinary Relax operators that FuseOps folds into the kernel.
 
 Static (QDQ): matmul(dequantize(x_q, s_x, z_x), [permute_dims](dequantize(W_q, s_w, 0))) with W_q a constant,
-and conv2d(dequantize(x_q), dequantize(W_q)) (NCHW, one group) as an NHWC kernel padded with the zero point.
+and conv2d(dequantize(x_q), dequantize(W_q)) (one group) as an NHWC kernel padded with the zero point, the whole
+graph moved to NHWC first (kiln.compiler.int8.layout) so that no transposes sit between the convolutions.
 Dynamic (MatMulInteger): matmul(astype(x_q, int32) - z_x, W, out_dtype=int32) with W folding to an int32
 constant in int8 range. A matmul kept in fp32 (the accuracy-aware fallback excluded it from quantization) has no
 dequantize around it and stays an fp32 matmul. What is not rewritten, and why, is reported.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kiln.compiler.int8 import dense, packing
+from kiln.compiler.int8 import dense, layout, packing
 from kiln.compiler.int8.intrinsics import Intrinsic
 
 
@@ -31,6 +32,7 @@ class Rewrites:
 
     rewritten: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    channels_last: bool = False  # the graph was moved to NHWC first (kiln.compiler.int8.layout)
 
 
 def _const(expr) -> np.ndarray | None:
@@ -172,39 +174,48 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             return self._bound(x.args[0]), s_x, z_x, w_q, s_w, int(w.attrs.axis)
 
         def _static_conv(self, call):
-            """conv2d(dequantize(x_q), dequantize(W_q)), NCHW/OIHW, one group: padded with the activation zero
-            point (the padding then adds nothing after the correction), run NHWC so that one instruction reads 4
-            (or 2) consecutive channels, and transposed back. Channels short of a multiple of those lanes are
-            padded too, with zero weights."""
+            """conv2d(dequantize(x_q), dequantize(W_q)), one group, NCHW/OIHW or (after
+            kiln.compiler.int8.layout.channels_last) NHWC/OHWI: padded with the activation zero point (the
+            padding then adds nothing after the correction) and run NHWC so that one instruction reads 4 (or 2)
+            consecutive channels; an NCHW conv is transposed there and back. Channels short of a multiple of
+            those lanes are padded too, with zero weights."""
             attrs, where = call.attrs, "static conv"
-            found = self._quantized_pair(self._bound(call.args[0]), self._bound(call.args[1]), where)
+            layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+            w_expr = self._bound(call.args[1])
+            nhwc = layouts == ("NHWC", "OHWI", "NHWC")
+            if nhwc and _is(w_expr, "relax.permute_dims") and [int(a) for a in w_expr.attrs.axes] == [0, 2, 3, 1]:
+                w_expr = self._bound(w_expr.args[0])  # the OIHW weights ConvertLayout transposed
+            elif layouts != ("NCHW", "OIHW", "NCHW"):
+                if _is(self._bound(call.args[0]), "relax.dequantize"):
+                    report.skipped.append(f"{where}: layout {'/'.join(layouts)}")
+                return None
+            found = self._quantized_pair(self._bound(call.args[0]), w_expr, where)
             if found is None:
                 return None
             x_q, s_x, z_x, w_q, s_w, axis = found
-            layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-            if layouts != ("NCHW", "OIHW", "NCHW") or int(attrs.groups) != 1 or w_q.ndim != 4:
-                report.skipped.append(f"{where}: layout {'/'.join(layouts)}, groups {int(attrs.groups)}")
+            if int(attrs.groups) != 1 or w_q.ndim != 4:
+                report.skipped.append(f"{where}: groups {int(attrs.groups)}")
                 return None
             o, c, kh, kw = w_q.shape
-            # channels up to a multiple of the instruction's lanes (a 3-channel RGB stem): zero weights there
-            extra = -c % intrin.k_lanes
+            extra = -c % intrin.k_lanes  # an RGB stem's 3 channels: up to the lanes, with zero weights
             w_q = np.pad(w_q, [(0, 0), (0, extra), (0, 0), (0, 0)])
             w = w_q.transpose(2, 3, 1, 0).reshape(kh * kw * (c + extra), o).astype(np.int32)  # k = (kh*KW+kw)*C+c
             top, left, bottom, right = (int(v) for v in attrs.padding)
             x_u8, zero = self._activation(x_q, relax.const(int(z_x.reshape(())), "int32"))
             z_pad = int(z_x.reshape(())) + (0 if str(x_q.ty.dtype) == "uint8" else 128)
-            padded = self.builder_.emit(relax.op.nn.pad(x_u8, [0, 0, 0, extra, top, bottom, left, right],
-                                                        pad_value=float(z_pad)))
-            nhwc = self.builder_.emit(relax.op.permute_dims(padded, [0, 2, 3, 1]))
+            pads = [0, 0, top, bottom, left, right, 0, extra] if nhwc else [0, 0, 0, extra, top, bottom, left, right]
+            padded = self.builder_.emit(relax.op.nn.pad(x_u8, pads, pad_value=float(z_pad))) if any(pads) else x_u8
+            if not nhwc:
+                padded = self.builder_.emit(relax.op.permute_dims(padded, [0, 2, 3, 1]))
             acc = self._emit_packed(w, lambda packed: dense.emit_conv(
-                self.builder_, nhwc, packed, (kh, kw), [int(v) for v in attrs.strides],
+                self.builder_, padded, packed, (kh, kw), [int(v) for v in attrs.strides],
                 [int(v) for v in attrs.dilation], intrin.n_lanes, intrin.k_lanes), rank=4)
             acc = relax.op.subtract(acc, relax.op.multiply(zero, relax.const(packing.column_sums(w))))
             s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 0 else s_w.reshape(()), (o,))
             scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
             report.rewritten.append(f"static conv {o}x{c}x{kh}x{kw}")
-            scaled = self.builder_.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale)))
-            return relax.op.permute_dims(scaled, [0, 3, 1, 2])
+            scaled = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
+            return scaled if nhwc else relax.op.permute_dims(self.builder_.emit(scaled), [0, 3, 1, 2])
 
         def _dynamic(self, call):
             if str(call.attrs.out_dtype) != "int32":
@@ -234,6 +245,9 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
     def _is(expr, op_name: str) -> bool:
         return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
 
+    if layout.has_nchw_quantized_conv(mod, func_name):
+        mod = layout.channels_last(mod, func_name)
+        report.channels_last = True
     out = mod
     for mode in ("static", "dynamic"):
         rewriter = Rewriter(out, mode)
