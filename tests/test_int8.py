@@ -333,6 +333,47 @@ def test_quantized_conv_lowered_to_integer_kernels(tmp_path):
         assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
 
 
+def test_a_depthwise_conv_stays_fp32_in_the_channels_last_graph(tmp_path):
+    """A grouped (depthwise) conv, which kiln's int8 kernel does not take, is named, runs as TVM's fp32 NHWC conv
+    in the channels-last graph around it, and the model still gives onnxruntime int8's outputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+
+    rng = np.random.default_rng(9)
+    weights = {"w0": rng.normal(size=(16, 3, 3, 3)), "wd": rng.normal(size=(16, 1, 3, 3)),
+               "w1": rng.normal(size=(8, 16, 1, 1))}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "wd"], ["d"], pads=[1, 1, 1, 1], group=16),
+             helper.make_node("Relu", ["d"], ["r1"]), helper.make_node("Conv", ["r1", "w1"], ["c1"]),
+             helper.make_node("GlobalAveragePool", ["c1"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "dw.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "dw.onnx"), str(tmp_path / "dw-qdq.onnx"), Reader(), per_channel=True,
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    x = rng.normal(size=(1, 3, 12, 12)).astype(np.float32)
+    expected = _ort(tmp_path / "dw-qdq.onnx", x)
+    lowered, report = rewrite(from_onnx(onnx.load(tmp_path / "dw-qdq.onnx"), keep_params_in_input=False),
+                              registered(next(k for k in usable() if INTRINSICS[k].exact)))
+    assert report.rewritten == ["static conv 16x3x3x3", "static conv 8x16x1x1"], report
+    assert report.skipped == ["static conv: groups 16"] and report.channels_last, report
+    assert 'data_layout="NHWC"' in lowered["main"].script()  # the depthwise conv, fp32 and channels-last
+    assert np.abs(_run_tvm(lowered, x) - expected).max() <= np.abs(expected).max() / 127
+
+
 def test_conv_kernel_as_the_tuner_schedules_it():
     """The NHWC int8 convolution, scheduled by the tuner's space (tensorized), equals numpy's convolution."""
     import tvm
