@@ -22,6 +22,19 @@ def _scalar(expr) -> float | None:
     return None
 
 
+def bound(mutator, expr):
+    """The expression a dataflow var is bound to in `mutator`'s builder (the importer binds every call to a
+    var), followed through vars bound to vars."""
+    from tvm import relax
+
+    while isinstance(expr, relax.Var):
+        value = mutator.lookup_binding(expr)
+        if value is None:
+            return expr
+        expr = value
+    return expr
+
+
 def has_nchw_quantized_conv(mod, func_name: str = "main") -> bool:
     """Whether `func_name` has an NCHW convolution and dequantizes (a quantized CNN: what channels_last is for)."""
     from tvm import relax
@@ -102,12 +115,7 @@ def _recomposer():
         the dequantize of the transposed int8 tensor (a quarter of the bytes to move)."""
 
         def _bound(self, expr):
-            while isinstance(expr, relax.Var):
-                value = self.lookup_binding(expr)
-                if value is None:
-                    return expr
-                expr = value
-            return expr
+            return bound(self, expr)
 
         def _chain(self, expr, *names):
             """[expr's op's scalar constant argument, ...] down a chain of ops with one tensor input each, and

@@ -55,13 +55,7 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             self.mode = mode  # "static" (dequantize patterns), then "dynamic" (int32 matmuls of int8 values)
 
         def _bound(self, expr):
-            """The expression a dataflow var is bound to (the importer binds every call to a var)."""
-            while isinstance(expr, relax.Var):
-                value = self.lookup_binding(expr)
-                if value is None:
-                    return expr
-                expr = value
-            return expr
+            return layout.bound(self, expr)
 
         def _fold(self, expr) -> np.ndarray | None:
             """The value of a constant expression (MatMulInteger's weights minus their zero point: astype,
