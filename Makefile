@@ -19,7 +19,7 @@ MLFLOW_VERSION := 3.17.2
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
 
-.PHONY: setup system-deps base-image demo test bench bench-long lint clean examples up down mlflow
+.PHONY: setup system-deps base-image demo test bench bench-long lint ruff contracts clean examples up down mlflow
 
 setup: $(STAMP)
 
@@ -96,9 +96,15 @@ bench-long: setup examples
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6 --int8 --minutes 0 5 15 30
 	$(BIN)/python benchmarks/int8_vs_ort.py --minutes 5 20
 
-# ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml)
-lint: setup
+# ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml). The contracts
+# are also a test (tests/test_house.py), so `make test` checks them: CI runs `make ruff` and the suite, and the
+# contracts once
+lint: ruff contracts
+
+ruff: setup
 	$(BIN)/ruff check kiln tasks flows web tests benchmarks examples
+
+contracts: setup
 	$(BIN)/lint-imports
 
 clean:

@@ -1,5 +1,6 @@
 """The house rules a reader relies on, checked where the code is: one place reads the environment, the web
-process stays light, and the layout's import contracts hold (import-linter, as `make lint` runs it)."""
+process stays light, and the layout's import contracts hold (import-linter, as `make lint` runs it; CI runs only
+`make ruff` before the suite, so the contracts are checked here, once)."""
 
 import re
 import subprocess
