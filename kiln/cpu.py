@@ -19,6 +19,7 @@ CPUID about AVX-512.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -96,14 +97,42 @@ class Int8Scheme:
         return "QUInt8" if self.u8_weights else "QInt8"
 
 
-def clock_ghz() -> float | None:
-    """The clock /proc/cpuinfo reports for the first CPU (what peak estimates are taken at); None if unknown."""
+@dataclass(frozen=True)
+class Clock:
+    ghz: float
+    source: str  # where it was read, and what it is
+
+
+def base_clock() -> Clock | None:
+    """The CPU's base clock, what int8 peaks are computed at (kiln.compiler.int8.peak): cpufreq's base_frequency
+    where the kernel exposes it, else the GHz in an Intel model name ("... @ 2.60GHz"), else /proc/cpuinfo's `cpu
+    MHz`, which in a VM is the nominal clock the hypervisor reports (not the one the core runs at: a turbo runs
+    above it) and on bare metal the clock at the moment it was read. None if none is known."""
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq/base_frequency")
+    try:
+        return Clock(int(base.read_text()) / 1e6, "cpufreq base_frequency")
+    except (OSError, ValueError):
+        pass
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    line = next((ln for ln in text.splitlines() if ln.startswith("cpu MHz")), "")
+    lines = text.splitlines()
+    name = next((ln.partition(":")[2] for ln in lines if ln.startswith("model name")), "")
+    m = re.search(r"@\s*(\d+(?:\.\d+)?)\s*GHz", name)
+    if m:
+        return Clock(float(m[1]), "the base clock in the model name")
+    line = next((ln for ln in lines if ln.startswith("cpu MHz")), "")
     try:
-        return float(line.partition(":")[2]) / 1000.0
+        mhz = float(line.partition(":")[2])
     except ValueError:
         return None
+    vm = "hypervisor" in _cpuinfo_flags()
+    return Clock(mhz / 1000.0, "/proc/cpuinfo cpu MHz, a VM's nominal clock: a turbo runs above it" if vm else
+                 "/proc/cpuinfo cpu MHz, the clock when read")
+
+
+def clock_ghz() -> float | None:
+    """The base clock in GHz (base_clock()); None if unknown."""
+    clock = base_clock()
+    return clock.ghz if clock else None

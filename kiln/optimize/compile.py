@@ -195,7 +195,7 @@ def _int8_lowering(result: CompileResult, limits: Limits) -> Int8Lowering | None
     intrin, ghz = get(limits.int8), clock_ghz()
     return Int8Lowering(intrinsic=limits.int8, isa=detected_int8_isa(), exact=intrin.exact,
                         lowered=result.int8.rewritten, not_lowered=result.int8.skipped,
-                        peak_gops=round(intrin.peak_gops(result.target["num-cores"], ghz), 1) if ghz else None)
+                        peak_gops=intrin.peak_gops(result.target["num-cores"], ghz, result.target.get("mcpu", "")))
 
 
 def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",

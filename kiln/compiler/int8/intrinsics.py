@@ -30,11 +30,13 @@ class Intrinsic:
     exact: bool  # int32 sums without saturation
     needs: tuple[str, ...]  # LLVM target features it uses
     what: str
-    ops_per_cycle: int  # int8 ops (multiply + add = 2) per cycle and core, two vector ports issuing each cycle
 
-    def peak_gops(self, cores: int, ghz: float) -> float:
-        """The kernel's ceiling on this CPU: what a task's GOP/s is a share of."""
-        return cores * ghz * self.ops_per_cycle
+    def peak_gops(self, cores: int, ghz: float | None, mcpu: str) -> float | None:
+        """The kernel's ceiling on `cores` cores of LLVM CPU `mcpu` at `ghz` (kiln.compiler.int8.peak's table):
+        what a task's GOP/s is a share of; None where the table has no sourced figure for that CPU."""
+        from kiln.compiler.int8.peak import peak
+
+        return peak(self.key, mcpu, cores, ghz).gops
 
     @property
     def tvm_name(self) -> str:
@@ -42,14 +44,12 @@ class Intrinsic:
 
 
 INTRINSICS: dict[str, Intrinsic] = {i.key: i for i in (
-    # u8 x s8 products per instruction: 64 per vpdpbusd (zmm), 64 per vpmaddubsw + vpmaddwd pair, 32 per vpmaddwd
-    # (zmm); AVX2 half of each. Two ports: the Intel Xeon here ran the VNNI kernels at 1.17-1.29 TOP/s on 2 cores
-    # at 2.6 GHz, 1.75-1.94x what one vpdpbusd per cycle allows
-    Intrinsic("vnni", 16, 4, True, ("avx512vnni",), "AVX-512 VNNI vpdpbusd: u8 x s8 summed into int32", 256),
-    Intrinsic("avx512", 16, 4, False, ("avx512bw",), "AVX-512 vpmaddubsw + vpmaddwd: int16 pair sums saturate", 128),
-    Intrinsic("avx512-exact", 16, 2, True, ("avx512bw",), "AVX-512 widened to int16 + vpmaddwd: exact", 128),
-    Intrinsic("avx2", 8, 4, False, ("avx2",), "AVX2 vpmaddubsw + vpmaddwd: int16 pair sums saturate", 64),
-    Intrinsic("avx2-exact", 8, 2, True, ("avx2",), "AVX2 widened to int16 + vpmaddwd: exact, half lanes", 64),
+    # their int8 ops per cycle depend on the microarchitecture, not on the instruction set: kiln.compiler.int8.peak
+    Intrinsic("vnni", 16, 4, True, ("avx512vnni",), "AVX-512 VNNI vpdpbusd: u8 x s8 summed into int32"),
+    Intrinsic("avx512", 16, 4, False, ("avx512bw",), "AVX-512 vpmaddubsw + vpmaddwd: int16 pair sums saturate"),
+    Intrinsic("avx512-exact", 16, 2, True, ("avx512bw",), "AVX-512 widened to int16 + vpmaddwd: exact"),
+    Intrinsic("avx2", 8, 4, False, ("avx2",), "AVX2 vpmaddubsw + vpmaddwd: int16 pair sums saturate"),
+    Intrinsic("avx2-exact", 8, 2, True, ("avx2",), "AVX2 widened to int16 + vpmaddwd: exact, half lanes"),
 )}
 
 
