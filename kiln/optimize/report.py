@@ -62,18 +62,24 @@ def tuning_markdown(tuning: TuningInfo) -> str:
              f"{tuning.stopped_by}" + (f", estimated {tuning.estimated_ms:.3g} ms" if tuning.estimated_ms else ""),
              "", "| task | weight | trials | failed | from us | best us | weighted us | GFLOP/s | int8 peak |",
              "|---" * 9 + "|"]
+    from kiln.compiler.int8.peak import flag
+    from kiln.compiler.int8.peak import share as share_of
+
     peak = tuning.int8.peak_gops if tuning.int8 else None
     for t in sorted(tuning.per_task, key=lambda t: -(t.best_us or float("inf")) * t.weight):
         best = t.best_us
         gflops = f"{t.flop / best / 1e3:.1f}" if best and t.flop else "-"
-        share = f"{t.flop / best / 1e3 / peak:.0%}" if t.int8 and best and t.flop and peak else "-"
+        share = flag(share_of(t.flop / best / 1e3, peak)) if t.int8 and best and t.flop else "-"
         start = _fmt(t.start_us) if t.start_us else "-"
         lines.append(f"| {t.name} | {t.weight:g} | {t.trials} | {t.failed_trials} | {start} | {_fmt(best)} | "
                      f"{_fmt(best * t.weight) if best else '-'} | {gflops} | {share} |")
     if tuning.int8:
         i8 = tuning.int8
         lines += ["", f"int8 kernels: {i8.intrinsic} on {i8.isa} ({'exact' if i8.exact else 'int16 sums saturate'})"
-                  + (f", peak {i8.peak_gops:g} GOP/s" if i8.peak_gops else "") + f"; lowered: {', '.join(i8.lowered)}"
+                  + (f", peak {i8.peak_gops:g} GOP/s at the CPU's base clock (kiln.compiler.int8.peak; a VM's "
+                     "`cpu MHz` is its nominal clock: above 100 % is a measurement problem, not a share)"
+                     if i8.peak_gops else ", no int8 peak known for this CPU (kiln.compiler.int8.peak)")
+                  + f"; lowered: {', '.join(i8.lowered)}"
                   + (f"; not lowered: {'; '.join(i8.not_lowered)}" if i8.not_lowered else "")]
     if tuning.pipeline:
         lines += ["", "kiln graph passes applied: " + ", ".join(tuning.pipeline)]

@@ -164,7 +164,6 @@ def flag(fraction: float | None) -> str:
     """A share as printed: a percentage up to 100 %; above, a measurement problem (never a share)."""
     if fraction is None:
         return "-"
-    if fraction > 1.0:
-        return (f"above peak ({fraction:.2f}x): a measurement problem (a clock above the base clock the peak "
-                "assumes, or a wrong timing)")
+    if fraction > 1.0:  # a clock above the base clock the peak assumes, or a wrong timing or flop count
+        return f"above peak ({fraction:.2f}x): measurement problem"
     return f"{fraction:.0%}"
