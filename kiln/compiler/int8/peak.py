@@ -148,8 +148,8 @@ def peak(intrinsic: str, mcpu: str, cores: int, ghz: float | None, clock: str = 
                     "kiln.compiler.int8.peak.UARCHS")
     ops = row.ops_per_cycle(intrinsic)
     note = "; ".join(x for x in (why, row.how) if x)
-    if ops is None:
-        return Peak(None, mcpu, uarch, None, cores, ghz, clock, f"{intrinsic} on {uarch}: {note}")
+    if ops is None:  # cannot run it, or no sourced figure: the row's source says which
+        return Peak(None, mcpu, uarch, None, cores, ghz, clock, f"{intrinsic} on {uarch}: {note} ({row.source})")
     if not ghz:
         return Peak(None, mcpu, uarch, ops, cores, ghz, clock, "the clock is unknown")
     return Peak(round(cores * ghz * ops, 1), mcpu, uarch, ops, cores, ghz, clock, note)
