@@ -5,7 +5,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kiln.artifact.specs import TensorSpec, check_index_ranges
+from kiln.artifact.specs import Axis, TensorSpec, check_index_ranges
 from kiln.compiler import import_onnx, supported_ops
 from kiln.errors import DatasetError, InputError, ModelError
 from kiln.optimize.inspect import dynamic_dims, index_guards, input_specs, load_model, unsupported_ops
@@ -45,7 +45,7 @@ def test_dynamic_dims_get_a_profile(tmp_path):
     """An open batch axis is a dimension of the profile (batch 1 unless declared); a declared shape fixes it."""
     model = load_model(onnx_models.runtime_shapes(tmp_path / "m.onnx"))
     specs = input_specs(model, {}, "m.onnx")
-    assert specs[0].shape == [-1, 3, 8, 8] and dynamic_dims(model, specs) == {"batch": ["x:0"]}
+    assert specs[0].shape == [-1, 3, 8, 8] and dynamic_dims(model, specs) == {"batch": [Axis("x", 0)]}
     assert resolve(specs, dynamic_dims(model, specs), {}, None, "m.onnx").explain() == "batch 1 (batch default)"
     assert resolve(specs, dynamic_dims(model, specs), {"x:0": (1, 4)}, None, "m.onnx").describe() == "batch 1..4"
     with pytest.raises(ModelError, match="does not fit"):

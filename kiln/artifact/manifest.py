@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.artifact.layout import MANIFEST, PROGRAM_DIR, V2_SERVICE_NAME
 from kiln.artifact.specs import IndexGuard, Profile, TensorSpec
@@ -57,7 +57,7 @@ class RunSettings(BaseModel):
     calibration_check: str | None = None  # what the calibration split said of the ranges
     buckets: list[int] | None = None  # TVM per-bucket builds: the values of `bucket_dim` each is compiled at
     bucket_dim: str | None = None
-    padding: dict[str, float] | None = None  # pad value per input when a request is padded up to its bucket
+    padding: dict[str, float] | None = None  # kept for old readers: the runner pads with the profile's Dim.padding
     version: int | None = None  # the incumbent's: the version in service measured beside the challengers
     artifact: str | None = None
 
@@ -136,7 +136,7 @@ class ProgramInfo(BaseModel):
     file: str = "program.py"  # the program's .py in program/ (one of several in a folder)
     allow_nonfinite: bool = False  # the program accepts NaN/Inf inputs (servers refuse them otherwise)
     requirements: list[str] = Field(default_factory=list)  # pip requirements of the mapping code (in its image)
-    padding: dict[str, float] = Field(default_factory=dict)  # input -> pad value: dynamic batching may pad to it
+    padding: dict[str, float] = Field(default_factory=dict)  # input -> pad value, as declared (Dim.padding: used)
 
 
 class TaskTuning(BaseModel):
@@ -249,6 +249,13 @@ class Manifest(BaseModel):
     # where it was shipped: recorded after publishing; not part of the artifact's hash
     uploads: list[Upload] = Field(default_factory=list)
     images: list[ImageRecord] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _padding_of_old_manifests(self) -> Manifest:
+        """Manifests written before dimensions carried their pad values kept them on the program only."""
+        if self.program.padding and not any(d.padding for d in self.profile.dims):
+            self.profile = self.profile.with_padding(self.program.padding)
+        return self
 
     def selected_p50(self) -> float | None:
         sel = next((c for c in self.candidates if c.name == self.selected), None)

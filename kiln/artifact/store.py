@@ -100,9 +100,9 @@ def record(folder: Path, field: str, entry) -> Manifest:
     return manifest
 
 
-def verify(folder: Path) -> tuple[Manifest, list[str]]:
-    """Read the manifest and list every file whose content does not match its recorded sha256."""
-    manifest = Manifest.read(folder)
+def verify(folder: Path, manifest: Manifest | None = None) -> tuple[Manifest, list[str]]:
+    """The manifest (read here unless given) and every file whose content does not match its recorded sha256."""
+    manifest = manifest or Manifest.read(folder)
     problems = []
     actual = {k: v for k, v in tree_files(folder).items() if k != MANIFEST}
     for rel, sha in manifest.files.items():

@@ -24,12 +24,12 @@ class Bucket(BaseModel):
 
 def bucketed_dim(profile: Profile) -> tuple[Dim | None, str | None]:
     """(the dimension buckets vary, None) or (None, why TVM cannot bucket this profile)."""
-    varying = [d for d in profile.dims if d.low != d.high]
+    varying = profile.varying
     if len(varying) != 1:
         return None, (f"TVM's per-bucket builds vary one dimension, and this profile varies {len(varying)} "
                       f"({profile.describe()}); fix the others with --dim NAME=N or --shape")
     dim = varying[0]
-    if all(a.endswith(":0") for a in dim.axes):
+    if dim.batch:
         return None, (f"TVM's per-bucket builds vary a length, not the batch ({dim.describe()}); serve batches with "
                       "onnxruntime, or fix the batch with --dim")
     return dim, None

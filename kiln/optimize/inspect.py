@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from kiln.artifact.specs import IndexGuard, TensorSpec
+from kiln.artifact.specs import Axis, IndexGuard, TensorSpec
 from kiln.errors import ModelError
 
 _PASS_THROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Expand"}
@@ -88,28 +88,28 @@ def input_specs(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str
     return specs
 
 
-def dynamic_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> dict[str, list[str]]:
+def dynamic_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> dict[str, list[Axis]]:
     """The dynamic dimensions left in `specs`, by the model's name for each (its dim_param; INPUT:AXIS for an
-    unnamed one), with the input axes ("input:axis") each appears on, in graph order."""
+    unnamed one), with the input axes each appears on, in graph order."""
     by_input = {vi.name: _dims(vi) for vi in graph_inputs(model)}
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[Axis]] = {}
     for spec in specs:
-        for axis, d in enumerate(spec.shape):
+        for index, d in enumerate(spec.shape):
             if d >= 0:
                 continue
-            named = by_input.get(spec.name, [])[axis] if axis < len(by_input.get(spec.name, [])) else "?"
-            key = f"{spec.name}:{axis}"
-            out.setdefault(named if isinstance(named, str) and named != "?" else key, []).append(key)
+            named = by_input.get(spec.name, [])[index] if index < len(by_input.get(spec.name, [])) else "?"
+            axis = Axis(spec.name, index)
+            out.setdefault(named if isinstance(named, str) and named != "?" else str(axis), []).append(axis)
     return out
 
 
-def output_axes(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """Each named dynamic dimension of the outputs: the output axes ("output:axis") it appears on."""
-    out: dict[str, list[str]] = {}
+def output_axes(model: onnx.ModelProto) -> dict[str, list[Axis]]:
+    """Each named dynamic dimension of the outputs: the output axes it appears on."""
+    out: dict[str, list[Axis]] = {}
     for vi in model.graph.output:
-        for axis, d in enumerate(_dims(vi)):
+        for index, d in enumerate(_dims(vi)):
             if isinstance(d, str) and d != "?":
-                out.setdefault(d, []).append(f"{vi.name}:{axis}")
+                out.setdefault(d, []).append(Axis(vi.name, index))
     return out
 
 

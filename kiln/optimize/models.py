@@ -26,19 +26,21 @@ class CheckedProgram(BaseModel):
     model_path: str
     model_sha256: str
     program_sha256: str
+    # what the user declared (`--shape`, `--dim`, the program's): only ever read to load the program again
     shapes: dict[str, list[int]]
-    dims: dict[str, tuple[int, int]] = Field(default_factory=dict)  # the declared ranges
-    profile: Profile = Field(default_factory=Profile)  # every dynamic dimension's range (empty: static)
-    dim_values: dict[str, list[int]] = Field(default_factory=dict)  # each varying dimension, per sample (buckets)
-    inputs: list[TensorSpec]  # -1: a dynamic dimension of the profile
+    dims: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    # the one shape contract every stage reads: the specs (-1: a dynamic dimension) and the profile of those
+    # dimensions (ranges, batch, pad values, output axes; empty: static)
+    inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    profile: Profile = Field(default_factory=Profile)
+    dim_values: dict[str, list[int]] = Field(default_factory=dict)  # each varying dimension, per sample (buckets)
     guards: list[IndexGuard] = Field(default_factory=list)
     dataset: str
     samples: int
     has_labels: bool
     allow_nonfinite: bool = False
     requirements: list[str] = Field(default_factory=list)  # what the mapping code imports (pip requirements)
-    padding: dict[str, float] = Field(default_factory=dict)  # the program's pad value per input (serving batches)
     calibration_method: str = "minmax"
     max_fallback_rounds: int = 4
     fallback_seconds: float = 900.0
@@ -48,6 +50,11 @@ class CheckedProgram(BaseModel):
     request: str | None = None
     response: str | None = None
     unsupported_ops: dict[str, list[str]] = Field(default_factory=dict)  # op type -> nodes TVM cannot import
+
+    @property
+    def padding(self) -> dict[str, float]:
+        """The program's pad value per input, as the profile's dimensions carry them."""
+        return {k: v for d in self.profile.dims for k, v in d.padding.items()}
 
     def load(self) -> LoadedProgram:
         """The user's program again: only ever called in a child process (kiln.optimize.isolation)."""

@@ -52,10 +52,10 @@ def _bucket(value: int) -> str:
 def bucket_of(feed: Feed, profile: Profile) -> str:
     """`sequence_length 17-32, batch_size 1`: each varying dimension's power-of-two bucket."""
     parts = []
-    for dim in profile.dims:
-        name, _, axis = dim.axes[0].rpartition(":")
-        if dim.low != dim.high and name in feed:
-            parts.append(f"{dim.name} {_bucket(int(np.shape(feed[name])[int(axis)]))}")
+    for dim in profile.varying:
+        value = dim.value(feed)
+        if value is not None:
+            parts.append(f"{dim.name} {_bucket(value)}")
     return ", ".join(parts)
 
 

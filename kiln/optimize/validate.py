@@ -116,12 +116,11 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
 
 def dim_values(samples: Samples, profile: Profile) -> dict[str, list[int]]:
     """Each varying dimension's value in each sample's model call: the histogram TVM's buckets are chosen by."""
-    out: dict[str, list[int]] = {}
     shapes = sample_shapes(samples)
-    for dim in profile.dims:
-        name, _, axis = dim.axes[0].rpartition(":")
-        if dim.low != dim.high:
-            out[dim.name] = [int(s[name][int(axis)]) for s in shapes if name in s]
+    out: dict[str, list[int]] = {}
+    for dim in profile.varying:
+        axis = dim.axes[0]
+        out[dim.name] = [int(s[axis.tensor][axis.index]) for s in shapes if axis.tensor in s]
     return out
 
 
@@ -156,8 +155,8 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
     profile = resolve(inputs, dynamic, prog.dims, data, where, default_dims)
     inputs = concrete(inputs, profile)
     named = output_axes(model)
-    for dim in profile.dims:
-        dim.outputs = named.get(dim.name, [])
+    profile = Profile(dims=[d.model_copy(update={"outputs": named.get(d.name, [])}) for d in profile.dims]
+                      ).with_padding(prog.program.padding)
     missing: dict[str, list[str]] = {}
     if of_stage(candidates, "compile"):  # not a refusal: the other candidates can still ship
         from kiln.compiler import supported_ops
@@ -196,7 +195,7 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         program_sha256=prog.sha256, shapes=prog.shapes, dims=prog.dims, profile=profile, inputs=inputs,
         outputs=outputs, guards=guards,
         unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), requirements=requirements,
-        padding=dict(p.padding), dim_values=dim_values(samples, profile),
+        dim_values=dim_values(samples, profile),
         calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),

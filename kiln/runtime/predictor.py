@@ -57,18 +57,27 @@ class Predictor:
         self.runner.close()
 
 
+def checked_files(folder: Path, manifest: Manifest | None = None) -> Manifest:
+    """The artifact's manifest (read here unless given) once every file matches its recorded sha256."""
+    manifest, problems = verify(folder, manifest)
+    if problems:
+        raise ArtifactError("files do not match the manifest: " + "; ".join(problems[:5]), where=str(folder),
+                            hint="the artifact was modified or is incomplete; fetch or publish it again")
+    return manifest
+
+
+def open_predictor(folder: Path, manifest: Manifest, *, threads: int | None = None,
+                   spin: bool | None = None) -> Predictor:
+    """The selected module of the artifact in `folder`, as `manifest` (read once by the caller) describes it."""
+    runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
+                         manifest.settings.merged(threads=threads, spin=spin), manifest.profile)
+    return Predictor(folder, manifest, runner)
+
+
 def load(artifact: str | os.PathLike, *, threads: int | None = None, verify_files: bool = True,
          spin: bool | None = None) -> Predictor:
     """Open an artifact folder (or NAME[/ID] in the store) and load its selected module with the settings it
     was selected with; `threads` and `spin` override them (a server shares cores between instances)."""
     folder = resolve(artifact)
-    if verify_files:
-        manifest, problems = verify(folder)
-        if problems:
-            raise ArtifactError("files do not match the manifest: " + "; ".join(problems[:5]), where=str(folder),
-                                hint="the artifact was modified or is incomplete; fetch or publish it again")
-    else:
-        manifest = Manifest.read(folder)
-    runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
-                         manifest.settings.merged(threads=threads, spin=spin), manifest.profile)
-    return Predictor(folder, manifest, runner)
+    manifest = checked_files(folder) if verify_files else Manifest.read(folder)
+    return open_predictor(folder, manifest, threads=threads, spin=spin)

@@ -124,7 +124,7 @@ class TvmRunner:
 def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                 settings: RunSettings | None = None, profile: Profile | None = None) -> Runner:
     """Load `path` for `backend` as `settings` say (threads, graph level, spinning, device); TVM builds per
-    shape bucket (settings.buckets) need the profile their dimension is in."""
+    shape bucket (settings.buckets) need the profile their dimension is in (its pad values and output axes)."""
     settings = settings or RunSettings()
     if backend == "tvm" and settings.buckets:
         from kiln.runtime.buckets import BucketRunner
@@ -133,7 +133,7 @@ def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: lis
         if dim is None:
             raise ValueError(f"a TVM build per bucket of {settings.bucket_dim!r} needs the profile that names it")
         device = settings.device or "cpu"
-        return BucketRunner(path, dim, settings.buckets, inputs, padding=settings.padding, load=lambda module, specs:
+        return BucketRunner(path, dim, settings.buckets, inputs, load=lambda module, specs:
                             TvmRunner(module, specs, outputs, threads=settings.threads, device=device))
     if backend == "onnxruntime":
         return OrtRunner(path, threads=settings.threads, optimization=settings.optimization or "all",

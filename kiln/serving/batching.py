@@ -3,9 +3,11 @@ batch wait up to `max_queue_delay_us` for others to join, up to `max_batch` rows
 each caller gets exactly its own rows back.
 
 Requests of unequal length are padded to the longest in the batch only where the program says how
-(`padding = {"attention_mask": 0, "input_ids": 0, ...}` names a value for every input that varies): the mask
-makes the padded positions inert, and each caller's outputs are cut back to its own length on the output axes
-the model names like the padded dimension. Without it, only requests of equal shapes share a batch.
+(`padding = {"attention_mask": 0, "input_ids": 0, ...}` names a value for every input that varies, carried on the
+profile's dimensions) and the profile relates every dynamic output axis to a dimension: each caller's outputs are
+cut back to its own length by the one rule the bucket runner uses too (Dim.cut: exactly the dimension's output
+axes), so an output axis nothing relates to the padded length could not be cut, and such requests do not share
+a batch. Without padding, only requests of equal shapes share a batch.
 While every model instance is busy, requests keep queuing, so batches grow under load; a batch runs in a
 thread, so the event loop goes on decoding and checking the next requests meanwhile.
 """
@@ -21,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from kiln.artifact.manifest import Manifest
-from kiln.artifact.specs import Dim
+from kiln.artifact.specs import Axis, Dim
 from kiln.errors import KilnError
 
 Feed = dict[str, np.ndarray]
@@ -80,15 +82,14 @@ class Batcher:
     """Collects requests into batches and runs each with `execute(feed) -> outputs` on a free instance."""
 
     def __init__(self, manifest: Manifest, batch: Dim, execute: Callable[[Feed], Feed], instances: int,
-                 config: BatchingConfig, padding: dict[str, float] | None = None,
-                 on_batch: Callable[[int, int, int], None] | None = None):
+                 config: BatchingConfig, on_batch: Callable[[int, int, int], None] | None = None):
         self.manifest, self.batch_dim = manifest, batch
         self.config = config
         self.execute, self.max_batch, self.delay_s = execute, config.max_batch, config.max_queue_delay_us / 1e6
-        self.padding = padding or {}
-        self.varying = [d for d in manifest.profile.dims if d is not batch and d.low != d.high]
-        self.can_pad = bool(self.varying) and all(
-            a.rpartition(":")[0] in self.padding for d in self.varying for a in d.axes)
+        self.varying = [d for d in manifest.profile.varying if d is not batch]
+        self.can_pad = bool(self.varying) and all(d.pads for d in self.varying) and \
+            not manifest.profile.unrelated(manifest.outputs)
+        self.padded = {a for d in self.varying for a in d.axes} if self.can_pad else set()
         self.on_batch = on_batch
         self.free = asyncio.Semaphore(instances)
         self.queue: list[Pending] = []
@@ -108,8 +109,7 @@ class Batcher:
     def _key(self, p: Pending) -> tuple:
         """Requests that may share a batch have equal keys: every axis but the batch's, or with padding, every
         axis but the batch's and the padded ones."""
-        padded = {a for d in self.varying for a in d.axes} if self.can_pad else set()
-        return tuple((n, tuple(s for i, s in enumerate(np.shape(a)) if i and f"{n}:{i}" not in padded))
+        return tuple((n, tuple(s for i, s in enumerate(np.shape(a)) if i and Axis(n, i) not in self.padded))
                      for n, a in sorted(p.feed.items()))
 
     def _take(self) -> list[Pending]:
@@ -173,32 +173,20 @@ class Batcher:
     def _stack(self, batch: list[Pending]) -> tuple[Feed, list[dict[str, int]]]:
         """One feed of every request's rows, padded to the longest where the program says how; and each
         request's own value of each padded dimension."""
-        lengths = [{d.name: int(np.shape(p.feed[d.axes[0].rpartition(":")[0]])[int(d.axes[0].rpartition(":")[2])])
-                    for d in self.varying if d.axes[0].rpartition(":")[0] in p.feed} for p in batch]
+        lengths = [{d.name: v for d in self.varying if (v := d.value(p.feed)) is not None} for p in batch]
         if len(batch) == 1:
             return batch[0].feed, lengths
-        feed = {}
-        for name in batch[0].feed:
-            parts = [p.feed[name] for p in batch]
-            if self.can_pad and len({a.shape[1:] for a in parts}) > 1:
-                longest = np.max([a.shape for a in parts], axis=0)
-                value = self.padding[name]
-                parts = [np.pad(a, [(0, 0)] + [(0, int(m - s)) for s, m in zip(a.shape[1:], longest[1:],
-                                                                             strict=True)], constant_values=value)
-                         for a in parts]
-            feed[name] = np.concatenate(parts, axis=0)
-        return feed, lengths
+        feeds = [p.feed for p in batch]
+        for d in self.varying if self.can_pad else []:
+            longest = max(own.get(d.name, 0) for own in lengths)
+            feeds = [d.pad(f, longest) for f in feeds]
+        return {name: np.concatenate([f[name] for f in feeds], axis=0) for name in batch[0].feed}, lengths
 
     def _cut(self, outputs: Feed, row: int, rows: int, own: dict[str, int]) -> Feed:
-        """A caller's rows of each output, each padded axis cut back to its own length."""
-        out = {}
-        for name, arr in outputs.items():  # every output leads with the batch axis (BatchingConfig.checked)
-            arr = np.asarray(arr)[row : row + rows]
-            index = [slice(None)] * arr.ndim
-            for d in self.varying:
-                for axis in d.outputs:
-                    out_name, _, i = axis.rpartition(":")
-                    if out_name == name and d.name in own and int(i) < arr.ndim:
-                        index[int(i)] = slice(0, own[d.name])
-            out[name] = arr[tuple(index)]
+        """A caller's rows of each output, each padded dimension's output axes cut back to its own length."""
+        # every output leads with the batch axis (BatchingConfig.checked)
+        out = {name: np.asarray(arr)[row : row + rows] for name, arr in outputs.items()}
+        for d in self.varying if self.can_pad else []:
+            if d.name in own:
+                out = d.cut(out, own[d.name])
         return out

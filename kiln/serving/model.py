@@ -23,7 +23,7 @@ from kiln.artifact.layout import PROGRAM_DIR
 from kiln.artifact.manifest import Manifest
 from kiln.errors import InputError
 from kiln.program.user_code import load_user_program
-from kiln.runtime.predictor import Predictor, load
+from kiln.runtime.predictor import Predictor, checked_files, open_predictor
 from kiln.serving.batching import Batcher, BatchingConfig
 from kiln.serving.model_config import batch_dim
 from kiln.serving.statistics import Metrics, ModelStats, Timing
@@ -43,23 +43,23 @@ class Refused(Exception):
 class ModelService:
     """The loaded artifact: a pool of predictors (one runtime instance each) and the mapping code."""
 
-    def __init__(self, folder: Path, workers: int = 1, threads: int | None = None, spin: bool | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, workers: int = 1, threads: int | None = None,
+                 spin: bool | None = None):
+        """`manifest`: the server's, read once per process; every file is checked against it here, once."""
         self.folder = folder
-        manifest = Manifest.read(folder)
         if threads is None:  # the winner's own thread count, shared out between the instances
             share = max(1, (os.cpu_count() or 1) // workers)
             threads = min(manifest.settings.threads or share, share)
         if spin is None:  # spinning intra-op threads help long multi-threaded runs and starve gRPC on short ones
             sel = next((c for c in manifest.candidates if c.name == manifest.selected), None)
             spin = bool(sel and sel.latency_ms and sel.latency_ms.p50 >= 1.0 and threads > 1)
-        first = load(folder, threads=threads, spin=spin)  # verifies every file's sha256 once
-        self.checker = first  # Predictor.check reads only the manifest: safe from any thread
-        self.manifest: Manifest = first.manifest
+        self.manifest = checked_files(folder, manifest)
         self.instances = workers
         self.pool: queue.Queue[Predictor] = queue.Queue()
-        self.pool.put(first)
-        for _ in range(workers - 1):
-            self.pool.put(load(folder, threads=threads, verify_files=False, spin=spin))
+        predictors = [open_predictor(folder, manifest, threads=threads, spin=spin) for _ in range(workers)]
+        self.checker = predictors[0]  # Predictor.check reads only the manifest: safe from any thread
+        for predictor in predictors:
+            self.pool.put(predictor)
         self.program = None
         if self.manifest.protocol and self.manifest.protocol.service:
             self.program = load_user_program(folder / PROGRAM_DIR / self.manifest.program.file)
@@ -109,7 +109,7 @@ class Inference:
             self.executor = futures.ThreadPoolExecutor(max_workers=service.instances, thread_name_prefix="kiln-model")
         if batching and batching.on:
             self.batcher = Batcher(self.manifest, batch_dim(self.manifest), service.execute, service.instances,
-                                   batching, self.manifest.program.padding, on_batch=self.stats.executed)
+                                   batching, on_batch=self.stats.executed)
         self.service = service
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ One dict, in the JSON form Triton's REST API returns; the gRPC answer is parsed 
 from __future__ import annotations
 
 from kiln.artifact.manifest import Manifest
-from kiln.artifact.specs import Dim
+from kiln.artifact.specs import Axis, Dim
 from kiln.serving.tensors import v2_datatype
 
 
@@ -23,10 +23,10 @@ def _tensor(spec, dims_key: str, batched: bool = False) -> dict:
 
 
 def batch_dim(manifest: Manifest) -> Dim | None:
-    """The profile's dimension that is the first axis of every input (a dynamic batch), or None."""
-    for dim in manifest.profile.dims:
-        if dim.low != dim.high and manifest.inputs and all(f"{s.name}:0" in dim.axes for s in manifest.inputs):
-            return dim
+    """The profile's batch dimension (Dim.batch) when it varies and leads every input: rows serving can split."""
+    dim = manifest.profile.batch
+    if dim and dim.varies and manifest.inputs and all(Axis(s.name, 0) in dim.axes for s in manifest.inputs):
+        return dim
     return None
 
 

@@ -54,7 +54,7 @@ async def _serve(artifact: str, host: str, port: int, workers: int, max_message_
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)])
     folder = resolve(artifact)
-    manifest = Manifest.read(folder)
+    manifest = Manifest.read(folder)  # once per process: every part below is handed this one
     batching = batching.checked(manifest, batch_dim(manifest))  # a model that cannot batch stops here
     inference = Inference(manifest)
     requests = RequestLog(enabled=log_requests)
@@ -79,7 +79,8 @@ async def _serve(artifact: str, host: str, port: int, workers: int, max_message_
         await http.start()
     await server.start()  # health answers NOT_SERVING while the model loads and warms up
     loop = asyncio.get_running_loop()
-    service = await loop.run_in_executor(None, lambda: ModelService(folder, workers=workers, threads=threads))
+    service = await loop.run_in_executor(None, lambda: ModelService(folder, manifest, workers=workers,
+                                                                    threads=threads))
     await loop.run_in_executor(None, service.warm_up)
     inference.loaded(service, batching)
     for name in ["", *served]:
