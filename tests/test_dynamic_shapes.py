@@ -384,8 +384,8 @@ def test_batcher_groups_what_fits_and_answers_everyone():
 
 def test_bucket_runner_pads_inputs_and_cuts_every_output_back(tmp_path):
     """The dispatcher around stand-in builds (no TVM): each request padded to the smallest bucket holding it,
-    with the program's pad values; named outputs cut on their named axis, unnamed ones on each axis as long as
-    the bucket ([1, seq] scores included)."""
+    with the program's pad values; outputs cut on exactly the profile's output axes of the padded dimension
+    (tests/test_shape_contract.py: an axis it does not name is never cut)."""
     from kiln.runtime.buckets import BucketRunner
 
     seen = []
@@ -399,9 +399,10 @@ def test_bucket_runner_pads_inputs_and_cuts_every_output_back(tmp_path):
             return {"hidden": np.ones((1, bucket, 4)), "scores": np.ones((1, bucket)), "pooled": np.ones((1, 4))}
         return SimpleRunner(run)
 
-    dim = Dim(name="seq", low=1, high=40, axes=["ids:1", "mask:1"], outputs=["hidden:1"])
+    dim = Dim(name="seq", low=1, high=40, axes=["ids:1", "mask:1"], outputs=["hidden:1", "scores:1"],
+              padding={"ids": 7})
     specs = [TensorSpec(name=n, dtype="int64", shape=[1, -1]) for n in ("ids", "mask")]
-    runner = BucketRunner(tmp_path, dim, [8, 16, 40], specs, load, padding={"ids": 7})
+    runner = BucketRunner(tmp_path, dim, [8, 16, 40], specs, load)
     out = runner.run({"ids": np.ones((1, 11), np.int64), "mask": np.ones((1, 11), np.int64)})
     assert seen[-1] == ("bucket-16.so", (1, 16), 7, 0)  # ids padded with 7, the mask with 0
     assert {k: v.shape for k, v in out.items()} == {"hidden": (1, 11, 4), "scores": (1, 11), "pooled": (1, 4)}
