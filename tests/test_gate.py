@@ -92,3 +92,47 @@ def test_passed_means_inside_the_ranges_and_eligible_means_it_may_ship():
     assert slow.passed and not slow.eligible and "slower than onnxruntime" in slow.reasons[0]
     assert not wrong.passed and not wrong.eligible
     assert slow.speedup.value < 1 < wrong.speedup.value
+
+
+def bucketed(name: str, rounds: list[float], buckets: dict[str, float]) -> CandidateResult:
+    """A candidate timed over inputs of several lengths: per-round medians and each shape bucket's p50."""
+    c = timed(name, rounds)
+    c.latency_ms.buckets = buckets
+    return c
+
+
+def traffic_of(shares: dict[str, float]):
+    from kiln.optimize.traffic import Traffic
+
+    return Traffic(feeds=100, timed=list(range(len(shares))), labels=list(shares), shares=shares)
+
+
+# onnxruntime's p50 per bucket, and a candidate 20 % faster on average (every round) that is 30 % slower on the
+# short inputs and faster on the long ones
+BASE_BUCKETS = {"sequence 1-8": 1.0, "sequence 9-16": 2.0, "sequence 17-32": 5.0}
+FAST_ON_LONG = {"sequence 1-8": 1.3, "sequence 9-16": 1.5, "sequence 17-32": 3.0}
+
+
+def test_faster_on_average_but_slower_on_a_tenth_of_the_traffic_does_not_ship():
+    base = [10.0, 12.0, 9.0, 11.0, 10.0, 12.0, 9.0, 11.0]
+    cands = [bucketed("onnxruntime", base, BASE_BUCKETS),
+             bucketed("tvm", [b * 0.8 for b in base], FAST_ON_LONG)]
+    traffic = traffic_of({"sequence 1-8": 0.10, "sequence 9-16": 0.45, "sequence 17-32": 0.45})
+    assert choose(cands, traffic=traffic).name == "onnxruntime"
+    tvm = cands[1]
+    assert tvm.passed and not tvm.eligible and tvm.speedup.low > 1.2  # the average alone would have shipped it
+    assert tvm.reasons == ["faster on average (" + tvm.speedup.describe() + ") but slower than onnxruntime on "
+                           "sequence 1-8 (10% of the traffic): p50 1.3 ms vs 1 ms"], tvm.reasons
+
+
+def test_a_slower_bucket_under_a_tenth_of_the_traffic_or_within_the_tolerance_does_not_block():
+    base = [10.0, 12.0, 9.0, 11.0, 10.0, 12.0, 9.0, 11.0]
+    rare = [bucketed("onnxruntime", base, BASE_BUCKETS), bucketed("tvm", [b * 0.8 for b in base], FAST_ON_LONG)]
+    assert choose(rare, traffic=traffic_of({"sequence 1-8": 0.09, "sequence 9-16": 0.46,
+                                            "sequence 17-32": 0.45})).name == "tvm"
+    assert rare[1].eligible and not rare[1].reasons
+    # 4 % slower on half the traffic: per-bucket medians are noisier than the whole, 5 % is within it
+    close = [bucketed("onnxruntime", base, BASE_BUCKETS),
+             bucketed("tvm", [b * 0.8 for b in base], {**FAST_ON_LONG, "sequence 1-8": 1.04})]
+    assert choose(close, traffic=traffic_of({"sequence 1-8": 0.5, "sequence 9-16": 0.25,
+                                             "sequence 17-32": 0.25})).name == "tvm"
