@@ -2,12 +2,16 @@
 
 The selection rounds time every candidate on the first evaluation input and the gate takes the best of up to
 ~20 ratios: the largest of many noisy estimates is biased upward (the winner's curse), and one input is not the
-traffic. So the winner, the baseline and the incumbent are timed again in fresh interleaved rounds, each call
-running through several evaluation inputs (kiln.optimize.defaults.CONFIRM_INPUTS, spread over the split), and
-the artifact claims that speed-up; if it is not beyond the noise and by min_gain, the winner does not ship: the
-version in service stays, or else the unchanged model ships, as when nothing beats it in the selection. The
-winner's accuracy is measured on the held-out samples (kiln.optimize.reference.split_held_out), which neither
-the accuracy-aware fallback nor the gate saw; outside a range there, it does not ship either.
+traffic. So the winner, the baseline and the incumbent are timed again in fresh interleaved rounds (the
+request's latency_repeats), each call running through several inputs of the evaluation and held-out splits
+(kiln.optimize.defaults.CONFIRM_INPUTS spread over them; with samples of several shapes, the ones the
+selection's stratification picks, kiln.optimize.traffic.TIMED_INPUTS), and the artifact claims that speed-up;
+if it is not beyond the noise and by min_gain, the winner does not ship: the version in service stays, or else
+the unchanged model ships, as when nothing beats it in the selection. The winner's accuracy is measured on the
+held-out samples (kiln.optimize.reference.split_held_out), which neither the accuracy-aware fallback nor the
+gate saw; outside a range there, it does not ship either. It is run and timed by the evaluation's own code
+(kiln.optimize.evaluate), so a winner that raises, crashes or gives outputs of the wrong shape while confirmed
+loses its place the same way, its row saying why.
 
 `choose` is the one decision of what ships: the gate, then this confirmation.
 """
@@ -15,25 +19,19 @@ the accuracy-aware fallback nor the gate saw; outside a range there, it does not
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel
 
 from kiln.artifact.manifest import BASELINE, CandidateResult, Confirmation
 from kiln.config import settings
-from kiln.errors import GateError
+from kiln.errors import GateError, KilnError, ModelError
 from kiln.optimize import gate, report
 from kiln.optimize.defaults import CONFIRM_INPUTS, CONFIRM_SECONDS, LATENCY_REPEATS
-from kiln.optimize.feeds import gather_outputs, load_eval, run_all
-from kiln.optimize.isolation import run_isolated
+from kiln.optimize.evaluate import evaluate_one, failed, time_candidates
+from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.noise import speedup
 from kiln.optimize.plan import Plan
-from kiln.optimize.scoring import compute_metrics, score
-from kiln.optimize.traffic import plan_timing, time_over
-from kiln.runtime.runners import open_runner
 
 _log = logging.getLogger("kiln.optimize")
 
@@ -47,6 +45,10 @@ class Choice(BaseModel):
     message: str | None = None
 
 
+class NotConfirmed(KilnError):
+    """The winner raised, crashed or gave outputs of the wrong shape while confirmed: it loses its place."""
+
+
 def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, plan: Plan,
            log: logging.Logger | logging.LoggerAdapter = _log) -> Choice:
     """The gate's pick, confirmed; GateError (with the table) when nothing may ship."""
@@ -54,9 +56,13 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
     selected = gate.choose(evaluation.candidates, incumbent, min_gain, evaluation.traffic)
     confirmation = None
     if selected.name not in (BASELINE, incumbent):
-        confirmation = confirm(checked, ref, evaluation, selected, incumbent, log)
-        problem = verdict(confirmation, selected.name, min_gain, incumbent)
+        try:
+            confirmation = confirm(checked, ref, evaluation, selected, incumbent, plan.request.latency_repeats, log)
+            problem = verdict(confirmation, selected.name, min_gain, incumbent)
+        except NotConfirmed as exc:
+            confirmation, problem = None, exc.message
         if problem:
+            log.warning("%s", problem)
             selected.reasons.append(problem)  # the winner's row says why it did not ship
             if incumbent:
                 current = next(c for c in evaluation.candidates if c.name == incumbent)
@@ -76,13 +82,6 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
     return Choice(selected=selected, confirmation=confirmation)
 
 
-def spread(count: int, wanted: int = CONFIRM_INPUTS) -> list[int]:
-    """Up to `wanted` indices spread evenly over `count` inputs (all of them when there are fewer)."""
-    if count <= wanted:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
-
-
 def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | None = None) -> str | None:
     """Why the confirmed winner may not ship, or None. Decided on numbers alone, so it can be tested with
     controlled timings."""
@@ -100,50 +99,47 @@ def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | N
 
 
 def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, winner: CandidateResult,
-            incumbent: str | None = None, log: logging.Logger | logging.LoggerAdapter = _log) -> Confirmation:
-    """The confirmation rounds and the held-out accuracy of `winner`, in a child process like every run of a
-    candidate (compiled code can crash)."""
+            incumbent: str | None = None, repeats: int = LATENCY_REPEATS,
+            log: logging.Logger | logging.LoggerAdapter = _log) -> Confirmation:
+    """The held-out accuracy of `winner` (kiln.optimize.evaluate.evaluate_one on that split), then the
+    confirmation rounds (kiln.optimize.evaluate.time_candidates over the evaluation and held-out inputs,
+    `repeats` timed calls each), every run in a child process like the evaluation's. NotConfirmed when the
+    winner fails there; ModelError when the baseline does."""
     cfg = settings()
+    limits = dict(timeout=cfg.candidate_timeout_s, memory_mb=cfg.candidate_memory_limit_mb,
+                  timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
+    rows = {c.name: c for c in evaluation.candidates}
+    built = {b.name: b for b in evaluation.built}
+    held_out, passed = {}, None
+    if ref.held_out_path:
+        try:
+            row, _ = run_isolated(evaluate_one, checked, ref, built[winner.name], winner.settings, held_out=True,
+                                  what=f"confirming {winner.name}", **limits)
+        except IsolationError as exc:
+            raise NotConfirmed(f"{winner.name} failed on the held-out samples: {exc.message}") from None
+        if failed(row):
+            raise NotConfirmed(f"{winner.name} {row.reasons[0]} on the held-out samples")
+        held_out, passed = row.metrics, row.passed
     names = [winner.name, BASELINE, *([incumbent] if incumbent else [])]
-    conf = run_isolated(measure, checked, ref, evaluation, names, what=f"confirming {winner.name}",
-                        timeout=cfg.candidate_timeout_s, memory_mb=cfg.candidate_memory_limit_mb,
-                        timeout_hint="KILN_CANDIDATE_TIMEOUT_S")
-    log.info("confirmed over %d inputs: %s %s vs %s%s; held out (%d samples): %s", conf.inputs, winner.name,
-             conf.speedup.describe(), BASELINE,
+    timed = time_candidates(checked, [ref.path, *([ref.held_out_path] if ref.held_out_path else [])],
+                            [(built[n], rows[n].settings) for n in names], repeats, CONFIRM_SECONDS, limits, log,
+                            static_inputs=CONFIRM_INPUTS, what=f"confirming {winner.name}")
+    if BASELINE in timed.failed:
+        raise ModelError(f"the unoptimized model does not run in onnxruntime: {timed.failed[BASELINE]}",
+                         where=checked.model_path)
+    if winner.name in timed.failed:
+        raise NotConfirmed(f"{winner.name} {timed.failed[winner.name]} in the confirmation rounds")
+    latency = timed.latency_ms
+    if incumbent and incumbent in timed.failed:
+        log.warning("the current version %s", timed.failed[incumbent])
+    conf = Confirmation(inputs=len(timed.traffic.timed), latency_ms=latency,
+                        speedup=speedup(latency[BASELINE], latency[winner.name]),
+                        vs_incumbent=speedup(latency[incumbent], latency[winner.name])
+                        if incumbent in latency else None,
+                        held_out_samples=ref.held_out_samples if ref.held_out_path else 0, held_out=held_out,
+                        held_out_passed=passed)
+    log.info("confirmed over %d inputs, %d calls each: %s %s vs %s%s; held out (%d samples): %s", conf.inputs,
+             latency[winner.name].runs or 0, winner.name, conf.speedup.describe(), BASELINE,
              f", {conf.vs_incumbent.describe()} vs the current version" if conf.vs_incumbent else "",
              conf.held_out_samples, {k: m.value for k, m in conf.held_out.items()} or "none")
     return conf
-
-
-def measure(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, names: list[str]) -> Confirmation:
-    """confirm's work, in the child: `names[0]` is the winner, `names[1]` the baseline, `names[2]` the incumbent."""
-    results = {c.name: c for c in evaluation.candidates}
-    built = {b.name: b for b in evaluation.built}
-    os.environ["TVM_NUM_THREADS"] = str(max(results[n].settings.threads or 1 for n in names))
-    fds = load_eval(ref.path)[0]
-    held = load_eval(ref.held_out_path) if ref.held_out_path else None
-    pool = fds + (held[0] if held else [])
-    traffic = plan_timing(pool, checked.profile) if checked.profile else None
-    inputs = [pool[i] for i in (traffic.timed if traffic and traffic.shares else spread(len(pool)))]
-    runners = {}
-    try:
-        for name in names:
-            runners[name] = open_runner(built[name].backend, Path(built[name].path or ""), checked.inputs,
-                                        checked.outputs, results[name].settings, checked.profile)
-        latency = time_over({n: r.run for n, r in runners.items()}, inputs, traffic, LATENCY_REPEATS,
-                            CONFIRM_SECONDS)
-        held_out, passed = {}, None
-        if held:
-            metrics = checked.load().program.get_metrics()
-            outputs = gather_outputs(run_all(runners[names[0]].run, held[0]), ref.held_out_samples, held[3])
-            values = compute_metrics(metrics, outputs, held[1], held[2], where=names[0])
-            held_out, reasons = score(metrics, values, ref.held_out_metrics)
-            passed = not reasons
-    finally:
-        for r in runners.values():
-            r.close()
-    winner, base = latency[names[0]], latency[names[1]]
-    return Confirmation(inputs=len(inputs), latency_ms=latency, speedup=speedup(base, winner),
-                        vs_incumbent=speedup(latency[names[2]], winner) if len(names) > 2 else None,
-                        held_out_samples=ref.held_out_samples if held else 0, held_out=held_out,
-                        held_out_passed=passed)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 TARGETS = ("llvm", "cuda")  # llvm: this CPU; cuda: an NVIDIA GPU
 MIN_GAIN = 0.02  # a new candidate must be at least this much faster (a fraction of latency) to ship
-LATENCY_REPEATS = 200  # timed calls per candidate in the selection rounds (or 5 s of calls, whichever is fewer)
+# timed calls per candidate in the selection rounds (or 5 s of calls, whichever is fewer), and in the confirmation's;
+# the request's latency_repeats replaces it for both
+LATENCY_REPEATS = 200
 LATENCY_SECONDS = 5.0
-# the winner, the baseline and the incumbent are timed again in fresh rounds, over this many evaluation inputs
-# spread across the split (all of them when there are fewer): the speed-up the artifact claims is this one
+# the winner, the baseline and the incumbent are timed again in fresh rounds, over this many inputs spread across
+# the evaluation and held-out splits (all of them when there are fewer; samples of several shapes: the
+# kiln.optimize.traffic.TIMED_INPUTS stratified by size): the speed-up the artifact claims is this one
 CONFIRM_INPUTS = 8
 CONFIRM_SECONDS = 5.0
 # a share of the evaluation samples that neither the accuracy-aware fallback nor the gate sees: the winner's

@@ -1,4 +1,8 @@
-"""evaluate: metrics and latency of every candidate, all in this process with the same thread count."""
+"""evaluate: metrics and latency of every candidate, each in a child process with the same thread count.
+
+The confirmation (kiln.optimize.confirm) reuses both halves: `evaluate_one` on the held-out samples and
+`time_candidates` over its inputs, so a winner is run, checked and timed there exactly as here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
@@ -18,7 +23,7 @@ from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.scoring import compute_metrics, score
-from kiln.optimize.traffic import Traffic, plan_timing, time_over
+from kiln.optimize.traffic import Feed, Traffic, plan_timing, time_over
 from kiln.program import ragged
 from kiln.runtime.runners import open_runner
 
@@ -34,8 +39,16 @@ def incumbent(artifact: str) -> BuiltCandidate:
                           settings=manifest.settings.merged(version=manifest.version, artifact=manifest.id))
 
 
-def _failed(result: CandidateResult) -> bool:
-    return any(r.startswith("failed to run") for r in result.reasons)
+FAILED = "failed to run"
+
+
+def failed(result: CandidateResult) -> bool:
+    """It raised, crashed or gave outputs of the wrong shape (not: it missed a range)."""
+    return any(r.startswith(FAILED) for r in result.reasons)
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _stopped(result: CandidateResult) -> bool:
@@ -98,14 +111,18 @@ def probe_ms(run, fds: list) -> float:
 
 
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
-                 baseline_ms: float | None = None, hopeless: float = 0.0) -> tuple[CandidateResult, float | None]:
-    """One candidate's accuracy, in its child process: run it on every feed and score it; with its probe
-    latency. A candidate that cannot load or run comes back with its reason; one `hopeless` times slower than
-    the baseline's probe (KILN_HOPELESS_SLOWDOWN) is stopped before its accuracy is measured; a metric that
-    raises is the program's mistake and is raised."""
+                 baseline_ms: float | None = None, hopeless: float = 0.0, held_out: bool = False
+                 ) -> tuple[CandidateResult, float | None]:
+    """One candidate's accuracy, in its child process: run it on every feed of the selection split (or, with
+    `held_out`, of the held-out one), check its outputs' shapes and score it; with its probe latency. A
+    candidate that cannot load or run comes back with its reason; one `hopeless` times slower than the
+    baseline's probe (KILN_HOPELESS_SLOWDOWN) is stopped before its accuracy is measured; a metric that raises
+    is the program's mistake and is raised."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
-    fds, reference, labels, batch = load_eval(ref.path)
+    path, samples, expected = (ref.held_out_path, ref.held_out_samples, ref.held_out_metrics) if held_out else \
+        (ref.path, ref.samples, ref.metrics)
+    fds, reference, labels, batch = load_eval(path)
     runner = None
     probe = None
     try:
@@ -119,42 +136,122 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
                                             f"the first {min(PROBE_INPUTS, len(fds))} inputs ({probe:.3g} vs "
                                             f"{baseline_ms:.3g} ms); its accuracy was not measured"],
                                    build_seconds=cand.build_seconds), probe
-        outputs = gather_outputs(run_all(runner.run, fds), ref.samples, batch)
+        outputs = gather_outputs(run_all(runner.run, fds), samples, batch)
         mismatch = shape_mismatch(outputs, reference)
         if mismatch:
             raise ValueError(mismatch)
     except Exception as exc:
         return CandidateResult(name=cand.name, backend=cand.backend, settings=settings,
-                               reasons=[f"failed to run: {type(exc).__name__}: {str(exc)[:200]}"],
-                               build_seconds=cand.build_seconds), probe
+                               reasons=[f"{FAILED}: {_said(exc)}"], build_seconds=cand.build_seconds), probe
     finally:
         if runner:
             runner.close()
     values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
-    metric_results, reasons = score(metrics, values, ref.metrics)
+    metric_results, reasons = score(metrics, values, expected)
     return CandidateResult(name=cand.name, backend=cand.backend, metrics=metric_results, passed=not reasons,
                            reasons=reasons, settings=settings, build_seconds=cand.build_seconds), probe
 
 
-def time_together(checked: CheckedProgram, ref: ReferenceData, cands: list[tuple[BuiltCandidate, RunSettings]],
-                  repeats: int, seconds: float) -> tuple[dict[str, LatencyMs], Traffic]:
+def spread(count: int, wanted: int) -> list[int]:
+    """Up to `wanted` indices spread evenly over `count` inputs (all of them when there are fewer)."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, wanted).round()})
+
+
+def timed_inputs(fds: list[Feed], checked: CheckedProgram, static_inputs: int = 1) -> Traffic:
+    """Which inputs each timed call runs through: with samples of several shapes, the ones kiln.optimize.traffic
+    stratifies by size; with one shape, `static_inputs` spread over the feeds (the selection rounds: the first)."""
+    traffic = plan_timing(fds, checked.profile)
+    if traffic.shares:
+        return traffic
+    return Traffic(feeds=len(fds), timed=spread(len(fds), static_inputs))
+
+
+class Timed(BaseModel):
+    """Latencies of the candidates that ran, what they were timed over, and why each other one was not timed."""
+
+    latency_ms: dict[str, LatencyMs] = Field(default_factory=dict)
+    traffic: Traffic | None = None
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class _RunFailed(Exception):
+    def __init__(self, name: str, reason: str):
+        super().__init__(name, reason)
+        self.name, self.reason = name, reason
+
+
+def _named(name: str, run: Callable[[Feed], object]) -> Callable[[Feed], object]:
+    """`run`, whose exception says which candidate raised it."""
+    def call(feed: Feed) -> object:
+        try:
+            return run(feed)
+        except Exception as exc:
+            raise _RunFailed(name, _said(exc)) from exc
+    return call
+
+
+def time_together(checked: CheckedProgram, paths: list[str], cands: list[tuple[BuiltCandidate, RunSettings]],
+                  repeats: int, seconds: float, static_inputs: int = 1) -> Timed:
     """Latency of every candidate, in one child process, timed in interleaved rounds over the inputs
-    kiln.optimize.traffic picks (the first, for a static program)."""
+    `timed_inputs` picks from the feeds of `paths` (eval.npz files). One that fails to load or raises is
+    named with its reason and the others are timed again without it."""
     threads = {s.threads for _, s in cands if s.threads}
     os.environ["TVM_NUM_THREADS"] = str(max(threads or {1}))
-    fds = load_eval(ref.path)[0]
-    traffic = plan_timing(fds, checked.profile)
+    fds = [feed for path in paths for feed in load_eval(path)[0]]
+    traffic = timed_inputs(fds, checked, static_inputs)
     inputs = [fds[i] for i in traffic.timed]
-    runners = {}
+    runners, out = {}, Timed(traffic=traffic)
     try:
         for cand, settings in cands:
-            runners[cand.name] = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs,
-                                             settings, checked.profile)
-        timed = time_over({name: r.run for name, r in runners.items()}, inputs, traffic, repeats, seconds)
+            try:
+                runners[cand.name] = open_runner(cand.backend, Path(cand.path or ""), checked.inputs,
+                                                 checked.outputs, settings, checked.profile)
+            except Exception as exc:
+                out.failed[cand.name] = f"{FAILED}: {_said(exc)}"
+        while runners:
+            try:
+                out.latency_ms = time_over({n: _named(n, r.run) for n, r in runners.items()}, inputs, traffic,
+                                           repeats, seconds)
+                break
+            except _RunFailed as exc:
+                out.failed[exc.name] = f"{FAILED} while timed: {exc.reason}"
+                runners.pop(exc.name).close()
     finally:
         for r in runners.values():
             r.close()
-    return timed, traffic
+    return out
+
+
+def time_candidates(checked: CheckedProgram, paths: list[str], runnable: list[tuple[BuiltCandidate, RunSettings]],
+                    repeats: int, seconds: float, limits: dict, log: logging.Logger | logging.LoggerAdapter = _log,
+                    static_inputs: int = 1, what: str = "timing the candidates") -> Timed:
+    """All together in interleaved rounds (the selection's and the confirmation's timing alike); one that
+    raises is named and the others timed without it; if the child dies (one candidate crashed only when
+    timed), each alone, so the one that crashes is named and the others still get a latency (without
+    pairing). The caller decides what a failure means (the baseline's stops the run)."""
+    if not runnable:
+        return Timed()
+    together = {**limits, "timeout": limits["timeout"] and limits["timeout"] * len(runnable)}
+    try:
+        return run_isolated(time_together, checked, paths, runnable, repeats, seconds, static_inputs, what=what,
+                            **together)
+    except IsolationError as exc:
+        if len(runnable) == 1:
+            return Timed(failed={runnable[0][0].name: f"{FAILED} while timed: {exc.message}"})
+        log.warning("%s in interleaved rounds failed (%s); timing each candidate alone", what, exc.message)
+    out = Timed()
+    for cand, run_settings in runnable:
+        try:
+            one = run_isolated(time_together, checked, paths, [(cand, run_settings)], repeats, seconds,
+                               static_inputs, what=f"timing candidate {cand.name}", **limits)
+            out.latency_ms.update(one.latency_ms)
+            out.failed.update(one.failed)
+            out.traffic = one.traffic
+        except IsolationError as exc:
+            out.failed[cand.name] = f"{FAILED} while timed: {exc.message}"
+    return out
 
 
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
@@ -191,7 +288,7 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
             result = CandidateResult(name=cand.name, backend=cand.backend, settings=run_settings,
                                      reasons=[f"failed to run: {exc.message.removeprefix(f'candidate {cand.name} ')}"],
                                      build_seconds=cand.build_seconds)
-        if not _failed(result) and not _stopped(result):  # it ran: it is timed with the others
+        if not failed(result) and not _stopped(result):  # it ran: it is timed with the others
             runnable.append((cand, run_settings))
         elif cand.baseline:
             raise ModelError(f"the unoptimized model does not run in onnxruntime: {'; '.join(result.reasons)}",
@@ -200,11 +297,18 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         results.append(result)
     if on_progress:
         on_progress(len(built), len(built) + 1, "timing in interleaved rounds")
-    latencies, traffic = _time(checked, ref, runnable, latency_repeats, latency_seconds, limits, log)
+    timed = time_candidates(checked, [ref.path], runnable, latency_repeats, latency_seconds, limits, log)
+    base = next((cand.name for cand, _ in runnable if cand.baseline and cand.name in timed.failed), None)
+    if base:
+        raise ModelError(f"the unoptimized model does not run in onnxruntime: {timed.failed[base]}",
+                         where=checked.model_path)
+    traffic = timed.traffic
     if traffic is not None and traffic.shares:
         log.info("timed over %s", traffic.describe())
     for result in results:
-        result.latency_ms = latencies.get(result.name)
+        result.latency_ms = timed.latency_ms.get(result.name)
+        if result.name in timed.failed:
+            result.reasons.append(timed.failed[result.name])
         if result.latency_ms is None:
             log.warning("%s %s", result.name, "; ".join(result.reasons))
         else:
@@ -214,31 +318,3 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
     if on_progress:
         on_progress(len(built) + 1, len(built) + 1, "")
     return Evaluation(candidates=results, built=built, traffic=traffic)
-
-
-def _time(checked: CheckedProgram, ref: ReferenceData, runnable: list[tuple[BuiltCandidate, RunSettings]],
-          repeats: int, seconds: float, limits: dict, log) -> tuple[dict[str, LatencyMs], Traffic | None]:
-    """All together in interleaved rounds; if that child dies (one candidate crashed only when timed), each
-    alone, so the one that crashes is named and the others still get a latency (without pairing)."""
-    if not runnable:
-        return {}, None
-    together = {**limits, "timeout": limits["timeout"] and limits["timeout"] * len(runnable)}
-    try:
-        return run_isolated(time_together, checked, ref, runnable, repeats, seconds, what="timing the candidates",
-                            **together)
-    except IsolationError as exc:
-        if len(runnable) == 1:
-            raise ModelError(f"the unoptimized model does not run in onnxruntime: {exc.message}",
-                             where=checked.model_path) from None
-        log.warning("timing in interleaved rounds failed (%s); timing each candidate alone", exc.message)
-    out, traffic = {}, None
-    for cand, run_settings in runnable:
-        try:
-            timed, traffic = run_isolated(time_together, checked, ref, [(cand, run_settings)], repeats, seconds,
-                                          what=f"timing candidate {cand.name}", **limits)
-            out.update(timed)
-        except IsolationError as exc:
-            if cand.baseline:
-                raise
-            log.warning("%s failed while timed: %s", cand.name, exc.message)
-    return out, traffic
