@@ -11,9 +11,12 @@ ort-int8-smooth,ort-int8-fused-smooth,tvm-int8-smooth` (its per-tensor int8 miss
 photo crops, `--candidates onnxruntime,ort-int8-static,tvm-int8-static --range 'agreement>=0.99'`. kiln times
 every candidate in the same interleaved rounds, so the ratio is the TVM int8 row's p50 over the best onnxruntime
 int8 row inside the range's p50 from one run (<= 1.0: TVM is as fast).
-The per-task rows come from the build's tuning record: each int8 kernel's GOP/s and its share of the detected
-instruction set's peak (cores x clock x int8 ops per cycle). Writes benchmarks/int8_vs_ort.json and, through
-benchmarks/report.py, its table in RESULTS.md.
+The per-task rows come from the builds' tuning records, every shape bucket's where the TVM candidate is bucketed
+(one static build per bucket, each tuned with its share of the time): each int8 kernel's GOP/s and its share of
+the CPU's int8 peak (kiln.compiler.int8.peak: cores x base clock x the microarchitecture's int8 ops per cycle; a
+kernel above it is a measurement problem, flagged in the report). Each row records the date, the CPU (LLVM mcpu,
+clock and where it was read), the script's own command (`command`) and the `kiln optimize` command it ran
+(`kiln_command`). Writes benchmarks/int8_vs_ort.json and, through benchmarks/report.py, its table in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,11 +85,18 @@ def run(model: str, minutes: float) -> dict:
            "--range", spec["range"], "--json"]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    shown = ["kiln", *(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT) + "/") else a for a in cmd[1:])]
     row = {"model": model, "what": spec["what"], "minutes": minutes, "exit": proc.returncode,
-           "seconds": round(time.monotonic() - start, 1), "command": " ".join(cmd[1:])}
+           "seconds": round(time.monotonic() - start, 1), "command": script_command(model, minutes),
+           "kiln_command": shlex.join(shown)}
     if proc.returncode != 0:
         return {**row, "error": proc.stderr.strip().splitlines()[-1:]}
     return summarize(row, json.loads(proc.stdout), home)
+
+
+def script_command(model: str, minutes: float) -> str:
+    """This script's command that measures one row: what a row's `command` names (report.py checks it)."""
+    return f"python benchmarks/int8_vs_ort.py --models {model} --minutes {minutes:g}"
 
 
 def summarize(row: dict, out: dict, home: Path) -> dict:
@@ -101,40 +112,59 @@ def summarize(row: dict, out: dict, home: Path) -> dict:
                accuracy={n: {k: m["value"] for k, m in rows[n].get("metrics", {}).items()} for n in rows})
     if best_ort and spec["tvm"] in p50:
         row["tvm_over_ort_int8"] = round(p50[spec["tvm"]] / p50[best_ort], 3)
-    row["tasks"] = int8_tasks(home, spec["tvm"])
+    settings = tvm.get("settings") or {}
+    row["tasks"] = int8_tasks(home, spec["tvm"], settings.get("bucket_dim"))
+    row["trials_run"] = sum(b["trials_run"] or 0 for b in row["tasks"])
+    row["buckets"] = len(row["tasks"])
     return row
 
 
-def int8_tasks(home: Path, name: str) -> list[dict]:
-    """The tvm-int8 build's per-task record: int8 kernels' GOP/s and share of the instruction set's peak."""
-    for result in sorted((home / "cache" / "tvm").glob("*/result.json")):
-        built = json.loads(result.read_text())
+def int8_tasks(home: Path, name: str, bucket_dim: str | None = None) -> list[dict]:
+    """The tvm-int8 builds' per-task records, one per shape bucket where the candidate is bucketed (each bucket
+    is a static build with its own tuning; the bucketed candidate's cache folder maps bucket -> build): int8
+    kernels' GOP/s and share of the CPU's int8 peak (kiln.compiler.int8.peak), the peak recorded with how it
+    follows. KILN_HOME is this row's alone, so every build under it is this run's."""
+    from kiln.compiler.int8.peak import peak
+    from kiln.cpu import base_clock
+
+    results = [(f, json.loads(f.read_text())) for f in sorted((home / "cache" / "tvm").glob("*/result.json"))]
+    bucket_of = {path: value for _, r in results if "name" not in r for value, path in r.items()}
+    clock = base_clock()
+    builds = []
+    for _, built in results:
         tuning = built.get("tuning") or {}
         if built.get("name") != name or not tuning.get("int8"):
             continue
-        from kiln.compiler.int8.intrinsics import get
-        from kiln.cpu import clock_ghz
-
-        ghz = clock_ghz()  # the peak as the intrinsic's table says now (the record keeps the one of its run)
-        peak = round(get(tuning["int8"]["intrinsic"]).peak_gops(os.cpu_count(), ghz), 1) if ghz else None
+        target = tuning.get("target") or {}
+        cores = target.get("num-cores") or os.cpu_count()
+        p = peak(tuning["int8"]["intrinsic"], target.get("mcpu", ""), cores, clock.ghz if clock else None,
+                 clock.source if clock else "")
         tasks = []
         for t in tuning["per_task"]:
             gops = t["flop"] / t["best_us"] / 1e3 if t.get("best_us") and t.get("flop") else None
             tasks.append({"name": t["name"], "weight": t["weight"], "trials": t["trials"], "best_us": t["best_us"],
                           "int8": t.get("int8", False), "gops": round(gops, 1) if gops else None,
-                          "peak_share": round(gops / peak, 3) if gops and peak and t.get("int8") else None})
-        return [{"intrinsic": tuning["int8"]["intrinsic"], "isa": tuning["int8"]["isa"], "peak_gops": peak,
-                 "first_round": tuning.get("first_round"), "trials_run": tuning.get("trials_run"),
-                 "tasks": sorted(tasks, key=lambda t: -(t["best_us"] or 0) * t["weight"])}]
-    return []
+                          "peak_share": round(gops / p.gops, 3) if gops and p.gops and t.get("int8") else None})
+        value = bucket_of.get(built.get("path"))
+        builds.append({"bucket": f"{bucket_dim or 'dim'} = {value}" if value is not None else None,
+                       "intrinsic": tuning["int8"]["intrinsic"], "isa": tuning["int8"]["isa"],
+                       "mcpu": p.mcpu, "uarch": p.uarch, "cores": cores, "ops_per_cycle": p.ops_per_cycle,
+                       "clock_ghz": p.ghz, "clock": p.clock, "peak_gops": p.gops, "peak": p.describe(),
+                       "first_round": tuning.get("first_round"), "trials_run": tuning.get("trials_run"),
+                       "tasks": sorted(tasks, key=lambda t: -(t["best_us"] or 0) * t["weight"])})
+    return sorted(builds, key=lambda b: int(b["bucket"].rpartition("= ")[2]) if b["bucket"] else 0)
 
 
 def machine() -> dict:
-    from kiln.cpu import clock_ghz, detected_int8_isa
+    from kiln.compiler.targets import target_config
+    from kiln.cpu import base_clock, detected_int8_isa
 
     name = next((ln.partition(":")[2].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                  if ln.startswith("model name")), platform.processor())
-    return {"cpu": name, "cores": os.cpu_count(), "int8_isa": detected_int8_isa(), "clock_ghz": clock_ghz()}
+    clock = base_clock()
+    return {"cpu": name, "cores": os.cpu_count(), "llvm_mcpu": target_config("llvm")["mcpu"],
+            "int8_isa": detected_int8_isa(), "clock_ghz": clock.ghz if clock else None,
+            "clock": clock.source if clock else None}
 
 
 def main() -> None:

@@ -189,8 +189,10 @@ def main() -> None:
     args = parser.parse_args()
     picked = cases(args.limit)
     if args.report:
-        rows = json.loads(args.out.read_text())["cases"]
-        args.out.write_text(json.dumps({"summary": summarize(rows, len(picked)), "cases": rows}, indent=1) + "\n")
+        saved = json.loads(args.out.read_text())
+        rows, dated = saved["cases"], {k: saved[k] for k in ("date", "date_source") if k in saved}
+        args.out.write_text(json.dumps({**dated, "summary": summarize(rows, len(picked)), "cases": rows}, indent=1)
+                            + "\n")
         report.rewrite()
         return
     home = args.work / "home"
@@ -238,7 +240,8 @@ def main() -> None:
         if server:
             server.terminate()
     summary = summarize(rows, len(picked))
-    args.out.write_text(json.dumps({"summary": summary, "cases": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "summary": summary, "cases": rows}, indent=1)
+                        + "\n")
     print(json.dumps(summary, indent=2))
     if args.limit is None and args.out == ROOT / "benchmarks" / "node_suite.json":  # a sample's rates stay out
         report.rewrite()

@@ -3,6 +3,7 @@ candidate's speed-up over fp32 onnxruntime with its 90 % interval, its accuracy,
 
     python benchmarks/real_models.py                       # every model, 2 runs (make bench)
     python benchmarks/real_models.py --models minilm-l3 --runs 1
+    python benchmarks/real_models.py --models demo         # `make demo`'s own command: the README's figure
 
 Models and data come from PyPI wheels (benchmarks/real_models_prepare.py, run in its own venv with torch and
 Optimum for the export: never kiln's dependencies): all-MiniLM-L6-v2 exported with Optimum, the ONNX
@@ -10,8 +11,13 @@ paraphrase-MiniLM-L3-v2, and a ResNet-50-thin image classifier (Yahoo's open_nsf
 and on the photos bundled in scikit-image, scikit-learn and matplotlib. Ranges are what a user of each would
 accept: embeddings within cosine 0.99 of fp32 for every sentence, the classifier's decision unchanged on at
 least 99 % of the images. TVM is left out (its tuning takes hours here; benchmarks/compile_vs_ort.py has it).
+`demo` is `make demo` itself: its program folder (examples/minilm, made by examples/minilm/prepare.py where
+missing) and the Makefile's DEMO_CANDIDATES, with --ignore-current (each run publishes) and --json added.
 
-Writes benchmarks/real_models.json, and through benchmarks/report.py the figures of RESULTS.md and README.md.
+Each row records the date, the CPU, the command, and the shipped candidate's confirmed speed-up (the manifest's
+`confirmation`: the winner timed again in fresh rounds after the gate chose it; the selection rounds' best ratio
+is biased upward) beside the selection rounds' one. Writes benchmarks/real_models.json, and through
+benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -40,7 +48,25 @@ MODELS = {
                   "what": "paraphrase-MiniLM-L3-v2 (3 layers, hidden 384), shipped ONNX, 283 sentences, seq 128"},
     "resnet50-thin": {"shapes": ["input:0=1x224x224x3"], "range": "agreement>=0.99",
                       "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops"},
+    "demo": {"program": "examples/minilm", "range": "cosine[461]>=0.99 (examples/minilm/program.py)",
+             "what": "`make demo`: paraphrase-MiniLM-L3-v2 (examples/minilm), 283 sentences, seq 128"},
 }
+
+
+def demo_candidates() -> str:
+    """The Makefile's DEMO_CANDIDATES: what `make demo` passes to --candidates."""
+    m = re.search(r"^DEMO_CANDIDATES\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    if not m:
+        raise SystemExit("Makefile: no DEMO_CANDIDATES line")
+    return m[1]
+
+
+def demo_program() -> Path:
+    """examples/minilm with its model and samples (examples/minilm/prepare.py, as `make demo` runs it)."""
+    folder = ROOT / "examples" / "minilm"
+    if not all((folder / f).is_file() for f in ("model.onnx", "samples.npz")):
+        subprocess.run([sys.executable, str(folder / "prepare.py")], check=True)
+    return folder
 
 
 def prepare() -> Path:
@@ -56,15 +82,35 @@ def prepare() -> Path:
     return models
 
 
-def optimize(models: Path, name: str, run: int) -> dict:
+def command(models: Path | None, name: str) -> list[str]:
+    """The `kiln optimize` command of model `name` (`demo`: make demo's, with --ignore-current --json)."""
+    kiln = str(ROOT / ".venv" / "bin" / "kiln")
+    if name == "demo":
+        return [kiln, "optimize", str(demo_program()), "--candidates", demo_candidates(), "--trials", "0",
+                "--ignore-current", "--json"]
     spec = MODELS[name]
-    env = {**os.environ, "KILN_HOME": str(WORK / "home"), "KILN_STORE": str(WORK / "store"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    args = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(models / name / "model.onnx"),
+    return [kiln, "optimize", str(models / name / "model.onnx"),
             *[a for s in spec["shapes"] for a in ("--shape", s)], "--data", str(models / name / "samples.npz"),
             "--range", spec["range"], "--name", name, "--candidates", CANDIDATES, "--trials", "0",
             "--ignore-current", "--json"]
+
+
+def confirmed(manifest: dict) -> dict:
+    """The shipped candidate's speed-ups: the confirmation's (what the artifact claims) and the selection
+    rounds' (biased upward: the best of many noisy ratios)."""
+    sel = next((c for c in manifest["candidates"] if c["name"] == manifest["selected"]), {})
+    conf = manifest.get("confirmation")
+    return {"speedup": conf["speedup"] if conf else None, "confirmed": conf is not None,
+            "selection_speedup": sel.get("speedup"),
+            "confirmation": {"inputs": conf["inputs"], "held_out_samples": conf.get("held_out_samples", 0),
+                             "held_out_passed": conf.get("held_out_passed")} if conf else None}
+
+
+def optimize(models: Path | None, name: str, run: int, info: dict) -> dict:
+    env = {**os.environ, "KILN_HOME": str(WORK / "home"), "KILN_STORE": str(WORK / "store"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    args = command(models, name)
     start = time.perf_counter()
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
     if proc.returncode not in (0, 1):
@@ -72,9 +118,12 @@ def optimize(models: Path, name: str, run: int) -> dict:
     manifest = json.loads(proc.stdout) if proc.returncode == 0 else None
     print(f"{name} run {run}: {manifest['selected'] if manifest else 'nothing published'} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return {"model": name, "run": run, "seconds": round(time.perf_counter() - start),
+    shown = ["kiln", *(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT) + "/") else a for a in args[1:])]
+    return {"model": name, "run": run, "date": time.strftime("%Y-%m-%d"), "machine": info,
+            "command": shlex.join(shown), "script": f"python benchmarks/real_models.py --models {name}",
+            "seconds": round(time.perf_counter() - start),
             "selected": manifest["selected"] if manifest else None,
-            "speedup": manifest["speedup_vs_baseline"] if manifest else None,
+            **(confirmed(manifest) if manifest else {"speedup": None, "confirmed": False}),
             "candidates": [{"name": c["name"], "passed": c["passed"], "eligible": c["eligible"],
                             "speedup": c.get("speedup"), "p50_ms": (c.get("latency_ms") or {}).get("p50"),
                             "metrics": {k: m["value"] for k, m in c["metrics"].items()},
@@ -88,7 +137,7 @@ def write_results(results: list[dict], info: dict) -> None:
 
     models = {k: {"what": v["what"], "range": v["range"]} for k, v in MODELS.items()}
     (ROOT / "benchmarks" / "real_models.json").write_text(json.dumps(
-        {"cpu": info["cpu"], "cores": info["cores"], "models": models, "results": results}, indent=1))
+        {"machine": info, "date": time.strftime("%Y-%m-%d"), "models": models, "results": results}, indent=1))
     report.rewrite()
 
 
@@ -99,14 +148,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    models = prepare()
-    results = [optimize(models, name, run) for run in range(1, args.runs + 1) for name in args.models]
+    models = prepare() if set(args.models) - {"demo"} else None
+    info = {k: v for k, v in machine().items() if k in ("cpu", "cores", "llvm_mcpu")}
+    results = [optimize(models, name, run, info) for run in range(1, args.runs + 1) for name in args.models]
     saved = ROOT / "benchmarks" / "real_models.json"
-    info = machine()
-    if saved.is_file():  # models not run this time keep their results, when they came from the same CPU
+    if saved.is_file():  # models not run this time keep their rows, each with its own date and CPU
         before = json.loads(saved.read_text())
-        if before.get("cpu") == info["cpu"]:
-            results = [r for r in before["results"] if r["model"] not in args.models] + results
+        results = [r for r in before["results"] if r["model"] not in args.models] + results
     write_results(sorted(results, key=lambda r: (list(MODELS).index(r["model"]), r["run"])), info)
 
 

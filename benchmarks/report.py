@@ -8,8 +8,11 @@ A generated block is the text between a line `<!-- generated: NAME -->` and the 
 picks a renderer below, which reads nothing but its JSON, so every figure in the docs traces back to one
 measurement and cannot drift from it unnoticed (hand-copied figures did: they outlived the runs they came from).
 The prose between the blocks names no figure of its own, and `--check` also fails on a measured-looking figure
-(a ratio, a time, a size, a percentage) outside the blocks, code and the SETTINGS below. The benchmark scripts
-save their JSON and then call `rewrite()`; this is the one place that turns measurements into text.
+(a ratio, a time, a size, a percentage) outside the blocks, code and the SETTINGS below. Every block says when and
+on which CPU its figures were measured, from its JSON: a JSON (or a row of it) without its date or CPU, or a row
+its script did not write, cannot be rendered (`Unfit`): `--check` fails naming the block, the JSON and the rerun,
+and `rewrite()` leaves that block as it was. The benchmark scripts save their JSON and then call `rewrite()`;
+this is the one place that turns measurements into text.
 """
 
 from __future__ import annotations
@@ -32,10 +35,26 @@ FIGURE = re.compile(r"(?<![\w.])[~≈]?\d+(?:\.\d+)?(?:\s?-\s?\d+(?:\.\d+)?)?\s?
                     r"(?:x|×|ns|us|µs|ms|s|sec|seconds?|min|minutes?|h|hours?|%|[KMG]i?B|GFLOP/s|(?:requests|infer)/s)"
                     r"(?![\w/])")
 # settings, not measurements: they may stand in prose (each phrase exactly as the docs write it)
-SETTINGS = ("90 % bootstrap interval", "`min_gain` (2 %)", "default 75 % of RAM")
+SETTINGS = ("90 % bootstrap interval", "`min_gain` (2 %)", "default 75 % of RAM", "5 s of calls")
 
 Renderer = Callable[[dict], list[str]]
 BLOCKS: dict[str, tuple[str, Renderer]] = {}
+
+
+class Unfit(Exception):
+    """A JSON the docs cannot show as it is: a row without its date or CPU, or one its script did not write."""
+
+
+def _every(rows: Iterable[dict], fn: Callable[[dict], object]) -> None:
+    """fn on every row; one Unfit naming every row that is, not only the first."""
+    problems = []
+    for r in rows:
+        try:
+            fn(r)
+        except Unfit as exc:
+            problems.append(str(exc))
+    if problems:
+        raise Unfit("; ".join(dict.fromkeys(problems)))
 
 
 def block(name: str, source: str) -> Callable[[Renderer], Renderer]:
@@ -48,14 +67,15 @@ def block(name: str, source: str) -> Callable[[Renderer], Renderer]:
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
-def _where(m: dict, mcpu: bool = True, flat: bool = False) -> str:
+def _where(m: dict, mcpu: bool = True, flat: bool = False, what: str = "") -> str:
     """The machine a JSON names, with what it records: `AMD EPYC (2 cores, LLVM mcpu `znver4`)`, or with commas
-    (`flat`) where it already stands in parentheses."""
+    (`flat`) where it already stands in parentheses. Unfit where it names no CPU (`what`: the row, for the
+    message)."""
     extra = [f"{m['cores']} cores" if m.get("cores") else "", f"LLVM mcpu `{m['llvm_mcpu']}`"
              if mcpu and m.get("llvm_mcpu") else ""]
     extra = ", ".join(e for e in extra if e)
     if not m.get("cpu"):
-        return f"a {m['cores']}-core host" if m.get("cores") else "an unrecorded machine"
+        raise Unfit(f"{what} records no CPU" if what else "records no CPU")
     if not extra:
         return m["cpu"]
     return f"{m['cpu']}, {extra}" if flat else f"{m['cpu']} ({extra})"
@@ -66,9 +86,12 @@ def _from(d: dict, machine: dict, source: str) -> str:
     return f"{_on(d)} {_where(machine)}, from `benchmarks/{source}`:"
 
 
-def _on(d: dict) -> str:
-    """`Measured DATE on`, or `Measured on` when the JSON does not record the date."""
-    return f"Measured {d['date']} on" if d.get("date") else "Measured on"
+def _on(d: dict, what: str = "") -> str:
+    """`Measured DATE on`; where the run saved no date and it was taken from the commit that saved the JSON
+    (`date_source`), that is said. Unfit where there is no date (`what`: the row, for the message)."""
+    if not d.get("date"):
+        raise Unfit(f"{what} records no date" if what else "records no date")
+    return f"Measured {d['date']}" + (f" ({d['date_source']})" if d.get("date_source") else "") + " on"
 
 
 def _x(v: float) -> str:
@@ -325,8 +348,9 @@ def node_suite(d: dict) -> list[str]:
     total = s.get("total", s["cases"])
     versions = ", ".join(f"{k} {v}" for k, v in s.get("versions", {}).items())
     errors = [r for r in d["cases"] if r["outcome"] == "internal error"]
-    return [f"`python benchmarks/node_suite.py` ({s['cpu']}, {s['cases']} of the {total} cases with tensor I/O and "
-            f"numeric data{' so far, in alphabetical order: the run is resumable' if s['cases'] < total else ''}"
+    return [f"{_on(d)} {_where(s)}: `python benchmarks/node_suite.py` ({s['cases']} of the {total} cases with "
+            "tensor I/O and numeric data"
+            f"{' so far, in alphabetical order: the run is resumable' if s['cases'] < total else ''}"
             f"{'; ' + versions if versions else ''}). A case passes when its outputs match the recorded ones (raw: "
             "allclose 1e-3) or, for kiln's tvm candidate, when it is inside the default ranges against onnxruntime "
             "(max_rel_diff <= 1e-3, cosine >= 0.9999).", "",
@@ -346,7 +370,7 @@ def node_suite(d: dict) -> list[str]:
 def natural_lengths(d: dict) -> list[str]:
     """The bar of issue 24: the artifact `kiln optimize` ships with no --shape, timed by the benchmark itself on
     every sentence at its own length against onnxruntime fp32 on the original model."""
-    lines = [f"`python benchmarks/natural_lengths.py` ({_where(d, flat=True)}, {d['threads']} threads, onnxruntime "
+    lines = [f"{_on(d)} {_where(d)}: `python benchmarks/natural_lengths.py` ({d['threads']} threads, onnxruntime "
              f"{d['onnxruntime']}, {d['rounds']} alternating rounds): `kiln optimize model.onnx --data real.parquet "
              "--range 'cosine>=0.99' --trials 0 --json`, no --shape, no --dim; then the published artifact "
              "(`kiln.load`) and onnxruntime fp32 on the original model, each sentence at its own length. Ratio: "
@@ -387,7 +411,7 @@ def readme_natural_lengths(d: dict) -> list[str]:
 
 @block("batching", "batching.json")
 def batching(d: dict) -> list[str]:
-    lines = [f"`{d['command']}` ({_where(d, flat=True)}; the artifact shipped {d['selected']}): all-MiniLM-L6-v2 "
+    lines = [f"{_on(d)} {_where(d)}: `{d['command']}` (the artifact shipped {d['selected']}): all-MiniLM-L6-v2 "
              "served over KServe v2 gRPC, each request one real sentence at its own length, from tritonclient "
              f"threads; batching on: `--max-queue-delay-us {d['delay_us']} --max-batch 8` (requests padded to the "
              f"longest in their batch, the program naming the pad values). Both servers measured in "
@@ -407,20 +431,62 @@ def batching(d: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ real_models.json
 
+def _stamped(r: dict) -> str:
+    """A real_models.json row's `Measured DATE on CPU`: each row records its own (rows of other models and
+    days stay when one model is rerun)."""
+    what = f"row {r['model']} run {r['run']}"
+    rerun = f" (rerun `python benchmarks/real_models.py --models {r['model']}`)"
+    try:
+        return f"{_on(r, what)} {_where(r.get('machine') or {}, mcpu=False, what=what)}"
+    except Unfit as exc:
+        raise Unfit(str(exc) + rerun) from None
+
+
+def _confirmed(r: dict) -> str:
+    """The shipped candidate's confirmed speed-up; Unfit for a row that has none (the selection rounds' best
+    ratio is biased upward: the docs never quote it as what shipped)."""
+    if r["selected"] and not r.get("confirmed"):
+        raise Unfit(f"row {r['model']} run {r['run']} has no confirmed speed-up (written before confirmation, or "
+                    f"by another script): rerun `python benchmarks/real_models.py --models {r['model']}`")
+    s = r["speedup"]
+    return f"{s['value']:.2f}x (90 % interval {s['low']:.2f}-{s['high']:.2f}x)"
+
+
+def _shipped(runs: list[dict]) -> str:
+    return "; ".join(f"run {r['run']}: {r['selected']} at {_confirmed(r)}, confirmed over "
+                     f"{r['confirmation']['inputs']} inputs ({r['seconds']} s)" if r["selected"]
+                     else f"run {r['run']}: nothing" for r in runs)
+
+
+def _dates(runs: list[dict]) -> str:
+    """`Measured DATE on CPU` once where every run shares it, else per run."""
+    stamps = list(dict.fromkeys(_stamped(r) for r in runs))
+    return stamps[0] if len(stamps) == 1 else "; ".join(f"run {r['run']}: {_stamped(r)}" for r in runs)
+
+
+def _fit(r: dict) -> None:
+    _stamped(r)
+    if r["selected"]:
+        _confirmed(r)
+
+
 @block("real_models", "real_models.json")
 def real_models(d: dict) -> list[str]:
+    _every(d["results"], _fit)
     models = d.get("models", {})
-    lines = [f"`python benchmarks/real_models.py` ({_where(d, flat=True)}, batch 1; each model optimized twice, "
-             "`kiln optimize MODEL --data SAMPLES --range RANGE --trials 0 --ignore-current`). Speed-up: the median "
-             "of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one process, with its "
-             "90 % bootstrap interval. Bold: shipped.", ""]
+    lines = ["`python benchmarks/real_models.py` (batch 1; each model optimized twice, `kiln optimize MODEL --data "
+             "SAMPLES --range RANGE --trials 0 --ignore-current`; `demo` is `make demo`'s command). Speed-up: the "
+             "median of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one process, with "
+             "its 90 % bootstrap interval: per candidate, the selection rounds' (bold: shipped); under each table, "
+             "the shipped candidate's confirmed one (timed again in fresh rounds after the gate chose it: what the "
+             "artifact claims).", ""]
     names = list(dict.fromkeys([*models, *(r["model"] for r in d["results"])]))
     for name in names:
         runs = [r for r in d["results"] if r["model"] == name]
         if not runs:
             continue
         spec = models.get(name, {"what": name, "range": "?"})
-        lines += [f"**{name}**: {spec['what']}; range `{spec['range']}`", "",
+        lines += [f"**{name}**: {spec['what']}; range `{spec['range']}`. {_dates(runs)}.", "",
                   "| candidate | " + " | ".join(f"run {r['run']} speed-up | run {r['run']} metric" for r in runs)
                   + " | why not (run 1) |", "|---|" + "---|---|" * len(runs) + "---|"]
         for cand in dict.fromkeys(c["name"] for r in runs for c in r["candidates"]):
@@ -436,32 +502,32 @@ def real_models(d: dict) -> list[str]:
                           " ".join(f"{v:.4g}" for v in c["metrics"].values())]
             first = next((c for c in runs[0]["candidates"] if c["name"] == cand), {})
             lines.append(f"| {cand} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
-        lines += ["", f"Shipped: {_shipped(runs)}.", ""]
+        lines += ["", f"Shipped, confirmed: {_shipped(runs)}.", ""]
     return lines[:-1]
-
-
-def _shipped(runs: list[dict]) -> str:
-    return "; ".join(f"run {r['run']}: {r['selected']} ({_x(r['speedup'])}" + (f", {r['seconds']} s)" if "seconds" in r
-                                                                               else ")")
-                     if r["selected"] else f"run {r['run']}: nothing" for r in runs)
 
 
 @block("readme-demo", "real_models.json")
 def readme_demo(d: dict) -> list[str]:
-    runs = [r for r in d["results"] if r["model"] == "minilm-l3"]
-    return [f"{_from(d, d, 'real_models.json')} paraphrase-MiniLM-L3-v2 through `kiln optimize` "
-            "(`benchmarks/real_models.py`) shipped, with its speed-up over fp32 onnxruntime and the run's wall time, "
-            f"{_shipped(runs) if runs else 'nothing yet'}."]
+    runs = [r for r in d["results"] if r["model"] == "demo"]
+    if not runs:
+        raise Unfit("has no `demo` row (`make demo`'s command): run `python benchmarks/real_models.py --models demo`")
+    _every(runs, _fit)
+    return [f"{_dates(runs)}, from `benchmarks/real_models.json`: `{runs[-1]['command']}` (`make demo`'s command, "
+            "with --ignore-current --json) shipped, with its confirmed speed-up over fp32 onnxruntime and the run's "
+            f"wall time, {_shipped(runs)}."]
 
 
 @block("readme-real-models", "real_models.json")
 def readme_real_models(d: dict) -> list[str]:
     per_model: dict[str, dict[str, list[str]]] = {}
-    for r in d["results"]:  # each run's pick, runs that shipped the same candidate together
+    rows = [r for r in d["results"] if r["model"] != "demo"]
+    _every(rows, _fit)
+    for r in rows:  # each run's pick, runs that shipped the same candidate together
         per_model.setdefault(r["model"], {}).setdefault(r["selected"] or "nothing", []).append(
-            _x(r["speedup"]) if r["selected"] else f"run {r['run']}")
-    return [f"{_from(d, d, 'real_models.json')} real models with real inputs, what the gate shipped in each run "
-            "and its speed-up over fp32 onnxruntime, " + _join(
+            _confirmed(r).split(" ")[0] if r["selected"] else f"run {r['run']}")
+    stamps = list(dict.fromkeys(_stamped(r) for r in rows))
+    return [f"{'; '.join(stamps)}, from `benchmarks/real_models.json`: real models with real inputs, what the gate "
+            "shipped in each run and its confirmed speed-up over fp32 onnxruntime, " + _join(
                 f"{model} " + ", ".join(f"{sel} {' and '.join(xs)}" for sel, xs in picks.items())
                 for model, picks in per_model.items()) + "."]
 
@@ -471,7 +537,8 @@ def readme_real_models(d: dict) -> list[str]:
 @block("tvm_passes", "tvm_passes.json")
 def tvm_passes(d: dict) -> list[str]:
     threads = f", {d['threads']} threads" if d.get("threads") else ""
-    lines = [f"{_where(d['machine'])}{threads}, batch 1. Command: `{d['command'].strip()}`. Each variant tuned for "
+    lines = [f"{_on(d)} {_where(d['machine'])}{threads}, batch 1. Command: `{d['command'].strip()}`. Each variant "
+             "tuned for "
              "the same time; variants marked (paired) tuned in turn into one database and were all rebuilt from it, "
              "so they share every kernel a pass did not change; the others each had a database of their own. All "
              "timed in interleaved rounds beside fp32 onnxruntime in one process (ratio: median of per-round ratios, "
@@ -510,7 +577,8 @@ def readme_passes(d: dict) -> list[str]:
 @block("tuning_curve", "tuning_curve.json")
 def tuning_curve(d: dict) -> list[str]:
     info = d["machine"]
-    lines = [f"{_where(info)}, {d['threads']} threads, batch 1. One search per model, continued segment by segment "
+    lines = [f"{_on(d)} {_where(info)}, {d['threads']} threads, batch 1. One search per model, continued segment by "
+             "segment "
              "from its own database (each curve starts from nothing, unless its command has --shared: then the "
              "models share one CPU database in the order given, as kiln's runs do); at each checkpoint the best "
              "kernels so far are compiled and timed in interleaved rounds beside fp32 onnxruntime and onnxruntime "
@@ -570,7 +638,8 @@ def readme_tuning(d: dict) -> list[str]:
 @block("tuning_curve-int8", "tuning_curve_int8.json")
 def tuning_curve_int8(d: dict) -> list[str]:
     """kiln's int8 compiler by minutes of tuning: TVM int8 over onnxruntime running the same quantized model."""
-    lines = [f"{_where(d['machine'])}, {d['threads']} threads, batch 1. `tuning_curve.py --int8`: one search per "
+    lines = [f"{_on(d)} {_where(d['machine'])}, {d['threads']} threads, batch 1. `tuning_curve.py --int8`: one "
+             "search per "
              "model of kiln's int8 kernels (the intrinsic in the model's name) on the quantized model onnxruntime's "
              "int8 candidate built; at each checkpoint compiled and timed in interleaved rounds beside onnxruntime "
              "fp32 and onnxruntime on that same int8 model. Ratios are medians of per-round ratios.", "",
@@ -591,45 +660,88 @@ def tuning_curve_int8(d: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- int8_vs_ort.json
 
+def _int8_row(r: dict, d: dict) -> tuple[str, str]:
+    """A row's `CPU (int8 ISA, LLVM mcpu), date`, and the command that reruns it; Unfit for a row without its
+    date or CPU or one this script did not write (its `command` must be the script's own)."""
+    what = f"row {r['model']} {r['minutes']:g} min"
+    rerun = f"python benchmarks/int8_vs_ort.py --models {r['model']} --minutes {r['minutes']:g}"
+    rm = r.get("machine") or {}
+    if not r.get("date"):
+        raise Unfit(f"{what} records no date: rerun `{rerun}`")
+    if not rm.get("cpu"):
+        raise Unfit(f"{what} records no CPU: rerun `{rerun}`")
+    command = r.get("command", "")
+    # the script's rows name it; before that they held the `kiln optimize` command it ran on its own model files
+    legacy = command.startswith("optimize ") and command.split()[1].endswith(
+        ("/examples/encoder/model.onnx", f"/benchmarks/work/real/models/{r['model']}/model.onnx"))
+    if not (command.startswith("python benchmarks/int8_vs_ort.py") or legacy):
+        raise Unfit(f"{what} was not written by benchmarks/int8_vs_ort.py (its command: `{r.get('command')}`): "
+                    f"rerun `{rerun}`")
+    for build in r.get("tasks") or []:
+        if "mcpu" not in build:
+            raise Unfit(f"{what}: its kernel record predates the per-microarchitecture int8 peak and the per-bucket "
+                        f"records: rerun `{rerun}`")
+    mcpu = f", `{rm['llvm_mcpu']}`" if rm.get("llvm_mcpu") else ""
+    return f"{rm['cpu']} ({rm.get('int8_isa', '?')}{mcpu}), {r['date']}", rerun
+
+
+def _peak(build: dict) -> str:
+    if build.get("peak_gops") is None:
+        return f"no int8 peak for `{build['mcpu']}`: kiln.compiler.int8.peak has no sourced figure for it"
+    return (f"peak {build['peak_gops']:g} GOP/s = {build['cores']} cores x {build['clock_ghz']:g} GHz ("
+            f"{build['clock']}) x {build['ops_per_cycle']:g} int8 ops per cycle ({build['uarch']}, "
+            "kiln.compiler.int8.peak)")
+
+
 @block("int8-compiler", "int8_vs_ort.json")
 def int8_compiler(d: dict) -> list[str]:
     """Issue 25's bar: kiln's own int8 kernels (tvm-int8-*) against onnxruntime's best int8 inside the range,
     measured in one run by kiln's interleaved rounds."""
+    from kiln.compiler.int8.peak import flag
+
+    _every(d["runs"], lambda r: _int8_row(r, d))
     m = d["machine"]
-    lines = [f"`python benchmarks/int8_vs_ort.py` (last run {_on(d)} {m['cpu']}, {m['cores']} cores, int8 "
-             f"instruction set {m['int8_isa']}; each row says its own CPU): each row one `kiln optimize MODEL.onnx "
-             "--candidates onnxruntime,<onnxruntime int8>,<tvm int8> --tune-time N --range ... --json` in a fresh "
-             "KILN_HOME; ratio: the TVM int8 row's p50 over the best onnxruntime int8 row's p50 inside the range "
-             "(<= 1.00: TVM as fast or faster).", "",
+    lines = [f"`python benchmarks/int8_vs_ort.py` (last run {_on(d)} {_where(m, mcpu=False)}; each row says its "
+             "own CPU and date): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
+             "<tvm int8> --tune-time N --range ... --json` in a fresh KILN_HOME; ratio: the TVM int8 row's p50 over "
+             "the best onnxruntime int8 row's p50 inside the range (<= 1.00: TVM as fast or faster). Trials: every "
+             "shape bucket's, where the TVM candidate is bucketed.", "",
              "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | TVM int8 "
-             "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials | CPU (int8 ISA), date |",
+             "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials | CPU (int8 ISA, LLVM mcpu), date |",
              "|---" * 11 + "|"]
     for r in d["runs"]:
-        rm = r.get("machine", m)
-        cpu = f"{rm['cpu']} ({rm['int8_isa']}), {r.get('date', d['date'])}"
+        cpu, _ = _int8_row(r, d)
         if r.get("exit") != 0:
             lines.append(f"| {r['model']} | {r['minutes']:g} min | nothing (exit {r.get('exit')}) | | | | | | | | "
                          f"{cpu} |")
             continue
         p50, best = r["p50_ms"], r.get("best_ort_int8")
-        tasks = (r.get("tasks") or [{}])[0]
+        builds = r.get("tasks") or []
         name = r.get("tvm", "tvm-int8-dynamic")
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].get(name, {}).items()) or "-"
         tvm = f"{name} {p50[name]:.3g}" if name in p50 else f"{name}: " + "; ".join(r["tvm_reasons"])[:80]
         ratio = f"**{r['tvm_over_ort_int8']:.2f}**" if "tvm_over_ort_int8" in r else "-"
+        trials = f"{r['trials_run']}" + (f" ({len(builds)} buckets)" if len(builds) > 1 else "") if builds else "-"
+        intrinsic = builds[0]["intrinsic"] if builds else "-"
         lines.append(f"| {r['model']} | {r['minutes']:g} min | {r['selected']} | {p50.get('onnxruntime', 0):.3g} | "
-                     f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | {accuracy} | "
-                     f"{tasks.get('intrinsic', '-')} | {tasks.get('trials_run', '-')} | {cpu} |")
+                     f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | {accuracy} | {intrinsic} | {trials} | "
+                     f"{cpu} |")
+    flagged = False
     for r in d["runs"]:
         for build in r.get("tasks") or []:
-            top = [t for t in build["tasks"] if t["int8"]][:4]
+            top = [t for t in build["tasks"] if t["int8"] and t["best_us"]][:4]
             if not top:
                 continue
-            lines += ["", f"{r['model']}, {r['minutes']:g} min: the largest int8 kernels ({build['intrinsic']}, peak "
-                      f"{build['peak_gops']:g} GOP/s; first round {build['first_round']} trials per task):", "",
-                      "| task | weight | trials | best us | GOP/s | share of peak |", "|---|---|---|---|---|---|"]
+            where = f", bucket {build['bucket']}" if build.get("bucket") else ""
+            lines += ["", f"{r['model']}, {r['minutes']:g} min{where}: the largest int8 kernels ({build['intrinsic']}; "
+                      f"{build['trials_run']} trials, first round {build['first_round']} per task; {_peak(build)}):",
+                      "", "| task | weight | trials | best us | GOP/s | share of peak |", "|---|---|---|---|---|---|"]
             lines += [f"| {t['name'][:60]} | {t['weight']:g} | {t['trials']} | {t['best_us']:.1f} | {t['gops']} | "
-                      f"{t['peak_share']:.0%} |" for t in top if t["best_us"]]
+                      f"{flag(t['peak_share'])} |" for t in top]
+            flagged = flagged or any((t["peak_share"] or 0) > 1 for t in top)
+    if flagged:
+        lines += ["", "A kernel above the peak is a measurement problem, not a share: the peak is at the base clock, "
+                  "and a VM's `cpu MHz` is its nominal clock (a core in turbo runs above it), or the timing is wrong."]
     return lines
 
 
@@ -653,9 +765,18 @@ def render(name: str, root: Path = ROOT, cache: dict | None = None) -> str:
 
 
 def regenerate(text: str, root: Path = ROOT, cache: dict | None = None) -> str:
-    """TEXT with every generated block replaced by what its JSON gives."""
+    """TEXT with every generated block replaced by what its JSON gives; a block whose JSON is Unfit is left as
+    it was (said on stderr: `--check` fails on it until the JSON is rerun)."""
     cache = {} if cache is None else cache
-    return BLOCK.sub(lambda m: render(m["name"], root, cache), text)
+
+    def one(m: re.Match) -> str:
+        try:
+            return render(m["name"], root, cache)
+        except Unfit as exc:
+            print(f"block {m['name']} left as it was: benchmarks/{BLOCKS[m['name']][0]} {exc}", file=sys.stderr)
+            return m[0]
+
+    return BLOCK.sub(one, text)
 
 
 def stray_figures(text: str) -> list[tuple[int, str]]:
@@ -693,6 +814,9 @@ def check(root: Path = ROOT) -> list[str]:
                 want = render(name, root, cache)
             except KeyError as exc:
                 problems.append(f"{doc}: block {name}: {exc.args[0]}")
+                continue
+            except Unfit as exc:
+                problems.append(f"{doc}: block {name}: benchmarks/{BLOCKS[name][0]} {exc}")
                 continue
             except Exception as exc:  # a JSON without the fields its renderer needs
                 problems.append(f"{doc}: block {name}: benchmarks/{BLOCKS[name][0]} cannot be rendered: {exc!r}")

@@ -182,10 +182,12 @@ def svg(results: list[dict]) -> str:
     return "\n".join(parts + ["</svg>"]) + "\n"
 
 
-def write(results: list[dict], info: dict, threads: int, stem: str = "tuning_curve") -> None:
-    """STEM.json and the plot from every model's curve; report.py writes the figures from the JSON."""
+def write(results: list[dict], info: dict, threads: int, stem: str = "tuning_curve", dated: dict | None = None) -> None:
+    """STEM.json and the plot from every model's curve; report.py writes the figures from the JSON. `dated`: the
+    date (and its source) the JSON keeps, today's by default."""
     out = ROOT / "benchmarks" / f"{stem}.json"
-    out.write_text(json.dumps({"machine": info, "threads": threads, "results": results}, indent=1))
+    dated = dated or {"date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({**dated, "machine": info, "threads": threads, "results": results}, indent=1))
     (ROOT / "benchmarks" / f"{stem}.svg").write_text(svg(results))
     report.rewrite()
 
@@ -215,7 +217,8 @@ def main() -> None:
     if args.replot:  # the plot and the figures again from tuning_curve.json, no tuning
         if not earlier:
             raise SystemExit(f"nothing to redraw: {out} is missing (run a curve first)")
-        return write(earlier["results"], earlier["machine"], earlier.get("threads", threads), stem)
+        return write(earlier["results"], earlier["machine"], earlier.get("threads", threads), stem,
+                     {k: earlier[k] for k in ("date", "date_source") if k in earlier})
     info = machine()
     shared = WORK / "shared" if args.shared else None
     if shared and not args.keep_shared:
@@ -232,8 +235,8 @@ def main() -> None:
         """One curve per model: a later run on the same CPU replaces its models' curves and keeps the others."""
         earlier = json.loads(out.read_text()) if out.is_file() else {}
         kept = earlier.get("results", []) if earlier.get("machine", {}).get("llvm_mcpu") == info["llvm_mcpu"] else []
-        write([r for r in kept if r["model"] != result["model"]] + [{**result, "command": command}], info, threads,
-              stem)
+        write([r for r in kept if r["model"] != result["model"]]
+              + [{**result, "command": command, "date": time.strftime("%Y-%m-%d")}], info, threads, stem)
 
     for i, m in enumerate(args.models):
         later = shared and (i or args.keep_shared) and args.later_minutes

@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,8 @@ def main() -> None:
     info = machine()
     results = [bench(m, args.minutes, threads, args.per_round, args.variants) for m in args.models]
     command = shlex.join(["python", "benchmarks/tvm_passes.py", *sys.argv[1:]])  # variant names hold spaces
-    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"machine": info, "threads": threads,
+    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
+                                                                       "machine": info, "threads": threads,
                                                                        "command": command, "results": results},
                                                                       indent=1))
     report.rewrite()
