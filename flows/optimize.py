@@ -24,6 +24,7 @@ from tasks.report import report_candidates, report_result
 from tasks.stages import (
     build_candidates,
     choose_winner,
+    compile_job,
     compile_tvm,
     evaluate_candidates,
     make_plan,
@@ -79,7 +80,8 @@ def _optimize(request: OptimizeRequest) -> OptimizeOutcome:
     built = build_candidates(checked, prepared, ref, plan)
     for name in plan.compiled:
         source = int8_source(name, built)  # a TVM int8 candidate lowers an onnxruntime int8 build
-        state = compile_tvm(checked, prepared, plan, name, source, return_state=True)
+        job = compile_job(checked, prepared, plan, name, source)
+        state = compile_tvm(checked, job, plan, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
             progress.report("tune", request.trials, request.trials, "cached build, no tuning")
         built.append(state.result())

@@ -49,32 +49,32 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
                                   incumbent=plan.incumbent)
 
 
-def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
-    """A Prefect cache hit only when the on-disk build it points to is still there.
+@task(name="compile-job", task_run_name="compile-job-{name}")
+def compile_job(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
+                source: BuiltCandidate | None = None) -> compile.CompileJob:
+    """What the candidate compiles and its cache key, settled (the int8 model written, the database seeded)
+    before compile-tvm's cache key is asked for."""
+    return compile.job(checked, prepared, plan, name, source)
 
-    The key names the cache folder itself (KILN_HOME included): Prefect's result storage may be shared by
-    several KILN_HOMEs, and a record must never point into another one.
-    """
-    name = params.get("name", "tvm")
-    prepared = params["prepared"]
-    if params.get("source") is not None:  # a TVM int8 candidate: keyed by the quantized model it compiles
-        if not params["source"].path or params["checked"].profile:
-            return None
-        prepared = compile.int8_model(params["checked"], name, params["source"])
-    folder = compile.cached_build(prepared, params["plan"], name)
-    return f"kiln-compile-{json_sha256(str(folder.resolve()))[:32]}" if folder else None
+
+def _compile_cache_key(context: TaskRunContext, params: dict) -> str | None:
+    """A Prefect cache hit only when the on-disk build it points to was there when the job was settled; the key
+    only hashes the job's cache folder (compile.compile_key, KILN_HOME included: Prefect's result storage may be
+    shared by several KILN_HOMEs, and a record must never point into another one)."""
+    job = params["job"]
+    return f"kiln-compile-{json_sha256(job.folder)[:32]}" if job.built and job.folder else None
 
 
 LOG_EVERY_S = 30.0  # tuning progress in the run's log (the UI) at most this often
 
 
-@task(name="compile-tvm", task_run_name="compile-{name}", cache_key_fn=_compile_cache_key, persist_result=True)
-def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
-                source: BuiltCandidate | None = None) -> BuiltCandidate:
+@task(name="compile-tvm", task_run_name="compile-{job.name}", cache_key_fn=_compile_cache_key,
+      persist_result=True)
+def compile_tvm(checked: CheckedProgram, job: compile.CompileJob, plan: Plan) -> BuiltCandidate:
     """Tuning with a progress bar in the terminal (kiln.progress), a progress artifact and log lines in the UI:
     trials (failed ones counted), tasks measured, the tuner's estimate of the end-to-end latency."""
     logger = get_run_logger()
-    trials, tune_seconds = plan.request.trials, compile.time_share(plan, name)
+    trials, tune_seconds = plan.request.trials, compile.time_share(plan, job.name)
     budget = f"{trials} trials" + (f" or {tune_seconds:g} s" if tune_seconds else "")
     artifact_id = create_progress_artifact(0.0, description=f"TVM tuning, {budget}")
     logged = [0.0]
@@ -91,7 +91,7 @@ def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, na
             except Exception:
                 pass  # the UI's bar must never break tuning
 
-    built = compile.compile_tvm(checked, prepared, plan, name, log=logger, on_progress=on_progress, source=source)
+    built = compile.compile_tvm(checked, job, plan, log=logger, on_progress=on_progress)
     progress.report("tune", trials, trials, "cached build, no tuning" if built.cached else
                     (f"{built.tuning.trials_run} trials, {built.tuning.failed_trials} failed" if built.tuning else ""))
     return built

@@ -290,3 +290,40 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
         versions = [v for vs in pool.map(_publish_many, [str(tmp_path)] * 4, range(4), [5] * 4) for v in vs]
     assert sorted(versions) == list(range(1, 21))  # 20 artifacts, 20 versions, none assigned twice
     assert len(list((tmp_path / "m").glob("*/manifest.json"))) == 20
+
+
+def test_the_compile_key_is_one_pure_function_of_the_plan_and_the_candidate(tmp_path, monkeypatch):
+    """compile.job settles a build once: it seeds the tuning database from the incumbent's (the key of a
+    continued search depends on what it holds) and computes the key; compile_key is a function of the plan and
+    the job alone, and Prefect's cache key only hashes the job (it writes nothing, reads nothing)."""
+    from kiln.compiler import DB_FILES
+    from kiln.fs import json_sha256
+    from kiln.optimize.compile import cache_dir, compile_key, static_job, tuning_dir
+    from kiln.optimize.models import PreparedModel
+    from kiln.optimize.plan import Plan
+    from tasks.stages import _compile_cache_key
+
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", threads=1, transforms=[],
+                compiled=["tvm"], calibrate=False)
+    prepared = PreparedModel(path=str(tmp_path / "m.onnx"), sha256="ab" * 32)
+    job = static_job(prepared, plan, "tvm", 8, None)
+    assert job.key == compile_key(plan, job) and job.folder == str(cache_dir(job.key).resolve())
+    assert not job.built and job.database is None
+    assert compile_key(plan.model_copy(update={"prepack": False}), job) != job.key
+    assert compile_key(plan, job.model_copy(update={"trials": 16})) != job.key
+    assert compile_key(plan, job.model_copy(update={"name": "tvm-fast-math"})) != job.key
+
+    saved = tmp_path / "incumbent" / "tuning"
+    saved.mkdir(parents=True)
+    for name in DB_FILES:
+        (saved / name).write_text('{"record": 1}\n')
+    continued = static_job(prepared, plan.model_copy(update={"tuning_from": str(saved)}), "tvm", 8, None)
+    assert (tuning_dir(prepared, "llvm") / DB_FILES[1]).read_text() == '{"record": 1}\n'  # seeded by the job
+    assert continued.database and continued.key != job.key
+
+    home = sorted((tmp_path / "home").rglob("*"))
+    assert _compile_cache_key(None, {"job": job}) is None  # nothing on disk to point to
+    done = job.model_copy(update={"built": True})
+    assert _compile_cache_key(None, {"job": done}) == f"kiln-compile-{json_sha256(job.folder)[:32]}"
+    assert sorted((tmp_path / "home").rglob("*")) == home

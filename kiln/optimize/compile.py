@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from kiln.artifact.manifest import Int8Lowering, RunSettings, TaskTuning, TuningInfo, versions
 from kiln.artifact.specs import TensorSpec
 from kiln.compiler import (
@@ -49,19 +51,35 @@ def tuning_dir(prepared: PreparedModel, target: str) -> Path:
     return kiln_home() / "tuning" / json_sha256(json.dumps(where, sort_keys=True))[:12] / prepared.sha256[:24]
 
 
-def compile_key(prepared: PreparedModel, target: str, trials: int, max_trials_per_task: int | None,
-                continue_from: str | None = None, tune_seconds: float | None = None, name: str = "tvm") -> str:
-    """Same model, target and budget: the same build. Continuing a search also depends on what the database
-    holds now, so a second re-optimization tunes again instead of returning the first one's build."""
+class CompileJob(BaseModel):
+    """One compile-stage candidate, settled before it builds (`job`): the model it compiles, its budget and the
+    tuning database it continues, and the build's cache key, computed once from them (compile_key) and used both
+    by Prefect's task cache and by the build. `skipped`: why it is not built."""
+
+    name: str
+    model: str  # the ONNX model it lowers: the program's, or the onnxruntime int8 build it compiles
+    prepared: PreparedModel | None = None  # that model at the program's shapes; None: built per shape bucket
+    trials: int = 0
+    tune_seconds: float | None = None
+    int8: str | None = None  # the int8 dot intrinsic of a TVM int8 candidate on this CPU
+    database: str | None = None  # the sha256 of the tuning database a continued search starts from
+    key: str | None = None  # compile_key(plan, this job): the build's cache folder under KILN_HOME/cache/tvm
+    folder: str | None = None  # that folder (KILN_HOME included)
+    built: bool = False  # a finished build is in that folder
+    skipped: str | None = None
+
+
+def compile_key(plan: Plan, job: CompileJob) -> str:
+    """Same model, target and budget: the same build; a pure function of the plan and the candidate's job.
+    Continuing a search also depends on what the database holds (`job.database`), so a second re-optimization
+    tunes again instead of returning the first one's build."""
     v = versions()
-    db = tuning_dir(prepared, target) / DB_FILES[1]
-    state = file_sha256(db) if continue_from and db.is_file() else None
-    extra = candidates.get(name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
-    int8 = int8_intrinsic(name, target)
-    return json_sha256({"model": prepared.sha256, "target": target, "trials": trials, "per_task": max_trials_per_task,
-                        "seconds": tune_seconds, "prepack": settings().tvm_prepack, "tvm": v["tvm"], "kiln": v["kiln"],
-                        "measurement": MEASUREMENT, "db": state, **({"passes": list(extra)} if extra else {}),
-                        **({"int8": int8} if int8 else {})})[:24]
+    extra = candidates.get(job.name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
+    return json_sha256({"model": job.prepared.sha256 if job.prepared else None, "target": plan.request.target,
+                        "trials": job.trials, "per_task": plan.request.max_trials_per_task,
+                        "seconds": job.tune_seconds, "prepack": plan.prepack, "tvm": v["tvm"], "kiln": v["kiln"],
+                        "measurement": MEASUREMENT, "db": job.database, **({"passes": list(extra)} if extra else {}),
+                        **({"int8": job.int8} if job.int8 else {})})[:24]
 
 
 INT8_TIME_WEIGHT = 2.0  # an int8 candidate's expected gain over fp32 TVM's: its weight in the shared tuning time
@@ -110,7 +128,7 @@ def int8_source(name: str, built: list[BuiltCandidate]) -> BuiltCandidate | None
 
 def int8_model(checked: CheckedProgram, name: str, source: BuiltCandidate) -> PreparedModel:
     """The quantized model `source` built, at the program's input shapes (static: one build). Prepared once per
-    source content: Prefect's cache key and the build both ask for it."""
+    source content: a re-run with the same int8 build prepares nothing."""
     path = checked.work_dir / "int8" / f"{name}.onnx"
     stamp, source_sha = path.with_suffix(".source"), file_sha256(Path(source.path))
     if not (path.is_file() and stamp.is_file() and stamp.read_text() == source_sha):
@@ -150,22 +168,47 @@ def cache_dir(key: str) -> Path:
     return kiln_home() / "cache" / "tvm" / key
 
 
-def build_folder(prepared: PreparedModel, plan: Plan, name: str = "tvm", trials: int | None = None,
-                 tune_seconds: float | None = None) -> Path:
-    """Where the build of `name` for this plan lives: the one cache key, used by the stage and by Prefect's task
-    cache alike. The database is seeded first, since the key of a continued search depends on it. `trials` and
-    `tune_seconds`: a shape bucket's share of the plan's budget."""
-    r = plan.request
-    seed_database(prepared, r.target, plan.tuning_from)
-    return cache_dir(compile_key(prepared, r.target, r.trials if trials is None else trials, r.max_trials_per_task,
-                                 plan.tuning_from, tune_seconds if trials is not None else time_share(plan, name),
-                                 name))
+def job(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
+        source: BuiltCandidate | None = None) -> CompileJob:
+    """What compile-stage candidate `name` builds, settled: a TVM int8 candidate compiles `source`, the onnxruntime
+    int8 build whose quantization it lowers (int8_source), prepared here at the program's shapes; or why it is
+    skipped. The files it needs are written here (the int8 model, the seeded database), before Prefect's cache
+    key is asked for, so that key only hashes."""
+    if checked.unsupported_ops:
+        return CompileJob(name=name, model=checked.model_path,
+                          skipped=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
+    model = checked.model_path
+    wanted = candidates.get(name).quantized_from
+    if wanted:
+        if source is None or not source.path:
+            why = source.error if source is not None else "not built"
+            return CompileJob(name=name, model=model, skipped=f"skipped: {wanted} gave no model to lower ({why})")
+        try:
+            int8_intrinsic(name, plan.request.target)
+        except KilnError as exc:
+            return CompileJob(name=name, model=model, skipped=f"skipped: {exc.message}")
+        model = source.path
+        if not checked.profile:
+            prepared = int8_model(checked, name, source)
+    if checked.profile:  # built per shape bucket: each bucket's job is settled when its model is cut
+        return CompileJob(name=name, model=model)
+    return static_job(prepared, plan, name, plan.request.trials, time_share(plan, name), model)
 
 
-def cached_build(prepared: PreparedModel, plan: Plan, name: str = "tvm") -> Path | None:
-    """The cache folder of a finished build of exactly these inputs, or None."""
-    folder = build_folder(prepared, plan, name)
-    return folder if (folder / RESULT).is_file() else None
+def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune_seconds: float | None,
+               model: str | None = None) -> CompileJob:
+    """The job of one static-shape build of `prepared` within `trials` and `tune_seconds` (a shape bucket's
+    share of the plan's budget, or all of it), its key computed once. The database is seeded first from the
+    incumbent's (seed_database), since the key of a continued search depends on it."""
+    target = plan.request.target
+    seed_database(prepared, target, plan.tuning_from)
+    db = tuning_dir(prepared, target) / DB_FILES[1]
+    settled = CompileJob(name=name, model=model or prepared.path, prepared=prepared, trials=trials,
+                         tune_seconds=tune_seconds, int8=int8_intrinsic(name, target),
+                         database=file_sha256(db) if plan.tuning_from and db.is_file() else None)
+    key = compile_key(plan, settled)
+    folder = cache_dir(key).resolve()
+    return settled.model_copy(update={"key": key, "folder": str(folder), "built": (folder / RESULT).is_file()})
 
 
 def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: int) -> TuningInfo:
@@ -198,45 +241,28 @@ def _int8_lowering(result: CompileResult, limits: Limits) -> Int8Lowering | None
                         peak_gops=intrin.peak_gops(result.target["num-cores"], ghz, result.target.get("mcpu", "")))
 
 
-def compile_tvm(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str = "tvm",
+def compile_tvm(checked: CheckedProgram, job: CompileJob, plan: Plan,
                 log: logging.Logger | logging.LoggerAdapter = _log,
-                on_progress: Callable[[Progress], None] | None = None,
-                source: BuiltCandidate | None = None) -> BuiltCandidate:
-    """Tune and build a compile-stage candidate (`name`: tvm, tvm-fast-math) within the plan's budget (trials,
-    and a wall-clock tune_time beside them: whichever is spent first ends the search), continuing from the
-    incumbent's saved database where this machine has none; or return the cached build of the same inputs. A
-    build that fails is returned with its reason (the run goes on with the other candidates). A TVM int8
-    candidate compiles `source`, the onnxruntime int8 build whose quantization it lowers (int8_source)."""
-    if checked.unsupported_ops:
-        return BuiltCandidate(name=name, backend="tvm",
-                              error=f"skipped: {describe_unsupported(checked.unsupported_ops)}")
-    model = Path(checked.model_path)
-    if candidates.get(name).quantized_from:
-        wanted = candidates.get(name).quantized_from
-        if source is None or not source.path:
-            why = source.error if source is not None else "not built"
-            return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {wanted} gave no model to lower ({why})")
-        try:
-            int8_intrinsic(name, plan.request.target)
-            model = Path(source.path)
-            if not checked.profile:
-                prepared = int8_model(checked, name, source)
-        except KilnError as exc:
-            return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {exc.message}")
+                on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
+    """Tune and build a compile-stage candidate (its `job`: tvm, tvm-fast-math, a TVM int8 one) within the plan's
+    budget (trials, and a wall-clock tune_time beside them: whichever is spent first ends the search), continuing
+    from the incumbent's saved database where this machine has none; or return the cached build of the same
+    inputs. A build that fails is returned with its reason (the run goes on with the other candidates)."""
+    if job.skipped:
+        return BuiltCandidate(name=job.name, backend="tvm", error=job.skipped)
     if checked.profile:  # static builds, one per shape bucket, behind a padding dispatcher
-        return compile_buckets(checked, plan, name, log, on_progress, model)
-    return compile_static(checked.inputs, prepared, plan, name, plan.request.trials, time_share(plan, name), log,
-                          on_progress)
+        return compile_buckets(checked, plan, job.name, log, on_progress, Path(job.model))
+    return compile_static(checked.inputs, job, plan, log, on_progress)
 
 
-def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan, name: str, trials: int,
-                   tune_seconds: float | None, log: logging.Logger | logging.LoggerAdapter = _log,
+def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
+                   log: logging.Logger | logging.LoggerAdapter = _log,
                    on_progress: Callable[[Progress], None] | None = None) -> BuiltCandidate:
-    """One static-shape build of `prepared` (inputs of these shapes) within `trials` and `tune_seconds`, or its
-    cached build."""
+    """One static-shape build of `job.prepared` (inputs of these shapes) within the job's budget, or its cached
+    build."""
     r = plan.request
-    target = r.target
-    cache = build_folder(prepared, plan, name, trials, tune_seconds)
+    target, name, prepared, trials, tune_seconds = r.target, job.name, job.prepared, job.trials, job.tune_seconds
+    cache = cache_dir(job.key)
     if plan.tuning_from:
         log.info("continuing the search from %d tuning records", count_records(tuning_dir(prepared, target)))
     if (cache / RESULT).is_file():
@@ -248,7 +274,7 @@ def compile_static(inputs: list[TensorSpec], prepared: PreparedModel, plan: Plan
     s = settings()
     limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=r.max_trials_per_task,
                     builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s,
-                    prepack=s.tvm_prepack, int8=int8_intrinsic(name, target))
+                    prepack=plan.prepack, int8=job.int8)
     log.info("tuning with %d trials%s for target %s; database %s", trials,
              f" or {tune_seconds:g} s" if tune_seconds else "", json.dumps(target_config(target), sort_keys=True),
              db_dir)
@@ -309,7 +335,8 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
             return BuiltCandidate(name=name, backend="tvm", error=f"bucket {dim.name} = {bucket.value}: {exc.message}")
         prepared = PreparedModel(path=str(path), sha256=file_sha256(path))
         seconds = time_share(plan, name) * bucket.share if plan.request.tune_time else None
-        part = compile_static(specs, prepared, plan, name, budget[bucket.value], seconds, log, on_progress)
+        part = compile_static(specs, static_job(prepared, plan, name, budget[bucket.value], seconds), plan, log,
+                              on_progress)
         if part.error:
             return part.model_copy(update={"error": f"bucket {dim.name} = {bucket.value}: {part.error}"})
         parts[bucket.value] = part

@@ -1,8 +1,10 @@
 """plan: every decision of one optimize run, made once from the request and the checked program.
 
 Which candidates each stage builds, whether the reference cuts a calibration split, which version in the store
-is the incumbent to beat and whose tuning database the search continues from, the threads, and what the
-artifact records of the request: the flow then only calls the stages in order, each with the Plan.
+is the incumbent to beat and whose tuning database the search continues from, the threads, how TVM builds
+(weight pre-packing), and what the artifact records of the request: the flow then only calls the stages in
+order, each with the Plan, and a compile build's cache key is a function of the Plan and the candidate alone
+(kiln.optimize.compile.compile_key).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 from kiln.artifact import layout
 from kiln.artifact.manifest import INCUMBENT
 from kiln.artifact.store import ArtifactStore
+from kiln.config import settings
 from kiln.optimize import candidates as registry
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.request import OptimizeRequest
@@ -33,6 +36,7 @@ class Plan(BaseModel):
     calibrate: bool  # some transform needs the calibration split (static int8, accuracy-aware fallback)
     incumbent: str | None = None  # the version in service, measured beside the candidates and to be beaten
     tuning_from: str | None = None  # the incumbent's saved tuning database, where the search continues
+    prepack: bool = True  # TVM builds pre-pack their weights (KILN_TVM_PREPACK): part of every compile key
 
     @property
     def incumbent_name(self) -> str | None:
@@ -60,6 +64,6 @@ def plan(request: OptimizeRequest, checked: CheckedProgram,
                 transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
                 calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware
                               for c in transforms),
-                incumbent=incumbent,
+                incumbent=incumbent, prepack=settings().tvm_prepack,
                 # reoptimize continues the search from the version in service; a plain re-run hits the cache
                 tuning_from=str(Path(request.incumbent) / layout.TUNING_DIR) if request.incumbent else None)
