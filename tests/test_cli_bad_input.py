@@ -293,3 +293,22 @@ def test_reference_that_gives_nan_is_named(tmp_path, kiln_env, seeded_store):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     base = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "onnxruntime")
     assert base["metrics"]["cosine"]["value"] == 1.0 and base["metrics"]["max_rel_diff"]["value"] == 0.0
+
+
+def test_an_example_without_its_built_model_names_how_to_build_it(tmp_path, kiln_env, seeded_store):
+    """A fresh checkout has no examples/digits/model.onnx (git ignores it) until `make examples` has run: the
+    error says so; an example the Makefile's target does not list names its own build script."""
+    from kiln.program.user_code import _missing_model_hint
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "digits", checkout / "examples" / "digits",
+                    ignore=shutil.ignore_patterns("model.onnx", "__pycache__"))
+    (checkout / "Makefile").write_text("examples: examples/digits/model.onnx\n")
+    expect_failure([str(checkout / "examples" / "digits")], kiln_env, seeded_store,
+                   "model file 'model.onnx' not found in the program folder", "make examples", "train.py")
+
+    (checkout / "examples" / "minilm").mkdir()
+    (checkout / "examples" / "minilm" / "prepare.py").write_text("")
+    hint = _missing_model_hint(checkout / "examples" / "minilm")
+    assert "make examples" not in hint and "prepare.py" in hint
+    assert "make examples" not in _missing_model_hint(tmp_path)  # no build script: the generic hint

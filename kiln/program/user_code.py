@@ -130,6 +130,28 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+BUILDERS = ("train.py", "prepare.py", "make_model.py")  # the scripts kiln's examples build their model with
+
+
+def _missing_model_hint(root: Path) -> str:
+    """How to get the model a program folder lacks: kiln's examples build theirs with a script beside the
+    program (git ignores the .onnx), which `make examples` runs in a checkout for those its target lists."""
+    script = next((root / b for b in BUILDERS if (root / b).is_file()), None)
+    if script is None:
+        return "set `model = \"FILE.onnx\"` in the program, or add the file"
+    try:
+        shown = script.relative_to(Path.cwd())
+    except ValueError:
+        shown = script
+    makefile = root.parent.parent / "Makefile"
+    listed = root.parent.name == "examples" and makefile.is_file() and any(
+        line.startswith("examples:") and f"examples/{root.name}/" in line
+        for line in makefile.read_text(errors="replace").splitlines())
+    if listed:
+        return f"this folder builds its model with {script.name}: run `make examples` first (or `python {shown}`)"
+    return f"this folder builds its model with {script.name}: run `python {shown}` first"
+
+
 def check_declarations(program: ModelProgram, root: Path, program_file: str = PROGRAM_FILE) -> None:
     where = str(root / program_file)
     cls = type(program).__name__
@@ -137,7 +159,7 @@ def check_declarations(program: ModelProgram, root: Path, program_file: str = PR
         raise ProgramError(f"{cls}.model must name the ONNX file", where=where)
     if not (root / program.model).is_file():
         raise ProgramError(f"model file {program.model!r} not found in the program folder", where=where,
-                           hint="set `model = \"FILE.onnx\"` in the program, or add the file")
+                           hint=_missing_model_hint(root))
     if not isinstance(program.shapes, dict) or not all(
         isinstance(v, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in v) for v in program.shapes.values()
     ):
