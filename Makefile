@@ -34,8 +34,8 @@ $(SYSTEM_STAMP):
 	fi
 	@mkdir -p $(VENV) && touch $(SYSTEM_STAMP)
 
-# the Ubuntu 24.04 base of the runtime image, made with debootstrap where Docker Hub is out of reach;
-# then: export KILN_BASE_IMAGE=kiln/ubuntu:24.04
+# the Ubuntu 24.04 base of the runtime image, made with debootstrap where Docker Hub is out of reach, once per
+# machine (a copy is kept in ~/.cache/kiln/base-images for the next dockerd); then: export KILN_BASE_IMAGE=kiln/ubuntu:24.04
 base-image: system-deps
 	runtime_image/make_base.sh kiln/ubuntu:24.04
 

@@ -209,7 +209,8 @@ def docker_engine():
 
 @pytest.fixture(scope="session")
 def base_image(docker_engine) -> str:
-    """Ubuntu 24.04 made by `runtime_image/make_base.sh` (debootstrap): Docker Hub is out of reach here."""
+    """Ubuntu 24.04 made by `runtime_image/make_base.sh` (debootstrap): Docker Hub is out of reach here. Built
+    once per machine: later runs, each with a new dockerd, load the copy it saved (keyed by the script's content)."""
     tag = "kiln/ubuntu:24.04"
     proc = subprocess.run([str(ROOT / "runtime_image" / "make_base.sh"), tag], capture_output=True, text=True,
                           env={**os.environ, **docker_engine.env, "DOCKER": shutil.which("docker") or "docker"})
