@@ -100,6 +100,8 @@ def confirmed(manifest: dict) -> dict:
     rounds' (biased upward: the best of many noisy ratios)."""
     sel = next((c for c in manifest["candidates"] if c["name"] == manifest["selected"]), {})
     conf = manifest.get("confirmation")
+    if manifest["selected"] == "onnxruntime":  # nothing beat the unchanged model: no confirmation, 1.0 by definition
+        return {"speedup": {"value": 1.0, "low": 1.0, "high": 1.0}, "confirmed": False, "baseline": True}
     return {"speedup": conf["speedup"] if conf else None, "confirmed": conf is not None,
             "selection_speedup": sel.get("speedup"),
             "confirmation": {"inputs": conf["inputs"], "held_out_samples": conf.get("held_out_samples", 0),

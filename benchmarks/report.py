@@ -445,6 +445,8 @@ def _stamped(r: dict) -> str:
 def _confirmed(r: dict) -> str:
     """The shipped candidate's confirmed speed-up; Unfit for a row that has none (the selection rounds' best
     ratio is biased upward: the docs never quote it as what shipped)."""
+    if r.get("baseline"):
+        return "1.00x (the unchanged model: nothing beat it)"
     if r["selected"] and not r.get("confirmed"):
         raise Unfit(f"row {r['model']} run {r['run']} has no confirmed speed-up (written before confirmation, or "
                     f"by another script): rerun `python benchmarks/real_models.py --models {r['model']}`")
@@ -453,9 +455,9 @@ def _confirmed(r: dict) -> str:
 
 
 def _shipped(runs: list[dict]) -> str:
-    return "; ".join(f"run {r['run']}: {r['selected']} at {_confirmed(r)}, confirmed over "
-                     f"{r['confirmation']['inputs']} inputs ({r['seconds']} s)" if r["selected"]
-                     else f"run {r['run']}: nothing" for r in runs)
+    return "; ".join(f"run {r['run']}: {r['selected']} at {_confirmed(r)}"
+                     + (f", confirmed over {r['confirmation']['inputs']} inputs" if r.get("confirmed") else "")
+                     + f" ({r['seconds']} s)" if r["selected"] else f"run {r['run']}: nothing" for r in runs)
 
 
 def _dates(runs: list[dict]) -> str:
@@ -701,7 +703,7 @@ def int8_compiler(d: dict) -> list[str]:
 
     _every(d["runs"], lambda r: _int8_row(r, d))
     m = d["machine"]
-    lines = [f"`python benchmarks/int8_vs_ort.py` (last run {_on(d)} {_where(m, mcpu=False)}; each row says its "
+    lines = [f"`python benchmarks/int8_vs_ort.py` (last run: {_on(d)} {_where(m, mcpu=False)}; each row says its "
              "own CPU and date): each row one `kiln optimize MODEL.onnx --candidates onnxruntime,<onnxruntime int8>,"
              "<tvm int8> --tune-time N --range ... --json` in a fresh KILN_HOME; ratio: the TVM int8 row's p50 over "
              "the best onnxruntime int8 row's p50 inside the range (<= 1.00: TVM as fast or faster). Trials: every "
@@ -737,7 +739,7 @@ def int8_compiler(d: dict) -> list[str]:
                       f"{build['trials_run']} trials, first round {build['first_round']} per task; {_peak(build)}):",
                       "", "| task | weight | trials | best us | GOP/s | share of peak |", "|---|---|---|---|---|---|"]
             lines += [f"| {t['name'][:60]} | {t['weight']:g} | {t['trials']} | {t['best_us']:.1f} | {t['gops']} | "
-                      f"{flag(t['peak_share'])} |" for t in top]
+                      f"{flag(t['peak_share'] if build.get('peak_gops') else None)} |" for t in top]
             flagged = flagged or any((t["peak_share"] or 0) > 1 for t in top)
     if flagged:
         lines += ["", "A kernel above the peak is a measurement problem, not a share: the peak is at the base clock, "
