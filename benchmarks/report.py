@@ -9,10 +9,15 @@ picks a renderer below, which reads nothing but its JSON, so every figure in the
 measurement and cannot drift from it unnoticed (hand-copied figures did: they outlived the runs they came from).
 The prose between the blocks names no figure of its own, and `--check` also fails on a measured-looking figure
 (a ratio, a time, a size, a percentage) outside the blocks, code and the SETTINGS below. Every block says when and
-on which CPU its figures were measured, from its JSON: a JSON (or a row of it) without its date or CPU, or a row
-its script did not write, cannot be rendered (`Unfit`): `--check` fails naming the block, the JSON and the rerun,
-and `rewrite()` leaves that block as it was. The benchmark scripts save their JSON and then call `rewrite()`;
-this is the one place that turns measurements into text.
+on which CPU its figures were measured, from its JSON: a JSON (or a row of it) without its date or CPU cannot be
+rendered (`Unfit`): `--check` fails naming the block, the JSON and the rerun, and `rewrite()` leaves that block as
+it was. A row with its date and CPU that is otherwise legacy (run by hand rather than by its script, or a kernel
+record older than what the script records now) is stale: the block shows its figures with a caveat naming the
+rerun, `--check` passes on it (the block matches its JSON), and `--strict` lists every stale row with its rerun and
+exits 1. The benchmark scripts save their JSON and then call `rewrite()`; this is the one place that turns
+measurements into text.
+
+    python benchmarks/report.py --strict        # --check, and exit 1 listing every stale row and its rerun
 """
 
 from __future__ import annotations
@@ -42,7 +47,16 @@ BLOCKS: dict[str, tuple[str, Renderer]] = {}
 
 
 class Unfit(Exception):
-    """A JSON the docs cannot show as it is: a row without its date or CPU, or one its script did not write."""
+    """A JSON the docs cannot show as it is: a JSON or row without its date or CPU."""
+
+
+# the stale rows the renderer being run showed with a caveat, as `row ...: why: rerun `...`` (for --strict)
+_STALE: list[str] = []
+
+
+def _stale(what: str, why: str, rerun: str) -> None:
+    """Note for --strict a row shown as it was recorded although its script would record it otherwise now."""
+    _STALE.append(f"{what}: {why}: rerun `{rerun}`")
 
 
 def _every(rows: Iterable[dict], fn: Callable[[dict], object]) -> None:
@@ -662,9 +676,10 @@ def tuning_curve_int8(d: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- int8_vs_ort.json
 
-def _int8_row(r: dict, d: dict) -> tuple[str, str]:
-    """A row's `CPU (int8 ISA, LLVM mcpu), date`, and the command that reruns it; Unfit for a row without its
-    date or CPU or one this script did not write (its `command` must be the script's own)."""
+def _int8_row(r: dict, d: dict) -> tuple[str, str, list[str]]:
+    """A row's `CPU (int8 ISA, LLVM mcpu), date`, the command that reruns it, and its caveats where it is stale
+    (run by hand, not by this script; a kernel record older than the per-microarchitecture peak and the
+    per-bucket records). Unfit for a row without its date or CPU."""
     what = f"row {r['model']} {r['minutes']:g} min"
     rerun = f"python benchmarks/int8_vs_ort.py --models {r['model']} --minutes {r['minutes']:g}"
     rm = r.get("machine") or {}
@@ -672,19 +687,21 @@ def _int8_row(r: dict, d: dict) -> tuple[str, str]:
         raise Unfit(f"{what} records no date: rerun `{rerun}`")
     if not rm.get("cpu"):
         raise Unfit(f"{what} records no CPU: rerun `{rerun}`")
+    caveats = []
     command = r.get("command", "")
     # the script's rows name it; before that they held the `kiln optimize` command it ran on its own model files
     legacy = command.startswith("optimize ") and command.split()[1].endswith(
         ("/examples/encoder/model.onnx", f"/benchmarks/work/real/models/{r['model']}/model.onnx"))
     if not (command.startswith("python benchmarks/int8_vs_ort.py") or legacy):
-        raise Unfit(f"{what} was not written by benchmarks/int8_vs_ort.py (its command: `{r.get('command')}`): "
-                    f"rerun `{rerun}`")
-    for build in r.get("tasks") or []:
-        if "mcpu" not in build:
-            raise Unfit(f"{what}: its kernel record predates the per-microarchitecture int8 peak and the per-bucket "
-                        f"records: rerun `{rerun}`")
+        kiln = command if command.startswith("kiln ") else f"kiln {command}"
+        caveats.append(f"run by hand with `{kiln}`, not by benchmarks/int8_vs_ort.py")
+    if any("mcpu" not in build for build in r.get("tasks") or []):
+        caveats.append("kernel shares not shown: its kernel record predates the per-microarchitecture int8 peak and "
+                       "the per-bucket records (a bucketed model's trials and kernels are one bucket's)")
+    if caveats:
+        _stale(what, "; ".join(caveats), rerun)
     mcpu = f", `{rm['llvm_mcpu']}`" if rm.get("llvm_mcpu") else ""
-    return f"{rm['cpu']} ({rm.get('int8_isa', '?')}{mcpu}), {r['date']}", rerun
+    return f"{rm['cpu']} ({rm.get('int8_isa', '?')}{mcpu}), {r['date']}", rerun, caveats
 
 
 def _peak(build: dict) -> str:
@@ -711,8 +728,12 @@ def int8_compiler(d: dict) -> list[str]:
              "| model | tuning | shipped | onnxruntime fp32 p50 ms | best onnxruntime int8 (p50 ms) | TVM int8 "
              "p50 ms | tvm / ort int8 | TVM int8 accuracy | intrinsic | trials | CPU (int8 ISA, LLVM mcpu), date |",
              "|---" * 11 + "|"]
+    stale = []
     for r in d["runs"]:
-        cpu, _ = _int8_row(r, d)
+        cpu, rerun, caveats = _int8_row(r, d)
+        if caveats:
+            cpu += ", stale (below)"
+            stale.append(f"- {r['model']}, {r['minutes']:g} min: {'; '.join(caveats)}; rerun `{rerun}`")
         if r.get("exit") != 0:
             lines.append(f"| {r['model']} | {r['minutes']:g} min | nothing (exit {r.get('exit')}) | | | | | | | | "
                          f"{cpu} |")
@@ -723,11 +744,15 @@ def int8_compiler(d: dict) -> list[str]:
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].get(name, {}).items()) or "-"
         tvm = f"{name} {p50[name]:.3g}" if name in p50 else f"{name}: " + "; ".join(r["tvm_reasons"])[:80]
         ratio = f"**{r['tvm_over_ort_int8']:.2f}**" if "tvm_over_ort_int8" in r else "-"
-        trials = f"{r['trials_run']}" + (f" ({len(builds)} buckets)" if len(builds) > 1 else "") if builds else "-"
+        trials_run = r.get("trials_run", sum(b["trials_run"] for b in builds))  # a legacy row: its one build's
+        trials = f"{trials_run}" + (f" ({len(builds)} buckets)" if len(builds) > 1 else "") if builds else "-"
         intrinsic = builds[0]["intrinsic"] if builds else "-"
         lines.append(f"| {r['model']} | {r['minutes']:g} min | {r['selected']} | {p50.get('onnxruntime', 0):.3g} | "
                      f"{best} ({p50.get(best, 0):.3g}) | {tvm} | {ratio} | {accuracy} | {intrinsic} | {trials} | "
                      f"{cpu} |")
+    if stale:
+        lines += ["", "Stale rows, shown as they were recorded (`python benchmarks/report.py --strict` lists them):",
+                  *stale]
     flagged = False
     for r in d["runs"]:
         for build in r.get("tasks") or []:
@@ -735,12 +760,14 @@ def int8_compiler(d: dict) -> list[str]:
             if not top:
                 continue
             where = f", bucket {build['bucket']}" if build.get("bucket") else ""
+            current = "mcpu" in build  # a legacy record's shares are against the old peak: not shown
+            peak = _peak(build) if current else "shares not shown: recorded before the per-microarchitecture peak"
             lines += ["", f"{r['model']}, {r['minutes']:g} min{where}: the largest int8 kernels ({build['intrinsic']}; "
-                      f"{build['trials_run']} trials, first round {build['first_round']} per task; {_peak(build)}):",
+                      f"{build['trials_run']} trials, first round {build['first_round']} per task; {peak}):",
                       "", "| task | weight | trials | best us | GOP/s | share of peak |", "|---|---|---|---|---|---|"]
             lines += [f"| {t['name'][:60]} | {t['weight']:g} | {t['trials']} | {t['best_us']:.1f} | {t['gops']} | "
-                      f"{flag(t['peak_share'] if build.get('peak_gops') else None)} |" for t in top]
-            flagged = flagged or any((t["peak_share"] or 0) > 1 for t in top)
+                      f"{flag(t['peak_share'] if current and build.get('peak_gops') else None)} |" for t in top]
+            flagged = flagged or (current and any((t["peak_share"] or 0) > 1 for t in top))
     if flagged:
         lines += ["", "A kernel above the peak is a measurement problem, not a share: the peak is at the base clock, "
                   "and a VM's `cpu MHz` is its nominal clock (a core in turbo runs above it), or the timing is wrong."]
@@ -832,6 +859,25 @@ def check(root: Path = ROOT) -> list[str]:
     return problems
 
 
+def stale(root: Path = ROOT) -> list[str]:
+    """The stale rows the blocks of the docs under ROOT show with a caveat, each once with its JSON and rerun:
+    what must be rerun before every figure is current (--strict). Unfit and broken blocks are --check's."""
+    found, cache = {}, {}
+    for doc in DOCS:
+        for m in BLOCK.finditer((root / doc).read_text()):
+            if m["name"] not in BLOCKS:
+                continue
+            del _STALE[:]
+            try:
+                render(m["name"], root, cache)
+            except Unfit:
+                pass  # its other rows' caveats still count
+            except Exception:
+                continue
+            found.update(dict.fromkeys(f"benchmarks/{BLOCKS[m['name']][0]} {s}" for s in _STALE))
+    return list(found)
+
+
 def rewrite(root: Path = ROOT) -> list[str]:
     """Rewrite every block of the docs under ROOT from its JSON; returns the docs that changed."""
     changed, cache = [], {}
@@ -848,15 +894,24 @@ def rewrite(root: Path = ROOT) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block differs")
+    parser.add_argument("--strict", action="store_true", help="--check, and exit 1 listing every stale row (shown "
+                        "with a caveat) with its rerun")
     parser.add_argument("--root", type=Path, default=ROOT, help="the tree whose README.md and benchmarks/ to use")
     args = parser.parse_args(argv)
-    if args.check:
-        problems = check(args.root)
+    if args.check or args.strict:
+        problems, old = check(args.root), stale(args.root)
         for p in problems:
             print(p, file=sys.stderr)
         if problems:
             print("run `python benchmarks/report.py` to rewrite the blocks from the JSON", file=sys.stderr)
-        return 1 if problems else 0
+        if old and args.strict:
+            print(*(f"stale: {s}" for s in old), sep="\n", file=sys.stderr)
+            print(f"{len(old)} stale rows are shown with a caveat: rerun each as named, then "
+                  "`python benchmarks/report.py`", file=sys.stderr)
+        elif old:
+            print(f"{len(old)} stale rows are shown with a caveat (`python benchmarks/report.py --strict` lists "
+                  "their reruns)", file=sys.stderr)
+        return 1 if problems or (old and args.strict) else 0
     for doc in rewrite(args.root):
         print(f"wrote {args.root / doc}")
     return 0

@@ -146,9 +146,69 @@ def test_a_bucketed_int8_row_shows_every_bucket_and_flags_a_kernel_above_the_pea
     assert "bucket sequence = 64" in text and "bucket sequence = 128" in text
     assert "| 50% |" in text
     assert "above peak (1.10x): measurement problem" in text and "110%" not in text
+    assert "stale" not in text.lower()  # a row its script wrote today carries no caveat
+    with pytest.raises(report.Unfit, match="row minilm-l6 20 min records no date"):
+        render({**d, "runs": [int8_row(date=None)]})
+    with pytest.raises(report.Unfit, match="row minilm-l6 20 min records no CPU"):
+        render({**d, "runs": [int8_row(machine={"cores": 2})]})
+
+
+def legacy_int8_json() -> dict:
+    """int8_vs_ort.json with a current row, one run by hand and one whose kernel record predates the
+    per-microarchitecture peak (no `mcpu`, one build); both with their date and CPU."""
+    old_build = {k: v for k, v in int8_build(64, 120, 1.096).items() if k not in ("mcpu", "uarch", "clock")}
     hand_made = int8_row(model="encoder", command="optimize /tmp/enc/model.onnx --tune-time 20m")
-    with pytest.raises(report.Unfit, match="row encoder 20 min was not written by benchmarks/int8_vs_ort.py"):
-        render({**d, "runs": [int8_row(), hand_made]})
+    old_kernels = int8_row(model="resnet50-thin", trials_run=None, tasks=[old_build],
+                           command="optimize /x/benchmarks/work/real/models/resnet50-thin/model.onnx --json")
+    del old_kernels["trials_run"]
+    return {"machine": int8_row()["machine"], "date": "2026-12-05", "runs": [int8_row(), hand_made, old_kernels]}
+
+
+def test_a_stale_int8_row_renders_with_its_caveat_passes_check_and_fails_strict(tmp_path):
+    """A legacy row with its date and CPU is shown as recorded with a caveat naming its rerun; --check passes
+    (the block matches its JSON), --strict lists every stale row with its rerun and exits 1."""
+    import json
+
+    text = "\n".join(report.BLOCKS["int8-compiler"][1](legacy_int8_json()))
+    assert "| encoder | 20 min |" in text and "2026-12-05, stale (below) |" in text  # its figures, marked
+    assert ("- encoder, 20 min: run by hand with `kiln optimize /tmp/enc/model.onnx --tune-time 20m`, not by "
+            "benchmarks/int8_vs_ort.py; rerun `python benchmarks/int8_vs_ort.py --models encoder --minutes 20`") in text
+    assert ("- resnet50-thin, 20 min: kernel shares not shown: its kernel record predates the per-microarchitecture "
+            "int8 peak") in text
+    assert "| 120 |" in text  # a legacy row's trials: its build's
+    assert "shares not shown: recorded before the per-microarchitecture peak" in text
+    old_table = text[text.index("resnet50-thin, 20 min, bucket"):]
+    assert "above peak" not in old_table and "| - |" in old_table  # the old record's shares are not shown
+    assert "- minilm-l6" not in text
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "int8_vs_ort.json").write_text(json.dumps(legacy_int8_json()))
+    (tmp_path / "README.md").write_text("No figures here.\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("<!-- generated: int8-compiler -->\n<!-- end -->\n")
+    subprocess.run([sys.executable, str(REPORT), "--root", str(tmp_path)], check=True, capture_output=True)
+    assert "stale (below)" in (tmp_path / "benchmarks" / "RESULTS.md").read_text()  # rewrite writes it
+
+    proc = run_check(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 stale rows are shown with a caveat" in proc.stderr
+    strict = subprocess.run([sys.executable, str(REPORT), "--strict", "--root", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert strict.returncode == 1
+    stale = [line for line in strict.stderr.splitlines() if line.startswith("stale: ")]
+    assert stale == [
+        "stale: benchmarks/int8_vs_ort.json row encoder 20 min: run by hand with `kiln optimize /tmp/enc/model.onnx "
+        "--tune-time 20m`, not by benchmarks/int8_vs_ort.py: rerun "
+        "`python benchmarks/int8_vs_ort.py --models encoder --minutes 20`",
+        "stale: benchmarks/int8_vs_ort.json row resnet50-thin 20 min: kernel shares not shown: its kernel record "
+        "predates the per-microarchitecture int8 peak and the per-bucket records (a bucketed model's trials and "
+        "kernels are one bucket's): rerun `python benchmarks/int8_vs_ort.py --models resnet50-thin --minutes 20`"]
+
+    # once rerun by the script, nothing is stale: --strict passes
+    (tmp_path / "benchmarks" / "int8_vs_ort.json").write_text(json.dumps({**legacy_int8_json(), "runs": [int8_row()]}))
+    subprocess.run([sys.executable, str(REPORT), "--root", str(tmp_path)], check=True, capture_output=True)
+    strict = subprocess.run([sys.executable, str(REPORT), "--strict", "--root", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert strict.returncode == 0, strict.stderr
 
 
 def test_int8_tasks_reads_every_bucket_build(tmp_path, monkeypatch):
