@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pandas as pd
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from kiln.artifact.manifest import Manifest
 from kiln.artifact.specs import Axis, Dim, Profile, TensorSpec
+from kiln.errors import KilnError
 from kiln.optimize.inspect import dynamic_dims, input_specs, load_model, output_axes, output_specs
 from kiln.optimize.profile import resolve
 from kiln.runtime.buckets import BucketRunner
@@ -175,3 +177,18 @@ def test_a_sample_whose_inputs_disagree_on_a_length_is_refused(tmp_path, kiln_en
         assert proc.returncode == 2 and "Traceback" not in output, output
         assert (f"sample {sample} has sequence = 7 in input 'input_ids' (axis 1) but 9 in input 'attention_mask' "
                 "(axis 1)") in output, output
+
+
+def test_batching_refuses_an_output_led_by_another_dimension():
+    """An output [sequence, batch] has a dynamic first axis, but it is the sequence's: cutting each caller's rows
+    there would hand callers each other's data, so batching is refused naming the output."""
+    batch = Dim(name="batch", low=1, high=4, axes=["x:0"], outputs=["y:1", "z:0"], batch=True)
+    seq = Dim(name="seq", low=1, high=8, axes=["x:1"], outputs=["y:0", "z:1"])
+    outputs = [TensorSpec(name="y", dtype="float32", shape=[-1, -1]),
+               TensorSpec(name="z", dtype="float32", shape=[-1, -1])]
+    manifest = Manifest.model_construct(profile=Profile(dims=[batch, seq]), outputs=outputs, name="m")
+    with pytest.raises(KilnError, match=r"lead with the batch axis; \['y'\] do not"):
+        BatchingConfig(max_queue_delay_us=1000).checked(manifest, batch)
+    led = [outputs[1]]  # z alone leads with the batch: batching is allowed
+    assert BatchingConfig(max_queue_delay_us=1000).checked(
+        Manifest.model_construct(profile=Profile(dims=[batch, seq]), outputs=led, name="m"), batch).max_batch == 4

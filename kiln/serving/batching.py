@@ -52,7 +52,10 @@ class BatchingConfig(BaseModel):
         if not batch.low <= size <= batch.high:
             raise KilnError(f"--max-batch {size} is outside the batch range {batch.low}..{batch.high} the model was "
                             "optimized and checked for", hint=f"use a --max-batch from {batch.low} to {batch.high}")
-        unbatched = [s.name for s in manifest.outputs if not s.shape or s.shape[0] >= 0]
+        # an output leads with the batch when its first axis is dynamic and no other dimension's (an output
+        # [sequence, batch] would be cut along the sequence, and each caller would get wrong rows)
+        other = {a for d in manifest.profile.dims if d.name != batch.name for a in d.outputs}
+        unbatched = [s.name for s in manifest.outputs if not s.shape or s.shape[0] >= 0 or Axis(s.name, 0) in other]
         if unbatched:  # each caller's rows could not be told apart
             raise KilnError(f"dynamic batching needs every output to lead with the batch axis; {unbatched} do not "
                             f"({[(s.name, s.shape) for s in manifest.outputs]})",
