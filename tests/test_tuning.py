@@ -181,12 +181,17 @@ def test_records_measured_another_way_are_not_reused(monkeypatch, tmp_path):
     database nor a cached build of that time may be picked up after the way of measuring changed."""
     from kiln.optimize import compile as compile_mod
     from kiln.optimize.models import PreparedModel
+    from kiln.optimize.plan import Plan
+    from kiln.optimize.request import OptimizeRequest
 
     monkeypatch.setenv("KILN_HOME", str(tmp_path))
     prepared = PreparedModel(path=str(tmp_path / "m.onnx"), sha256="ab" * 32)
-    now = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(prepared, "llvm", 8, None))
+    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", threads=1, transforms=[],
+                compiled=["tvm"], calibrate=False)
+    job = compile_mod.CompileJob(name="tvm", model=prepared.path, prepared=prepared, trials=8)
+    now = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(plan, job))
     monkeypatch.setattr(compile_mod, "MEASUREMENT", compile_mod.MEASUREMENT - 1)
-    before = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(prepared, "llvm", 8, None))
+    before = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(plan, job))
     assert now[0] != before[0] and now[1] != before[1]
 
 
