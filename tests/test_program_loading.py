@@ -201,3 +201,44 @@ def test_bfloat16_samples_saved_in_an_npz_are_read_as_bfloat16(tmp_path):
     samples = Dataset(path="data.npz").load(tmp_path, [TensorSpec(name="q", shape=[1, 3], dtype="bfloat16")])
     assert samples.inputs["q"].dtype == np.dtype(ml_dtypes.bfloat16)
     assert samples.inputs["q"].astype(np.float32).tolist() == [[[1.5, -2.0, 0.25]]]
+
+
+def test_a_folder_of_npz_samples_loads_as_the_same_samples_as_a_parquet_file(tmp_path):
+    """A folder of one .npz per sample (each at its own length) reads as the parquet file of list columns holding
+    the same rows does: one int64 tensor per sample and input, in file-name order, a batch of 1 added; a folder
+    with no .npz, or whose samples hold different arrays, is named. (The optimize flow from such data is
+    tests/test_dynamic_shapes.py's, with the parquet file: from here on both are the same Samples.)"""
+    import pandas as pd
+
+    from kiln.artifact.specs import TensorSpec
+    from kiln.errors import DatasetError
+    from kiln.program import ragged
+    from kiln.program.datasets import Dataset
+
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    rng = np.random.default_rng(0)
+    rows = [{"input_ids": rng.integers(1, 100, n).tolist(), "attention_mask": [1] * n, "token_type_ids": [0] * n}
+            for n in (29, 3, 11, 3, 17, 8, 1, 12, 25, 6, 4)]
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in reversed(range(len(rows))):  # written out of order: the file names give the order
+        np.savez(folder / f"{i:04d}.npz", **{k: np.asarray(v, np.int64) for k, v in rows[i].items()})
+    pd.DataFrame(rows).to_parquet(tmp_path / "real.parquet")
+    specs = [TensorSpec(name=n, dtype="int64", shape=[1, -1]) for n in names]
+    from_folder = Dataset(path="samples").load(tmp_path, specs)
+    from_parquet = Dataset(path="real.parquet").load(tmp_path, specs)
+    assert from_folder.count == from_parquet.count == len(rows) and from_folder.labels is None
+    for name in names:
+        got, want = from_folder.inputs[name], from_parquet.inputs[name]
+        assert ragged.is_ragged(got) and ragged.is_ragged(want)
+        for i, row in enumerate(rows):
+            assert got[i].dtype == np.int64 and got[i].shape == (1, len(row[name])), (name, i, got[i].shape)
+            np.testing.assert_array_equal(got[i], want[i])
+            np.testing.assert_array_equal(got[i][0], row[name])
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="the folder holds no .npz files"):
+        Dataset(path="empty").load(tmp_path, specs)
+    np.savez(folder / "9999.npz", input_ids=np.ones(3, np.int64))
+    with pytest.raises(DatasetError, match=r"9999.npz holds arrays \['input_ids'\], but 0000.npz holds"):
+        Dataset(path="samples").load(tmp_path, specs)
