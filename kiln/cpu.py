@@ -29,7 +29,8 @@ Int8Isa = Literal["amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"]
 EXACT_U8S8: frozenset[str] = frozenset({"amx", "avx512-vnni", "avx-vnni"})
 
 
-def _cpuinfo_flags() -> set[str]:
+def cpuinfo_flags() -> set[str]:
+    """The flags /proc/cpuinfo lists for the first CPU (empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -45,7 +46,7 @@ def detected_int8_isa() -> Int8Isa:
         from numpy._core._multiarray_umath import __cpu_features__ as cpuid
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as cpuid
-    proc = _cpuinfo_flags()
+    proc = cpuinfo_flags()
     proc_agrees = bool(proc) and ("avx512f" in proc) == bool(cpuid.get("AVX512F"))
     if cpuid.get("AVX512_SPR") and proc_agrees and "amx_int8" in proc:
         return "amx"
@@ -127,7 +128,7 @@ def base_clock() -> Clock | None:
         mhz = float(line.partition(":")[2])
     except ValueError:
         return None
-    vm = "hypervisor" in _cpuinfo_flags()
+    vm = "hypervisor" in cpuinfo_flags()
     return Clock(mhz / 1000.0, "/proc/cpuinfo cpu MHz, a VM's nominal clock: a turbo runs above it" if vm else
                  "/proc/cpuinfo cpu MHz, the clock when read")
 

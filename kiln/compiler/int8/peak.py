@@ -27,7 +27,8 @@ A CPU with no row (or a row without a sourced figure) gets no peak: no share is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from kiln.cpu import cpuinfo_flags
 
 # u8 x s8 multiply-accumulates per multiply instruction, per intrinsic (kiln.compiler.int8.intrinsics)
 MACS_PER_MULTIPLY = {"vnni": 64, "avx512": 32, "avx512-exact": 32, "avx2": 16, "avx2-exact": 16}
@@ -100,20 +101,11 @@ UARCHS: dict[str, Uarch] = {u.name: u for u in (
 )}
 
 
-def _cpuinfo_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 def microarchitecture(mcpu: str, flags: set[str] | None = None) -> tuple[str, str | None]:
     """The table's row for the LLVM CPU name `mcpu` on a CPU with /proc/cpuinfo `flags` (read here when None),
     and why it differs from `mcpu` (None when it does not): LLVM answers `rocketlake` on the Intel VMs whose
     model is hidden, though /proc/cpuinfo lists AMX, which only Sapphire Rapids and later Xeons have."""
-    flags = _cpuinfo_flags() if flags is None else flags
+    flags = cpuinfo_flags() if flags is None else flags
     if mcpu == "rocketlake" and "amx_int8" in flags:
         return "sapphirerapids", ("LLVM reports `rocketlake`, but /proc/cpuinfo lists amx_int8, which no Rocket "
                                   "Lake has: taken as a Sapphire Rapids (or later) Xeon")
