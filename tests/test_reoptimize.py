@@ -25,7 +25,9 @@ def newest(store: Path, name: str) -> tuple[Path, dict]:
 def test_reoptimize_continues_the_search_and_ships_only_faster(kiln_env, tmp_path):
     model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=64)
     store = Path(kiln_env["KILN_STORE"])
-    proc = run_kiln(["optimize", str(model), "--candidates", "onnxruntime,tvm", "--trials", "4", "--json"], kiln_env)
+    # 2 trials now and 2 more later: each trial is a search round of seconds, and what is checked is that the
+    # second search starts from the first one's records and adds to them
+    proc = run_kiln(["optimize", str(model), "--candidates", "onnxruntime,tvm", "--trials", "2", "--json"], kiln_env)
     assert proc.returncode == 0, proc.stderr
     v1_path, v1 = newest(store, "cnn")
     assert v1["version"] == 1
@@ -41,7 +43,7 @@ def test_reoptimize_continues_the_search_and_ships_only_faster(kiln_env, tmp_pat
 
     # a fresh KILN_HOME: the search can only continue from the database saved in the artifact
     env = {**kiln_env, "KILN_HOME": str(tmp_path / "other-home")}
-    proc = run_kiln(["reoptimize", "--extra-trials", "4", "-v"], env)
+    proc = run_kiln(["reoptimize", "--extra-trials", "2", "-v"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"continuing the search from {v1_records} tuning records" in proc.stdout + proc.stderr
     v2_path, v2 = newest(store, "cnn")
