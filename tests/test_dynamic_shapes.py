@@ -58,12 +58,12 @@ def reference(model: Path, length: int, seed: int = 1) -> tuple[dict[str, np.nda
     return feed, ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
 
 
-@pytest.mark.parametrize("layout", ["parquet", "npz-folder"])
-def test_published_without_shapes_and_served_at_every_length(tmp_path, kiln_env, layout):
+def test_published_without_shapes_and_served_at_every_length(tmp_path, kiln_env):
+    """Unpadded samples in a parquet file (a folder of .npz loads to the same samples: test_program_loading)."""
+    layout = "parquet"
     model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
     rows = sentences()
-    data = write_parquet(tmp_path / "real.parquet", rows) if layout == "parquet" else \
-        write_npz_folder(tmp_path / "samples", rows)
+    data = write_parquet(tmp_path / "real.parquet", rows)
     proc = run_kiln(["optimize", str(model), "--data", str(data), "--range", "cosine>=0.99", "--name", f"dyn-{layout}",
                      "--candidates", "onnxruntime,ort-fp32-fused,ort-int8-fused-dynamic", "--trials", "0", "--json"],
                     kiln_env)
