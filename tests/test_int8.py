@@ -4,6 +4,7 @@ onnxruntime's int8, a node kept in fp32 staying fp32, and the TVM int8 candidate
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,9 @@ def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
         assert f"kiln passes: int8-{expected}" in " ".join(row["notes"]), row["notes"]
         int8 = next(n for n in row["notes"] if n.startswith("int8 kernels:"))
         assert f"int8 kernels: {expected} on {detected_int8_isa()} ({sums}), 2 matmul(s) lowered" in int8, int8
-        assert row["notes"][0].startswith("tuning: 2 trials (0 failed), 2/"), row["notes"]
+        # both trials ran; records other models (earlier tests) tuned on this CPU may measure more tasks
+        tuned = re.match(r"tuning: 2 trials \(0 failed\), (\d+)/", row["notes"][0])
+        assert tuned and int(tuned[1]) >= 2, row["notes"]
     assert rows["tvm-int8-dynamic"]["passed"] and rows["tvm-int8-static"]["passed"]
     assert out["schema_version"] and out["selected"] in rows  # published: the --json output is the manifest
     # the CPU's shared database now holds int8 kernels' records, which name kiln's intrinsics: a later run that
