@@ -436,3 +436,23 @@ def test_a_batch_declared_as_one_value_feeds_rows_that_many_at_a_time(tmp_path):
     np.savez(tmp_path / "rows.npz", ids=np.ones((10, 8), np.int64))
     samples = Dataset(path="rows.npz").load(tmp_path, fixed)
     assert samples.batch == 4 and samples.count == 10
+
+
+def test_a_bucketed_candidates_tuning_counts_every_bucket():
+    """The manifest's tuning of a bucketed TVM candidate is every bucket's search (each a static build tuned with
+    its share of the budget), not the largest bucket's alone: trials, failures and seconds summed, each task row
+    named by its bucket, the database the largest bucket's."""
+    from kiln.artifact.manifest import TaskTuning, TuningInfo
+    from kiln.optimize.compile import bucket_tuning
+
+    def info(value: int, trials: int, failed: int) -> TuningInfo:
+        return TuningInfo(trials=trials, tasks=1, records_added=trials, seconds=float(trials), database=f"db{value}",
+                          target={"mcpu": "x"}, trials_run=trials, failed_trials=failed, stopped_by="trials",
+                          estimated_ms=1.0, per_task=[TaskTuning(name="dense", weight=1, trials=trials,
+                                                                 failed_trials=failed)])
+
+    merged = bucket_tuning("sequence", {16: info(16, 30, 1), 64: info(64, 10, 2)}, top=16)
+    assert (merged.trials, merged.trials_run, merged.failed_trials, merged.seconds) == (40, 40, 3, 40.0)
+    assert merged.database == "db16" and merged.estimated_ms is None
+    assert [(t.name, t.trials) for t in merged.per_task] == [("sequence = 16: dense", 30), ("sequence = 64: dense", 10)]
+    assert bucket_tuning("sequence", {16: info(16, 5, 0)}, top=16).per_task[0].name == "dense"  # one bucket: as built

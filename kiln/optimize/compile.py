@@ -351,5 +351,33 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
     first = parts[top]
     return BuiltCandidate(
         name=name, backend="tvm", path=str(folder), cached=all(p.cached for p in parts.values()),
-        build_seconds=sum(p.build_seconds or 0 for p in parts.values()), tuning=first.tuning,
+        build_seconds=sum(p.build_seconds or 0 for p in parts.values()),
+        tuning=bucket_tuning(dim.name, {b: p.tuning for b, p in parts.items() if p.tuning}, top),
         settings=first.settings.merged(buckets=sorted(parts), bucket_dim=dim.name, padding=checked.padding or None))
+
+
+def bucket_tuning(dim: str, tunings: dict[int, TuningInfo], top: int) -> TuningInfo | None:
+    """Every bucket's search as one record: budgets, trials, failures, records and seconds summed, each task row
+    labelled with its bucket; the database, target and int8 lowering are the largest bucket's (publish copies that
+    database: the re-optimization of the traffic that matters most continues from it)."""
+    if top not in tunings:
+        return None
+    if len(tunings) == 1:
+        return tunings[top]
+    parts = sorted(tunings.items())
+
+    def total(field: str) -> float:
+        return sum(getattr(t, field) or 0 for _, t in parts)
+
+    return tunings[top].model_copy(update={
+        "trials": int(total("trials")), "tasks": int(total("tasks")), "records_added": int(total("records_added")),
+        "seconds": total("seconds"), "trials_run": int(total("trials_run")),
+        "failed_trials": int(total("failed_trials")),
+        "time_budget_s": total("time_budget_s") or None, "seeded_records": int(total("seeded_records")),
+        "shared_records_added": int(total("shared_records_added")),
+        "estimated_ms": None,  # each bucket's is one padded request's, not the traffic's
+        "stopped_by": ", ".join(sorted({t.stopped_by for _, t in parts if t.stopped_by})) or None,
+        "per_task": [task.model_copy(update={"name": f"{dim} = {value}: {task.name}"})
+                     for value, t in parts for task in t.per_task],
+        "warnings": list(dict.fromkeys(w for _, t in parts for w in t.warnings)),
+    })
