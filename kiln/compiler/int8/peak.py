@@ -75,6 +75,8 @@ UARCHS: dict[str, Uarch] = {u.name: u for u in (
           + _MCA_05.format("sapphirerapids") + "; kiln's VNNI kernels measured up to 1.29 TOP/s on 2 cores of "
           "such a Xeon at a nominal 2.6 GHz (benchmarks/int8_vs_ort.json), above what one zmm per cycle allows",
           _XEON_2FMA),
+    Uarch("emeraldrapids", 2, 2, True, f"{INTEL_MANUAL} (Raptor Cove, Golden Cove's server successor: the port 5 "
+          "FMA unit); " + _MCA_05.format("emeraldrapids"), _XEON_2FMA),
     Uarch("rocketlake", 1, 2, True, f"{INTEL_MANUAL} (Ice Lake client / Cypress Cove: one 512-bit FMA unit, "
           "ports 0+1 fused; port 5 has none). LLVM's IceLake model, shared by client and server parts, says 0.5 "
           "cycles (llvm-mca-16 -mcpu=rocketlake): it does not tell the client core apart, so it is not followed",
