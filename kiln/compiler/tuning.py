@@ -64,6 +64,26 @@ class Limits:
     int8: str | None = None  # kiln's int8 dense tasks are searched around this dot intrinsic (kiln.compiler.int8)
 
 
+POPULATION = 512  # MetaSchedule's default population of schedules sampled and evolved per search round
+MIN_POPULATION = 64
+
+
+def population_for(trials: int, tasks: int) -> int:
+    """The search's population for a budget of `trials` over `tasks`: MetaSchedule's 512 once a task gets a full
+    round (64 trials) or more; smaller for tiny budgets, where sampling and evolving 512 schedules per round (seconds
+    on 2 cores, whatever the round measures) buys nothing: 8 per trial a task gets, at least 64."""
+    per_task = trials // max(1, tasks)
+    return POPULATION if per_task >= TRIALS_PER_ROUND else max(MIN_POPULATION, min(POPULATION, 8 * per_task))
+
+
+def evolutionary(limits: Limits, tasks: int):
+    from tvm.s_tir import meta_schedule as ms
+
+    population = population_for(limits.trials, tasks)
+    return ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                 init_min_unmeasured=min(50, population // 2))
+
+
 @dataclass
 class TaskState:
     name: str
@@ -306,7 +326,7 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
         """The evolutionary search, handing out no trial beyond the budget, and none once the time is spent."""
 
         def __init__(self, inner=None):
-            self.inner = inner or ms.search_strategy.EvolutionarySearch()
+            self.inner = inner or evolutionary(limits, len(extracted))
             self.known = False  # the task starts from tuned records
             self.rounds = 0
 
