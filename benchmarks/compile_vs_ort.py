@@ -73,7 +73,7 @@ def bench_model(name: str, budgets: list[int], threads: int, target: str = "llvm
     rows = []
     for budget in budgets:
         t0 = time.perf_counter()
-        res = compile_model(prepared, inputs, target_kind=target, limits=Limits(trials=budget, seconds=tune_seconds),
+        res = compile_model(prepared, inputs, target=target, limits=Limits(trials=budget, seconds=tune_seconds),
                             db_dir=work / f"db-{budget}", out=work / f"tvm-{budget}.so",
                             progress=lambda p: print(f"\r[{name}] tuning: {p.describe()}", end="", file=CONSOLE))
         build_s = time.perf_counter() - t0

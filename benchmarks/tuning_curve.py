@@ -106,7 +106,7 @@ def curve(name: str, minutes: list[float], threads: int, shared: Path | None = N
     for checkpoint in minutes:
         segment = (checkpoint - spent) * 60
         start = time.perf_counter()
-        res = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
+        res = compile_model(prepared, inputs, target="host", db_dir=work / "db", out=work / f"tvm-{checkpoint}.so",
                             limits=Limits(trials=100_000 if segment > 0 else 0, seconds=segment or None,
                                           prepack=True, threads=threads, int8=int8_kernels), shared_root=shared,
                             graph_passes=graph_passes,

@@ -96,7 +96,7 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
             source = work / slug / "prepared.onnx"
             prepare_model(model, inputs, source, str(path), ort_disabled=settings.pop("ort_disabled"))
         try:
-            res = compile_model(source, inputs, target_kind="llvm", db_dir=work / ("paired" if paired else slug)
+            res = compile_model(source, inputs, target="host", db_dir=work / ("paired" if paired else slug)
                                 / "db", out=work / slug / "model.so", graph_passes=graph_passes,
                                 limits=Limits(trials=100_000, seconds=minutes * 60, trials_per_round=per_round,
                                               threads=threads, **{"prepack": True, **settings}),
@@ -109,7 +109,7 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
         built[label] = tuned[label] = res
     for label in [v for v in built if VARIANTS[v][2]]:  # paired: each rebuilt from the database they all added to
         slug = label.replace(" ", "-").replace("+", "plus")
-        built[label] = compile_model(prepared, inputs, target_kind="llvm", db_dir=work / "paired" / "db",
+        built[label] = compile_model(prepared, inputs, target="host", db_dir=work / "paired" / "db",
                                      out=work / slug / "final.so", graph_passes=VARIANTS[label][0],
                                      limits=Limits(trials=0, prepack=True, threads=threads))
     runners = {label: TvmRunner(r.module, inputs, outputs, threads=threads) for label, r in built.items()}

@@ -10,7 +10,6 @@ candidate beats it by `min_gain`. A model whose program or data vanished is skip
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -39,7 +38,7 @@ def program_location(artifact: Path, manifest: Manifest) -> tuple[str | None, st
 
 
 # what a re-optimization decides itself, whatever the version in service was asked
-_OWN = {"program", "data", "ranges", "name", "compare_with_current", "trials", "tune_time", "target", "min_gain",
+_OWN = {"program", "data", "ranges", "name", "compare_with_current", "trials", "tune_time", "min_gain",
         "latency_repeats"}
 
 
@@ -47,6 +46,8 @@ def request_for(folder: Path, manifest: Manifest, location: str, **own) -> Optim
     """The request the version in service recorded, on its saved program (its data and ranges are in it), with
     this re-optimization's budget and the version as the incumbent."""
     asked = {k: v for k, v in manifest.request.items() if k not in _OWN}
+    if own.get("targets") is None:  # the version in service's targets (`target` in requests recorded before)
+        own.pop("targets", None)
     asked.setdefault("shapes", manifest.program.shapes or None)  # versions made before requests were recorded
     return OptimizeRequest.of(**asked, program=location, name=manifest.name, incumbent=str(folder), **own)
 
@@ -74,7 +75,7 @@ def reoptimize(
     extra_trials: int = 64,
     models: list[str] | None = None,
     store: str | None = None,
-    target: Literal["llvm", "cuda"] = "llvm",
+    targets: list[str] | None = None,
     min_gain: float = MIN_GAIN,
     latency_repeats: int = LATENCY_REPEATS,
     tune_time: float | None = None,
@@ -85,7 +86,7 @@ def reoptimize(
         extra_trials: MetaSchedule trials to add to each model's search (its saved database is kept).
         models: model names to re-optimize (default: every model in the store).
         store: artifact store folder (default: KILN_STORE or ~/.kiln/store on the worker).
-        target: llvm (this CPU) or cuda.
+        targets: the CPUs to build for (default: each version's own targets, as its request recorded them).
         min_gain: how much faster (a fraction, measured in the same run) a new version must be.
         latency_repeats: timed calls per candidate.
         tune_time: a wall-clock tuning budget per model, in seconds, beside extra_trials.
@@ -105,7 +106,7 @@ def reoptimize(
             continue
         try:
             request = request_for(folder, manifest, location, trials=extra_trials, tune_time=tune_time,
-                                  target=target, store=store, min_gain=min_gain, latency_repeats=latency_repeats)
+                                  targets=targets, store=store, min_gain=min_gain, latency_repeats=latency_repeats)
             outcome = optimize(request)
         except KilnError as exc:  # the program or its data no longer load, or nothing passes its ranges
             logger.warning("skipping %s v%s: %s", name, manifest.version, exc.render())

@@ -11,19 +11,22 @@ same outputs as on the VNNI host.
 So kiln quantizes weights to uint8 where u8 x s8 saturates, and keeps the usual (and on VNNI fastest) U8S8
 where it is exact: `Int8Scheme`.
 
-The features come from CPUID as numpy reads it at import (what onnxruntime's own dispatch reads), not from
-/proc/cpuinfo, which describes the host even where the process runs on an emulated or masked CPU. The two
-flags numpy does not report (avx_vnni, amx_int8) are taken from /proc/cpuinfo only where it agrees with
-CPUID about AVX-512.
+The features come from CPUID (kiln.runtime.cpu_flags), not from /proc/cpuinfo, which describes the host even
+where the process runs on an emulated or masked CPU.
+
+What is quantized for is the target's CPU (kiln.artifact.target.Target.int8_isa), not this one:
+`Int8Scheme.for_target`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Literal
+
+from kiln.artifact.target import Target, int8_isa_of
+from kiln.runtime.cpu_flags import this_cpu
 
 Int8Isa = Literal["amx", "avx512-vnni", "avx-vnni", "avx512", "avx2", "sse"]
 EXACT_U8S8: frozenset[str] = frozenset({"amx", "avx512-vnni", "avx-vnni"})
@@ -39,26 +42,9 @@ def cpuinfo_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-@cache
 def detected_int8_isa() -> Int8Isa:
     """The best int8 dot-product instruction set of the CPU this process runs on."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as cpuid
-    except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as cpuid
-    proc = cpuinfo_flags()
-    proc_agrees = bool(proc) and ("avx512f" in proc) == bool(cpuid.get("AVX512F"))
-    if cpuid.get("AVX512_SPR") and proc_agrees and "amx_int8" in proc:
-        return "amx"
-    if cpuid.get("AVX512VNNI"):
-        return "avx512-vnni"
-    if cpuid.get("AVX2") and proc_agrees and "avx_vnni" in proc:
-        return "avx-vnni"
-    if cpuid.get("AVX512BW"):
-        return "avx512"
-    if cpuid.get("AVX2"):
-        return "avx2"
-    return "sse"
+    return int8_isa_of(this_cpu().flags)  # type: ignore[return-value]
 
 
 def u8s8_exact(isa: str) -> bool:
@@ -87,6 +73,11 @@ class Int8Scheme:
     def current(cls) -> Int8Scheme:
         """For KILN_INT8_ISA's CPUs where set (the serving fleet's), else for this one."""
         return cls.for_isa(int8_isa())
+
+    @classmethod
+    def for_target(cls, target: Target) -> Int8Scheme:
+        """For the target's CPU (KILN_INT8_ISA chooses a target where no --target is given: kiln.optimize.plan)."""
+        return cls.for_isa(target.int8_isa)
 
     @property
     def label(self) -> str:

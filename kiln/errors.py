@@ -51,6 +51,11 @@ class InputError(KilnError):
     """A request or feed given to a compiled model is invalid (shape, dtype, index range)."""
 
 
+class TargetError(KilnError):
+    """A target name kiln does not know, or an artifact built for a CPU this one is not (its code would die with
+    SIGILL here)."""
+
+
 class GateError(KilnError):
     """No candidate met every metric range; `table` explains what each scored."""
 

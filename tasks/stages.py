@@ -46,7 +46,7 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
                      plan: Plan) -> list[BuiltCandidate]:
     """The baseline and the transform candidates (and the incumbent); one that fails to build is reported."""
     return build.build_candidates(checked, prepared, ref, plan.transforms, log=get_run_logger(),
-                                  incumbent=plan.incumbent)
+                                  incumbent=plan.incumbent, target=plan.target)
 
 
 @task(name="compile-job", task_run_name="compile-job-{name}")

@@ -183,7 +183,7 @@ def embed_tvm_artifact(tmp_path_factory) -> tuple[Path, Path]:
     store = ArtifactStore(tmp / "store")
 
     def fill(folder):
-        compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0), db_dir=tmp / "db",
+        compile_model(model, inputs, target="host", limits=Limits(trials=0), db_dir=tmp / "db",
                       out=folder / "model.so")
         info = generate(folder / "protocol")
         cand = CandidateResult(name="tvm", backend="tvm", latency_ms=LatencyMs(p50=1, p90=1), passed=True)

@@ -193,7 +193,8 @@ def test_optimize_request_checks_every_field_once():
     assert OptimizeRequest.of(program="m.onnx").chosen[0] == "onnxruntime"  # the baseline is always measured
     assert r.parameters()["request"]["shapes"] == {"x": [2, 3]}
     for fields, message in [({"candidates": ["tvm", "nope"]}, "unknown candidates ['nope']"),
-                            ({"target": "arm"}, "unknown target 'arm'"),
+                            ({"target": "arm"}, "target 'arm' is not an x86-64 CPU"),
+                            ({"targets": ["zen3"]}, "unknown target 'zen3'"),
                             ({"shapes": ["x=2xq"]}, "cannot read shape 'x=2xq'"),
                             ({"shapes": {"x": [2, 0]}}, "positive integers"),
                             ({"upload": "http://bucket"}, "not an s3:// URI"),
@@ -297,6 +298,7 @@ def test_the_compile_key_is_one_pure_function_of_the_plan_and_the_candidate(tmp_
     continued search depends on what it holds) and computes the key; compile_key is a function of the plan and
     the job alone, and Prefect's cache key only hashes the job (it writes nothing, reads nothing)."""
     from kiln.compiler import DB_FILES
+    from kiln.compiler.targets import resolve
     from kiln.fs import json_sha256
     from kiln.optimize.compile import cache_dir, compile_key, static_job, tuning_dir
     from kiln.optimize.models import PreparedModel
@@ -304,8 +306,8 @@ def test_the_compile_key_is_one_pure_function_of_the_plan_and_the_candidate(tmp_
     from tasks.stages import _compile_cache_key
 
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
-    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", threads=1, transforms=[],
-                compiled=["tvm"], calibrate=False)
+    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", target=resolve("host"), threads=1,
+                transforms=[], compiled=["tvm"], calibrate=False)
     prepared = PreparedModel(path=str(tmp_path / "m.onnx"), sha256="ab" * 32)
     job = static_job(prepared, plan, "tvm", 8, None)
     assert job.key == compile_key(plan, job) and job.folder == str(cache_dir(job.key).resolve())
@@ -313,6 +315,7 @@ def test_the_compile_key_is_one_pure_function_of_the_plan_and_the_candidate(tmp_
     assert compile_key(plan.model_copy(update={"prepack": False}), job) != job.key
     assert compile_key(plan, job.model_copy(update={"trials": 16})) != job.key
     assert compile_key(plan, job.model_copy(update={"name": "tvm-fast-math"})) != job.key
+    assert compile_key(plan.model_copy(update={"target": resolve("x86-64-v3")}), job) != job.key
 
     saved = tmp_path / "incumbent" / "tuning"
     saved.mkdir(parents=True)

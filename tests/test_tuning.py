@@ -31,7 +31,7 @@ def test_trials_timed_with_cold_caches_and_without_xgboost(monkeypatch, tmp_path
     assert cost_model_kind() == "xgb"  # kiln pins xgboost-cpu: the learned model guides every other search
     monkeypatch.setitem(sys.modules, "xgboost", None)  # `import xgboost` now raises ImportError
     model, inputs = _cnn(tmp_path)
-    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=2, trials_per_round=2,
+    result = compile_model(model, inputs, target="host", limits=Limits(trials=2, trials_per_round=2,
                                                                            cache_flush=True),
                            db_dir=tmp_path / "db", out=tmp_path / "cnn.so")
     t = result.tuning
@@ -95,7 +95,7 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
 
     model, inputs = _cnn(tmp_path)
     shared, seen = tmp_path / "shared", []
-    first = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=5, prepack=True),
+    first = compile_model(model, inputs, target="host", limits=Limits(trials=5, prepack=True),
                           db_dir=tmp_path / "db-a", out=tmp_path / "a.so", shared_root=shared,
                           progress=lambda p: seen.append(p.describe()))
     t = first.tuning
@@ -125,7 +125,7 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     # reaches their latency with no trial at all (pre-packing marks the weights in the kernels' TIR, so its
     # workloads are its own: both runs pre-pack)
     other = onnx_models.small_cnn(tmp_path / "cnn7.onnx", classes=7)
-    again = compile_model(other, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+    again = compile_model(other, inputs, target="host", limits=Limits(trials=0, prepack=True),
                           db_dir=tmp_path / "db-b", out=tmp_path / "b.so", shared_root=shared)
     tuned = {k.name: k.best_us for k in t.tasks}
     reached = {k.name: k.start_us for k in again.tuning.tasks if k.start_us is not None}
@@ -136,11 +136,11 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     # input (lv..._red), so the first's pooling record does not apply to it. Copied anyway, it made the
     # database unloadable and the build fail (ResNet-34 after ResNet-18): it is skipped, the rest is reused.
     deeper = onnx_models.small_cnn(tmp_path / "cnn-deep.onnx", extra=1)
-    built = compile_model(deeper, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+    built = compile_model(deeper, inputs, target="host", limits=Limits(trials=0, prepack=True),
                           db_dir=tmp_path / "db-d", out=tmp_path / "d.so", shared_root=shared)
     assert built.tuning.seeded > 0 and (tmp_path / "d.so").is_file()
     assert ms_database_loads(tmp_path / "db-d")
-    alone = compile_model(other, inputs, target_kind="llvm", limits=Limits(trials=0, prepack=True),
+    alone = compile_model(other, inputs, target="host", limits=Limits(trials=0, prepack=True),
                           db_dir=tmp_path / "db-c", out=tmp_path / "c.so", shared_root=tmp_path / "elsewhere")
     assert alone.tuning.seeded == 0 and all(k.start_us is None for k in alone.tuning.tasks)
 
@@ -165,8 +165,12 @@ def test_every_task_measured_counted_and_shared_with_the_next_model(tmp_path):
     loaded = ms.database.JSONDatabase(work_dir=str(together))  # every line parses
     assert len(loaded) == count_records(together) == count_records(alone_merge)
 
-    epyc = fingerprint("znver5", 2, ["avx2", "avx512f"])
-    xeon = fingerprint("sapphirerapids", 2, ["avx2", "avx512f", "amx_tile"])
+    from kiln.artifact.target import Target
+
+    epyc = fingerprint(Target(name="host", mcpu="znver5", requires=["avx2", "avx512f"]), 2)
+    xeon = fingerprint(Target(name="host", mcpu="sapphirerapids", requires=["avx2", "avx512f", "amx_tile"]), 2)
+    v3 = Target(name="x86-64-v3", mcpu="x86-64-v3", requires=["avx2"])
+    assert folder_for(shared, fingerprint(v3, 2, "znver5")) != folder_for(shared, fingerprint(v3, 2, "rocketlake"))
     assert folder_for(shared, epyc) != folder_for(shared, xeon)
     assert folder_for(shared, epyc) != folder_for(shared, {**epyc, "isa": ["avx2"]})
     assert folder_for(shared, epyc) != folder_for(shared, {**epyc, "measurement": epyc["measurement"] - 1})
@@ -181,6 +185,7 @@ def ms_database_loads(folder) -> bool:
 def test_records_measured_another_way_are_not_reused(monkeypatch, tmp_path):
     """Trials measured single-threaded (MEASUREMENT 1) chose kernels by the wrong clock: neither the model's own
     database nor a cached build of that time may be picked up after the way of measuring changed."""
+    from kiln.compiler.targets import resolve
     from kiln.optimize import compile as compile_mod
     from kiln.optimize.models import PreparedModel
     from kiln.optimize.plan import Plan
@@ -188,8 +193,8 @@ def test_records_measured_another_way_are_not_reused(monkeypatch, tmp_path):
 
     monkeypatch.setenv("KILN_HOME", str(tmp_path))
     prepared = PreparedModel(path=str(tmp_path / "m.onnx"), sha256="ab" * 32)
-    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", threads=1, transforms=[],
-                compiled=["tvm"], calibrate=False)
+    plan = Plan(request=OptimizeRequest(program="m.onnx", trials=8), name="m", target=resolve("host"), threads=1,
+                transforms=[], compiled=["tvm"], calibrate=False)
     job = compile_mod.CompileJob(name="tvm", model=prepared.path, prepared=prepared, trials=8)
     now = (compile_mod.tuning_dir(prepared, "llvm"), compile_mod.compile_key(plan, job))
     monkeypatch.setattr(compile_mod, "MEASUREMENT", compile_mod.MEASUREMENT - 1)
@@ -246,7 +251,7 @@ def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):
         want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         for name, graph_pass in PASSES.items():
             try:
-                result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=0),
+                result = compile_model(model, inputs, target="host", limits=Limits(trials=0),
                                        db_dir=tmp_path / "db", out=tmp_path / f"{label}-{name}.so",
                                        graph_passes=(name,))
             except NotApplicable as exc:  # an approximation with nothing to approximate: its candidate is skipped
@@ -275,7 +280,7 @@ def test_an_embedding_is_measured_not_crashed(tmp_path):
     from kiln.compiler import Limits, compile_model
 
     model = onnx_models.embedding(tmp_path / "embedding.onnx", vocab=30522, dim=8, seq=16)
-    result = compile_model(model, [TensorSpec(name="ids", dtype="int64", shape=[1, 16])], target_kind="llvm",
+    result = compile_model(model, [TensorSpec(name="ids", dtype="int64", shape=[1, 16])], target="host",
                            limits=Limits(trials=4), db_dir=tmp_path / "db", out=tmp_path / "embedding.so")
     t = result.tuning
     gathers = [k for k in t.tasks if "take" in k.name]
@@ -313,7 +318,7 @@ def test_a_time_budget_sizes_the_first_round_so_every_task_is_measured(tmp_path)
     costs = trial_costs.save(db, trial_s=1.5, round_s=6.0)  # as if measured here before (slow: 2 busy cores)
     seconds = 100.0
     start = time.monotonic()
-    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=seconds),
+    result = compile_model(model, inputs, target="host", limits=Limits(trials=100_000, seconds=seconds),
                            db_dir=db, out=tmp_path / "cnn.so")
     t = result.tuning
     n = len(t.tasks)
@@ -338,7 +343,7 @@ def test_a_time_budget_too_short_for_a_first_round_says_so_before_tuning(tmp_pat
     db = tmp_path / "db"
     trial_costs.save(db, trial_s=30.0, round_s=10.0)
     caplog.set_level(logging.WARNING, logger="kiln.compiler")
-    result = compile_model(model, inputs, target_kind="llvm", limits=Limits(trials=100_000, seconds=3),
+    result = compile_model(model, inputs, target="host", limits=Limits(trials=100_000, seconds=3),
                            db_dir=db, out=tmp_path / "cnn.so")
     n = len(result.tuning.tasks)
     need = trial_costs.Costs(30.0, 10.0, True).first_round_seconds(n, trial_costs.MIN_FIRST_ROUND)
@@ -368,3 +373,12 @@ def test_tvm_candidates_of_one_run_share_the_tuning_time():
     assert share_of(1200, both, "tvm-int8-dynamic") == 1200 * INT8_TIME_WEIGHT / (1 + INT8_TIME_WEIGHT)
     assert share_of(1200, both, "tvm") + share_of(1200, both, "tvm-int8-dynamic") == 1200
     assert share_of(None, both, "tvm") is None
+
+
+def test_the_search_population_scales_down_only_for_tiny_budgets():
+    """A budget of a few trials per task samples 64 schedules a round instead of 512 (seconds of search on 2 cores
+    for nothing measured); a task given a full round or more searches as MetaSchedule does."""
+    from kiln.compiler.tuning import population_for
+
+    assert population_for(2, 5) == population_for(8, 1) == 64
+    assert population_for(40, 1) == 320 and population_for(64 * 3, 3) == population_for(100_000, 12) == 512

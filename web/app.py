@@ -96,7 +96,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     @app.post("/runs")
     async def submit(request: Request, csrf: str = Form(""), archive: UploadFile | None = File(None),
                      model: UploadFile | None = File(None), files: list[UploadFile] = File(default_factory=list),
-                     trials: str = Form(""), target: str = Form("llvm"), candidates: list[str] = Form([]),
+                     trials: str = Form(""), target: str = Form("host"), candidates: list[str] = Form([]),
                      shapes: str = Form(""), upload: str = Form(""), image: str = Form(""),
                      data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form(""),
                      tune_time: str = Form(""), dims: str = Form("")) -> Response:
@@ -210,7 +210,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 def _form_fields(trials: str, target: str, candidates: list[str], shapes: str, upload: str, image: str,
                  ranges: str = "", name: str = "", tune_time: str = "", dims: str = "") -> dict:
     """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
-    out: dict = {"target": target}
+    out: dict = {"targets": target}
     if str(trials).strip():
         out["trials"] = str(trials).strip()
     if candidates:

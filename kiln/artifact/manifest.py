@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln.artifact.layout import MANIFEST, PROGRAM_DIR, V2_SERVICE_NAME
 from kiln.artifact.specs import IndexGuard, Profile, TensorSpec
+from kiln.artifact.target import Target
 from kiln.errors import ArtifactError
 
 SCHEMA_VERSION = 1
@@ -220,6 +221,18 @@ class ImageRecord(BaseModel):
     runtime_reference: str | None = None
 
 
+class TargetBuild(BaseModel):
+    """The build selected for one target: what it was compiled for, the CPU flags its code uses (none for
+    onnxruntime, which picks its kernels by CPUID when it loads), and where its speed and accuracy were judged.
+    `kiln.load` refuses a build whose flags this CPU lacks (kiln.runtime.cpu_flags) instead of dying with SIGILL."""
+
+    target: Target
+    selected: str
+    backend: str
+    requires: list[str] = Field(default_factory=list)
+    judged: str = ""  # "on the target" (host), "on this host, standing in for the target (CPU ...)"
+
+
 class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     id: str = ""
@@ -229,6 +242,7 @@ class Manifest(BaseModel):
     model: ModelInfo
     program: ProgramInfo
     target: str
+    builds: list[TargetBuild] = Field(default_factory=list)  # per target (empty: published before targets)
     inputs: list[TensorSpec]  # -1: a dynamic dimension, whose range `profile` gives
     outputs: list[TensorSpec]
     guards: list[IndexGuard] = Field(default_factory=list)

@@ -51,6 +51,8 @@ def inspect(
                      ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))]:
             info.add_row(k, str(v))
         out.print(info)
+        if manifest.builds:
+            out.print(target_table(manifest))
         out.print(candidate_table(manifest))
     if problems:
         for p in problems:
@@ -58,6 +60,22 @@ def inspect(
         err.print(f"[bold red]error:[/] {len(problems)} file(s) do not match the manifest")
         raise typer.Exit(1)
     err.print(f"[green]verified[/] {len(manifest.files)} files against their sha256")
+
+
+def target_table(manifest) -> Table:
+    """One row per target: its build, what its code requires of the CPU, where it was judged, whether it runs here."""
+    from kiln.runtime.cpu_flags import missing, this_cpu
+
+    here = this_cpu().flags
+    table = Table(title="targets")
+    for col in ("target", "LLVM CPU", "selected", "requires", "judged", "runs here"):
+        table.add_column(col, overflow="fold")
+    for b in manifest.builds:
+        absent = missing(b.requires, here)
+        table.add_row(b.target.name, b.target.mcpu or "-", f"{b.selected} ({b.backend})",
+                      ", ".join(b.requires) or "- (onnxruntime picks its kernels when it loads)", b.judged,
+                      f"no: lacks {', '.join(absent)}" if absent else "yes")
+    return table
 
 
 def pull_to_store(uri: str, store: Path | None) -> Path:

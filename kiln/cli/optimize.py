@@ -21,9 +21,10 @@ from kiln.cli.stopping import say_stopped, supervise
 from kiln.config import Settings, environ_default, settings
 from kiln.errors import KilnError
 from kiln.optimize.candidates import DEFAULT as DEFAULT_CANDIDATES
-from kiln.optimize.defaults import MIN_GAIN, TARGETS
+from kiln.optimize.defaults import MIN_GAIN
 from kiln.optimize.request import parse_duration
 from kiln.program import sources
+from kiln.targets import parse_all
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -63,7 +64,9 @@ def optimize(
     tune_time: str | None = typer.Option(None, help="wall-clock tuning budget beside --trials, e.g. 20m or 2h "
                                                     "(whichever is spent first ends the search)"),
     max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task [default: none]"),
-    target: str = typer.Option(TARGETS[0], help="llvm (this CPU) or cuda"),
+    target: list[str] = typer.Option([], "--target", help="the CPU the artifact will run on: host, x86-64-v3, "
+                                                          "znver3, c6i, aws/cpu/c5.large, cuda, ... (`kiln "
+                                                          "targets`) [default: host]"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD fixes a dynamic input's shape, repeatable"),
     dim: list[str] = typer.Option([], "--dim", help="NAME=LOW..HIGH: the range of a dynamic dimension, by the "
@@ -71,6 +74,8 @@ def optimize(
                                                     "--data shows; batch 1]"),
     candidates: str | None = typer.Option(None, help="comma-separated candidates to build [default: "
                                           f"{', '.join(DEFAULT_CANDIDATES)}]"),
+    select: str | None = typer.Option(None, help="publish this candidate when it is inside every range, fastest "
+                                                 "or not (its measured speed is reported)"),
     threads: int | None = typer.Option(None, min=1, help="threads per backend while measuring"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON on stdout"),
     upload: str | None = typer.Option(None, help="also upload the artifact to s3://BUCKET/PREFIX (KILN_S3_* settings)"),
@@ -98,8 +103,8 @@ def optimize(
         cfg = _prepare_prefect()
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
         request = OptimizeRequest.of(program=program, shapes=shape or None, dims=dim or None, trials=trials,
-                                     tune_time=tune_time,
-                                     max_trials_per_task=max_trials_per_task, target=target, candidates=chosen,
+                                     tune_time=tune_time, max_trials_per_task=max_trials_per_task,
+                                     targets=target or None, candidates=chosen, select=select,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, min_gain=min_gain, name=name,
                                      ranges=range_ or None, data=_local(data))
@@ -201,14 +206,14 @@ def reoptimize(
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     min_gain: float = typer.Option(MIN_GAIN, min=0.0, max=0.9, help="how much faster a new version must be "
                                                                      "(fraction)"),
-    target: str = typer.Option(TARGETS[0], help="llvm (this CPU) or cuda"),
+    target: list[str] = typer.Option([], "--target", help="build for these CPUs instead [default: each version's "
+                                                          "own targets]"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="show Prefect's logs"),
 ) -> None:
     """Continue tuning stored models; publish a new version only where it is faster than the current one."""
     try:
         cfg = _prepare_prefect()
-        if target not in TARGETS:
-            raise KilnError(f"unknown target {target!r}", hint="use --target llvm or --target cuda")
+        targets = [t.name for t in parse_all(target)] if target else None
         seconds = parse_duration(tune_time) if tune_time else None
         _check_prefect_api(cfg.prefect_api_url)
     except KilnError as exc:
@@ -220,7 +225,7 @@ def reoptimize(
     try:
         with err.status(f"re-optimizing ({extra_trials} more trials per model)"), _stopped_by_signals():
             outcomes = reoptimize_flow(extra_trials=extra_trials, models=model or None,
-                                       store=str(store) if store else None, target=target, min_gain=min_gain,
+                                       store=str(store) if store else None, targets=targets, min_gain=min_gain,
                                        tune_time=seconds)
     except KilnError as exc:
         fail(exc)

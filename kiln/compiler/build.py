@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.artifact.specs import TensorSpec
+from kiln.artifact.target import Target
 from kiln.compiler import passes, pipelines, shared_db, tuning
 from kiln.compiler.frontend import import_onnx
-from kiln.compiler.targets import target_config
+from kiln.compiler.targets import resolve, target_config
 from kiln.compiler.tuning import Limits, Progress
 from kiln.errors import ModelError
 
@@ -55,7 +56,7 @@ def _fds_to(log_file: Path) -> Iterator[None]:
         os.close(saved[1])
 
 
-def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: str, limits: Limits, db_dir: Path,
+def compile_model(model_path: Path, inputs: list[TensorSpec], *, target: Target | str, limits: Limits, db_dir: Path,
                   out: Path, progress: ProgressFn | None = None, shared_root: Path | None = None,
                   graph_passes: tuple[str, ...] = passes.DEFAULT,
                   log: logging.Logger | logging.LoggerAdapter | None = None) -> CompileResult:
@@ -65,7 +66,9 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
     import tvm
 
     start = time.perf_counter()
-    tgt_conf = target_config(target_kind)
+    resolved = resolve(target) if isinstance(target, str) else target
+    cpu = resolved.kind == "llvm"
+    tgt_conf = target_config(resolved)
     target = tvm.target.Target(tgt_conf)
     mod = import_onnx(model_path, inputs)
     rewrites = None
@@ -77,7 +80,7 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
             if rewrites:
                 passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else [])
             lowered = pipelines.lowering()(mod)
-            if limits.prepack and target_kind == "llvm":
+            if limits.prepack and cpu:
                 lowered = pipelines.prepacking()(lowered)
     except passes.NotApplicable:
         raise
@@ -86,8 +89,8 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
                          where=str(model_path), hint="--candidates without tvm skips TVM") from None
     db_dir.mkdir(parents=True, exist_ok=True)  # MetaSchedule's JSONDatabase needs it to exist
     shared = None
-    if shared_root is not None and target_kind == "llvm":  # a GPU's records would need its own fingerprint
-        shared = shared_db.ensure(shared_root, shared_db.fingerprint(tgt_conf["mcpu"], tgt_conf["num-cores"]))
+    if shared_root is not None and cpu:  # a GPU's records would need its own fingerprint
+        shared = shared_db.ensure(shared_root, shared_db.fingerprint(resolved))
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # console: warnings only; the full log goes to db_dir/logs
     try:
@@ -97,7 +100,7 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target_kind: st
         with _fds_to(db_dir / "tune.log"):
             tuned = tuning.run(planned, progress)
             with target:
-                applied = pipelines.applying(db_dir, limits.prepack and target_kind == "llvm")(lowered)
+                applied = pipelines.applying(db_dir, limits.prepack and cpu)(lowered)
             executable = tvm.compile(applied, target=target)
             out.parent.mkdir(parents=True, exist_ok=True)
             executable.export_library(str(out))

@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln.artifact.target import Target
 from kiln.compiler.database import DB_FILES, MEASUREMENT
 
 # flags that change what LLVM may emit for these kernels
@@ -31,22 +32,19 @@ TOP_K = 8  # records per workload kept in and seeded from the shared database
 FAILED_SECS = 1e9  # MetaSchedule records a failed build or run as 1e10 seconds
 
 
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
-    present = set(line.partition(":")[2].split())
-    return [f for f in ISA_FLAGS if f in present]
-
-
-def fingerprint(mcpu: str, cores: int, flags: list[str] | None = None) -> dict:
+def fingerprint(target: Target, cores: int | None = None, host_mcpu: str | None = None) -> dict:
+    """The CPU a record was tuned for and measured on: the target's LLVM CPU, features and this machine's cores;
+    for another target than the host, also the host that timed its trials (another host's timings of the same
+    code are other records)."""
     import tvm
 
-    return {"tvm": tvm.__version__, "mcpu": mcpu, "cores": cores, "isa": flags if flags is not None else cpu_flags(),
-            "measurement": MEASUREMENT}
+    print_ = {"tvm": tvm.__version__, "mcpu": target.mcpu, "cores": cores or os.cpu_count() or 1,
+              "isa": [f for f in ISA_FLAGS if f in target.requires], "measurement": MEASUREMENT}
+    if target.mattr:
+        print_["mattr"] = list(target.mattr)
+    if not target.is_host:
+        print_["measured_on"] = host_mcpu or tvm.target.codegen.llvm_get_system_cpu()
+    return print_
 
 
 def folder_for(root: Path, print_: dict) -> Path:

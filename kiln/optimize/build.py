@@ -10,7 +10,9 @@ import shutil
 import time
 from pathlib import Path
 
+from kiln.artifact.target import Target
 from kiln.config import settings
+from kiln.cpu import Int8Scheme
 from kiln.optimize import candidates as registry
 from kiln.optimize.evaluate import incumbent as incumbent_candidate
 from kiln.optimize.feeds import load_calibration
@@ -35,9 +37,11 @@ def build_one(name: str, context: registry.BuildContext, calibration_path: str |
 
 
 def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, names: list[str],
-                     log: logging.Logger | logging.LoggerAdapter = _log, incumbent: str | None = None
-                     ) -> list[BuiltCandidate]:
-    """The `names` (the baseline first), and the `incumbent` artifact's module beside them when there is one."""
+                     log: logging.Logger | logging.LoggerAdapter = _log, incumbent: str | None = None,
+                     target: Target | None = None) -> list[BuiltCandidate]:
+    """The `names` (the baseline first), and the `incumbent` artifact's module beside them when there is one;
+    int8 rows quantized for the target's CPU (default: this one)."""
+    int8 = Int8Scheme.for_target(target) if target else Int8Scheme.current()
     cfg = settings()
     out = []
     for name in names:
@@ -56,7 +60,7 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
                                         calibration_method=checked.calibration_method, transformer=checked.transformer,
                                         max_fallback_rounds=checked.max_fallback_rounds,
                                         fallback_seconds=checked.fallback_seconds,
-                                        fallback_margin=checked.fallback_margin)
+                                        fallback_margin=checked.fallback_margin, int8=int8)
         calibrate = cand.needs_calibration or cand.accuracy_aware
         try:
             built = run_isolated(build_one, name, context, ref.calibration_path if calibrate else None, checked,

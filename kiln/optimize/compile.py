@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from kiln.artifact.manifest import Int8Lowering, RunSettings, TaskTuning, TuningInfo, versions
 from kiln.artifact.specs import TensorSpec
+from kiln.artifact.target import Target
 from kiln.compiler import (
     DB_FILES,
     MEASUREMENT,
@@ -35,6 +36,7 @@ from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
 from kiln.optimize.buckets import bucketed_dim, choose, split_trials
 from kiln.optimize.inspect import describe_unsupported, load_model
+from kiln.optimize.judging import not_judged
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
 from kiln.optimize.plan import Plan
 from kiln.optimize.prepare import prepare_model
@@ -44,7 +46,7 @@ RESULT = "result.json"
 _log = logging.getLogger("kiln.optimize")
 
 
-def tuning_dir(prepared: PreparedModel, target: str) -> Path:
+def tuning_dir(prepared: PreparedModel, target: Target | str) -> Path:
     """The MetaSchedule database of one (target, prepared model): every run on them adds to it. Records measured
     another way (an earlier MEASUREMENT) stay where they are, unused."""
     where = {**target_config(target), "measurement": MEASUREMENT}
@@ -75,7 +77,8 @@ def compile_key(plan: Plan, job: CompileJob) -> str:
     tunes again instead of returning the first one's build."""
     v = versions()
     extra = candidates.get(job.name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
-    return json_sha256({"model": job.prepared.sha256 if job.prepared else None, "target": plan.request.target,
+    return json_sha256({"model": job.prepared.sha256 if job.prepared else None,
+                        "target": plan.target.model_dump(include={"kind", "mcpu", "mattr"}),
                         "trials": job.trials, "per_task": plan.request.max_trials_per_task,
                         "seconds": job.tune_seconds, "prepack": plan.prepack, "tvm": v["tvm"], "kiln": v["kiln"],
                         "measurement": MEASUREMENT, "db": job.database, **({"passes": list(extra)} if extra else {}),
@@ -99,21 +102,20 @@ def share_of(seconds: float | None, compiled: list[str], name: str) -> float | N
     return seconds * weight[name] / sum(weight.values())
 
 
-def int8_intrinsic(name: str, target: str) -> str | None:
-    """The int8 dot intrinsic a TVM int8 candidate is built around on this CPU (None: not an int8 candidate).
-    KilnError where none applies (a GPU target, an SSE-only CPU) or the one asked for is not available."""
+def int8_intrinsic(name: str, target: Target) -> str | None:
+    """The int8 dot intrinsic a TVM int8 candidate is built around on the target's CPU (None: not an int8
+    candidate). KilnError where none applies (a GPU target, an SSE-only CPU) or the one asked for is not available."""
     candidate = candidates.get(name)
     if not candidate.quantized_from:
         return None
-    if target != "llvm":
-        raise KilnError(f"{name} builds CPU kernels (int8 dot instructions); the target is {target}")
+    if target.kind != "llvm":
+        raise KilnError(f"{name} builds CPU kernels (int8 dot instructions); the target is {target.name}")
     from kiln.compiler.int8.intrinsics import for_cpu
-    from kiln.cpu import detected_int8_isa
 
-    key = for_cpu(detected_int8_isa(), settings().int8_intrinsic, saturating=candidate.int8_sums == "saturating")
+    key = for_cpu(target.int8_isa, settings().int8_intrinsic, saturating=candidate.int8_sums == "saturating")
     if key is None:
-        raise KilnError(f"this CPU ({detected_int8_isa()}) has no {candidate.int8_sums} int8 dot instruction "
-                        "kiln's kernels use")
+        raise KilnError(f"the target {target.name} ({target.int8_isa}) has no {candidate.int8_sums} int8 dot "
+                        "instruction kiln's kernels use")
     return key
 
 
@@ -153,7 +155,7 @@ def tuning_databases() -> list[dict]:
     return shared + own
 
 
-def seed_database(prepared: PreparedModel, target: str, saved: str | None) -> int:
+def seed_database(prepared: PreparedModel, target: Target | str, saved: str | None) -> int:
     """Start from an artifact's saved database (tuning/) when this machine has none; returns its records."""
     db_dir = tuning_dir(prepared, target)
     if saved and not (db_dir / DB_FILES[1]).is_file() and (Path(saved) / DB_FILES[1]).is_file():
@@ -184,7 +186,7 @@ def job(checked: CheckedProgram, prepared: PreparedModel, plan: Plan, name: str 
             why = source.error if source is not None else "not built"
             return CompileJob(name=name, model=model, skipped=f"skipped: {wanted} gave no model to lower ({why})")
         try:
-            int8_intrinsic(name, plan.request.target)
+            int8_intrinsic(name, plan.target)
         except KilnError as exc:
             return CompileJob(name=name, model=model, skipped=f"skipped: {exc.message}")
         model = source.path
@@ -200,7 +202,7 @@ def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune
     """The job of one static-shape build of `prepared` within `trials` and `tune_seconds` (a shape bucket's
     share of the plan's budget, or all of it), its key computed once. The database is seeded first from the
     incumbent's (seed_database), since the key of a continued search depends on it."""
-    target = plan.request.target
+    target = plan.target
     seed_database(prepared, target, plan.tuning_from)
     db = tuning_dir(prepared, target) / DB_FILES[1]
     settled = CompileJob(name=name, model=model or prepared.path, prepared=prepared, trials=trials,
@@ -211,7 +213,7 @@ def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune
     return settled.model_copy(update={"key": key, "folder": str(folder), "built": (folder / RESULT).is_file()})
 
 
-def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: int) -> TuningInfo:
+def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: int, target: Target) -> TuningInfo:
     t = result.tuning
     return TuningInfo(
         trials=limits.trials, tasks=len(t.tasks), records_added=records, seconds=round(result.seconds, 2),
@@ -219,7 +221,7 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         time_budget_s=limits.seconds, trials_run=t.trials, failed_trials=t.failed, stopped_by=t.stopped_by,
         estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
         seeded_records=t.seeded, shared_records_added=t.shared_added, cost_model=t.cost_model,
-        first_round=t.first_round, int8=_int8_lowering(result, limits),
+        first_round=t.first_round, int8=_int8_lowering(result, limits, target),
         pipeline=[*result.passes, *(["weight-prepack"] if limits.prepack and result.target["kind"] == "llvm" else [])],
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
@@ -229,14 +231,14 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
                   for k in t.tasks])
 
 
-def _int8_lowering(result: CompileResult, limits: Limits) -> Int8Lowering | None:
+def _int8_lowering(result: CompileResult, limits: Limits, target: Target) -> Int8Lowering | None:
     if result.int8 is None:
         return None
     from kiln.compiler.int8.intrinsics import get
-    from kiln.cpu import clock_ghz, detected_int8_isa
+    from kiln.cpu import clock_ghz
 
     intrin, ghz = get(limits.int8), clock_ghz()
-    return Int8Lowering(intrinsic=limits.int8, isa=detected_int8_isa(), exact=intrin.exact,
+    return Int8Lowering(intrinsic=limits.int8, isa=target.int8_isa, exact=intrin.exact,
                         lowered=result.int8.rewritten, not_lowered=result.int8.skipped,
                         peak_gops=intrin.peak_gops(result.target["num-cores"], ghz, result.target.get("mcpu", "")))
 
@@ -251,8 +253,14 @@ def compile_tvm(checked: CheckedProgram, job: CompileJob, plan: Plan,
     if job.skipped:
         return BuiltCandidate(name=job.name, backend="tvm", error=job.skipped)
     if checked.profile:  # static builds, one per shape bucket, behind a padding dispatcher
-        return compile_buckets(checked, plan, job.name, log, on_progress, Path(job.model))
-    return compile_static(checked.inputs, job, plan, log, on_progress)
+        built = compile_buckets(checked, plan, job.name, log, on_progress, Path(job.model))
+    else:
+        built = compile_static(checked.inputs, job, plan, log, on_progress)
+    why = None if built.error else not_judged(plan.target)
+    if why:  # kept in the build cache; never timed or gated here, so it cannot ship untested
+        log.warning("%s: %s", job.name, why)
+        return built.model_copy(update={"error": f"{why}; the build is kept at {built.path}"})
+    return built
 
 
 def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
@@ -261,7 +269,7 @@ def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
     """One static-shape build of `job.prepared` (inputs of these shapes) within the job's budget, or its cached
     build."""
     r = plan.request
-    target, name, prepared, trials, tune_seconds = r.target, job.name, job.prepared, job.trials, job.tune_seconds
+    target, name, prepared, trials, tune_seconds = plan.target, job.name, job.prepared, job.trials, job.tune_seconds
     cache = cache_dir(job.key)
     if plan.tuning_from:
         log.info("continuing the search from %d tuning records", count_records(tuning_dir(prepared, target)))
@@ -282,17 +290,17 @@ def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
     before = count_records(db_dir)
     try:
         with atomic_dir(cache, existing="replace") as staged:
-            result = compile_model(Path(prepared.path), inputs, target_kind=target, limits=limits,
+            result = compile_model(Path(prepared.path), inputs, target=target, limits=limits,
                                    db_dir=db_dir, out=staged.path / "model.so", progress=on_progress,
                                    shared_root=shared_tuning_root(),
                                    graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes), log=log)
-            info = tuning_info(result, limits, db_dir, count_records(db_dir) - before)
+            info = tuning_info(result, limits, db_dir, count_records(db_dir) - before, target)
             if result.int8 is not None:
                 log.info("%s: %d quantized matmul(s) lowered to int8 kernels (%s)%s", name,
                          len(result.int8.rewritten), limits.int8, "; not lowered: " + "; ".join(result.int8.skipped)
                          if result.int8.skipped else "")
             built = BuiltCandidate(name=name, backend="tvm", path=str(cache / "model.so"),
-                                   build_seconds=result.seconds, settings=RunSettings(device=device_for(target)),
+                                   build_seconds=result.seconds, settings=RunSettings(device=device_for(target.kind)),
                                    tuning=info)
             (staged.path / RESULT).write_text(built.model_dump_json(indent=2))
     except passes.NotApplicable as exc:

@@ -53,14 +53,19 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
            log: logging.Logger | logging.LoggerAdapter = _log) -> Choice:
     """The gate's pick, confirmed; GateError (with the table) when nothing may ship."""
     incumbent, min_gain = plan.incumbent_name, plan.request.min_gain
-    selected = gate.choose(evaluation.candidates, incumbent, min_gain, evaluation.traffic)
+    pinned = plan.request.select
+    selected = gate.choose(evaluation.candidates, incumbent, min_gain, evaluation.traffic, pinned)
     confirmation = None
     if selected.name not in (BASELINE, incumbent):
         try:
             confirmation = confirm(checked, ref, evaluation, selected, incumbent, plan.request.latency_repeats, log)
-            problem = verdict(confirmation, selected.name, min_gain, incumbent)
+            problem = verdict(confirmation, selected.name, min_gain, incumbent, speed=not pinned)
         except NotConfirmed as exc:
             confirmation, problem = None, exc.message
+        if problem and pinned:  # the user's pick is published or nothing is
+            selected.reasons.append(problem)
+            raise GateError(f"{problem}; the selected candidate cannot ship, nothing was published",
+                            report.text(evaluation.candidates), hint="--select another candidate, or leave it out")
         if problem:
             log.warning("%s", problem)
             selected.reasons.append(problem)  # the winner's row says why it did not ship
@@ -82,13 +87,16 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
     return Choice(selected=selected, confirmation=confirmation)
 
 
-def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | None = None) -> str | None:
+def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | None = None,
+            speed: bool = True) -> str | None:
     """Why the confirmed winner may not ship, or None. Decided on numbers alone, so it can be tested with
-    controlled timings."""
+    controlled timings. `speed` False (a candidate the request selected): only the held-out ranges decide."""
     if conf.held_out_passed is False:
         missed = "; ".join(f"{n} = {m.value:.6g}, outside {m.range}" for n, m in conf.held_out.items()
                            if not m.passed)
         return f"{winner} is outside a range on the {conf.held_out_samples} held-out samples: {missed}"
+    if not speed:
+        return None
     if not conf.speedup.beyond_noise(min_gain):
         return (f"{winner} was not confirmed faster than {BASELINE} beyond the noise and by {min_gain:.0%} when "
                 f"timed again over {conf.inputs} inputs: {conf.speedup.describe()}")

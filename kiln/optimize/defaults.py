@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-TARGETS = ("llvm", "cuda")  # llvm: this CPU; cuda: an NVIDIA GPU
+TARGETS = ("host",)  # this CPU (kiln.targets: levels, LLVM CPUs, tags, instance families, cuda)
 MIN_GAIN = 0.02  # a new candidate must be at least this much faster (a fraction of latency) to ship
 # timed calls per candidate in the selection rounds (or 5 s of calls, whichever is fewer), and in the confirmation's;
 # the request's latency_repeats replaces it for both

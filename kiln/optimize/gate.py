@@ -46,17 +46,36 @@ def _judge(c: CandidateResult, base: CandidateResult | None, incumbent: str | No
                          f"{c.speedup.describe()}")
 
 
+def selected(candidates: list[CandidateResult], name: str) -> CandidateResult:
+    """The candidate the request named (--select), when it was measured and is inside every range."""
+    pick = next((c for c in candidates if c.name == name), None)
+    if pick is None or not pick.passed or not pick.latency_ms:
+        why = "was not built" if pick is None else "; ".join(pick.reasons) or "is outside a range"
+        raise GateError(f"the selected candidate {name} cannot ship: {why}; nothing was published",
+                        report.text(candidates), hint="--select a candidate inside every range, or leave it out")
+    fastest = max((c for c in candidates if c.eligible), key=lambda c: c.speedup.value if c.speedup else 1.0,
+                  default=None)
+    note = f"chosen by --select ({pick.speedup.describe() if pick.speedup else 'the baseline'})"
+    if fastest is not None and fastest is not pick:
+        note += f"; the fastest inside every range was {fastest.name}"
+    pick.reasons.append(note)
+    return pick
+
+
 def base_p50(base: CandidateResult | None) -> float:
     return base.latency_ms.p50 if base and base.latency_ms else 1.0
 
 
 def choose(candidates: list[CandidateResult], incumbent: str | None = None, min_gain: float = MIN_GAIN,
-           traffic: Traffic | None = None) -> CandidateResult:
+           traffic: Traffic | None = None, select: str | None = None) -> CandidateResult:
     """The fastest eligible candidate, or the `incumbent` when no eligible one beats it beyond noise and by
-    `min_gain`: a re-run with unchanged inputs ships nothing new."""
+    `min_gain`: a re-run with unchanged inputs ships nothing new. `select`: that candidate, fastest or not, when it
+    is inside every range."""
     base = next((c for c in candidates if c.name == BASELINE), None)
     for c in candidates:
         _judge(c, base, incumbent, min_gain, traffic)
+    if select:
+        return selected(candidates, select)
     eligible = [c for c in candidates if c.eligible]
     if not eligible:
         if any(c.passed for c in candidates):  # only when the baseline itself is outside a range

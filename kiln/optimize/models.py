@@ -46,6 +46,7 @@ class CheckedProgram(BaseModel):
     fallback_seconds: float = 900.0
     fallback_margin: float = 0.5
     transformer: str | None = None
+    targets: list[str] = Field(default_factory=list)  # the program's (normalized names); the request's win
     proto: str | None = None  # the program's protocol: what publish needs without importing program.py again
     request: str | None = None
     response: str | None = None

@@ -1,10 +1,10 @@
 """plan: every decision of one optimize run, made once from the request and the checked program.
 
-Which candidates each stage builds, whether the reference cuts a calibration split, which version in the store
-is the incumbent to beat and whose tuning database the search continues from, the threads, how TVM builds
-(weight pre-packing), and what the artifact records of the request: the flow then only calls the stages in
-order, each with the Plan, and a compile build's cache key is a function of the Plan and the candidate alone
-(kiln.optimize.compile.compile_key).
+The target every build is compiled for (resolved once, as TVM's Target object is), which candidates each stage
+builds, whether the reference cuts a calibration split, which version in the store is the incumbent to beat and
+whose tuning database the search continues from, the threads, how TVM builds (weight pre-packing), and what the
+artifact records of the request: the flow then only calls the stages in order, each with the Plan, and a compile
+build's cache key is a function of the Plan and the candidate alone (kiln.optimize.compile.compile_key).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from kiln.artifact import layout
 from kiln.artifact.manifest import INCUMBENT
 from kiln.artifact.store import ArtifactStore
+from kiln.artifact.target import Target
 from kiln.config import settings
 from kiln.optimize import candidates as registry
 from kiln.optimize.models import CheckedProgram
@@ -30,6 +31,7 @@ _log = logging.getLogger("kiln.optimize")
 class Plan(BaseModel):
     request: OptimizeRequest
     name: str  # the model's name in the store
+    target: Target  # what every build is compiled for, resolved once from the request's name
     threads: int  # for every backend while measuring
     transforms: list[str]  # built by the build stage: the baseline first, then graph levels, int8, fusion
     compiled: list[str]  # built by the compile stage (TVM), each cached by content
@@ -54,16 +56,41 @@ def plan(request: OptimizeRequest, checked: CheckedProgram,
          log: logging.Logger | logging.LoggerAdapter = _log) -> Plan:
     chosen = request.chosen
     transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
+    from kiln.compiler.targets import resolve
+
+    target = resolve(target_name(request, checked, log))
+    log.info("target: %s", target.describe())
     incumbent = request.incumbent
     if incumbent is None and request.compare_with_current:
         newest = ArtifactStore(request.store).newest(checked.name)
         incumbent = str(newest) if newest else None
         if incumbent:
             log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
-    return Plan(request=request, name=checked.name, threads=request.threads or os.cpu_count() or 1,
+    return Plan(request=request, name=checked.name, target=target,
+                threads=request.threads or os.cpu_count() or 1,
                 transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
                 calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware
                               for c in transforms),
                 incumbent=incumbent, prepack=settings().tvm_prepack,
                 # reoptimize continues the search from the version in service; a plain re-run hits the cache
                 tuning_from=str(Path(request.incumbent) / layout.TUNING_DIR) if request.incumbent else None)
+
+
+# KILN_INT8_ISA (the serving CPUs' int8 instructions, before --target) as the target it stands for
+INT8_ISA_TARGETS = {"sse": "x86-64-v2", "avx2": "x86-64-v3", "avx512": "x86-64-v4", "avx512-vnni": "icelake-server",
+                    "avx-vnni": "alderlake", "amx": "sapphirerapids"}
+
+
+def target_name(request: OptimizeRequest, checked: CheckedProgram,
+                log: logging.Logger | logging.LoggerAdapter = _log) -> str:
+    """The request's --target where it names one, else program.py's `targets`, else the CPU KILN_INT8_ISA
+    describes (an alias kept from before --target), else this host."""
+    if "targets" in request.model_fields_set:
+        return request.target
+    if checked.targets:
+        return checked.targets[0]
+    isa = settings().int8_isa
+    if isa != "auto":
+        log.info("KILN_INT8_ISA=%s: building for %s (--target names the CPU directly)", isa, INT8_ISA_TARGETS[isa])
+        return INT8_ISA_TARGETS[isa]
+    return request.target

@@ -15,6 +15,7 @@ from kiln.artifact.manifest import (
     Manifest,
     ModelInfo,
     ProgramInfo,
+    TargetBuild,
     TuningInfo,
     speedup,
     versions,
@@ -23,6 +24,7 @@ from kiln.artifact.store import ArtifactStore
 from kiln.compiler import DB_FILES
 from kiln.fs import file_sha256, json_sha256
 from kiln.optimize.confirm import Choice
+from kiln.optimize.judging import judged_where
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, PreparedModel
 from kiln.optimize.plan import Plan
 from kiln.optimize.protocol import generate as generate_protocol
@@ -82,7 +84,7 @@ def _copy_tuning(evaluation: Evaluation, folder: Path) -> TuningInfo | None:
 def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, choice: Choice, plan: Plan,
             log: logging.Logger | logging.LoggerAdapter = _log) -> Manifest:
     """The chosen candidate as a new version in the plan's store; its manifest (ArtifactStore.folder finds it)."""
-    selected, confirmation, target = choice.selected, choice.confirmation, plan.request.target
+    selected, confirmation, target = choice.selected, choice.confirmation, plan.target
     built = next(b for b in evaluation.built if b.name == selected.name)
     if confirmation is not None:  # timed again after the choice: the selection rounds' best ratio is biased
         gain = confirmation.speedup.value
@@ -111,7 +113,10 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evalua
                                 file=Path(checked.source).name if checked.source.endswith(".py") else "program.py",
                                 allow_nonfinite=checked.allow_nonfinite, requirements=checked.requirements,
                                 padding=checked.padding),
-            target=json.dumps(tuning.target, sort_keys=True) if tuning and tuning.target else target,
+            target=json.dumps(tuning.target, sort_keys=True) if tuning and tuning.target else target.name,
+            builds=[TargetBuild(target=target, selected=selected.name, backend=selected.backend,
+                                requires=target.requires if selected.backend == "tvm" else [],
+                                judged=judged_where(target))],
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards, profile=checked.profile,
             timing=evaluation.traffic.describe() if evaluation.traffic else None,
             dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,

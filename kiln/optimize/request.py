@@ -81,9 +81,16 @@ class OptimizeRequest(BaseModel):
                                                                     "spends trials where the latency is)")
     tune_time: float | None = Field(None, gt=0, description="wall-clock tuning budget beside `trials`, in seconds or "
                                                            "as 90s / 20m / 2h: no new trial starts once it is spent")
-    target: str = Field(TARGETS[0], description="llvm (this CPU) or cuda")
+    targets: list[str] = Field(default_factory=lambda: list(TARGETS),
+                               description="the CPU the artifact will run on: host (this CPU), a psABI level "
+                                           "(x86-64-v3), an LLVM x86-64 CPU (znver3), a TVM x86 tag "
+                                           "(aws/cpu/c5.large), a cloud instance family (c6i) or cuda; `kiln "
+                                           "targets` lists them (`target`, one name, is read as before: llvm = "
+                                           "host)")
     candidates: list[str] | None = Field(None, description="candidates to build; the onnxruntime baseline is "
                                                            "always measured (default: kiln's default set)")
+    select: str | None = Field(None, description="publish this candidate when it is inside every range, fastest "
+                                                 "or not (its measured speed is reported): pins a backend")
     threads: int | None = Field(None, ge=1, description="threads for every backend while measuring (default: all "
                                                         "cores)")
     store: str | None = Field(None, description="artifact store folder (default: KILN_STORE or ~/.kiln/store)")
@@ -132,6 +139,17 @@ class OptimizeRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _one_target_of_old_requests(cls, data: Any) -> Any:
+        """`target` (one name; llvm: this CPU) of earlier requests and recorded manifests is `targets`."""
+        if isinstance(data, dict) and "target" in data:
+            old = data["target"]
+            data = {k: v for k, v in data.items() if k != "target"}
+            if data.get("targets") in (None, [], "") and old not in (None, ""):
+                data["targets"] = [old]
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _time_budget_alone(cls, data: Any) -> Any:
         """A tuning time given without a trial count: the time is the budget."""
         if isinstance(data, dict) and data.get("trials") is None:
@@ -174,12 +192,35 @@ class OptimizeRequest(BaseModel):
         except KilnError as exc:
             raise RequestError(exc.message, hint=exc.hint) from None
 
-    @field_validator("target")
+    @field_validator("targets", mode="before")
     @classmethod
-    def _target(cls, value: str) -> str:
-        if value not in TARGETS:
-            raise RequestError(f"unknown target {value!r}", hint="use --target llvm or --target cuda")
-        return value
+    def _targets(cls, value: Any) -> Any:
+        """Each name known (normalized: llvm is host, c6i.2xlarge is c6i), each once; one per run for now."""
+        if value in (None, "", []):
+            return list(TARGETS)
+        from kiln.targets import parse_all
+
+        names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        try:
+            parsed = parse_all([n for n in names if n])
+        except KilnError as exc:
+            raise RequestError(exc.message, hint=exc.hint) from None
+        if len(parsed) > 1:
+            raise RequestError(f"several targets ({', '.join(t.name for t in parsed)}): one artifact per target for "
+                               "now", hint="run once per target, e.g. --target x86-64-v3, then --target x86-64-v4")
+        return [t.name for t in parsed] or list(TARGETS)
+
+    @model_validator(mode="after")
+    def _select_is_built(self) -> OptimizeRequest:
+        if self.select and self.select not in self.chosen:
+            raise RequestError(f"select: {self.select!r} is not among the candidates this run builds "
+                               f"({', '.join(self.chosen)})", hint="add it to --candidates")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The run's one target name (kiln.targets)."""
+        return self.targets[0]
 
     @field_validator("candidates")
     @classmethod

@@ -10,7 +10,7 @@ import numpy as np
 
 from kiln.artifact.specs import Profile, TensorSpec, check_index_ranges
 from kiln.config import settings
-from kiln.errors import DatasetError, ModelError, ProgramError
+from kiln.errors import DatasetError, KilnError, ModelError, ProgramError
 from kiln.optimize.candidates import of_stage
 from kiln.optimize.inspect import (
     describe_unsupported,
@@ -124,6 +124,20 @@ def dim_values(samples: Samples, profile: Profile) -> dict[str, list[int]]:
     return out
 
 
+def check_targets(names: list[str], where: str) -> list[str]:
+    """program.py's `targets`, each a name `kiln targets` knows."""
+    from kiln.targets import parse_all
+
+    try:
+        parsed = [t.name for t in parse_all(names)]
+    except KilnError as exc:
+        raise ProgramError(f"targets: {exc.message}", where=where, hint=exc.hint) from None
+    if len(parsed) > 1:
+        raise ProgramError(f"targets: several ({', '.join(parsed)}): one artifact per target for now", where=where,
+                           hint="keep one in program.py and pass the others with --target, one run each")
+    return parsed
+
+
 def check_requirements(requirements: list[str], where: str) -> list[str]:
     """Each one a requirement pip understands (the image build downloads them; a typo should fail here, before
     hours of tuning, not at the end)."""
@@ -188,6 +202,7 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         check_protocol(prog.root, prog.program.proto, prog.program.request, prog.program.response)
     p = prog.program
     requirements = check_requirements(list(p.requirements), str(prog.source))
+    targets = check_targets(list(p.targets), str(prog.source))
     return CheckedProgram(
         location=str(location), source=str(prog.source), root=str(prog.root),
         name=clean_name(name) if name else prog.name, model_path=str(prog.model_path),
@@ -199,6 +214,6 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),
-        transformer=p.transformer,
+        transformer=p.transformer, targets=targets,
         proto=p.proto, request=p.request, response=p.response,
         dataset=samples.source, samples=samples.count, has_labels=samples.labels is not None), [m.name for m in metrics]

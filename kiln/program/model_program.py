@@ -31,6 +31,9 @@ class ModelProgram:
     #: {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}: name the mask, so padded positions are inert;
     #: empty = only requests of equal shapes share a batch
     padding: ClassVar[dict[str, float]] = {}
+    #: the CPUs the artifact will run on (`kiln targets`: host, x86-64-v3, znver3, c6i, ...); the request's
+    #: --target replaces them; empty = host
+    targets: ClassVar[list[str]] = []
     #: evaluation data; None = synthetic inputs from the declared shapes
     dataset: ClassVar[Dataset | None] = None
     #: how many synthetic feeds to make when there is no dataset
