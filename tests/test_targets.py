@@ -181,3 +181,32 @@ def test_a_build_for_a_cpu_above_this_one_is_refused_by_name_never_sigill(tmp_pa
         assert refusal.startswith("refused: ") and "was built for x86-64-v4" in refusal, refusal
         assert "avx512f" in refusal and "--target host" in refusal, refusal
         assert not isinstance(here[str(folders["x86-64-v4"])], str)  # the host runs it
+
+
+OLD = {"name": "m", "created_at": "2026-01-01T00:00:00", "target": "llvm", "dataset": "d", "candidates": [],
+       "selected": "tvm", "backend": "tvm", "speedup_vs_baseline": 1.0, "version": 3,
+       "model": {"path": "model.so", "sha256": "0", "source_sha256": "0"}, "program": {"sha256": "0", "source": "p"},
+       "inputs": [], "outputs": [], "request": {"program": "m.onnx", "target": "llvm", "trials": 8}}
+
+
+def test_old_manifests_load_and_reoptimize_keeps_the_targets(monkeypatch):
+    """An artifact published before targets (no `builds`, `target: llvm` in its request) loads as before and is
+    re-optimized for this host; one built for x86-64-v3 is re-optimized for x86-64-v3 unless told otherwise. The
+    refusal names the target and the flags (this CPU's flags fixed here; the real CPUs are in the qemu test)."""
+    from flows.reoptimize import request_for
+    from kiln.artifact.manifest import Manifest
+    from kiln.runtime import cpu_flags
+
+    old = Manifest.model_validate(OLD)
+    assert old.builds == [] and request_for(Path("/a"), old, "/a/program").targets == ["host"]
+    cpu_flags.refuse_if_unrunnable(old)  # nothing recorded: loads as before
+    v3 = Manifest.model_validate({**OLD, "request": {"program": "m.onnx", "targets": ["x86-64-v3"]}, "builds": [
+        {"target": {"name": "x86-64-v3", "mcpu": "x86-64-v3"}, "selected": "tvm", "backend": "tvm",
+         "requires": ["avx2", "fma", "movbe"]}]})
+    assert request_for(Path("/a"), v3, "/a/program").targets == ["x86-64-v3"]
+    assert request_for(Path("/a"), v3, "/a/program", targets=["znver4"]).targets == ["znver4"]
+    monkeypatch.setattr(cpu_flags, "this_cpu", lambda: cpu_flags.CpuFlags(frozenset({"sse2", "avx2"}), "test"))
+    with pytest.raises(TargetError, match=r"m v3 was built for x86-64-v3 .*x86-64-v3: lacks fma, movbe"):
+        cpu_flags.refuse_if_unrunnable(v3)
+    monkeypatch.setattr(cpu_flags, "this_cpu", lambda: cpu_flags.CpuFlags(frozenset({"avx2", "fma", "movbe"}), "t"))
+    cpu_flags.refuse_if_unrunnable(v3)
