@@ -12,7 +12,11 @@ Static (QDQ): matmul(dequantize(x_q, s_x, z_x), [permute_dims](dequantize(W_q, s
 and conv2d(dequantize(x_q), dequantize(W_q)) (one group) as an NHWC kernel padded with the zero point, the whole
 graph moved to NHWC first (kiln.compiler.int8.layout) so that no transposes sit between the convolutions.
 Dynamic (MatMulInteger): matmul(astype(x_q, int32) - z_x, W, out_dtype=int32) with W folding to an int32
-constant in int8 range. A matmul kept in fp32 (the accuracy-aware fallback excluded it from quantization) has no
+constant in int8 range. uint8 weights with a zero point (U8U8, what kiln quantizes for CPUs without VNNI) are
+shifted to int8 (w - 128, z_w - 128: the same differences) and their zero point's term, z_w * sum_k x, is a row
+sum of the activations computed at run time, plus the constant K * z_x * z_w, as onnxruntime's U8U8 kernels do;
+an exact intrinsic only (the shifted weights fill the int8 range: vpmaddubsw's int16 pair sums would overflow).
+A matmul kept in fp32 (the accuracy-aware fallback excluded it from quantization) has no
 dequantize around it and stays an fp32 matmul. What is not rewritten, and why, is reported.
 """
 
@@ -118,43 +122,53 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
                 acc = self.builder_.emit(relax.op.strided_slice(acc, axes=[rank - 1], begin=[0], end=[n]))
             return acc
 
-        def _emit_dense(self, x_u8, zero_i32, w: np.ndarray):
-            """int32 [..., N] = sum_k (x - z) * w, as int8_dense(x, W) - z * colsum(W)."""
+        def _emit_dense(self, x_u8, zero_i32, w: np.ndarray, w_zero: np.ndarray | None = None):
+            """int32 [..., N] = sum_k (x - z) * (w - z_w), as int8_dense(x, W) - z * colsum(W), and where the
+            weights have a zero point z_w (uint8 weights, shifted to int8), - z_w * rowsum(x) + K * z * z_w: the
+            activation's row sums computed at run time, as onnxruntime's U8U8 kernels do."""
             acc = self._emit_packed(w, lambda packed: dense.emit(self.builder_, x_u8, packed, intrin.n_lanes,
                                                                  intrin.k_lanes), rank=len(x_u8.ty.shape))
-            correction = relax.op.multiply(zero_i32, relax.const(packing.column_sums(w)))
-            return relax.op.subtract(acc, correction)
+            out = relax.op.subtract(acc, relax.op.multiply(zero_i32, relax.const(packing.column_sums(w))))
+            if w_zero is None or not np.any(w_zero):
+                return out
+            rows = self.builder_.emit(relax.op.sum(relax.op.astype(x_u8, "int32"), axis=[-1], keepdims=True))
+            zw = np.broadcast_to(w_zero.astype(np.int32).reshape(-1), (w.shape[1],)).copy()
+            out = relax.op.subtract(self.builder_.emit(out), relax.op.multiply(rows, relax.const(zw)))
+            return relax.op.add(self.builder_.emit(out),
+                                relax.op.multiply(zero_i32, relax.const((w.shape[0] * zw).astype(np.int32))))
 
         def _static(self, call):
             """matmul(dequantize(x_q), [permute_dims](dequantize(W_q))): the Gemm's transB is a permute_dims."""
             a, b = (self._bound(arg) for arg in call.args)
             transposed = _is(b, "relax.permute_dims")
-            found = self._quantized_pair(a, self._bound(b.args[0]) if transposed else b, "static matmul")
+            found = self._quantized_pair(a, self._bound(b.args[0]) if transposed else b, "static matmul",
+                                         asymmetric=True)
             if found is None:
                 return None
-            x_q, s_x, z_x, w_q, s_w, axis = found
+            x_q, s_x, z_x, w_q, s_w, axis, z_w = found
             if len(x_q.ty.shape) < 2:
                 report.skipped.append("static matmul: a vector input (the kernel tiles rows)")
                 return None
             w = w_q.T if transposed else w_q
             if transposed and w_q.ndim == 2:
                 axis = 1 - axis
-            why = self._weights(w.astype(np.int32), "static matmul")
+            w, z_w = _signed(w.astype(np.int32), z_w)
+            why = self._weights(w, "static matmul") or _saturates(z_w, "static matmul")
             if why:
                 report.skipped.append(why)
                 return None
             k, n = w.shape
             s_w = np.broadcast_to(s_w.reshape(-1) if s_w.size > 1 and axis == 1 else s_w.reshape(()), (n,))
             x_u8, zero = self._activation(x_q, relax.const(int(z_x.reshape(())), "int32"))
-            acc = self._emit_dense(x_u8, zero, w)
+            acc = self._emit_dense(x_u8, zero, w, z_w)
             scale = (float(s_x.reshape(())) * s_w.astype(np.float64)).astype(np.float32)
             report.rewritten.append(f"static {k}x{n}")
             return relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale))
 
-        def _quantized_pair(self, x, w, where: str):
-            """(x_q, s_x, z_x, w_q, s_w, the weight scale's axis) of dequantize(x_q) and dequantize(constant w_q)
-            with a per-tensor activation quantization and symmetric weights, or None (a reason reported where one
-            applies)."""
+        def _quantized_pair(self, x, w, where: str, asymmetric: bool = False):
+            """(x_q, s_x, z_x, w_q, s_w, the weight scale's axis, z_w) of dequantize(x_q) and dequantize(constant
+            w_q) with a per-tensor activation quantization, or None (a reason reported where one applies). Weights
+            with a zero point (uint8: U8U8) only where `asymmetric` (the matmul's epilogue corrects for it)."""
             if not (_is(x, "relax.dequantize") and _is(w, "relax.dequantize")):
                 return None
             w_q, s_w, z_w = (_const(e) for e in (self._bound(w.args[0]), w.args[1], w.args[2]))
@@ -162,10 +176,10 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             if w_q is None or s_w is None or s_x is None or z_x is None or s_x.size != 1 or z_x.size != 1:
                 report.skipped.append(f"{where}: scales or weights computed at run time")
                 return None
-            if z_w is not None and np.any(z_w != 0):
+            if z_w is not None and np.any(z_w != 0) and not asymmetric:
                 report.skipped.append(f"{where}: asymmetric weights (zero point != 0)")
                 return None
-            return self._bound(x.args[0]), s_x, z_x, w_q, s_w, int(w.attrs.axis)
+            return self._bound(x.args[0]), s_x, z_x, w_q, s_w, int(w.attrs.axis), z_w
 
         def _static_conv(self, call):
             """conv2d(dequantize(x_q), dequantize(W_q)), one group, NCHW/OIHW or (after
@@ -186,7 +200,7 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             found = self._quantized_pair(self._bound(call.args[0]), w_expr, where)
             if found is None:
                 return None
-            x_q, s_x, z_x, w_q, s_w, axis = found
+            x_q, s_x, z_x, w_q, s_w, axis, _ = found
             if int(attrs.groups) != 1 or w_q.ndim != 4:
                 report.skipped.append(f"{where}: groups {int(attrs.groups)}")
                 return None
@@ -215,7 +229,7 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             if str(call.attrs.out_dtype) != "int32":
                 return None
             a = self._bound(call.args[0])
-            w = self._fold(call.args[1])
+            w, w_zero = self._dynamic_weights(call.args[1])
             if not _is(a, "relax.subtract"):
                 return None
             widened, zero = self._bound(a.args[0]), a.args[1]
@@ -225,7 +239,7 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
             if w is None:
                 report.skipped.append(f"{where}: weights computed at run time")
                 return None
-            why = self._weights(w, where)
+            why = self._weights(w, where) or _saturates(w_zero, where)
             if why:
                 report.skipped.append(why)
                 return None
@@ -234,7 +248,36 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
                 return None
             x_u8, zero = self._activation(widened.args[0], zero)
             report.rewritten.append(f"dynamic {w.shape[0]}x{w.shape[1]}")
-            return self._emit_dense(x_u8, zero, w.astype(np.int8))
+            return self._emit_dense(x_u8, zero, w.astype(np.int8), w_zero)
+
+        def _dynamic_weights(self, expr) -> tuple[np.ndarray | None, np.ndarray | None]:
+            """MatMulInteger's weights as int8 values and their zero point: int8 weights minus their (zero)
+            zero point folded; uint8 ones (U8U8) shifted to int8 with their zero point shifted alike, since
+            w - z_w spans -255..255."""
+            b = self._bound(expr)
+            if _is(b, "relax.subtract"):
+                raw, zp = self._fold(b.args[0]), self._fold(b.args[1])
+                if raw is not None and zp is not None and raw.ndim == 2 and raw.min() >= 0 and raw.max() > 127 \
+                        and raw.max() <= 255:
+                    zp = np.asarray(zp).reshape(-1)
+                    if zp.size in (1, raw.shape[1]):
+                        return _signed(raw.astype(np.int32), zp)
+            return self._fold(expr), None
+
+    def _signed(w: np.ndarray, z_w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 weights (with their zero point) as int8 ones: w - 128 and z_w - 128 give the same w - z_w."""
+        if z_w is None or not np.any(z_w) and w.min() >= -128 and w.max() <= 127:
+            return w, None
+        if w.min() >= 0 and w.max() <= 255 and (w.max() > 127 or np.any(z_w)):
+            return w - 128, np.asarray(z_w, np.int32).reshape(-1) - 128
+        return w, np.asarray(z_w, np.int32).reshape(-1)
+
+    def _saturates(z_w: np.ndarray | None, where: str) -> str | None:
+        """uint8 weights shifted to int8 fill its whole range: the int16 pair sums of a saturating intrinsic
+        (vpmaddubsw) overflow; only an exact one sums them."""
+        if z_w is not None and not intrin.exact:
+            return f"{where}: uint8 weights need exact int32 sums; {intrin.key} saturates in int16"
+        return None
 
     def _is(expr, op_name: str) -> bool:
         return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
