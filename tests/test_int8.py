@@ -142,7 +142,7 @@ def _quantized(tmp_path, kind: str, exclude: tuple[str, ...] = (), weights: str 
 
     src = _mlp(tmp_path / "mlp.onnx")
     out = tmp_path / f"mlp-{kind}-{weights}.onnx"
-    weight_type = QuantType.QInt8 if weights == "s8" else QuantType.QUInt8
+    weight_type = QuantType.QUInt8 if weights == "u8" else QuantType.QInt8  # s7: int8 in 7 bits
     rng = np.random.default_rng(2)
     if kind == "static":
         class Reader(CalibrationDataReader):
@@ -158,17 +158,17 @@ def _quantized(tmp_path, kind: str, exclude: tuple[str, ...] = (), weights: str 
                         nodes_to_exclude=list(exclude))
     else:
         quantize_dynamic(str(src), str(out), weight_type=weight_type, per_channel=True,
-                         nodes_to_exclude=list(exclude))
+                         nodes_to_exclude=list(exclude), reduce_range=weights == "s7")
     return out
 
 
-def _run_tvm(mod, x):
+def _run_tvm(mod, x, target: str = "host"):
     import tvm
     from tvm import relax
 
     from kiln.compiler.targets import target_config
 
-    ex = tvm.compile(mod, target=tvm.target.Target(target_config("llvm")))
+    ex = tvm.compile(mod, target=tvm.target.Target(target_config(target)))
     return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
 
 
@@ -201,6 +201,29 @@ def test_quantized_matmul_and_gemm_lowered_to_integer_kernels(tmp_path, kind, we
         got = _run_tvm(lowered, x)
         step = np.abs(expected).max() / 127  # one step of an 8-bit output
         assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
+
+
+@pytest.mark.parametrize("weights, sums", [("u8", "exact"), ("s7", "saturating")])
+def test_int8_for_an_avx2_fleet_built_here_matches_onnxruntime(tmp_path, weights, sums):
+    """--target x86-64-v3 on any host: its dynamic int8 (U8U8, or 7-bit weights) lowered with the AVX2
+    intrinsics the target gets (exact, or vpmaddubsw, which 7-bit weights cannot saturate), compiled for the
+    x86-64-v3 CPU, and equal to onnxruntime's int8 within one output step."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+    from kiln.compiler.targets import resolve
+
+    v3 = resolve("x86-64-v3")
+    key = for_cpu(v3.int8_isa, saturating=sums == "saturating")
+    assert key in ("avx2-exact", "avx2"), key
+    path = _quantized(tmp_path, "dynamic", weights=weights)
+    x = np.random.default_rng(3).normal(size=(8, 32)).astype(np.float32)
+    expected = _ort(path, x)
+    lowered, report = rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), registered(key))
+    assert len(report.rewritten) == 3 and not report.skipped, report
+    got = _run_tvm(lowered, x, "x86-64-v3")
+    step = np.abs(expected).max() / 127
+    assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
 
 
 def test_a_node_kept_in_fp32_stays_fp32(tmp_path):

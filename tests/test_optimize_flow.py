@@ -34,9 +34,11 @@ def test_manifest_records_the_whole_decision(digits_run, digits_program):
     manifest, env, _ = digits_run
     folder = Path(env["KILN_STORE"]) / "digits" / manifest["id"]
     assert folder.is_dir()
-    from kiln.optimize.candidates import DEFAULT
+    from kiln.cpu import detected_int8_isa, u8s8_exact
+    from kiln.optimize.candidates import DEFAULT, NO_VNNI_DEFAULT
 
-    assert {c["name"] for c in manifest["candidates"] if "-fallback" not in c["name"]} == set(DEFAULT)
+    expected = set(DEFAULT) | (set() if u8s8_exact(detected_int8_isa()) else set(NO_VNNI_DEFAULT))  # host target
+    assert {c["name"] for c in manifest["candidates"] if "-fallback" not in c["name"]} == expected
     fused = [c for c in manifest["candidates"] if "fused" in c["name"]]  # digits is no transformer
     assert fused and all(c["reasons"][0].startswith("skipped: not a transformer") for c in fused)
     for c in manifest["candidates"]:

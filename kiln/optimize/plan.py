@@ -20,7 +20,9 @@ from kiln.artifact import layout
 from kiln.artifact.manifest import INCUMBENT
 from kiln.artifact.store import ArtifactStore
 from kiln.artifact.target import Target
+from kiln.compiler.targets import resolve
 from kiln.config import settings
+from kiln.cpu import u8s8_exact
 from kiln.optimize import candidates as registry
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.request import OptimizeRequest
@@ -54,12 +56,12 @@ class Plan(BaseModel):
 
 def plan(request: OptimizeRequest, checked: CheckedProgram,
          log: logging.Logger | logging.LoggerAdapter = _log) -> Plan:
-    chosen = request.chosen
-    transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
-    from kiln.compiler.targets import resolve
-
     target = resolve(target_name(request, checked, log))
     log.info("target: %s", target.describe())
+    chosen = request.chosen
+    if request.candidates is None and not u8s8_exact(target.int8_isa):
+        chosen = registry.check([*chosen, *registry.NO_VNNI_DEFAULT])
+    transforms = [*registry.of_stage(chosen, "baseline"), *registry.of_stage(chosen, "transform")]
     incumbent = request.incumbent
     if incumbent is None and request.compare_with_current:
         newest = ArtifactStore(request.store).newest(checked.name)

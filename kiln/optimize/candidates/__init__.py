@@ -54,6 +54,10 @@ register(
     Candidate(name="tvm-int8-static-saturating", backend="tvm", stage="compile", quantized_from="ort-int8-static",
               needs_calibration=True, int8_sums="saturating",
               description="TVM int8 as tvm-int8-static with saturating vpmaddubsw sums (faster without VNNI)"),
+    # 7-bit weights: vpmaddubsw's int16 pair sums cannot overflow, so the saturating kernels are exact too
+    Candidate(name="tvm-int8-dynamic-7bit", backend="tvm", stage="compile", quantized_from="ort-int8-dynamic-7bit",
+              int8_sums="saturating",
+              description="TVM int8: ort-int8-dynamic-7bit's quantization on vpmaddubsw (exact with 7-bit weights)"),
     Candidate(name="ort-fp32-basic", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_basic",
               description="fp32 model, onnxruntime graph optimization level basic"),
     Candidate(name="ort-fp32-extended", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_extended",
@@ -63,6 +67,10 @@ register(
     Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
               builder=f"{_C}.ort_int8_dynamic:build",
               description="int8 weights for MatMul/Gemm, dynamic activations"),
+    Candidate(name="ort-int8-dynamic-7bit", backend="onnxruntime", accuracy_aware=True,
+              builder=f"{_C}.ort_int8_dynamic:build_7bit",
+              description="int8 weights restricted to 7 bits (reduce_range) for MatMul/Gemm, dynamic activations: "
+                          "exact on CPUs without VNNI, where u8 x s8 sums saturate"),
     Candidate(name="ort-int8-static", backend="onnxruntime", accuracy_aware=True, needs_calibration=True,
               builder=f"{_C}.ort_int8_static:build",
               description="int8 QDQ, uint8 activations, per-channel int8 weights, calibrated"),
@@ -87,6 +95,8 @@ register(
 # when the model is not a transformer)
 DEFAULT = (BASELINE, "tvm", "ort-fp32-basic", "ort-int8-dynamic", "ort-int8-static", "ort-fp32-fused",
            "ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static")
+# added to the default set where the target has no VNNI (kiln.optimize.plan): its u8 x s8 kernels saturate
+NO_VNNI_DEFAULT = ("ort-int8-dynamic-7bit",)
 
 
 def all_names() -> list[str]:
@@ -107,5 +117,5 @@ def of_stage(chosen: list[str], stage: Stage) -> list[str]:
     return [n for n in chosen if REGISTRY[n].stage == stage]
 
 
-__all__ = ["BASELINE", "DEFAULT", "REGISTRY", "BuildContext", "Built", "Candidate", "Skipped", "all_names", "check",
-           "get", "names", "of_stage"]
+__all__ = ["BASELINE", "DEFAULT", "NO_VNNI_DEFAULT", "REGISTRY", "BuildContext", "Built", "Candidate",
+           "Skipped", "all_names", "check", "get", "names", "of_stage"]

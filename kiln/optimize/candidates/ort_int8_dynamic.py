@@ -68,6 +68,24 @@ def build(ctx: BuildContext) -> Built:
     return quantize_with_fallback(ctx, rewritten, quantize, settings, ["MatMul"])
 
 
+def build_7bit(ctx: BuildContext) -> Built:
+    """`ort-int8-dynamic-7bit`: int8 weights restricted to 7 bits (onnxruntime's reduce_range), so that on a CPU
+    without VNNI the u8 x s8 pairs `vpmaddubsw` adds in int16 cannot saturate (255 * 63 * 2 < 32767): the fast
+    U8S8 kernels stay exact there, for one bit of weight precision."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rewritten = ctx.out_dir / "fp32_matmul.onnx"
+    onnx.save(named_nodes(gemm_to_matmul(onnx.load(str(ctx.prepared)))), str(rewritten))
+
+    def quantize(dest, exclude):
+        quantize_dynamic(str(rewritten), str(dest), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         reduce_range=True, nodes_to_exclude=exclude)
+
+    settings = RunSettings(optimization="all", quantization="int8 dynamic U8S8, 7-bit weights (MatMul)",
+                           int8_isa=ctx.int8.isa)
+    return quantize_with_fallback(ctx, rewritten, quantize, settings, ["MatMul"])
+
+
 def activation_matmuls(model: onnx.ModelProto) -> list[str]:
     """MatMuls whose second operand is computed at run time (attention's Q·K^T and P·V): per-tensor dynamic int8
     of both sides is where the unfused transformer loses most (worst sentence cosine 0.93 on MiniLM-L6), and
