@@ -203,6 +203,8 @@ def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune
     share of the plan's budget, or all of it), its key computed once. The database is seeded first from the
     incumbent's (seed_database), since the key of a continued search depends on it."""
     target = plan.target
+    if not_judged(target):  # its trials could not run here (SIGILL): compiled untuned, kept, not judged
+        trials, tune_seconds = 0, None
     seed_database(prepared, target, plan.tuning_from)
     db = tuning_dir(prepared, target) / DB_FILES[1]
     settled = CompileJob(name=name, model=model or prepared.path, prepared=prepared, trials=trials,
