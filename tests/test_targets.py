@@ -163,6 +163,17 @@ def test_a_build_for_a_cpu_above_this_one_is_refused_by_name_never_sigill(tmp_pa
         assert any("chosen by --select" in r for r in next(c for c in manifest["candidates"]
                                                               if c["name"] == "tvm")["reasons"])
         folders[target] = Path(kiln_env["KILN_STORE"]) / f"cnn-{target}" / manifest["id"]
+    # a CPU above this one (here: the first LLVM CPU with a flag this host lacks): compiled, never shipped untested
+    from kiln.compiler.targets import resolve
+    from kiln.targets.catalog import LLVM_CPUS
+
+    above = next(t for t in map(resolve, reversed(LLVM_CPUS)) if not set(t.requires) <= this_cpu().flags)
+    proc = run_kiln(["optimize", str(model), "--candidates", "onnxruntime,tvm", "--trials", "0", "--select", "tvm",
+                     "--target", above.name, "--name", "cnn-above", "--json"], env)
+    assert proc.returncode == 1 and f"built for {above.name} but not judged: this host lacks" in proc.stderr, \
+        proc.stderr
+    assert "nothing was published" in proc.stderr and not (Path(kiln_env["KILN_STORE"]) / "cnn-above").exists()
+
     v3 = folders["x86-64-v3"]
     assert "avx512f" not in json.loads((v3 / "manifest.json").read_text())["builds"][0]["requires"]
     code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(v3 / "model.so")], capture_output=True,
