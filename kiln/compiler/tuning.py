@@ -275,7 +275,9 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
     from tvm.s_tir import meta_schedule as ms
 
     from kiln.compiler.int8.intrinsics import register_all
+    from kiln.compiler.tvm_imports import tensor_intrinsics
 
+    tensor_intrinsics()  # what every tuning context imports, without its 20 s of inspect.stack()
     register_all()  # the databases read below may hold int8 kernels' records, which name kiln's intrinsics
     extracted = ms.relax_integration.extract_tasks(mod, target)
     states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod),

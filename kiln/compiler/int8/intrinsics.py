@@ -186,5 +186,8 @@ def register_all() -> None:
     parses every record's trace when it loads one, and a record of an int8 kernel names its intrinsic, so a
     process that never lowered int8 itself failed to open a database another run had added such records to
     ("TensorIntrin 'kiln_int8_vnni_16x4' is not registered": every later TVM build on that CPU)."""
-    for key in INTRINSICS:
-        registered(key)
+    from kiln.compiler.tvm_imports import light_stack
+
+    with light_stack():  # their TVMScript parsed without inspect.stack()'s module lookups (~1 s)
+        for key in INTRINSICS:
+            registered(key)
