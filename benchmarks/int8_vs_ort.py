@@ -72,23 +72,29 @@ def inputs(model: str) -> tuple[Path, list[str]]:
     return path, ["--data", str(data)]
 
 
-def run(model: str, minutes: float) -> dict:
-    spec = MODELS[model]
-    path, data = inputs(model)
-    home = WORK / f"{model}-{minutes:g}m"
+def optimize_fresh(home: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, float, str]:
+    """`kiln optimize ARGS --json` in a fresh KILN_HOME (no tuning records from earlier runs): the process, its
+    seconds, and the command as a row records it (paths relative to the repository)."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(home / "store"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(path), *data, "--candidates",
-           ",".join(("onnxruntime", *spec["ort"], spec["tvm"])), "--tune-time", f"{minutes:g}m",
-           "--range", spec["range"], "--json"]
+    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", *args, "--json"]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     shown = ["kiln", *(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT) + "/") else a for a in cmd[1:])]
+    return proc, round(time.monotonic() - start, 1), shlex.join(shown)
+
+
+def run(model: str, minutes: float) -> dict:
+    spec = MODELS[model]
+    path, data = inputs(model)
+    home = WORK / f"{model}-{minutes:g}m"
+    proc, seconds, shown = optimize_fresh(home, [str(path), *data, "--candidates",
+                                                 ",".join(("onnxruntime", *spec["ort"], spec["tvm"])),
+                                                 "--tune-time", f"{minutes:g}m", "--range", spec["range"]])
     row = {"model": model, "what": spec["what"], "minutes": minutes, "exit": proc.returncode,
-           "seconds": round(time.monotonic() - start, 1), "command": script_command(model, minutes),
-           "kiln_command": shlex.join(shown)}
+           "seconds": seconds, "command": script_command(model, minutes), "kiln_command": shown}
     if proc.returncode != 0:
         return {**row, "error": proc.stderr.strip().splitlines()[-1:]}
     return summarize(row, json.loads(proc.stdout), home)

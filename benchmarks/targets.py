@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -39,23 +36,16 @@ def avx512_instructions(library: Path) -> int:
 
 
 def run(model: str, target: str, minutes: float) -> dict:
-    from benchmarks.int8_vs_ort import MODELS, inputs
+    from benchmarks.int8_vs_ort import MODELS, inputs, optimize_fresh
 
     spec = MODELS[model]
     path, data = inputs(model)
     home = WORK / f"{model}-{target.replace('/', '_')}-{minutes:g}m"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    env = {**os.environ, "KILN_HOME": str(home), "KILN_STORE": str(home / "store"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [str(ROOT / ".venv" / "bin" / "kiln"), "optimize", str(path), *data, "--target", target, "--candidates",
-           ",".join(("onnxruntime", *spec["ort"], "tvm", spec["tvm"])), "--tune-time", f"{minutes:g}m",
-           "--range", spec["range"], "--json"]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    shown = ["kiln", *(str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT) + "/") else a for a in cmd[1:])]
-    row = {"model": model, "target": target, "minutes": minutes, "exit": proc.returncode,
-           "seconds": round(time.monotonic() - start, 1), "kiln_command": shlex.join(shown),
+    proc, seconds, shown = optimize_fresh(home, [str(path), *data, "--target", target, "--candidates",
+                                                 ",".join(("onnxruntime", *spec["ort"], "tvm", spec["tvm"])),
+                                                 "--tune-time", f"{minutes:g}m", "--range", spec["range"]])
+    row = {"model": model, "target": target, "minutes": minutes, "exit": proc.returncode, "seconds": seconds,
+           "kiln_command": shown,
            "command": f"python benchmarks/targets.py --models {model} --targets {target} --minutes {minutes:g}"}
     if proc.returncode != 0:
         return {**row, "error": proc.stderr.strip().splitlines()[-1:]}
