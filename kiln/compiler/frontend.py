@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from kiln.artifact.specs import TensorSpec
 from kiln.errors import ModelError
 
 
-def supported_ops() -> set[str]:
+@functools.cache
+def supported_ops() -> frozenset[str]:
+    """ONNX op types TVM's importer converts; cached, since importing the frontend takes ~1 s per process."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    return set(_get_convert_map())
+    return frozenset(_get_convert_map())
 
 
 def import_onnx(model_path: Path, inputs: list[TensorSpec]):

@@ -145,7 +145,7 @@ def _all_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     return out
 
 
-def unsupported_ops(model: onnx.ModelProto, supported: set[str]) -> dict[str, list[str]]:
+def unsupported_ops(model: onnx.ModelProto, supported: frozenset[str] | set[str]) -> dict[str, list[str]]:
     """op type -> node names of every node the compiler has no converter for."""
     missing: dict[str, list[str]] = defaultdict(list)
     for node, label in _all_nodes(model):

@@ -22,7 +22,7 @@ from kiln.optimize.inspect import (
     output_specs,
     unsupported_ops,
 )
-from kiln.optimize.isolation import run_isolated
+from kiln.optimize.isolation import preload, run_isolated
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.profile import bounded, concrete, fix_declared, resolve
@@ -98,7 +98,13 @@ def validate(location: str, shapes: dict[str, list[int]] | None, candidates: lis
                                          Path(localize(data)).expanduser().resolve() if data else None,
                                          ranges or [], name))
         log.info("wrote a program for %s with data %s and ranges %s: %s", location, data, ranges, program_file)
-    checked, metrics = run_isolated(check_program, program_file, location, shapes, candidates, name, dims,
+    supported = None
+    if of_stage(candidates, "compile"):  # computed here, once per process: a child would import TVM every run
+        from kiln.compiler import supported_ops
+
+        supported = supported_ops()
+        preload("tvm")  # every TVM candidate's evaluation and timing child would import it again
+    checked, metrics = run_isolated(check_program, program_file, location, shapes, supported, name, dims,
                                     default_dims, what="the program", timeout=settings().program_timeout_s,
                                     timeout_hint="raise KILN_PROGRAM_TIMEOUT_S if loading its data really takes "
                                                  "this long")
@@ -152,10 +158,12 @@ def check_requirements(requirements: list[str], where: str) -> list[str]:
     return [r.strip() for r in requirements]
 
 
-def check_program(path: str, location: str, shapes: dict[str, list[int]] | None, candidates: list[str],
-                  name: str | None = None, dims: dict[str, tuple[int, int]] | None = None,
+def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
+                  supported: frozenset[str] | None, name: str | None = None,
+                  dims: dict[str, tuple[int, int]] | None = None,
                   default_dims: bool = False) -> tuple[CheckedProgram, list[str]]:
-    """validate's work, in the child process: (the checked program, its metric names)."""
+    """validate's work, in the child process: (the checked program, its metric names). `supported`: the op
+    types the compiler imports, None when no candidate compiles."""
     prog = load_program(path, shapes, dims)
     where = str(prog.model_path)
     model = load_model(prog.model_path)
@@ -172,10 +180,8 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
     profile = Profile(dims=[d.model_copy(update={"outputs": named.get(d.name, [])}) for d in profile.dims]
                       ).with_padding(prog.program.padding)
     missing: dict[str, list[str]] = {}
-    if of_stage(candidates, "compile"):  # not a refusal: the other candidates can still ship
-        from kiln.compiler import supported_ops
-
-        missing = unsupported_ops(model, supported_ops())
+    if supported is not None:  # not a refusal: the other candidates can still ship
+        missing = unsupported_ops(model, supported)
     check_feed_size(bounded(inputs, profile), 1 if data is not None else prog.program.synthetic_samples, where)
     fixed = infer_shapes(fix_input_shapes(model, inputs, profile), where)
     guards = index_guards(fixed)
