@@ -15,6 +15,9 @@ from kiln.artifact.outcome import OptimizeOutcome
 from kiln.artifact.store import ArtifactStore
 from kiln.errors import GateError, KilnError
 from kiln.optimize.compile import int8_source
+from kiln.optimize.models import CheckedProgram, PreparedModel, ReferenceData
+from kiln.optimize.plan import Plan
+from kiln.optimize.publish import TargetRun
 from kiln.optimize.request import OptimizeRequest, RegistryVersion
 from kiln.registries import outcome_tags
 from tasks.image import check_image
@@ -27,7 +30,7 @@ from tasks.stages import (
     compile_job,
     compile_tvm,
     evaluate_candidates,
-    make_plan,
+    make_plans,
     prepare_model,
     publish_artifact,
     run_reference,
@@ -74,33 +77,42 @@ def _optimize(request: OptimizeRequest) -> OptimizeOutcome:
     if request.image:
         check_image(request.image)
     checked = validate_program(request)
-    plan = make_plan(request, checked)
+    plans = make_plans(request, checked)
     prepared = prepare_model(checked)
-    ref = run_reference(checked, plan)
+    ref = run_reference(checked, plans[0])
+    runs = [_for_target(checked, prepared, ref, plan) for plan in plans]
+    plan = plans[0]
+    if all(run.choice.kept for run in runs):
+        message = "; ".join(run.choice.message or "" for run in runs)
+        report_result(plan.name, runs[0].evaluation.candidates, runs[0].choice.selected.name, None, None, message)
+        return OptimizeOutcome.of_kept(plan.incumbent, runs[0].evaluation.candidates, message)
+    manifest = publish_artifact(checked, prepared, runs)
+    outcome = OptimizeOutcome.of_published(manifest, ArtifactStore(request.store).folder(manifest))
+    report_result(plan.name, manifest.candidates, manifest.selected, outcome.artifact, outcome.speedup)
+    if request.upload:
+        outcome.upload = upload_artifact(outcome.artifact, request.upload)
+    if request.image:
+        outcome.image = build_image(outcome.artifact, request.image)["reference"]
+    return outcome
+
+
+def _for_target(checked: CheckedProgram, prepared: PreparedModel, ref: ReferenceData, plan: Plan) -> TargetRun:
+    """One target's candidates built, compiled, evaluated and judged by the gate (each target its own choice)."""
+    title = plan.name if not plan.fleet else f"{plan.name} for {plan.target.name}"
     built = build_candidates(checked, prepared, ref, plan)
     for name in plan.compiled:
         source = int8_source(name, built)  # a TVM int8 candidate lowers an onnxruntime int8 build
         job = compile_job(checked, prepared, plan, name, source)
         state = compile_tvm(checked, job, plan, return_state=True)
         if state.name == "Cached":  # Prefect found the build by its content hash: no tuning ran
-            progress.report("tune", request.trials, request.trials, "cached build, no tuning")
+            progress.report("tune", plan.request.trials, plan.request.trials, "cached build, no tuning")
         built.append(state.result())
     evaluation = evaluate_candidates(checked, ref, built, plan)
     try:
         choice = choose_winner(checked, ref, evaluation, plan)
     except GateError as exc:
-        report_candidates(plan.name, evaluation.candidates)
-        report_result(plan.name, evaluation.candidates, None, None, None, exc.message)
+        report_candidates(title, evaluation.candidates)
+        report_result(title, evaluation.candidates, None, None, None, exc.message)
         raise
-    report_candidates(plan.name, evaluation.candidates)
-    if choice.kept:
-        report_result(plan.name, evaluation.candidates, choice.selected.name, None, None, choice.message)
-        return OptimizeOutcome.of_kept(plan.incumbent, evaluation.candidates, choice.message)
-    manifest = publish_artifact(checked, prepared, evaluation, choice, plan)
-    outcome = OptimizeOutcome.of_published(manifest, ArtifactStore(request.store).folder(manifest))
-    report_result(plan.name, evaluation.candidates, manifest.selected, outcome.artifact, outcome.speedup)
-    if request.upload:
-        outcome.upload = upload_artifact(outcome.artifact, request.upload)
-    if request.image:
-        outcome.image = build_image(outcome.artifact, request.image)["reference"]
-    return outcome
+    report_candidates(title, evaluation.candidates)
+    return TargetRun(plan, evaluation, choice)

@@ -27,8 +27,9 @@ def validate_program(request: OptimizeRequest) -> CheckedProgram:
 
 
 @task(name="plan")
-def make_plan(request: OptimizeRequest, checked: CheckedProgram) -> Plan:
-    return planning.plan(request, checked, log=get_run_logger())
+def make_plans(request: OptimizeRequest, checked: CheckedProgram) -> list[Plan]:
+    """One Plan per target (one, unless the run builds for a fleet)."""
+    return planning.plans(request, checked, log=get_run_logger())
 
 
 @task(name="prepare")
@@ -111,6 +112,5 @@ def choose_winner(checked: CheckedProgram, ref: ReferenceData, evaluation: Evalu
 
 
 @task(name="publish", retries=2, retry_delay_seconds=2)
-def publish_artifact(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, choice: Choice,
-                     plan: Plan) -> Manifest:
-    return publish.publish(checked, prepared, evaluation, choice, plan, log=get_run_logger())
+def publish_artifact(checked: CheckedProgram, prepared: PreparedModel, runs: list[publish.TargetRun]) -> Manifest:
+    return publish.publish(checked, prepared, runs, log=get_run_logger())

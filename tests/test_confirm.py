@@ -147,7 +147,7 @@ def stages(tmp_path_factory, kiln_home):
         built = [*base, *(candidate(n) for n in names)]
         evaluation = evaluate.evaluate(checked, ref, built, plan.threads, plan.request.latency_repeats)
         choice = confirm.choose(checked, ref, evaluation, plan)
-        return evaluation, choice, publish.publish(checked, prepared, evaluation, choice, plan)
+        return evaluation, choice, publish.publish(checked, prepared, [publish.TargetRun(plan, evaluation, choice)])
 
     run.checked, run.ref, run.held, run.candidate, run.base, run.store = checked, ref, held, candidate, base, \
         request.store

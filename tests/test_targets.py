@@ -46,14 +46,14 @@ def test_a_bad_target_names_the_forms_and_the_nearest(name, says):
     assert says in caught.value.render(), caught.value.render()
 
 
-def test_two_names_for_one_cpu_are_one_target_and_requests_take_one_for_now():
+def test_two_names_for_one_cpu_are_one_target_and_several_make_a_fleet():
     from kiln.optimize.request import OptimizeRequest
 
     assert [t.name for t in parse_all(["c6i", "c6i.4xlarge", "host", "llvm"])] == ["c6i", "host"]
     assert OptimizeRequest.of(program="m.onnx", target="llvm").targets == ["host"]  # recorded requests load
     assert OptimizeRequest.of(program="m.onnx", targets=["c6i.2xlarge"]).target == "c6i"
-    with pytest.raises(Exception, match="one artifact per target for now"):
-        OptimizeRequest.of(program="m.onnx", targets=["x86-64-v3", "x86-64-v4"])
+    assert OptimizeRequest.of(program="m.onnx", targets="x86-64-v3, x86-64-v4,x86-64-v3").targets == \
+        ["x86-64-v3", "x86-64-v4"]  # the web form's comma-separated field
     with pytest.raises(Exception, match="not among the candidates"):
         OptimizeRequest.of(program="m.onnx", candidates=["onnxruntime", "tvm"], select="ort-int8-dynamic")
 
@@ -95,7 +95,7 @@ def test_the_int8_scheme_and_kernels_follow_the_target_not_the_host(monkeypatch)
     from kiln.cpu import Int8Scheme
     from kiln.optimize.compile import int8_intrinsic
     from kiln.optimize.models import CheckedProgram
-    from kiln.optimize.plan import target_name
+    from kiln.optimize.plan import target_names
     from kiln.optimize.request import OptimizeRequest
 
     v3, ice = resolve("x86-64-v3"), resolve("icelake-server")
@@ -104,11 +104,11 @@ def test_the_int8_scheme_and_kernels_follow_the_target_not_the_host(monkeypatch)
     assert int8_intrinsic("tvm", v3) is None
     checked = CheckedProgram.model_construct(targets=[])
     monkeypatch.setenv("KILN_INT8_ISA", "avx2")
-    assert target_name(OptimizeRequest(program="m.onnx"), checked) == "x86-64-v3"
-    assert target_name(OptimizeRequest(program="m.onnx", targets=["znver4"]), checked) == "znver4"
-    assert target_name(OptimizeRequest(program="m.onnx"), checked.model_copy(update={"targets": ["c6i"]})) == "c6i"
+    assert target_names(OptimizeRequest(program="m.onnx"), checked) == ["x86-64-v3"]
+    assert target_names(OptimizeRequest(program="m.onnx", targets=["znver4"]), checked) == ["znver4"]
+    assert target_names(OptimizeRequest(program="m.onnx"), checked.model_copy(update={"targets": ["c6i"]})) == ["c6i"]
     monkeypatch.setenv("KILN_INT8_ISA", "auto")
-    assert target_name(OptimizeRequest(program="m.onnx"), checked) == "host"
+    assert target_names(OptimizeRequest(program="m.onnx"), checked) == ["host"]
 
 
 CHECK = """
@@ -121,7 +121,8 @@ seen = {"flags": sorted(this_cpu().flags)}
 feed = {"x": np.load(sys.argv[1])}
 for folder in sys.argv[2:]:
     try:
-        seen[folder] = load(folder).run(feed)["logits"].tolist()
+        p = load(folder)
+        seen[folder] = {"build": p.manifest.builds[0].target.name, "logits": p.run(feed)["logits"].tolist()}
     except TargetError as exc:
         seen[folder] = "refused: " + exc.render()
 print(json.dumps(seen))
@@ -139,59 +140,72 @@ def _load_on(cpu: str | None, feed: Path, folders: list[Path]) -> dict:
 
 
 def test_a_build_for_a_cpu_above_this_one_is_refused_by_name_never_sigill(tmp_path, kiln_env):
-    """--target x86-64-v3 and x86-64-v4 TVM builds of one model, cross-compiled here (--select tvm: published
-    however fast; --trials 0). On an emulated AMD EPYC Milan (AVX2, no AVX-512) the v4 artifact is refused before
-    its library is opened, naming the target and the flags it lacks; the v3 one runs with the host's outputs. A
-    host without AVX-512 cannot judge the v4 build: it is kept but not published, and the run says why."""
+    """One artifact for a fleet (--target x86-64-v2 --target x86-64-v3) and one for x86-64-v4, TVM builds
+    cross-compiled here (--select tvm: published however fast; --trials 0). Each CPU loads the most capable build
+    it runs: an emulated Intel Nehalem (SSE4.2, no AVX) the v2 build, an emulated AMD EPYC Milan (AVX2, no AVX-512)
+    the v3 build, with the host's outputs; on EPYC Milan the v4 artifact is refused before its library is opened,
+    naming the target and the flags it lacks. A host without AVX-512 cannot judge the v4 build: it is kept but not
+    published, and the run says why."""
     from kiln.runtime.cpu_flags import this_cpu
 
     model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=16)
     env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}
-    folders = {}
-    for target in ("x86-64-v3", "x86-64-v4"):
-        proc = run_kiln(["optimize", str(model), "--candidates", "onnxruntime,tvm", "--trials", "0", "--select",
-                         "tvm", "--target", target, "--name", f"cnn-{target}", "--json"], env)
-        if target == "x86-64-v4" and "avx512f" not in this_cpu().flags:
-            assert proc.returncode == 1 and "built for x86-64-v4 but not judged: this host lacks" in proc.stderr, \
-                proc.stderr
-            continue
-        assert proc.returncode == 0, proc.stderr
-        manifest = json.loads(proc.stdout)
-        build = manifest["builds"][0]
-        assert (manifest["selected"], build["target"]["name"], build["backend"]) == ("tvm", target, "tvm")
-        assert "standing in for " + target in build["judged"], build
-        assert any("chosen by --select" in r for r in next(c for c in manifest["candidates"]
+    store = Path(kiln_env["KILN_STORE"])
+    select = ["--candidates", "onnxruntime,tvm", "--trials", "0", "--select", "tvm", "--json"]
+    proc = run_kiln(["optimize", str(model), *select, "--target", "x86-64-v3", "--target", "x86-64-v2",
+                     "--name", "cnn-fleet"], env)
+    assert proc.returncode == 0, proc.stderr
+    fleet = json.loads(proc.stdout)
+    builds = {b["target"]["name"]: b for b in fleet["builds"]}
+    assert [b["target"]["name"] for b in fleet["builds"]] == ["x86-64-v2", "x86-64-v3"]  # least demanding first
+    for name, build in builds.items():
+        assert (build["selected"], build["backend"]) == ("tvm", "tvm") and "standing in for " + name in build["judged"]
+        assert build["model"]["path"] == f"builds/{name}/model.so" and build["candidates"], build
+        assert any("chosen by --select" in r for r in next(c for c in build["candidates"]
                                                               if c["name"] == "tvm")["reasons"])
-        folders[target] = Path(kiln_env["KILN_STORE"]) / f"cnn-{target}" / manifest["id"]
+    assert fleet["model"] == builds["x86-64-v2"]["model"]  # readers from before fleets load the v2 build
+    assert "avx2" in builds["x86-64-v3"]["requires"] and "avx2" not in builds["x86-64-v2"]["requires"]
+    folders = {"fleet": store / "cnn-fleet" / fleet["id"]}
+    v3_so = folders["fleet"] / "builds" / "x86-64-v3" / "model.so"
+    v3_code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(v3_so)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "zmm" not in v3_code and "%k1" not in v3_code and "vpdpbusd" not in v3_code  # no AVX-512 register, VNNI
+    assert "ymm" in v3_code  # AVX2 code: the v3 build is not the v2 one
+
+    proc = run_kiln(["optimize", str(model), *select, "--target", "x86-64-v4", "--name", "cnn-v4"], env)
+    if "avx512f" in this_cpu().flags:
+        assert proc.returncode == 0, proc.stderr
+        folders["v4"] = store / "cnn-v4" / json.loads(proc.stdout)["id"]
+    else:
+        assert proc.returncode == 1 and "built for x86-64-v4 but not judged: this host lacks" in proc.stderr, \
+            proc.stderr
     # a CPU above this one (here: the first LLVM CPU with a flag this host lacks): compiled, never shipped untested
     from kiln.compiler.targets import resolve
     from kiln.targets.catalog import LLVM_CPUS
 
     above = next(t for t in map(resolve, reversed(LLVM_CPUS)) if not set(t.requires) <= this_cpu().flags)
-    proc = run_kiln(["optimize", str(model), "--candidates", "onnxruntime,tvm", "--trials", "0", "--select", "tvm",
-                     "--target", above.name, "--name", "cnn-above", "--json"], env)
+    proc = run_kiln(["optimize", str(model), *select, "--target", above.name, "--name", "cnn-above"], env)
     assert proc.returncode == 1 and f"built for {above.name} but not judged: this host lacks" in proc.stderr, \
         proc.stderr
-    assert "nothing was published" in proc.stderr and not (Path(kiln_env["KILN_STORE"]) / "cnn-above").exists()
-
-    v3 = folders["x86-64-v3"]
-    assert "avx512f" not in json.loads((v3 / "manifest.json").read_text())["builds"][0]["requires"]
-    code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(v3 / "model.so")], capture_output=True,
-                          text=True, check=True).stdout
-    assert "zmm" not in code and "%k1" not in code and "vpdpbusd" not in code  # no AVX-512 register or VNNI
+    assert "nothing was published" in proc.stderr and not (store / "cnn-above").exists()
 
     feed = tmp_path / "feed.npy"
     np.save(feed, np.random.default_rng(0).standard_normal((1, 3, 16, 16), dtype=np.float32))
     order = list(folders.values())
     here = _load_on(None, feed, order)
-    there = _load_on("EPYC-Milan", feed, order)
-    assert "avx2" in there["flags"] and "avx512f" not in there["flags"]
-    np.testing.assert_allclose(there[str(v3)], here[str(v3)], rtol=1e-6, atol=1e-6)
-    if "x86-64-v4" in folders:
-        refusal = there[str(folders["x86-64-v4"])]
+    milan = _load_on("EPYC-Milan", feed, order)
+    nehalem = _load_on("Nehalem", feed, order[:1])
+    assert "avx2" in milan["flags"] and "avx512f" not in milan["flags"] and "avx" not in nehalem["flags"]
+    fleet_at = str(folders["fleet"])
+    assert (here[fleet_at]["build"], milan[fleet_at]["build"], nehalem[fleet_at]["build"]) == \
+        ("x86-64-v3", "x86-64-v3", "x86-64-v2")
+    for there in (milan, nehalem):
+        np.testing.assert_allclose(there[fleet_at]["logits"], here[fleet_at]["logits"], rtol=1e-5, atol=1e-5)
+    if "v4" in folders:
+        refusal = milan[str(folders["v4"])]
         assert refusal.startswith("refused: ") and "was built for x86-64-v4" in refusal, refusal
         assert "avx512f" in refusal and "--target host" in refusal, refusal
-        assert not isinstance(here[str(folders["x86-64-v4"])], str)  # the host runs it
+        assert here[str(folders["v4"])]["build"] == "x86-64-v4"  # the host runs it
 
 
 OLD = {"name": "m", "created_at": "2026-01-01T00:00:00", "target": "llvm", "dataset": "d", "candidates": [],
@@ -210,7 +224,7 @@ def test_old_manifests_load_and_reoptimize_keeps_the_targets(monkeypatch):
 
     old = Manifest.model_validate(OLD)
     assert old.builds == [] and request_for(Path("/a"), old, "/a/program").targets == ["host"]
-    cpu_flags.refuse_if_unrunnable(old)  # nothing recorded: loads as before
+    assert cpu_flags.for_this_cpu(old) is old  # nothing recorded: loads as before
     v3 = Manifest.model_validate({**OLD, "request": {"program": "m.onnx", "targets": ["x86-64-v3"]}, "builds": [
         {"target": {"name": "x86-64-v3", "mcpu": "x86-64-v3"}, "selected": "tvm", "backend": "tvm",
          "requires": ["avx2", "fma", "movbe"]}]})
@@ -218,6 +232,6 @@ def test_old_manifests_load_and_reoptimize_keeps_the_targets(monkeypatch):
     assert request_for(Path("/a"), v3, "/a/program", targets=["znver4"]).targets == ["znver4"]
     monkeypatch.setattr(cpu_flags, "this_cpu", lambda: cpu_flags.CpuFlags(frozenset({"sse2", "avx2"}), "test"))
     with pytest.raises(TargetError, match=r"m v3 was built for x86-64-v3 .*x86-64-v3: lacks fma, movbe"):
-        cpu_flags.refuse_if_unrunnable(v3)
+        cpu_flags.for_this_cpu(v3)
     monkeypatch.setattr(cpu_flags, "this_cpu", lambda: cpu_flags.CpuFlags(frozenset({"avx2", "fma", "movbe"}), "t"))
-    cpu_flags.refuse_if_unrunnable(v3)
+    cpu_flags.for_this_cpu(v3)

@@ -224,13 +224,23 @@ class ImageRecord(BaseModel):
 class TargetBuild(BaseModel):
     """The build selected for one target: what it was compiled for, the CPU flags its code uses (none for
     onnxruntime, which picks its kernels by CPUID when it loads), and where its speed and accuracy were judged.
-    `kiln.load` refuses a build whose flags this CPU lacks (kiln.runtime.cpu_flags) instead of dying with SIGILL."""
+    `kiln.load` refuses a build whose flags this CPU lacks (kiln.runtime.cpu_flags) instead of dying with SIGILL.
+
+    A one-target artifact keeps its build's module, settings and figures in the manifest's own fields (None
+    here); an artifact for several targets (a fleet) holds them per build, and the manifest's own fields repeat
+    its first build's (the least demanding), so that readers from before fleets load a build that runs widely."""
 
     target: Target
     selected: str
     backend: str
     requires: list[str] = Field(default_factory=list)
     judged: str = ""  # "on the target" (host), "on this host, standing in for the target (CPU ...)"
+    model: ModelInfo | None = None
+    settings: RunSettings | None = None
+    speedup_vs_baseline: float | None = None
+    confirmation: Confirmation | None = None
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    tuning: TuningInfo | None = None
 
 
 class Manifest(BaseModel):
@@ -270,6 +280,31 @@ class Manifest(BaseModel):
         if self.program.padding and not any(d.padding for d in self.profile.dims):
             self.profile = self.profile.with_padding(self.program.padding)
         return self
+
+    @property
+    def is_fleet(self) -> bool:
+        """Several targets, each with its own build (TargetBuild.model)."""
+        return len(self.builds) > 1
+
+    def build_for(self, target: str) -> TargetBuild | None:
+        """The build for the target named `target` (kiln.targets' normalized name); an artifact published before
+        targets were recorded was built for this host."""
+        if not self.builds:
+            return TargetBuild(target=Target(name="host"), selected=self.selected, backend=self.backend) \
+                if target == "host" else None
+        return next((b for b in self.builds if b.target.name == target), None)
+
+    def view(self, build: TargetBuild) -> Manifest:
+        """This manifest as one build of it: the fields a loader reads (model, backend, settings, figures) are
+        that build's, and `builds` holds it alone."""
+        if build.model is None:  # a one-target artifact: its own fields are the build's
+            return self.model_copy(update={"builds": [build]})
+        return self.model_copy(update={
+            "model": build.model, "selected": build.selected, "backend": build.backend,
+            "settings": build.settings or RunSettings(), "candidates": build.candidates or self.candidates,
+            "speedup_vs_baseline": build.speedup_vs_baseline if build.speedup_vs_baseline is not None
+            else self.speedup_vs_baseline, "confirmation": build.confirmation, "tuning": build.tuning,
+            "target": build.target.name, "builds": [build]})
 
     def selected_p50(self) -> float | None:
         sel = next((c for c in self.candidates if c.name == self.selected), None)

@@ -25,6 +25,11 @@ class Target(BaseModel):
         return self.name == "host"
 
     @property
+    def slug(self) -> str:
+        """The name as one path component (aws/cpu/c5.large -> aws-cpu-c5.large): a fleet's build folder."""
+        return self.name.replace("/", "-")
+
+    @property
     def int8_isa(self) -> str:
         return int8_isa_of(self.requires)
 

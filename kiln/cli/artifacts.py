@@ -63,18 +63,26 @@ def inspect(
 
 
 def target_table(manifest) -> Table:
-    """One row per target: its build, what its code requires of the CPU, where it was judged, whether it runs here."""
-    from kiln.runtime.cpu_flags import missing, this_cpu
+    """One row per target: its build, its speed-up, what its code requires of the CPU, where it was judged, whether
+    it runs here (and which build this CPU would load)."""
+    from kiln.errors import KilnError
+    from kiln.runtime.cpu_flags import for_this_cpu, missing, this_cpu
 
     here = this_cpu().flags
+    try:
+        loads = for_this_cpu(manifest).builds[0].target.name if manifest.is_fleet else None
+    except KilnError:
+        loads = None
     table = Table(title="targets")
-    for col in ("target", "LLVM CPU", "selected", "requires", "judged", "runs here"):
+    for col in ("target", "LLVM CPU", "selected", "speed-up", "requires", "judged", "runs here"):
         table.add_column(col, overflow="fold")
     for b in manifest.builds:
         absent = missing(b.requires, here)
-        table.add_row(b.target.name, b.target.mcpu or "-", f"{b.selected} ({b.backend})",
+        gain = b.speedup_vs_baseline if b.speedup_vs_baseline is not None else manifest.speedup_vs_baseline
+        table.add_row(b.target.name, b.target.mcpu or "-", f"{b.selected} ({b.backend})", f"{gain:.2f}x",
                       ", ".join(b.requires) or "- (onnxruntime picks its kernels when it loads)", b.judged,
-                      f"no: lacks {', '.join(absent)}" if absent else "yes")
+                      f"no: lacks {', '.join(absent)}" if absent else
+                      "yes: loaded here" if b.target.name == loads else "yes")
     return table
 
 

@@ -66,7 +66,8 @@ def optimize(
     max_trials_per_task: int | None = typer.Option(None, min=1, help="cap per tuning task [default: none]"),
     target: list[str] = typer.Option([], "--target", help="the CPU the artifact will run on: host, x86-64-v3, "
                                                           "znver3, c6i, aws/cpu/c5.large, cuda, ... (`kiln "
-                                                          "targets`) [default: host]"),
+                                                          "targets`); repeatable: one artifact, a build per target, "
+                                                          "each loaded where its CPU runs it [default: host]"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD fixes a dynamic input's shape, repeatable"),
     dim: list[str] = typer.Option([], "--dim", help="NAME=LOW..HIGH: the range of a dynamic dimension, by the "
@@ -165,10 +166,16 @@ def optimize(
         sys.stdout.write(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
         return
     out = wide()
-    out.print(candidate_table(manifest))
-    how = manifest.confirmation.describe() if manifest.confirmation else \
-        f"{manifest.speedup_vs_baseline:.2f}x onnxruntime's speed, timed in interleaved rounds"
-    out.print(f"published [bold]{manifest.selected}[/]: {how}", highlight=False, soft_wrap=True)
+    for view in [manifest.view(b) for b in manifest.builds] if manifest.is_fleet else [manifest]:
+        out.print(candidate_table(view))
+        how = view.confirmation.describe() if view.confirmation else \
+            f"{view.speedup_vs_baseline:.2f}x onnxruntime's speed, timed in interleaved rounds"
+        where = f" for {view.target}" if manifest.is_fleet else ""
+        out.print(f"published [bold]{view.selected}[/]{where}: {how}", highlight=False, soft_wrap=True)
+    if manifest.is_fleet:
+        from kiln.cli.artifacts import target_table
+
+        out.print(target_table(manifest))
     if manifest.profile:
         out.print(f"accepts: {manifest.profile.explain()}; timed over {manifest.timing}", highlight=False,
                   soft_wrap=True)

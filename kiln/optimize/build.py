@@ -48,6 +48,8 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         cand = registry.get(name)
         is_baseline = cand.stage == "baseline"
         folder = checked.work_dir / "candidates" / name
+        if target and not target.is_host:  # a fleet's targets quantize differently: each its own folder
+            folder = checked.work_dir / "candidates" / target.slug / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)  # a concurrent run of the same program may have made it again
         start = time.perf_counter()
@@ -89,5 +91,5 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         if not is_baseline:
             log.info("%s built in %.1f s", name, seconds)
         if is_baseline and incumbent:  # measured again beside the challengers: it is the one to beat
-            out.append(incumbent_candidate(incumbent))
+            out.append(incumbent_candidate(incumbent, target.name if target else "host"))
     return out

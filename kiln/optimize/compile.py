@@ -89,8 +89,10 @@ INT8_TIME_WEIGHT = 2.0  # an int8 candidate's expected gain over fp32 TVM's: its
 
 
 def time_share(plan: Plan, name: str) -> float | None:
-    """This compile candidate's part of the run's wall-clock budget (None: no time budget)."""
-    return share_of(plan.request.tune_time, plan.compiled, name)
+    """This compile candidate's part of the run's wall-clock budget (None: no time budget), on its target's part
+    of it (a fleet's targets share --tune-time)."""
+    seconds = plan.request.tune_time * plan.tune_fraction if plan.request.tune_time else None
+    return share_of(seconds, plan.compiled, name)
 
 
 def share_of(seconds: float | None, compiled: list[str], name: str) -> float | None:

@@ -32,9 +32,12 @@ _log = logging.getLogger("kiln.optimize")
 STOPPED_EARLY = "stopped early"
 
 
-def incumbent(artifact: str) -> BuiltCandidate:
-    """The version in service, measured again beside the challengers (same process, data and threads)."""
+def incumbent(artifact: str, target: str = "host") -> BuiltCandidate:
+    """The version in service, measured again beside the challengers (same process, data and threads): its build
+    for `target`, where it holds one per target."""
     manifest = Manifest.read(Path(artifact))
+    build = manifest.build_for(target)
+    manifest = manifest.view(build) if build else manifest
     return BuiltCandidate(name=INCUMBENT, backend=manifest.backend, path=str(Path(artifact) / manifest.model.path),
                           settings=manifest.settings.merged(version=manifest.version, artifact=manifest.id))
 

@@ -14,16 +14,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from kiln.artifact import layout
-from kiln.artifact.manifest import INCUMBENT
+from kiln.artifact.manifest import INCUMBENT, Manifest
 from kiln.artifact.store import ArtifactStore
 from kiln.artifact.target import Target
 from kiln.compiler.targets import resolve
 from kiln.config import settings
 from kiln.cpu import u8s8_exact
 from kiln.optimize import candidates as registry
+from kiln.optimize.judging import lacking
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.request import OptimizeRequest
 
@@ -40,6 +41,8 @@ class Plan(BaseModel):
     calibrate: bool  # some transform needs the calibration split (static int8, accuracy-aware fallback)
     incumbent: str | None = None  # the version in service, measured beside the candidates and to be beaten
     tuning_from: str | None = None  # the incumbent's saved tuning database, where the search continues
+    fleet: list[str] = Field(default_factory=list)  # every target of the run, when there are several
+    tune_fraction: float = 1.0  # this target's part of --tune-time (the targets whose code runs here share it)
     prepack: bool = True  # TVM builds pre-pack their weights (KILN_TVM_PREPACK): part of every compile key
 
     @property
@@ -54,9 +57,19 @@ class Plan(BaseModel):
                                        exclude={"incumbent", "report_to", "upload", "image", "store"})
 
 
-def plan(request: OptimizeRequest, checked: CheckedProgram,
-         log: logging.Logger | logging.LoggerAdapter = _log) -> Plan:
-    target = resolve(target_name(request, checked, log))
+def plans(request: OptimizeRequest, checked: CheckedProgram,
+          log: logging.Logger | logging.LoggerAdapter = _log) -> list[Plan]:
+    """One Plan per target: each target gets its own selection (the fastest on AVX2 is often not the fastest on
+    AVX-512); the targets whose code runs here share the tuning time, the others compile untuned."""
+    names = target_names(request, checked, log)
+    targets = [resolve(n) for n in names]
+    tuned = sum(1 for t in targets if not lacking(t)) or 1
+    return [plan(request, checked, log, target, names if len(names) > 1 else [], 1.0 / tuned) for target in targets]
+
+
+def plan(request: OptimizeRequest, checked: CheckedProgram, log: logging.Logger | logging.LoggerAdapter = _log,
+         target: Target | None = None, fleet: list[str] | None = None, tune_fraction: float = 1.0) -> Plan:
+    target = target or resolve(target_names(request, checked, log)[0])
     log.info("target: %s", target.describe())
     chosen = request.chosen
     if request.candidates is None and not u8s8_exact(target.int8_isa):
@@ -66,16 +79,21 @@ def plan(request: OptimizeRequest, checked: CheckedProgram,
     if incumbent is None and request.compare_with_current:
         newest = ArtifactStore(request.store).newest(checked.name)
         incumbent = str(newest) if newest else None
-        if incumbent:
-            log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
+    build = Manifest.read(Path(incumbent)).build_for(target.name) if incumbent else None
+    if incumbent and build is None:
+        log.info("the version in service (%s) has no build for %s: nothing to beat there", incumbent, target.name)
+        incumbent = None
+    elif incumbent and request.incumbent is None:
+        log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
+    tuning = build.tuning.database if build and build.tuning and build.model else layout.TUNING_DIR
     return Plan(request=request, name=checked.name, target=target,
                 threads=request.threads or os.cpu_count() or 1,
                 transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
                 calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware
                               for c in transforms),
-                incumbent=incumbent, prepack=settings().tvm_prepack,
+                incumbent=incumbent, prepack=settings().tvm_prepack, fleet=fleet or [], tune_fraction=tune_fraction,
                 # reoptimize continues the search from the version in service; a plain re-run hits the cache
-                tuning_from=str(Path(request.incumbent) / layout.TUNING_DIR) if request.incumbent else None)
+                tuning_from=str(Path(request.incumbent) / tuning) if request.incumbent and incumbent else None)
 
 
 # KILN_INT8_ISA (the serving CPUs' int8 instructions, before --target) as the target it stands for
@@ -83,16 +101,16 @@ INT8_ISA_TARGETS = {"sse": "x86-64-v2", "avx2": "x86-64-v3", "avx512": "x86-64-v
                     "avx-vnni": "alderlake", "amx": "sapphirerapids"}
 
 
-def target_name(request: OptimizeRequest, checked: CheckedProgram,
-                log: logging.Logger | logging.LoggerAdapter = _log) -> str:
-    """The request's --target where it names one, else program.py's `targets`, else the CPU KILN_INT8_ISA
+def target_names(request: OptimizeRequest, checked: CheckedProgram,
+                 log: logging.Logger | logging.LoggerAdapter = _log) -> list[str]:
+    """The request's --target(s) where it names any, else program.py's `targets`, else the CPU KILN_INT8_ISA
     describes (an alias kept from before --target), else this host."""
     if "targets" in request.model_fields_set:
-        return request.target
+        return request.targets
     if checked.targets:
-        return checked.targets[0]
+        return checked.targets
     isa = settings().int8_isa
     if isa != "auto":
         log.info("KILN_INT8_ISA=%s: building for %s (--target names the CPU directly)", isa, INT8_ISA_TARGETS[isa])
-        return INT8_ISA_TARGETS[isa]
-    return request.target
+        return [INT8_ISA_TARGETS[isa]]
+    return request.targets

@@ -8,6 +8,7 @@ import logging
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from kiln.artifact import layout
 from kiln.artifact.manifest import (
@@ -69,61 +70,119 @@ def module_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
-def _copy_tuning(evaluation: Evaluation, folder: Path) -> TuningInfo | None:
-    """The tuning database a later re-optimization continues from (tuning/), if a candidate was tuned."""
+def _copy_tuning(evaluation: Evaluation, folder: Path, prefix: str = "") -> TuningInfo | None:
+    """The tuning database a later re-optimization continues from (tuning/, under `prefix` for a fleet's build),
+    if a candidate was tuned."""
     for b in evaluation.built:
         if b.tuning and b.tuning.database:
-            (folder / layout.TUNING_DIR).mkdir(exist_ok=True)
+            (folder / prefix / layout.TUNING_DIR).mkdir(parents=True, exist_ok=True)
             for name in DB_FILES:
                 if (Path(b.tuning.database) / name).is_file():
-                    shutil.copy2(Path(b.tuning.database) / name, folder / layout.TUNING_DIR / name)
-            return b.tuning.model_copy(update={"database": f"{layout.TUNING_DIR}/"})
+                    shutil.copy2(Path(b.tuning.database) / name, folder / prefix / layout.TUNING_DIR / name)
+            return b.tuning.model_copy(update={"database": f"{prefix}{layout.TUNING_DIR}/"})
     return None
 
 
-def publish(checked: CheckedProgram, prepared: PreparedModel, evaluation: Evaluation, choice: Choice, plan: Plan,
-            log: logging.Logger | logging.LoggerAdapter = _log) -> Manifest:
-    """The chosen candidate as a new version in the plan's store; its manifest (ArtifactStore.folder finds it)."""
-    selected, confirmation, target = choice.selected, choice.confirmation, plan.target
-    built = next(b for b in evaluation.built if b.name == selected.name)
-    if confirmation is not None:  # timed again after the choice: the selection rounds' best ratio is biased
-        gain = confirmation.speedup.value
-    else:
-        gain = selected.speedup.value if selected.speedup else \
+class TargetRun(NamedTuple):
+    """One target's part of a run: its plan, its candidates as evaluated, and what its gate chose."""
+
+    plan: Plan
+    evaluation: Evaluation
+    choice: Choice
+
+    @property
+    def gain(self) -> float:
+        """The selected build's speed-up over onnxruntime: the confirmation's, where there is one (the selection
+        rounds' best ratio is biased upward)."""
+        selected, evaluation = self.choice.selected, self.evaluation
+        if self.choice.confirmation is not None:
+            return self.choice.confirmation.speedup.value
+        return selected.speedup.value if selected.speedup else \
             speedup(next(c for c in evaluation.candidates if c.name == BASELINE), selected) or 1.0
 
+    @property
+    def built(self) -> BuiltCandidate:
+        return next(b for b in self.evaluation.built if b.name == self.choice.selected.name)
+
+    def build(self) -> TargetBuild:
+        target, selected = self.plan.target, self.choice.selected
+        return TargetBuild(target=target, selected=selected.name, backend=selected.backend,
+                           requires=target.requires if selected.backend == "tvm" else [],
+                           judged=judged_where(target))
+
+
+BUILDS_DIR = "builds"  # a fleet's builds, one folder per target
+
+
+def _report(folder: Path, runs: list[TargetRun]) -> None:
+    (folder / layout.REPORT_DIR).mkdir()
+    first = runs[0]
+    (folder / layout.REPORT_DIR / "candidates.svg").write_text(svg_plot(first.evaluation.candidates,
+                                                                         selected=first.choice.selected.name))
+    parts = []
+    for run in runs:
+        tuned = next((b.tuning for b in run.evaluation.built if b.tuning and b.tuning.per_task), None)
+        parts.append((f"## {run.plan.target.describe()}\n\n" if len(runs) > 1 else "")
+                     + report_markdown(run.evaluation.candidates, run.choice.selected.name) + "\n"
+                     + (f"\n{tuning_markdown(tuned)}\n" if tuned else ""))
+    (folder / layout.REPORT_DIR / "candidates.md").write_text("\n".join(parts))
+
+
+def _fleet_build(run: TargetRun, checked: CheckedProgram, folder: Path) -> TargetBuild:
+    """One target's selected module into builds/TARGET/, with its settings, figures and tuning database."""
+    prefix = f"{BUILDS_DIR}/{run.plan.target.slug}/"
+    (folder / prefix).mkdir(parents=True)
+    module = prefix + _copy_module(run.built, checked, folder / prefix)
+    selected = run.choice.selected
+    return run.build().model_copy(update={
+        "model": ModelInfo(path=module, sha256=module_sha256(folder / module), source_sha256=checked.model_sha256),
+        "settings": selected.settings, "speedup_vs_baseline": round(run.gain, 4),
+        "confirmation": run.choice.confirmation, "candidates": run.evaluation.candidates,
+        "tuning": _copy_tuning(run.evaluation, folder, prefix)})
+
+
+def publish(checked: CheckedProgram, prepared: PreparedModel, runs: list[TargetRun],
+            log: logging.Logger | logging.LoggerAdapter = _log) -> Manifest:
+    """The chosen candidate of each target as a new version in the plan's store; its manifest
+    (ArtifactStore.folder finds it). Several targets: one artifact with a build per target (a fleet)."""
+    first = runs[0]
+    plan, evaluation = first.plan, first.evaluation
+
     def fill(folder: Path) -> Manifest:
-        module_name = _copy_module(built, checked, folder)
         _copy_program(checked, folder / layout.PROGRAM_DIR)
         protocol = generate_protocol(folder / layout.PROTOCOL_DIR, Path(checked.root), checked.proto,
                                      checked.request, checked.response)
-        tuning = _copy_tuning(evaluation, folder)
-        (folder / layout.REPORT_DIR).mkdir()
-        (folder / layout.REPORT_DIR / "candidates.svg").write_text(svg_plot(evaluation.candidates,
-                                                                             selected=selected.name))
-        tuned = next((b.tuning for b in evaluation.built if b.tuning and b.tuning.per_task), None)
-        (folder / layout.REPORT_DIR / "candidates.md").write_text(
-            report_markdown(evaluation.candidates, selected.name) + "\n"
-            + (f"\n{tuning_markdown(tuned)}\n" if tuned else ""))
+        _report(folder, runs)
+        if len(runs) > 1:  # the least demanding build first: the manifest's own fields repeat it for old readers
+            builds = sorted((_fleet_build(r, checked, folder) for r in runs), key=lambda b: len(b.requires))
+            lead = builds[0]
+            model, tuning, target = lead.model, lead.tuning, ", ".join(r.plan.target.name for r in runs)
+            own = {"selected": lead.selected, "backend": lead.backend, "settings": lead.settings,
+                   "speedup_vs_baseline": lead.speedup_vs_baseline, "confirmation": lead.confirmation,
+                   "candidates": lead.candidates}
+        else:
+            module_name = _copy_module(first.built, checked, folder)
+            model = ModelInfo(path=module_name, sha256=module_sha256(folder / module_name),
+                              source_sha256=checked.model_sha256)
+            tuning = _copy_tuning(evaluation, folder)
+            target = json.dumps(tuning.target, sort_keys=True) if tuning and tuning.target else plan.target.name
+            builds = [first.build()]
+            own = {"selected": first.choice.selected.name, "backend": first.choice.selected.backend,
+                   "settings": first.choice.selected.settings, "speedup_vs_baseline": round(first.gain, 4),
+                   "confirmation": first.choice.confirmation, "candidates": evaluation.candidates}
         return Manifest(
-            name=checked.name, created_at=datetime.now(UTC).isoformat(),
-            model=ModelInfo(path=module_name, sha256=module_sha256(folder / module_name),
-                            source_sha256=checked.model_sha256),
+            name=checked.name, created_at=datetime.now(UTC).isoformat(), model=model,
             program=ProgramInfo(sha256=checked.program_sha256, shapes=checked.shapes, source=checked.location,
                                 file=Path(checked.source).name if checked.source.endswith(".py") else "program.py",
                                 allow_nonfinite=checked.allow_nonfinite, requirements=checked.requirements,
                                 padding=checked.padding),
-            target=json.dumps(tuning.target, sort_keys=True) if tuning and tuning.target else target.name,
-            builds=[TargetBuild(target=target, selected=selected.name, backend=selected.backend,
-                                requires=target.requires if selected.backend == "tvm" else [],
-                                judged=judged_where(target))],
+            target=target, builds=builds,
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards, profile=checked.profile,
             timing=evaluation.traffic.describe() if evaluation.traffic else None,
-            dataset=f"{checked.dataset} ({checked.samples} samples)", candidates=evaluation.candidates,
-            selected=selected.name, backend=selected.backend, settings=selected.settings,
-            speedup_vs_baseline=round(gain, 4), confirmation=confirmation, tuning=tuning, protocol=protocol,
-            request=plan.recorded(), versions=versions())
+            dataset=f"{checked.dataset} ({checked.samples} samples)", tuning=tuning, protocol=protocol,
+            request=plan.recorded(), versions=versions(), **own)
 
     final = ArtifactStore(plan.request.store).publish(fill)
-    log.info("published %s (%s, %.2fx vs onnxruntime)", final, selected.name, gain)
+    log.info("published %s (%s)", final, "; ".join(
+        f"{r.plan.target.name}: {r.choice.selected.name}, {r.gain:.2f}x vs onnxruntime" for r in runs))
     return Manifest.read(final)

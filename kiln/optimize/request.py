@@ -195,7 +195,8 @@ class OptimizeRequest(BaseModel):
     @field_validator("targets", mode="before")
     @classmethod
     def _targets(cls, value: Any) -> Any:
-        """Each name known (normalized: llvm is host, c6i.2xlarge is c6i), each once; one per run for now."""
+        """Each name known (normalized: llvm is host, c6i.2xlarge is c6i), each once: several make a fleet (one
+        artifact holding one selected build per target)."""
         if value in (None, "", []):
             return list(TARGETS)
         from kiln.targets import parse_all
@@ -205,9 +206,6 @@ class OptimizeRequest(BaseModel):
             parsed = parse_all([n for n in names if n])
         except KilnError as exc:
             raise RequestError(exc.message, hint=exc.hint) from None
-        if len(parsed) > 1:
-            raise RequestError(f"several targets ({', '.join(t.name for t in parsed)}): one artifact per target for "
-                               "now", hint="run once per target, e.g. --target x86-64-v3, then --target x86-64-v4")
         return [t.name for t in parsed] or list(TARGETS)
 
     @model_validator(mode="after")
@@ -219,7 +217,7 @@ class OptimizeRequest(BaseModel):
 
     @property
     def target(self) -> str:
-        """The run's one target name (kiln.targets)."""
+        """The run's first target name (kiln.targets)."""
         return self.targets[0]
 
     @field_validator("candidates")

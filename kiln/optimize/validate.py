@@ -131,16 +131,13 @@ def dim_values(samples: Samples, profile: Profile) -> dict[str, list[int]]:
 
 
 def check_targets(names: list[str], where: str) -> list[str]:
-    """program.py's `targets`, each a name `kiln targets` knows."""
+    """program.py's `targets`, each a name `kiln targets` knows (several: a fleet)."""
     from kiln.targets import parse_all
 
     try:
         parsed = [t.name for t in parse_all(names)]
     except KilnError as exc:
         raise ProgramError(f"targets: {exc.message}", where=where, hint=exc.hint) from None
-    if len(parsed) > 1:
-        raise ProgramError(f"targets: several ({', '.join(parsed)}): one artifact per target for now", where=where,
-                           hint="keep one in program.py and pass the others with --target, one run each")
     return parsed
 
 

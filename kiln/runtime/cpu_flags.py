@@ -133,17 +133,19 @@ def this_cpu() -> CpuFlags:
     return CpuFlags(_read_proc(), "/proc/cpuinfo")
 
 
-def refuse_if_unrunnable(manifest: Manifest, where: str = "") -> None:
-    """A TargetError naming the target(s) the artifact was built for and the flags this CPU lacks, where none of
-    its builds can run here; before any compiled library is opened (its code would die with SIGILL). Artifacts
-    published before builds recorded their flags load as before."""
-    needing = [b for b in manifest.builds if b.requires]
-    if not needing or len(needing) < len(manifest.builds):
-        return
+def for_this_cpu(manifest: Manifest, where: str = "") -> Manifest:
+    """The artifact as its most capable build this CPU runs (the one whose required flags, all present here, are
+    the most): read before any compiled library is opened. Where none can run here, a TargetError naming the
+    target(s) it was built for and the flags this CPU lacks (their code would die with SIGILL). Artifacts published
+    before builds recorded their flags load as before."""
+    if not manifest.builds:
+        return manifest
     here = this_cpu()
-    lacks = {b.target.name: missing(b.requires, here.flags) for b in needing}
-    if any(not absent for absent in lacks.values()):
-        return
+    lacks = {b.target.name: missing(b.requires, here.flags) for b in manifest.builds}
+    runnable = [b for b in manifest.builds if not lacks[b.target.name]]
+    if runnable:
+        best = max(runnable, key=lambda b: len(b.requires))  # max keeps the first of equals: the manifest's order
+        return manifest.view(best) if manifest.is_fleet else manifest
     what = "; ".join(f"{name}: lacks {', '.join(absent)}" for name, absent in lacks.items())
     label = f"{manifest.name} v{manifest.version}" if manifest.version else manifest.name
     raise TargetError(f"{label} was built for {', '.join(lacks)} and this CPU cannot run "

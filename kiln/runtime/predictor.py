@@ -11,7 +11,7 @@ from kiln.artifact.manifest import Manifest
 from kiln.artifact.specs import check_finite, check_index_ranges
 from kiln.artifact.store import resolve, verify
 from kiln.errors import ArtifactError, InputError
-from kiln.runtime.cpu_flags import refuse_if_unrunnable
+from kiln.runtime.cpu_flags import for_this_cpu
 from kiln.runtime.runners import Runner, open_runner
 
 
@@ -69,9 +69,10 @@ def checked_files(folder: Path, manifest: Manifest | None = None) -> Manifest:
 
 def open_predictor(folder: Path, manifest: Manifest, *, threads: int | None = None,
                    spin: bool | None = None) -> Predictor:
-    """The selected module of the artifact in `folder`, as `manifest` (read once by the caller) describes it;
-    refused by name, before the library is opened, where this CPU lacks what its code uses."""
-    refuse_if_unrunnable(manifest, str(folder))
+    """The selected module of the artifact in `folder`, as `manifest` (read once by the caller) describes it: of
+    an artifact for several targets, the build of the most capable target this CPU runs; refused by name, before
+    the library is opened, where this CPU lacks what its code uses."""
+    manifest = for_this_cpu(manifest, str(folder))
     runner = open_runner(manifest.backend, folder / manifest.model.path, manifest.inputs, manifest.outputs,
                          manifest.settings.merged(threads=threads, spin=spin), manifest.profile)
     return Predictor(folder, manifest, runner)

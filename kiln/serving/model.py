@@ -23,6 +23,7 @@ from kiln.artifact.layout import PROGRAM_DIR
 from kiln.artifact.manifest import Manifest
 from kiln.errors import InputError
 from kiln.program.user_code import load_user_program
+from kiln.runtime.cpu_flags import for_this_cpu
 from kiln.runtime.predictor import Predictor, checked_files, open_predictor
 from kiln.serving.batching import Batcher, BatchingConfig
 from kiln.serving.model_config import batch_dim
@@ -47,6 +48,7 @@ class ModelService:
                  spin: bool | None = None):
         """`manifest`: the server's, read once per process; every file is checked against it here, once."""
         self.folder = folder
+        manifest = for_this_cpu(manifest, str(folder))  # a fleet's build for this CPU, or refused by name
         if threads is None:  # the winner's own thread count, shared out between the instances
             share = max(1, (os.cpu_count() or 1) // workers)
             threads = min(manifest.settings.threads or share, share)
