@@ -473,6 +473,20 @@ def targets(d: dict) -> list[str]:
     return lines + [_target_row(r) for r in sorted(d["runs"], key=lambda r: (r["model"], r["target"] != "host"))]
 
 
+@block("target-fleet", "target_fleet.json")
+def target_fleet(d: dict) -> list[str]:
+    """The bar `target-fleet` (benchmarks/target_fleet.py): each condition, whether it held, and what showed it."""
+    lines = [f"{_from(d, d['machine'], 'target_fleet.json')} `{d['command']}` "
+             f"({'every condition held' if d['held'] else 'NOT every condition held'}). Runs: "
+             + "; ".join(f"`{r['command']}` (exit {r['exit']}, {r['seconds']:.0f} s"
+                         + (f", selected {r['selected']}, {r['speedup']:.2f}x" if r.get("selected") else "") + ")"
+                         for r in d["runs"]), "", "| condition | held | shown |", "|---|---|---|"]
+    for c in d["conditions"]:
+        shown = c["shown"] if isinstance(c["shown"], str) else json.dumps(c["shown"])
+        lines.append(f"| {c['condition']} | {'yes' if c['held'] else '**no**'} | {shown.replace('|', '/')[:400]} |")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ real_models.json
 
 def _stamped(r: dict) -> str:

@@ -207,15 +207,39 @@ def docker_engine():
     engine.stop()
 
 
+BASE_TAG = "kiln/ubuntu:24.04"
+_early_base: subprocess.Popen | None = None
+
+
+def _make_base(engine_env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([str(ROOT / "runtime_image" / "make_base.sh"), BASE_TAG], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **engine_env, "DOCKER": shutil.which("docker") or "docker"})
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """With .ci/run's Docker engine, and a test that needs the base image, start making it now: on a new machine
+    debootstrap takes minutes, mostly downloads, which then overlap the tests that come first."""
+    global _early_base
+    engine = shared("docker")
+    if engine and any("base_image" in getattr(item, "fixturenames", ()) for item in items):
+        _early_base = _make_base(engine.env)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _early_base is not None and _early_base.poll() is None:  # a run stopped before any test needed it
+        _early_base.terminate()
+
+
 @pytest.fixture(scope="session")
 def base_image(docker_engine) -> str:
     """Ubuntu 24.04 made by `runtime_image/make_base.sh` (debootstrap): Docker Hub is out of reach here. Built
-    once per machine: later runs, each with a new dockerd, load the copy it saved (keyed by the script's content)."""
-    tag = "kiln/ubuntu:24.04"
-    proc = subprocess.run([str(ROOT / "runtime_image" / "make_base.sh"), tag], capture_output=True, text=True,
-                          env={**os.environ, **docker_engine.env, "DOCKER": shutil.which("docker") or "docker"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return tag
+    once per machine: later runs, each with a new dockerd, load the copy it saved (keyed by the script's content).
+    Started at collection where the engine is .ci/run's (pytest_collection_modifyitems)."""
+    proc = _early_base or _make_base(docker_engine.env)
+    output, _ = proc.communicate()
+    assert proc.returncode == 0, output
+    return BASE_TAG
 
 
 @pytest.fixture(scope="session")

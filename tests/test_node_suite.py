@@ -4,7 +4,8 @@ with its recorded inputs as the program's dataset, optimized with the onnxruntim
 A TVM candidate that compiles and agrees is published, or loses only on speed.
 
 The optimize flow runs in this process against the session's Prefect server (a CLI process per case would
-spend most of its time starting up); user code and candidates run in child processes as always. Without flow-run
+spend most of its time starting up), two cases at a time in threads (concurrent flow runs, as a Prefect worker
+runs them); user code and candidates run in child processes as always. Without flow-run
 heartbeats: their thread sleeps in 1 s steps and each run's end waits for it (~0.4 s of a case's ~2.5 s); they
 tell a server that a deployment's run crashed, which no case here is about.
 `python benchmarks/node_suite.py` runs the whole suite through the CLI and writes the pass rates."""
@@ -12,7 +13,9 @@ tell a server that a deployment's run crashed, which no case here is about.
 from __future__ import annotations
 
 import collections
+import contextvars
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SAMPLE = 130  # 130 operator types; 150 cases took ~400 s on 2 cores
+THREADS = 2  # flows at once: a case waits on its child processes and the Prefect server half of the time
 
 
 @pytest.mark.integration
@@ -38,21 +42,30 @@ def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monk
     assert len(cases) == SAMPLE and len({c[1].graph.node[0].op_type for c in cases}) >= 120  # across op types
     outcomes: collections.Counter[str] = collections.Counter()
     internal, gate_mistakes, tvm_agrees = [], [], 0
-    with temporary_settings({PREFECT_API_URL: prefect_server, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        for case in cases:
-            folder = node_suite.write_program(case, tmp_path / "programs" / case[0])
-            request = OptimizeRequest(program=str(folder), candidates=["onnxruntime", "tvm"], trials=0,
-                                      latency_repeats=20, compare_with_current=False)
-            try:
-                result = optimize(request)
-            except KilnError as exc:
-                outcomes["refused: " + type(exc).__name__] += 1
-                continue
-            except Exception as exc:  # anything else is a kiln bug
-                internal.append(f"{case[0]}: {type(exc).__name__}: {str(exc)[:300]}")
-                continue
-            outcomes["published"] += 1
 
+    def run(case) -> tuple[str, object]:
+        folder = node_suite.write_program(case, tmp_path / "programs" / case[0])
+        request = OptimizeRequest(program=str(folder), candidates=["onnxruntime", "tvm"], trials=0,
+                                  latency_repeats=20, compare_with_current=False)
+        try:
+            return "published", optimize(request)
+        except KilnError as exc:
+            return "refused: " + type(exc).__name__, None
+        except Exception as exc:  # anything else is a kiln bug
+            return "internal", f"{case[0]}: {type(exc).__name__}: {str(exc)[:300]}"
+
+    with temporary_settings({PREFECT_API_URL: prefect_server, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+            ThreadPoolExecutor(THREADS) as pool:
+        # each case in a copy of this thread's context (the Prefect settings above live in context variables)
+        done = [pool.submit(contextvars.copy_context().run, run, case) for case in cases]
+        for case, future in zip(cases, done, strict=True):
+            outcome, result = future.result()
+            if outcome == "internal":
+                internal.append(result)
+                continue
+            outcomes[outcome] += 1
+            if result is None:
+                continue
             manifest = result.manifest
             tvm = next(c for c in manifest.candidates if c.name == "tvm")
             if tvm.metrics and all(m.passed for m in tvm.metrics.values()):
