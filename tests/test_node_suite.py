@@ -3,19 +3,17 @@ with its recorded inputs as the program's dataset, optimized with the onnxruntim
 0 trials. None may end in an internal error: kiln publishes, or refuses with a KilnError that explains why.
 A TVM candidate that compiles and agrees is published, or loses only on speed.
 
-The optimize flow runs in this process against the session's Prefect server (a CLI process per case would
-spend most of its time starting up), two cases at a time in threads (concurrent flow runs, as a Prefect worker
-runs them); user code and candidates run in child processes as always. Without flow-run
-heartbeats: their thread sleeps in 1 s steps and each run's end waits for it (~0.4 s of a case's ~2.5 s); they
-tell a server that a deployment's run crashed, which no case here is about.
+The optimize flow runs against the session's Prefect server in two worker processes (a CLI process per case
+would spend most of its time starting up), two cases at a time, each flow run in a process as a Prefect worker
+runs it; user code and candidates run in child processes as always.
 `python benchmarks/node_suite.py` runs the whole suite through the CLI and writes the pass rates."""
 
 from __future__ import annotations
 
 import collections
-import contextvars
+import multiprocessing
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,17 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SAMPLE = 130  # 130 operator types; 150 cases took ~400 s on 2 cores
-THREADS = 2  # flows at once: a case waits on its child processes and the Prefect server half of the time
+WORKERS = 2  # flows at once: a case waits on its child processes and the Prefect server half of the time
 
 
 @pytest.mark.integration
 def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monkeypatch):
     import node_suite
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from flows.optimize import optimize
-    from kiln.errors import KilnError
-    from kiln.optimize.request import OptimizeRequest
 
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KILN_STORE", str(tmp_path / "store"))
@@ -43,36 +36,21 @@ def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monk
     outcomes: collections.Counter[str] = collections.Counter()
     internal, gate_mistakes, tvm_agrees = [], [], 0
 
-    def run(case) -> tuple[str, object]:
-        folder = node_suite.write_program(case, tmp_path / "programs" / case[0])
-        request = OptimizeRequest(program=str(folder), candidates=["onnxruntime", "tvm"], trials=0,
-                                  latency_repeats=20, compare_with_current=False)
-        try:
-            return "published", optimize(request)
-        except KilnError as exc:
-            return "refused: " + type(exc).__name__, None
-        except Exception as exc:  # anything else is a kiln bug
-            return "internal", f"{case[0]}: {type(exc).__name__}: {str(exc)[:300]}"
-
-    with temporary_settings({PREFECT_API_URL: prefect_server, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
-            ThreadPoolExecutor(THREADS) as pool:
-        # each case in a copy of this thread's context (the Prefect settings above live in context variables)
-        done = [pool.submit(contextvars.copy_context().run, run, case) for case in cases]
-        for case, future in zip(cases, done, strict=True):
-            outcome, result = future.result()
-            if outcome == "internal":
-                internal.append(result)
-                continue
-            outcomes[outcome] += 1
-            if result is None:
-                continue
-            manifest = result.manifest
-            tvm = next(c for c in manifest.candidates if c.name == "tvm")
-            if tvm.metrics and all(m.passed for m in tvm.metrics.values()):
-                tvm_agrees += 1
-                if manifest.selected != "tvm" and not any(r.startswith(("slower than", "not faster than")) or
-                                                          "was not confirmed faster" in r for r in tvm.reasons):
-                    gate_mistakes.append(f"{case[0]}: tvm agrees but was not published: {tvm.reasons}")
+    # worker processes, as a Prefect worker runs each flow run in its own (they inherit this environment)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = list(pool.map(node_suite.run_kiln,
+                             [node_suite.write_program(case, tmp_path / "programs" / case[0]) for case in cases]))
+    for case, row in zip(cases, rows, strict=True):
+        if row["outcome"] == "internal error":
+            internal.append(f"{case[0]}: {row['message']}")
+            continue
+        outcomes["published" if row["outcome"] == "published" else "refused: " + row["error"]] += 1
+        if row.get("tvm_passed"):
+            tvm_agrees += 1
+            if row["selected"] != "tvm" and not any(r.startswith(("slower than", "not faster than")) or
+                                                    "was not confirmed faster" in r for r in row["tvm_reasons"]):
+                gate_mistakes.append(f"{case[0]}: tvm agrees but was not published: {row['tvm_reasons']}")
     summary = f"{dict(outcomes)}; tvm agrees on {tvm_agrees}/{len(cases)}"
     print(summary)
     assert not internal, f"internal errors ({len(internal)}; {summary}):\n" + "\n".join(internal)
