@@ -235,3 +235,56 @@ def test_old_manifests_load_and_reoptimize_keeps_the_targets(monkeypatch):
         cpu_flags.for_this_cpu(v3)
     monkeypatch.setattr(cpu_flags, "this_cpu", lambda: cpu_flags.CpuFlags(frozenset({"avx2", "fma", "movbe"}), "t"))
     cpu_flags.for_this_cpu(v3)
+
+
+def test_a_target_above_this_host_is_judged_on_an_emulated_cpu(tmp_path, kiln_home, monkeypatch):
+    """On a host without AVX2 (this CPU's flags cut down to an x86-64-v2 one's here: the stages run in this
+    process), an x86-64-v3 TVM build cannot run, but qemu emulates a CPU that can: its accuracy is judged there,
+    its speed is not measured, so it does not win over onnxruntime and --select refuses it with the reason. A v4
+    build run on the same emulated CPU stops with SIGILL and is named failed, so the emulation is no stand-in."""
+    from kiln.artifact.manifest import BASELINE, RunSettings
+    from kiln.compiler.targets import resolve
+    from kiln.errors import GateError
+    from kiln.optimize import build, compile, confirm, evaluate, judging, prepare, reference, validate
+    from kiln.optimize import plan as planning
+    from kiln.optimize.request import OptimizeRequest
+    from kiln.runtime import cpu_flags
+
+    if QEMU is None:
+        pytest.fail("qemu-x86_64 is missing: install Debian's qemu-user (make system-deps does)")
+    v2 = cpu_flags.CpuFlags(frozenset(resolve("x86-64-v2").requires), "cpuid")
+    monkeypatch.setattr(judging, "this_cpu", lambda: v2)
+    monkeypatch.setenv("KILN_HOME", str(kiln_home))
+    model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=16)
+
+    def stages(target: str, select: str | None = None):
+        request = OptimizeRequest(program=str(model), candidates=[BASELINE, "tvm"], trials=0, targets=[target],
+                                  select=select, latency_repeats=20, store=str(tmp_path / "store"),
+                                  compare_with_current=False)
+        checked = validate.validate(request.program, request.shapes, request.chosen, request.name)
+        plan = planning.plan(request, checked)
+        prepared = prepare.prepare(checked)
+        ref = reference.reference(checked, plan.threads, plan.calibrate)
+        built = build.build_candidates(checked, prepared, ref, plan.transforms, target=plan.target)
+        built.append(compile.compile_tvm(checked, compile.job(checked, prepared, plan, "tvm", None), plan))
+        return checked, ref, plan, built
+
+    checked, ref, plan, built = stages("x86-64-v3")
+    assert "avx2" in plan.judging.lacking and plan.judging.emulator in ("Haswell-noTSX", "EPYC-Milan")
+    assert built[-1].emulator == plan.judging.emulator and built[-1].error is None
+    evaluation = evaluate.evaluate(checked, ref, built, plan.threads, 20)
+    tvm = next(c for c in evaluation.candidates if c.name == "tvm")
+    assert tvm.metrics and tvm.passed, tvm.reasons  # the v3 build ran on the emulated CPU, inside every range
+    assert tvm.latency_ms is None and any(r.startswith("speed not measured: this host lacks") and
+                                          f"qemu-x86_64 -cpu {plan.judging.emulator}" in r for r in tvm.reasons)
+    choice = confirm.choose(checked, ref, evaluation, plan)
+    assert choice.selected.name == BASELINE and not tvm.eligible
+    with pytest.raises(GateError, match="the selected candidate tvm cannot ship: .*speed not measured"):
+        confirm.choose(checked, ref, evaluation, plan.model_copy(
+            update={"request": plan.request.model_copy(update={"select": "tvm"})}))
+
+    v4_built = stages("x86-64-v4")[3]  # not judged on this "host" (qemu emulates no AVX-512): kept, with its path
+    sigill = v4_built[-1].model_copy(update={"emulator": plan.judging.emulator, "error": None})
+    row = evaluate.emulated(checked, ref, sigill, RunSettings(threads=1), {"timeout": 60})
+    assert row.reasons[0].startswith("failed to run: was killed by SIGILL on qemu's " + plan.judging.emulator) \
+        and "Illegal instruction" in row.reasons[0] and not row.passed, row.reasons

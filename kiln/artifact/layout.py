@@ -4,6 +4,7 @@ MANIFEST = "manifest.json"
 PROGRAM_DIR = "program"  # the program as given (mapping code, .proto, data), for re-optimization and serving
 PROTOCOL_DIR = "protocol"  # the generated gRPC code the server and clients import
 TUNING_DIR = "tuning"  # the TVM tuning database a later re-optimization continues from
+BUILDS_DIR = "builds"  # a fleet's builds, one folder per target
 REPORT_DIR = "report"  # candidates.md and candidates.svg
 TVM_MODULE = "model.so"
 ONNX_MODULE = "model.onnx"

@@ -205,7 +205,7 @@ def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune
     share of the plan's budget, or all of it), its key computed once. The database is seeded first from the
     incumbent's (seed_database), since the key of a continued search depends on it."""
     target = plan.target
-    if not_judged(target):  # its trials could not run here (SIGILL): compiled untuned, kept, not judged
+    if not plan.judging.here:  # its trials could not run here (SIGILL): compiled untuned
         trials, tune_seconds = 0, None
     seed_database(prepared, target, plan.tuning_from)
     db = tuning_dir(prepared, target) / DB_FILES[1]
@@ -260,11 +260,13 @@ def compile_tvm(checked: CheckedProgram, job: CompileJob, plan: Plan,
         built = compile_buckets(checked, plan, job.name, log, on_progress, Path(job.model))
     else:
         built = compile_static(checked.inputs, job, plan, log, on_progress)
-    why = None if built.error else not_judged(plan.target)
+    if built.error or plan.judging.here:
+        return built
+    why = not_judged(plan.target, plan.judging)
     if why:  # kept in the build cache; never timed or gated here, so it cannot ship untested
         log.warning("%s: %s", job.name, why)
         return built.model_copy(update={"error": f"{why}; the build is kept at {built.path}"})
-    return built
+    return built.model_copy(update={"emulator": plan.judging.emulator, "not_timed": plan.judging.speed_not_measured()})
 
 
 def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,

@@ -23,3 +23,7 @@ MIN_SELECTION_FEEDS = 4  # the selection split keeps at least this many feeds
 # over every sample for accuracy buys nothing
 PROBE_INPUTS = 3
 PROBE_WORTH_S = 5.0
+
+# a build for a CPU above this host is judged on qemu-user's emulated CPU (kiln.optimize.emulation): its time limit
+# is the candidate's times this (TCG runs vector code tens of times slower, and Python starts under it too)
+EMULATION_SLOWDOWN = 20

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.errors import ModelError
-from kiln.optimize.defaults import LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS, PROBE_WORTH_S
+from kiln.optimize.defaults import EMULATION_SLOWDOWN, LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS, PROBE_WORTH_S
+from kiln.optimize.emulation import run_emulated
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
@@ -155,6 +156,23 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
                            reasons=reasons, settings=settings, build_seconds=cand.build_seconds), probe
 
 
+def emulated(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, run_settings: RunSettings,
+             limits: dict) -> CandidateResult:
+    """evaluate_one on qemu's CPU model `cand.emulator` (tens of times slower than the host: the time limit grows
+    by EMULATION_SLOWDOWN); never timed, so it never wins over the baseline."""
+    timeout = limits["timeout"] and limits["timeout"] * EMULATION_SLOWDOWN
+    try:
+        result, _ = run_emulated(cand.emulator, evaluate_one, checked, ref, cand, run_settings,
+                                 what=f"candidate {cand.name}", timeout=timeout)
+    except IsolationError as exc:
+        result = CandidateResult(name=cand.name, backend=cand.backend, settings=run_settings,
+                                 reasons=[f"{FAILED}: {exc.message.removeprefix(f'candidate {cand.name} ')}"],
+                                 build_seconds=cand.build_seconds)
+    if cand.not_timed:
+        result.reasons.append(cand.not_timed)
+    return result
+
+
 def spread(count: int, wanted: int) -> list[int]:
     """Up to `wanted` indices spread evenly over `count` inputs (all of them when there are fewer)."""
     if count <= wanted:
@@ -279,6 +297,11 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
             continue
         notes = tuning_notes(cand)
         run_settings = RunSettings(threads=threads).merged(**cand.settings.model_dump(exclude_none=True))
+        if cand.emulator:  # its code does not run here: accuracy on the emulated CPU, speed not measured
+            result = emulated(checked, ref, cand, run_settings, limits)
+            result.notes = notes
+            results.append(result)
+            continue
         try:
             result, probe = run_isolated(evaluate_one, checked, ref, cand, run_settings,
                                          None if cand.baseline else baseline_ms, cfg.hopeless_slowdown,

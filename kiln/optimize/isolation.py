@@ -101,7 +101,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
             status, value = receiver.recv()
         except EOFError:  # the child died without a word: a signal, or os._exit
             proc.join(5)
-            raise IsolationError(f"{what} {_ended(proc.exitcode)}") from None
+            raise IsolationError(f"{what} {ended(proc.exitcode)}") from None
     finally:
         if proc.is_alive():
             proc.kill()
@@ -120,7 +120,7 @@ def run_isolated(fn: Callable[..., T], *args: Any, what: str, timeout: float | N
     raise value
 
 
-def _ended(code: int | None) -> str:
+def ended(code: int | None) -> str:
     if code is not None and code < 0:
         name = signal.Signals(-code).name
         why = " (the memory limit or the system's OOM killer)" if name == "SIGKILL" else ""

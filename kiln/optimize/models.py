@@ -101,6 +101,8 @@ class BuiltCandidate(BaseModel):
     tuning: TuningInfo | None = None
     error: str | None = None
     baseline: bool = False  # the reference itself: it must run, or nothing can be judged
+    emulator: str | None = None  # its code does not run here: its accuracy is judged on this qemu CPU model
+    not_timed: str | None = None  # why its speed is not measured (with the emulator)
 
 
 class Evaluation(BaseModel):

@@ -24,7 +24,7 @@ from kiln.compiler.targets import resolve
 from kiln.config import settings
 from kiln.cpu import u8s8_exact
 from kiln.optimize import candidates as registry
-from kiln.optimize.judging import lacking
+from kiln.optimize.judging import Judging, judging, lacking
 from kiln.optimize.models import CheckedProgram
 from kiln.optimize.request import OptimizeRequest
 
@@ -35,6 +35,7 @@ class Plan(BaseModel):
     request: OptimizeRequest
     name: str  # the model's name in the store
     target: Target  # what every build is compiled for, resolved once from the request's name
+    judging: Judging = Field(default_factory=Judging)  # where its compiled builds are judged (here, emulated, not)
     threads: int  # for every backend while measuring
     transforms: list[str]  # built by the build stage: the baseline first, then graph levels, int8, fusion
     compiled: list[str]  # built by the compile stage (TVM), each cached by content
@@ -80,13 +81,21 @@ def plan(request: OptimizeRequest, checked: CheckedProgram, log: logging.Logger 
         newest = ArtifactStore(request.store).newest(checked.name)
         incumbent = str(newest) if newest else None
     build = Manifest.read(Path(incumbent)).build_for(target.name) if incumbent else None
+    judged = judging(target)
     if incumbent and build is None:
         log.info("the version in service (%s) has no build for %s: nothing to beat there", incumbent, target.name)
+        incumbent = None
+    elif incumbent and build.backend == "tvm" and not judged.here:  # its code would stop here with SIGILL
+        log.info("the version in service (%s) is compiled for %s, which this host cannot run: nothing to beat "
+                 "here", incumbent, target.name)
         incumbent = None
     elif incumbent and request.incumbent is None:
         log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
     tuning = build.tuning.database if build and build.tuning and build.model else layout.TUNING_DIR
-    return Plan(request=request, name=checked.name, target=target,
+    if judged.emulator:
+        log.info("%s: this host lacks %s; compiled builds are judged under qemu-x86_64 -cpu %s (accuracy only)",
+                 target.name, ", ".join(judged.lacking), judged.emulator)
+    return Plan(request=request, name=checked.name, target=target, judging=judged,
                 threads=request.threads or os.cpu_count() or 1,
                 transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
                 calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware

@@ -108,10 +108,7 @@ class TargetRun(NamedTuple):
         target, selected = self.plan.target, self.choice.selected
         return TargetBuild(target=target, selected=selected.name, backend=selected.backend,
                            requires=target.requires if selected.backend == "tvm" else [],
-                           judged=judged_where(target))
-
-
-BUILDS_DIR = "builds"  # a fleet's builds, one folder per target
+                           judged=judged_where(target, self.plan.judging))
 
 
 def _report(folder: Path, runs: list[TargetRun]) -> None:
@@ -130,7 +127,7 @@ def _report(folder: Path, runs: list[TargetRun]) -> None:
 
 def _fleet_build(run: TargetRun, checked: CheckedProgram, folder: Path) -> TargetBuild:
     """One target's selected module into builds/TARGET/, with its settings, figures and tuning database."""
-    prefix = f"{BUILDS_DIR}/{run.plan.target.slug}/"
+    prefix = f"{layout.BUILDS_DIR}/{run.plan.target.slug}/"
     (folder / prefix).mkdir(parents=True)
     module = prefix + _copy_module(run.built, checked, folder / prefix)
     selected = run.choice.selected
