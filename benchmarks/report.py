@@ -449,13 +449,17 @@ def _target_row(r: dict) -> str:
     what = f"row {r['model']} --target {r['target']}"
     stamp = f"{_on(r, what)} {_where(r.get('machine') or {}, flat=True, what=what)}"
     if r.get("exit"):
-        return f"| {r['model']} | {r['target']} | failed: {' '.join(r.get('error') or [])} | | | | | {stamp} |"
+        return f"| {r['model']} | {r['target']} | failed: {' '.join(r.get('error') or [])} | | | | | | {stamp} |"
     interval = (f" ({r['speedup_low']:.2f}-{r['speedup_high']:.2f})" if r.get("speedup_low") is not None else "")
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in r["accuracy"].items() if v is not None)
     counts = r["avx512_instructions"]
     avx512 = f"{sum(1 for n in counts.values() if n)} of {len(counts)} builds" if counts else "no TVM build"
+    base = r["p50_ms"].get("onnxruntime")
+    tvm = "; ".join([f"{n} {base / ms:.2f}x" for n, ms in r["p50_ms"].items() if n.startswith("tvm") and base] +
+                    [f"{n}: {why.split(';')[0][:100]}" for n, why in r.get("not_timed", {}).items()
+                     if n.startswith("tvm")])
     return (f"| {r['model']} | {r['target']} (`{r['mcpu']}`) | {r['selected']} | {_x(r['speedup'])}{interval} | "
-            f"{accuracy} | {len(r['requires'])} flags | {avx512} | {stamp} |")
+            f"{accuracy} | {tvm or '-'} | {len(r['requires'])} flags | {avx512} | {stamp} |")
 
 
 @block("targets", "targets.json")
@@ -467,9 +471,11 @@ def targets(d: dict) -> list[str]:
              "(`kiln optimize MODEL --target T ... --json`, the row's `kiln_command`). Speed-up: the confirmed one "
              "over fp32 onnxruntime on this host, with its 90 % bootstrap interval; for x86-64-v3 the host ran the "
              "same code in place of an AVX2 CPU. AVX-512: the run's TVM builds (artifact and build cache) holding a "
-             "zmm/opmask/EVEX-only register or vpdpbusd/vpdpwssd (`objdump -d`).", "",
-             "| model | target | selected | speed-up | accuracy | requires | AVX-512 in | measured |",
-             "|---|---|---|---|---|---|---|---|"]
+             "zmm/opmask/EVEX-only register or vpdpbusd/vpdpwssd (`objdump -d`). TVM rows: each TVM candidate's "
+             "selection-round speed over onnxruntime, or why it was not timed (a few minutes of tuning leave most "
+             "kernels of a large model untuned: KILN_HOPELESS_SLOWDOWN stops those).", "",
+             "| model | target | selected | speed-up | accuracy | TVM rows | requires | AVX-512 in | measured |",
+             "|---|---|---|---|---|---|---|---|---|"]
     return lines + [_target_row(r) for r in sorted(d["runs"], key=lambda r: (r["model"], r["target"] != "host"))]
 
 

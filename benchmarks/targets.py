@@ -61,9 +61,15 @@ def run(model: str, target: str, minutes: float) -> dict:
                speedup_low=(conf.get("speedup") or {}).get("low"), speedup_high=(conf.get("speedup") or {}).get("high"),
                accuracy={k: m["value"] for k, m in chosen.get("metrics", {}).items()},
                p50_ms={n: r["latency_ms"]["p50"] for n, r in rows.items() if r.get("latency_ms")},
+               not_timed=not_timed(out["candidates"]),
                tvm_builds=len(libraries),
                avx512_instructions={str(p.relative_to(home)): avx512_instructions(p) for p in libraries})
     return row
+
+
+def not_timed(candidates: list[dict]) -> dict[str, str]:
+    """Why each row without a latency has none (its first reason: a build failure, an early stop, ...)."""
+    return {c["name"]: (c.get("reasons") or ["no reason given"])[0] for c in candidates if not c.get("latency_ms")}
 
 
 def machine() -> dict:
