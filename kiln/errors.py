@@ -56,6 +56,10 @@ class TargetError(KilnError):
     SIGILL here)."""
 
 
+class DeviceError(KilnError):
+    """A device (kiln.device) cannot be reached through its tracker, or cannot serve what was asked."""
+
+
 class GateError(KilnError):
     """No candidate met every metric range; `table` explains what each scored."""
 

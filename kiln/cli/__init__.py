@@ -13,7 +13,7 @@ from kiln.errors import KilnError
 
 # registration, in the order `kiln --help` lists the commands
 # isort: off
-from kiln.cli import optimize, serving, artifacts, tuning, targets, service  # noqa: E402, F401
+from kiln.cli import optimize, serving, artifacts, tuning, targets, devices, service  # noqa: E402, F401
 # isort: on
 
 

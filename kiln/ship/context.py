@@ -22,10 +22,11 @@ from kiln.fs import atomic_dir, checkout_file, json_sha256, tree_files
 # what `python -m kiln.serving` imports; nothing of the optimizer (prefect, onnx, the TVM compiler)
 RUNTIME_PACKAGES = ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "numpy", "pydantic", "pydantic-settings",
                     "protobuf", "grpcio", "grpcio-reflection", "grpcio-health-checking",
-                    "starlette", "uvicorn", "prometheus-client")  # the REST routes and /metrics
+                    "starlette", "uvicorn", "prometheus-client",  # the REST routes and /metrics
+                    "cloudpickle", "psutil")  # a device (kiln.device): TVM's RPC server process, and its stop
 # the parts of kiln the server imports (import-linter keeps kiln.runtime and kiln.serving off the rest)
 RUNTIME_SOURCES = ("__init__.py", "client.py", "config.py", "errors.py", "fs.py", "artifact", "program",
-                   "runtime", "serving")
+                   "runtime", "serving", "device")
 IMAGE_PYTHON = "3.12"
 PLATFORMS = ("manylinux_2_39_x86_64", "manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")

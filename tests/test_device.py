@@ -1,0 +1,106 @@
+"""A device (kiln.device): TVM's RPC server on the target machine, registered with TVM's own tracker under a key,
+serving kiln's functions: it describes itself (CPU flags, the cores in its affinity mask, versions) and times
+uploaded candidates in interleaved rounds, returning their outputs. Loopback only."""
+
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pytest
+
+import onnx_models
+from conftest import wait_for
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracker():
+    port = _port()
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(up, 60, "TVM's RPC tracker")
+    yield ("127.0.0.1", port)
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(tracker, tmp_path):
+    from tvm import rpc
+
+    from kiln.device.client import Session, devices
+    from kiln.errors import DeviceError
+
+    host, port = tracker
+    device = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "kiln.device", "--tracker",
+                               f"{host}:{port}", "--key", "edge1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        client = rpc.connect_tracker(host, port)
+        wait_for(lambda: devices(client, "edge1"), 60, "edge1 in the tracker's list")
+        served = psutil.Process(device.pid).children(recursive=True)  # the RPC server process (and sessions)
+        assert served
+
+        session = Session(tracker, "edge1", timeout=30)
+        about = session.describe()
+        import tvm
+
+        assert about["cores"] == 1 and "sse2" in about["flags"] and about["flags_from"] == "cpuid"
+        assert about["versions"]["tvm"] == tvm.__version__ and about["versions"]["onnxruntime"] == ort.__version__
+
+        model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=16)
+        feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16), dtype=np.float32)}
+                 for i in range(3)]
+        broken = tmp_path / "broken.onnx"
+        broken.write_bytes(b"not a model")
+        local = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        out_name = local.get_outputs()[0].name
+        answer, outputs = session.measure(
+            [{"name": "onnxruntime", "backend": "onnxruntime", "path": str(model), "settings": {"threads": 1}},
+             {"name": "broken", "backend": "onnxruntime", "path": str(broken), "settings": {"threads": 1}}],
+            feeds, inputs=[{"name": "x", "dtype": "float32", "shape": [1, 3, 16, 16]}],
+            outputs=[{"name": out_name, "dtype": "float32", "shape": [1, 10]}], timed=[0, 1], repeats=20,
+            seconds=1.0, rounds=4)
+        assert "broken" in answer["failed"] and answer["cores"] == 1  # named, and the others timed without it
+        rounds = answer["rounds"]["onnxruntime"]
+        assert len(rounds) == 4 and all(t > 0 for r in rounds for t in r)
+        for i, feed in enumerate(feeds):
+            np.testing.assert_allclose(outputs[f"onnxruntime/{i}/{out_name}"], local.run(None, feed)[0],
+                                       rtol=1e-5, atol=1e-5)
+        assert session.describe()["served"]["measurements"] == 1
+
+        with pytest.raises(DeviceError, match="no device under the key 'nobody' at the tracker 127.0.0.1") as err:
+            Session(tracker, "nobody", timeout=5)
+        assert "python -m kiln.device --tracker" in err.value.hint
+
+        del session
+        device.send_signal(signal.SIGTERM)
+        assert device.wait(30) == 0, device.stderr.read()
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in served), 10,
+                 "the device's RPC server processes to end")
+        wait_for(lambda: not devices(rpc.connect_tracker(host, port), "edge1"), 30, "edge1 to leave the tracker")
+    finally:
+        if device.poll() is None:
+            device.kill()
+
+
+def test_a_device_without_its_tracker_says_so():
+    """A tracker that is not there: exit 2 at once with the address and how to start one (TVM's server alone
+    would retry in a thread for a minute and then serve no one)."""
+    proc = subprocess.run([sys.executable, "-m", "kiln.device", "--tracker", f"127.0.0.1:{_port()}", "--key", "k"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot reach the RPC tracker at 127.0.0.1:" in proc.stderr, proc.stderr
+    assert "kiln tracker --host 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
