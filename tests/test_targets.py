@@ -288,3 +288,19 @@ def test_a_target_above_this_host_is_judged_on_an_emulated_cpu(tmp_path, kiln_ho
     row = evaluate.emulated(checked, ref, sigill, RunSettings(threads=1), {"timeout": 60})
     assert row.reasons[0].startswith("failed to run: was killed by SIGILL on qemu's " + plan.judging.emulator) \
         and "Illegal instruction" in row.reasons[0] and not row.passed, row.reasons
+
+
+def test_a_cpu_known_only_by_its_flags_gets_the_closest_llvm_cpu_minus_what_it_lacks():
+    """A device reports CPUID flags, not LLVM's name for its CPU: the target is the LLVM CPU that has most of
+    them, minus any feature it implies that the device lacks, so no build for it uses an instruction it cannot
+    run; on this host's own flags it requires exactly what `host` does."""
+    from kiln.compiler.targets import for_flags, resolve
+    from kiln.runtime.cpu_flags import this_cpu
+
+    here = for_flags("edge1", this_cpu().flags, "device edge1")
+    assert set(here.requires) == set(resolve("host").requires) and set(here.requires) <= this_cpu().flags
+    for level, lacks in (("x86-64-v2", "avx"), ("x86-64-v3", "avx512f")):
+        flags = set(resolve(level).requires)
+        cpu = for_flags("d", flags, "device d")
+        assert set(cpu.requires) <= flags and lacks not in cpu.requires and cpu.mcpu != "x86-64"
+    assert "avx2" in for_flags("d", set(resolve("x86-64-v3").requires), "d").requires

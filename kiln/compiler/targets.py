@@ -29,15 +29,31 @@ def resolve(name: str | TargetName) -> Target:
     if parsed.form == "host":
         import tvm
 
-        mcpu = tvm.target.codegen.llvm_get_system_cpu()
-        features, have = llvm_features(mcpu), this_cpu().flags
-        absent = sorted(FLAGS[f][0] for f in from_llvm(features) if f not in have)
-        return Target(name="host", mcpu=mcpu, mattr=[f"-{f}" for f in absent],
-                      requires=[f for f in from_llvm(features) if f in have], source=parsed.source)
+        return _masked("host", tvm.target.codegen.llvm_get_system_cpu(), this_cpu().flags, parsed.source)
     features = llvm_features(parsed.mcpu or "")
     if "64bit" not in features:
         raise TargetError(f"target {parsed.name!r}: LLVM's {parsed.mcpu} does not run x86-64 code")
     return Target(name=parsed.name, mcpu=parsed.mcpu, requires=from_llvm(features), source=parsed.source)
+
+
+def _masked(name: str, mcpu: str, have: frozenset[str] | set[str], source: str) -> Target:
+    """LLVM's CPU `mcpu` minus every feature it implies that the CPU with flags `have` lacks."""
+    features = llvm_features(mcpu)
+    absent = sorted(FLAGS[f][0] for f in from_llvm(features) if f not in have)
+    return Target(name=name, mcpu=mcpu, mattr=[f"-{f}" for f in absent],
+                  requires=[f for f in from_llvm(features) if f in have], source=source)
+
+
+def for_flags(name: str, have: frozenset[str] | set[str], source: str) -> Target:
+    """The Target of a CPU known only by its CPUID flags (a device: TVM's runtime has no llvm_get_system_cpu): the
+    LLVM x86-64 CPU that has the most of those flags and, among those, implies the fewest it lacks, minus those."""
+    from kiln.targets.catalog import LLVM_CPUS
+
+    def fit(mcpu: str) -> tuple[int, int]:
+        implied = set(from_llvm(llvm_features(mcpu)))
+        return len(implied & set(have)), -len(implied - set(have))
+
+    return _masked(name, max(LLVM_CPUS, key=fit), have, source)
 
 
 def target_config(target: Target | str) -> dict:
