@@ -2,6 +2,7 @@
 serving kiln's functions: it describes itself (CPU flags, the cores in its affinity mask, versions) and times
 uploaded candidates in interleaved rounds, returning their outputs. Loopback only."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -45,9 +46,10 @@ def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(
     from kiln.errors import DeviceError
 
     host, port = tracker
+    # TVM's runtime library only, as in the runtime image (no compiler, none of its contrib functions)
     device = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "kiln.device", "--tracker",
                                f"{host}:{port}", "--key", "edge1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})
     try:
         client = rpc.connect_tracker(host, port)
         wait_for(lambda: devices(client, "edge1"), 60, "edge1 in the tracker's list")
@@ -81,6 +83,10 @@ def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(
             np.testing.assert_allclose(outputs[f"onnxruntime/{i}/{out_name}"], local.run(None, feed)[0],
                                        rtol=1e-5, atol=1e-5)
         assert session.describe()["served"]["measurements"] == 1
+        # what MetaSchedule's RPCRunner calls there before timing a trial, which the runtime library lacks
+        arg = tvm.runtime.empty((64,), "float32", session.remote.cpu())
+        session.remote.get_function("tvm.contrib.random.random_fill_for_measure")(arg)
+        assert np.abs(arg.numpy()).max() > 0
 
         with pytest.raises(DeviceError, match="no device under the key 'nobody' at the tracker 127.0.0.1") as err:
             Session(tracker, "nobody", timeout=5)
