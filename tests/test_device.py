@@ -86,7 +86,7 @@ def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(
         # what MetaSchedule's RPCRunner calls there before timing a trial, which the runtime library lacks
         arg = tvm.runtime.empty((64,), "float32", session.remote.cpu())
         session.remote.get_function("tvm.contrib.random.random_fill_for_measure")(arg)
-        assert np.abs(arg.numpy()).max() > 0
+        assert 0 < np.abs(arg.numpy()).max() <= 0.5  # kiln's trial inputs, as its local runner makes them
 
         with pytest.raises(DeviceError, match="no device under the key 'nobody' at the tracker 127.0.0.1") as err:
             Session(tracker, "nobody", timeout=5)

@@ -143,27 +143,22 @@ RANDOM_FILL = "tvm.contrib.random.random_fill_for_measure"  # what MetaSchedule'
 
 
 def random_fill(tensor) -> None:
-    """Fill a TVM tensor with random values (TVM's runtime-only library lacks its contrib.random, which
-    MetaSchedule's RPCRunner calls on the device before timing a trial)."""
-    rng, dtype, shape = np.random.default_rng(), np.dtype(str(tensor.dtype)), tuple(tensor.shape)
-    if dtype.kind == "f":
-        values = rng.uniform(-1.0, 1.0, shape)
-    elif dtype.kind == "b":
-        values = rng.integers(0, 2, shape)
-    else:  # integers: small and non-negative, safe as indices into any dimension of at least 8
-        values = rng.integers(0, 8, shape)
+    """Fill a trial's argument as kiln's local runner does (kiln.compiler.tuning.measure_arguments): floats
+    uniform in [-0.5, 0.5] (where erf/exp/tanh take the path real activations take), integers zero (an index is
+    then always in range). TVM's runtime-only library lacks its contrib.random, which MetaSchedule's RPCRunner
+    calls on the device before timing a trial."""
+    dtype, shape = np.dtype(str(tensor.dtype)), tuple(tensor.shape)
+    values = np.random.default_rng().uniform(-0.5, 0.5, shape) if dtype.kind == "f" else np.zeros(shape)
     tensor.copyfrom(np.ascontiguousarray(values.astype(dtype)))
 
 
 def register(state: str) -> None:
     """Register kiln's functions in this process (TVM's server_init_callback: it runs in the server's process),
-    and what MetaSchedule's RPCRunner needs where TVM's runtime-only library lacks it."""
-    import tvm
+    and the fill MetaSchedule's RPCRunner calls, with kiln's inputs (the runtime-only library has none)."""
     import tvm_ffi
 
     folder = Path(state)
-    if tvm.get_global_func(RANDOM_FILL, allow_missing=True) is None:
-        tvm_ffi.register_global_func(RANDOM_FILL, random_fill)
+    tvm_ffi.register_global_func(RANDOM_FILL, random_fill, override=True)  # kiln's fill, the trials' inputs
 
     def workdir(name: str) -> str:
         import tvm
