@@ -75,10 +75,11 @@ def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(
              {"name": "broken", "backend": "onnxruntime", "path": str(broken), "settings": {"threads": 1}}],
             feeds, inputs=[{"name": "x", "dtype": "float32", "shape": [1, 3, 16, 16]}],
             outputs=[{"name": out_name, "dtype": "float32", "shape": [1, 10]}], timed=[0, 1], repeats=20,
-            seconds=1.0, rounds=4)
+            seconds=1.0)
         assert "broken" in answer["failed"] and answer["cores"] == 1  # named, and the others timed without it
-        rounds = answer["rounds"]["onnxruntime"]
-        assert len(rounds) == 4 and all(t > 0 for r in rounds for t in r)
+        rounds, per_input = answer["rounds"]["onnxruntime"], answer["per_input"]["onnxruntime"]
+        assert len(rounds) == 10 and all(t > 0 for r in rounds for t in r)  # kiln's rounds, each timed call
+        assert len(per_input) == 2 and len(per_input[0]) >= sum(map(len, rounds))  # passes through 2 inputs
         for i, feed in enumerate(feeds):
             np.testing.assert_allclose(outputs[f"onnxruntime/{i}/{out_name}"], local.run(None, feed)[0],
                                        rtol=1e-5, atol=1e-5)

@@ -54,7 +54,7 @@ class Session:
 
     def measure(self, candidates: list[dict[str, Any]], feeds: list[dict[str, np.ndarray]], inputs: list[dict],
                 outputs: list[dict], profile: dict | None = None, timed: list[int] | None = None,
-                repeats: int = 200, seconds: float = 5.0, rounds: int = 10) -> tuple[dict, dict[str, np.ndarray]]:
+                repeats: int = 200, seconds: float = 5.0) -> tuple[dict, dict[str, np.ndarray]]:
         """Upload each candidate's file and the feeds, time them there; the device's answer and every output
         (`NAME/FEED/OUTPUT`)."""
         tag = uuid.uuid4().hex[:8]
@@ -69,7 +69,7 @@ class Session:
                 sent.append({**c, "path": remote_name})
             request = {"candidates": sent, "feeds": f"{tag}-feeds.npz", "outputs": f"{tag}-outputs.npz",
                        "inputs": inputs, "outputs_specs": outputs, "profile": profile, "timed": timed or [0],
-                       "repeats": repeats, "seconds": seconds, "rounds": rounds}
+                       "repeats": repeats, "seconds": seconds}
             answer = json.loads(self.remote.get_function(MEASURE)(json.dumps(request)))
             back = Path(tmp) / "outputs.npz"
             back.write_bytes(self.remote.download(request["outputs"]))

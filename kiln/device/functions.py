@@ -15,7 +15,9 @@ Functions (all take and return JSON text; files travel through the server's work
   process's affinity mask, TVM/onnxruntime/kiln versions, and what it has served so far.
 - `kiln.device.measure(request)`: open each candidate (`backend`, `path` in the work folder, settings, tensor
   specs), run each on every feed of `feeds` (an .npz of feed0/NAME, feed1/NAME, ...) writing the outputs to
-  `outputs` (an .npz the client downloads), then time them together in interleaved rounds over the feeds `timed`.
+  `outputs` (an .npz the client downloads), then time them together in interleaved rounds, each timed call a pass
+  through the feeds `timed` (kiln.runtime.latency.through_inputs: the optimizer's own protocol): the rounds and
+  each input's times.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kiln.runtime.cpu_flags import this_cpu
-from kiln.runtime.latency import interleaved
+from kiln.runtime.latency import through_inputs
 
 DESCRIBE = "kiln.device.describe"
 MEASURE = "kiln.device.measure"
@@ -127,15 +129,16 @@ def measure(request: dict[str, Any], workdir: Callable[[str], str], state: Path)
             except Exception as exc:  # the optimizer names the candidate and goes on without it
                 failed[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 runners.pop(name, None)
-        calls = {n: (lambda r=r: [r.run(f) for f in timed]) for n, r in runners.items()}
-        rounds = interleaved(calls, repeats=request.get("repeats", 200), max_seconds=request.get("seconds", 5.0),
-                             rounds=request.get("rounds", 10)) if calls else {}
+        rounds, per_input = through_inputs({n: r.run for n, r in runners.items()}, timed,
+                                           repeats=request.get("repeats", 200),
+                                           max_seconds=request.get("seconds", 5.0)) if runners else ({}, {})
     finally:
         for r in runners.values():
             r.close()
     np.savez(workdir(request["outputs"]), **outputs)
     Counts(state).add(measurements=1, rounds=sum(len(r.times) for r in rounds.values()))
-    return {"rounds": {n: r.times for n, r in rounds.items()}, "failed": failed, "cores": cores(),
+    return {"rounds": {n: r.times for n, r in rounds.items()}, "per_input": per_input, "failed": failed,
+            "cores": cores(),
             "served_at": time.time()}
 
 

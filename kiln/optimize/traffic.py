@@ -10,7 +10,6 @@ A static program has one shape: its first input is timed, as before.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -18,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from kiln.artifact.manifest import LatencyMs
 from kiln.artifact.specs import Profile
-from kiln.runtime.latency import interleaved
+from kiln.runtime.latency import Rounds, through_inputs
 
 Feed = dict[str, np.ndarray]
 TIMED_INPUTS = 16  # inputs each timed call runs through when shapes vary (stratified by size)
@@ -106,23 +105,18 @@ def time_over(runs: dict[str, Callable[[Feed], object]], inputs: list[Feed], tra
               repeats: int, seconds: float) -> dict[str, LatencyMs]:
     """Each callable timed in interleaved rounds, every call running through `inputs` one after another:
     milliseconds per input (the traffic's mean), and with `traffic`, the p50 of each shape bucket."""
-    per_input: dict[str, list[list[float]]] = {name: [[] for _ in inputs] for name in runs}
+    timed, per_input = through_inputs(runs, inputs, repeats=repeats, max_seconds=seconds)
+    return latencies(timed, per_input, len(inputs), traffic)
 
-    def through(name: str, run: Callable[[Feed], object]) -> Callable[[], None]:
-        record = per_input[name]
 
-        def call() -> None:
-            for i, feed in enumerate(inputs):
-                t0 = time.perf_counter_ns()
-                run(feed)
-                record[i].append((time.perf_counter_ns() - t0) / 1e6)
-        return call
-
-    timed = interleaved({n: through(n, r) for n, r in runs.items()}, repeats=repeats, max_seconds=seconds)
+def latencies(timed: dict[str, Rounds], per_input: dict[str, list[list[float]]], count: int,
+              traffic: Traffic | None) -> dict[str, LatencyMs]:
+    """Rounds of passes through `count` inputs (kiln.runtime.latency.through_inputs, here or on a device) as
+    milliseconds per input, and with `traffic`, the p50 of each shape bucket."""
     out = {}
     for name, rounds in timed.items():
-        summary = {k: ([x / len(inputs) for x in v] if isinstance(v, list) else v / len(inputs) if k != "runs"
-                       else v) for k, v in rounds.summary().items()}
+        summary = {k: ([x / count for x in v] if isinstance(v, list) else v / count if k != "runs" else v)
+                   for k, v in rounds.summary().items()}
         buckets = per_bucket(per_input[name], traffic) if traffic is not None else {}
         out[name] = LatencyMs(**summary, buckets=buckets)
     return out

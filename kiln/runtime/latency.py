@@ -76,3 +76,24 @@ def interleaved(calls: dict[str, Callable[[], object]], *, repeats: int = 200, m
                 got.append((time.perf_counter_ns() - t0) / 1e6)
             times[name].append(got)
     return {n: Rounds(times=t) for n, t in times.items()}
+
+
+def through_inputs(runs: dict[str, Callable[[dict], object]], inputs: list[dict], *, repeats: int = 200,
+                   max_seconds: float = 5.0) -> tuple[dict[str, Rounds], dict[str, list[list[float]]]]:
+    """Each callable timed in interleaved rounds, every timed call running through `inputs` one after another:
+    the rounds (milliseconds per pass through all inputs) and each input's own times (for per-bucket figures).
+    The optimizer's selection and confirmation rounds and a device's (kiln.device) are this one protocol."""
+    per_input: dict[str, list[list[float]]] = {name: [[] for _ in inputs] for name in runs}
+
+    def through(name: str, run: Callable[[dict], object]) -> Callable[[], None]:
+        record = per_input[name]
+
+        def call() -> None:
+            for i, feed in enumerate(inputs):
+                t0 = time.perf_counter_ns()
+                run(feed)
+                record[i].append((time.perf_counter_ns() - t0) / 1e6)
+        return call
+
+    timed = interleaved({n: through(n, r) for n, r in runs.items()}, repeats=repeats, max_seconds=max_seconds)
+    return timed, per_input
