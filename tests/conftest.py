@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -240,6 +241,24 @@ def base_image(docker_engine) -> str:
     output, _ = proc.communicate()
     assert proc.returncode == 0, output
     return BASE_TAG
+
+
+@pytest.fixture
+def rpc_tracker():
+    """TVM's own RPC tracker on loopback (`python -m tvm.exec.rpc_tracker`); yields (host, port)."""
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "python"), "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                             str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(up, 60, "TVM's RPC tracker")
+    yield ("127.0.0.1", port)
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ uploaded candidates in interleaved rounds, returning their outputs. Loopback onl
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -14,38 +13,16 @@ import psutil
 import pytest
 
 import onnx_models
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tracker():
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up():
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(up, 60, "TVM's RPC tracker")
-    yield ("127.0.0.1", port)
-    proc.terminate()
-    proc.wait(10)
-
-
-def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(tracker, tmp_path):
+def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(rpc_tracker, tmp_path):
     from tvm import rpc
 
     from kiln.device.client import Session, devices
     from kiln.errors import DeviceError
 
-    host, port = tracker
+    host, port = tracker = rpc_tracker
     # TVM's runtime library only, as in the runtime image (no compiler, none of its contrib functions)
     device = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "kiln.device", "--tracker",
                                f"{host}:{port}", "--key", "edge1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -107,7 +84,7 @@ def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(
 def test_a_device_without_its_tracker_says_so():
     """A tracker that is not there: exit 2 at once with the address and how to start one (TVM's server alone
     would retry in a thread for a minute and then serve no one)."""
-    proc = subprocess.run([sys.executable, "-m", "kiln.device", "--tracker", f"127.0.0.1:{_port()}", "--key", "k"],
+    proc = subprocess.run([sys.executable, "-m", "kiln.device", "--tracker", f"127.0.0.1:{free_port()}", "--key", "k"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot reach the RPC tracker at 127.0.0.1:" in proc.stderr, proc.stderr
     assert "kiln tracker --host 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr

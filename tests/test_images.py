@@ -220,3 +220,46 @@ def test_image_carries_the_programs_requirements_and_oci_labels(digits_program, 
         assert pip_gone.exit_code != 0  # pip ran from its wheel at build time and was not left in the image
     finally:
         container.remove(force=True)
+
+
+def test_the_runtime_image_is_a_device(pushed, digits_artifact, ship_env, rpc_tracker):
+    """`docker run --network host --entrypoint python IMAGE -m kiln.device ...`: the generic runtime image (TVM's
+    runtime library, no compiler) registers with a tracker on the host, describes itself, runs and times the
+    artifact's model sent to it with the outputs kiln.load gives here, and leaves the tracker when stopped."""
+    from tvm import rpc
+
+    from kiln.device.client import Session, devices
+
+    client = docker.DockerClient(base_url=ship_env["DOCKER_HOST"])
+    runtime = json.loads((digits_artifact / "manifest.json").read_text())["images"][-1]["runtime_reference"]
+    host, port = rpc_tracker
+    container = client.containers.run(runtime, detach=True, network_mode="host", entrypoint=["python"],
+                                      command=["-m", "kiln.device", "--tracker", f"{host}:{port}", "--key", "image"])
+    try:
+        deadline = time.time() + 60
+        while not devices(rpc.connect_tracker(host, port), "image"):
+            container.reload()
+            assert container.status != "exited" and time.time() < deadline, container.logs().decode()[-2000:]
+            time.sleep(0.2)
+        session = Session(rpc_tracker, "image", timeout=30)
+        about = session.describe()
+        assert about["versions"]["tvm"] == __import__("tvm").__version__ and about["cores"] >= 1
+        manifest = json.loads((digits_artifact / "manifest.json").read_text())
+        row = np.load(Path(__file__).parents[1] / "examples" / "digits" / "digits.npz")["x_test"][:1]
+        feed = {"pixels": row.reshape(1, 64).astype(np.float32)}
+        answer, outputs = session.measure(
+            [{"name": "published", "backend": manifest["backend"],
+              "path": str(digits_artifact / manifest["model"]["path"]), "settings": {"threads": 1}}],
+            [feed], inputs=manifest["inputs"], outputs=manifest["outputs"], repeats=10, seconds=0.5)
+        assert not answer["failed"] and answer["rounds"]["published"], answer
+        want = kiln.load(digits_artifact).run(feed)["probabilities"]
+        np.testing.assert_allclose(outputs["published/0/probabilities"], want, rtol=1e-5, atol=1e-6)
+        del session
+        container.stop(timeout=20)  # SIGTERM
+        assert container.wait(timeout=30)["StatusCode"] == 0, container.logs().decode()[-2000:]
+        deadline = time.time() + 30
+        while devices(rpc.connect_tracker(host, port), "image"):
+            assert time.time() < deadline, "the stopped device is still in the tracker's list"
+            time.sleep(0.2)
+    finally:
+        container.remove(force=True)
