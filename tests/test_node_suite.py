@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SAMPLE = 130  # 130 operator types; 150 cases took ~400 s on 2 cores
-WORKERS = 2  # flows at once: a case waits on its child processes and the Prefect server half of the time
+WORKERS = 3  # flows at once: a case waits on its child processes and the Prefect server half of the time
 
 
 @pytest.mark.integration
