@@ -3,8 +3,8 @@ with its recorded inputs as the program's dataset, optimized with the onnxruntim
 0 trials. None may end in an internal error: kiln publishes, or refuses with a KilnError that explains why.
 A TVM candidate that compiles and agrees is published, or loses only on speed.
 
-The optimize flow runs against the session's Prefect server in two worker processes (a CLI process per case
-would spend most of its time starting up), two cases at a time, each flow run in a process as a Prefect worker
+The optimize flow runs against the session's Prefect server in WORKERS worker processes (a CLI process per case
+would spend most of its time starting up), that many cases at a time, each flow run in a process as a Prefect worker
 runs it; user code and candidates run in child processes as always.
 `python benchmarks/node_suite.py` runs the whole suite through the CLI and writes the pass rates."""
 
