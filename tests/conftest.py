@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def rpc_tracker():
     port = free_port()
     proc = subprocess.Popen([str(BIN / "python"), "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                              str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # its server is a child process
 
     def up() -> bool:
         with socket.socket() as s:
@@ -257,7 +258,7 @@ def rpc_tracker():
 
     wait_for(up, 60, "TVM's RPC tracker")
     yield ("127.0.0.1", port)
-    proc.terminate()
+    os.killpg(proc.pid, signal.SIGTERM)  # the tracker and the PopenWorker that serves it (else it outlives us)
     proc.wait(10)
 
 
