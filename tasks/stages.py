@@ -102,7 +102,8 @@ def compile_tvm(checked: CheckedProgram, job: compile.CompileJob, plan: Plan) ->
 def evaluate_candidates(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate],
                         plan: Plan) -> Evaluation:
     return evaluate.evaluate(checked, ref, built, plan.threads, plan.request.latency_repeats, log=get_run_logger(),
-                             on_progress=lambda done, total, name: progress.report("evaluate", done, total, name))
+                             on_progress=lambda done, total, name: progress.report("evaluate", done, total, name),
+                             device=plan.device)
 
 
 @task(name="choose")

@@ -113,6 +113,7 @@ class Confirmation(BaseModel):
     held_out_samples: int = 0
     held_out: dict[str, MetricResult] = Field(default_factory=dict)  # the winner's metrics on those samples
     held_out_passed: bool | None = None  # None: the evaluation split was too small to hold samples out
+    device_rounds: int = 0  # timing rounds a device served (kiln optimize --device: the latencies are its)
 
     def describe(self) -> str:
         held = ", ".join(f"{n} {m.value:.4g}" for n, m in self.held_out.items() if m.value is not None)
@@ -193,6 +194,28 @@ class TuningInfo(BaseModel):
     cost_model: str | None = None  # "xgb", or "random" where xgboost is missing (None: no search ran)
     first_round: int | None = None  # trials per task in the first round, sized from the time budget
     int8: Int8Lowering | None = None
+    measured_on: str | None = None  # KEY@HOST:PORT: the trials were timed on the devices under that key
+    device_failed_trials: int = 0  # of failed_trials: the device side broke (lost mid-trial, none free in time)
+
+
+class DeviceMeasurements(BaseModel):
+    trials: int = 0  # TVM tuning trials the device timed for this run (failed ones included)
+    rounds: int = 0  # kiln's timing rounds (selection and confirmation) it served
+
+
+class DeviceInfo(BaseModel):
+    """The device the run measured on (kiln optimize --device KEY@HOST:PORT): TVM's trials and every timing round
+    ran there, so every latency in this manifest is the device's, not the optimizer's host's."""
+
+    key: str
+    tracker: str  # HOST:PORT
+    cpu: str
+    cores: int
+    flags: list[str] = Field(default_factory=list)  # CPUID, as the device read them
+    versions: dict[str, str] = Field(default_factory=dict)  # TVM, onnxruntime, kiln on the device
+    devices: int = 1  # under the key when the run started
+    measurements: DeviceMeasurements = Field(default_factory=DeviceMeasurements)
+    timings: str = "measured on the device"
 
 
 class ProtocolInfo(BaseModel):
@@ -267,6 +290,7 @@ class Manifest(BaseModel):
     confirmation: Confirmation | None = None
     tuning: TuningInfo | None = None
     protocol: ProtocolInfo | None = None
+    device: DeviceInfo | None = None  # where the latencies were measured, when not on the optimizer's host
     request: dict[str, Any] = Field(default_factory=dict)  # what the run was asked (OptimizeRequest), to repeat it
     files: dict[str, str] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)

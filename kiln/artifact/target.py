@@ -19,6 +19,8 @@ class Target(BaseModel):
     mattr: list[str] = Field(default_factory=list)  # LLVM features turned off: the host lacks what its name implies
     requires: list[str] = Field(default_factory=list)  # CPU flags the compiled code may use
     source: str = ""  # why this LLVM CPU: the table row's source, the psABI, TVM's tag, or this host's CPUID
+    cores: int | None = None  # a device's cores (what TVM's schedules parallelize over); None: the compiling host's
+    measured_on: str | None = None  # the device whose timings chose this build (kiln.device): KEY@HOST:PORT
 
     @property
     def is_host(self) -> bool:
@@ -42,7 +44,8 @@ class Target(BaseModel):
             return "cuda"
         cpu = f"LLVM CPU {self.mcpu}" + (f" without {', '.join(a.lstrip('-') for a in self.mattr)}" if self.mattr
                                          else "")
-        return f"{self.name} ({cpu}; {self.vector_bits}-bit vectors, int8 {self.int8_isa})"
+        on = f"; the device {self.measured_on}, {self.cores} core(s)" if self.measured_on else ""
+        return f"{self.name} ({cpu}; {self.vector_bits}-bit vectors, int8 {self.int8_isa}{on})"
 
 
 def int8_isa_of(flags: list[str] | set[str] | frozenset[str]) -> str:

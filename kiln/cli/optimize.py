@@ -68,6 +68,10 @@ def optimize(
                                                           "znver3, c6i, aws/cpu/c5.large, cuda, ... (`kiln "
                                                           "targets`); repeatable: one artifact, a build per target, "
                                                           "each loaded where its CPU runs it [default: host]"),
+    device: str | None = typer.Option(None, help="KEY@HOST:PORT: measure on the devices registered under KEY with "
+                                                 "the RPC tracker at HOST:PORT (`kiln device` on the target "
+                                                 "machine); the target is then the device's CPU"),
+    device_timeout: float = typer.Option(60.0, min=1, help="seconds to wait for a free device under the key"),
     store: Path | None = typer.Option(None, help="artifact store folder [default: KILN_STORE or ~/.kiln/store]"),
     shape: list[str] = typer.Option([], "--shape", help="NAME=DxDxD fixes a dynamic input's shape, repeatable"),
     dim: list[str] = typer.Option([], "--dim", help="NAME=LOW..HIGH: the range of a dynamic dimension, by the "
@@ -105,7 +109,8 @@ def optimize(
         chosen = [c.strip() for c in (candidates or "").split(",") if c.strip()] or None
         request = OptimizeRequest.of(program=program, shapes=shape or None, dims=dim or None, trials=trials,
                                      tune_time=tune_time, max_trials_per_task=max_trials_per_task,
-                                     targets=target or None, candidates=chosen, select=select,
+                                     targets=target or None, device=device, device_timeout=device_timeout,
+                                     candidates=chosen, select=select,
                                      threads=threads, store=str(store) if store else None, upload=upload, image=image,
                                      compare_with_current=against_current, min_gain=min_gain, name=name,
                                      ranges=range_ or None, data=_local(data))

@@ -19,7 +19,7 @@ from kiln.compiler import passes, pipelines, shared_db, tuning
 from kiln.compiler.frontend import import_onnx
 from kiln.compiler.targets import resolve, target_config
 from kiln.compiler.tuning import Limits, Progress
-from kiln.errors import ModelError
+from kiln.errors import DeviceError, ModelError
 
 ProgressFn = Callable[[Progress], None]
 
@@ -90,7 +90,8 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target: Target 
     db_dir.mkdir(parents=True, exist_ok=True)  # MetaSchedule's JSONDatabase needs it to exist
     shared = None
     if shared_root is not None and cpu:  # a GPU's records would need its own fingerprint
-        shared = shared_db.ensure(shared_root, shared_db.fingerprint(resolved))
+        shared = shared_db.ensure(shared_root, shared_db.fingerprint(
+            resolved, cores=resolved.cores, host_mcpu=limits.rpc.measured_on if limits.rpc else None))
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # console: warnings only; the full log goes to db_dir/logs
     try:
@@ -107,6 +108,10 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target: Target 
     except Exception as exc:
         raise ModelError(f"TVM compilation failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
                          hint=f"see {db_dir / 'tune.log'}; --candidates onnxruntime skips TVM") from None
+    if tuned.devices_lost:
+        raise DeviceError(f"TVM tuning stopped: {tuned.devices_lost} ({tuned.device_failed} trial(s) failed on the "
+                          "device side)", hint="start a device on the target machine: python -m kiln.device "
+                                               f"--tracker {limits.rpc.host}:{limits.rpc.port} --key {limits.rpc.key}")
     if tuned.trials and tuned.failed == tuned.trials:
         raise ModelError(f"all {tuned.trials} tuning trials failed, so nothing was tuned: "
                          f"{next((t.first_error for t in tuned.tasks if t.first_error), '?')} (raise "

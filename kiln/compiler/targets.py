@@ -67,7 +67,7 @@ def target_config(target: Target | str) -> dict:
         return {"kind": "cuda", "arch": settings().cuda_arch, "max_threads_per_block": 1024,
                 "max_shared_memory_per_block": 49152, "thread_warp_size": 32, "max_num_threads": 1024,
                 "host": {"kind": "llvm"}}
-    return {"kind": "llvm", "mcpu": target.mcpu, "num-cores": os.cpu_count() or 1,
+    return {"kind": "llvm", "mcpu": target.mcpu, "num-cores": target.cores or os.cpu_count() or 1,
             **({"mattr": list(target.mattr)} if target.mattr else {})}
 
 

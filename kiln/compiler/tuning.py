@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.compiler import shared_db, trial_costs
+from kiln.compiler import rpc, shared_db, trial_costs
 from kiln.compiler.builder import pooled_builder
 from kiln.compiler.int8.space import is_int8_task
 from kiln.compiler.int8.space import space_generator as int8_space
+from kiln.compiler.rpc import NO_DEVICE_LEFT, RpcDevices
 
 TRIALS_PER_ROUND = 64  # MetaSchedule's evolutionary round; the cost model trains on whole rounds
 # a task that starts from tuned records (this model's earlier search, or another model's on this CPU) needs no
@@ -62,6 +64,7 @@ class Limits:
     # instead of warm from the run before; Ansor's CPU recipe. Off until measured better on and off.
     cache_flush: bool = False
     int8: str | None = None  # kiln's int8 dense tasks are searched around this dot intrinsic (kiln.compiler.int8)
+    rpc: RpcDevices | None = None  # trials timed on these devices (kiln.compiler.rpc); None: here
 
 
 POPULATION = 512  # MetaSchedule's default population of schedules sampled and evolved per search round
@@ -119,6 +122,8 @@ class Progress:
     budget_warning: str | None = None  # said before tuning: the time cannot give every task a first round
     shared_added: int = 0  # records this run added to it
     cost_model: str | None = None  # what guided the search: "xgb" or "random"
+    device_failed: int = 0  # trials whose device session broke (a device lost mid-trial, or none free in time)
+    devices_lost: str | None = None  # why the search stopped early: no device left under the key
 
     @property
     def elapsed(self) -> float:
@@ -165,6 +170,10 @@ class Progress:
         elif untried and self.limits.trials > 0:
             out.append(f"{len(untried)} of {len(self.tasks)} task(s) got no trial ({', '.join(untried[:5])}): a "
                        f"budget of {self.limits.trials} trials is less than one per task")
+        if self.device_failed:
+            out.append(f"{self.device_failed} trial(s) failed on the device side (a device lost mid-trial or none "
+                       "free in time); they were counted as failed and the search went on with the others"
+                       + (f"; it stopped: {self.devices_lost}" if self.devices_lost else ""))
         if self.trials and self.failed * 2 > self.trials:
             builds = sum(t.build_failures for t in self.tasks)
             why = (f"{builds} builds failed (builder timeout {self.limits.builder_timeout_s:g} s; raise "
@@ -204,6 +213,17 @@ def runner_threads(threads: int) -> None:
     import os
 
     os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def trial_runner(limits: Limits, cores: int):
+    """Where trials are timed: here in a worker process (LocalRunner), or on the devices of `limits.rpc`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if limits.rpc:  # the device fills the arguments as measure_arguments does (kiln.device.functions.random_fill)
+        return rpc.runner(limits.rpc, evaluator(limits.cache_flush), limits.runner_timeout_s)
+    return ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s, f_alloc_argument=measure_arguments,
+                                 evaluator_config=evaluator(limits.cache_flush),
+                                 initializer=functools.partial(runner_threads, limits.threads or cores))
 
 
 def evaluator(cache_flush: bool):
@@ -343,6 +363,8 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
             self.inner.post_tuning()
 
         def generate_measure_candidates(self):
+            if progress.devices_lost:
+                return None
             if deadline is not None and time.monotonic() >= deadline:
                 progress.stopped_by = "time"
                 return None
@@ -386,6 +408,11 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
                 if secs is None:
                     task.run_failures += 1
                     task.first_error = task.first_error or _error_line(ran.error_msg)
+                    if limits.rpc and "RPCRunner: An exception" in (ran.error_msg or ""):
+                        progress.device_failed += 1
+                        if NO_DEVICE_LEFT in ran.error_msg:
+                            progress.devices_lost = _error_line(ran.error_msg[ran.error_msg.index(NO_DEVICE_LEFT):])
+                            progress.stopped_by = "devices lost"
                 elif task.best_us is None or secs * 1e6 < task.best_us:
                     task.best_us = secs * 1e6
             if on_progress:
@@ -403,15 +430,14 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
     # every task is measured before any gets more: a budget too small for a full round each is shared out
     per_round = max(1, min(limits.trials_per_round, limits.trials // len(extracted)))
     progress.cost_model = cost_model_kind()
-    builder = pooled_builder(max_workers=cores, timeout_sec=limits.builder_timeout_s)
+    # builds run here on every core, whatever the target's (a device's) cores are
+    builder = pooled_builder(max_workers=os.cpu_count() or 1, timeout_sec=limits.builder_timeout_s)
     try:
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=limits.trials,
             max_trials_per_task=limits.max_trials_per_task or limits.trials, num_trials_per_iter=per_round,
             builder=builder, cost_model=progress.cost_model,
-            runner=ms.runner.LocalRunner(timeout_sec=limits.runner_timeout_s, f_alloc_argument=measure_arguments,
-                                         evaluator_config=evaluator(limits.cache_flush),
-                                         initializer=functools.partial(runner_threads, limits.threads or cores)),
+            runner=trial_runner(limits, cores),
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Watch()],
             task_scheduler="gradient")
     finally:

@@ -4,6 +4,7 @@ until SIGTERM or Ctrl-C (argparse: the runtime image has no CLI framework)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=9090, help="first port to try (up to 9199)")
     args = parser.parse_args(argv)
-    from kiln.device.server import Device, tracker_address
+    from kiln.device.address import tracker_address
+    from kiln.device.functions import cores
+    from kiln.device.server import Device
+
+    # trials (MetaSchedule's RPCRunner) and kiln's rounds run with as many threads as this process has cores
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores()))
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

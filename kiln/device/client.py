@@ -4,6 +4,7 @@ candidates and inputs to time (kiln.device.functions runs them there)."""
 from __future__ import annotations
 
 import json
+import tarfile
 import tempfile
 import uuid
 from pathlib import Path
@@ -41,6 +42,7 @@ class Session:
         if not registered:
             raise DeviceError(f"no device under the key {key!r} at {where}",
                               hint="start one on the target machine: " + START.format(host=host, port=port, key=key))
+        self.registered = len(registered)
         client._sock.settimeout(timeout)  # the tracker answers a request only when a device is free: bound the wait
         try:
             self.remote = client.request(key, priority=1, session_timeout=session_timeout, max_retry=1)
@@ -48,6 +50,10 @@ class Session:
             raise DeviceError(f"the {len(registered)} device(s) under the key {key!r} at {where} stayed busy or did "
                               f"not answer within {timeout:g} s ({type(exc).__name__}: {exc})",
                               hint="raise --device-timeout, or start more devices under the key") from None
+
+    def close(self) -> None:
+        """Give the device back to the tracker (the session ends when its last reference goes)."""
+        self.remote = None
 
     def describe(self) -> dict[str, Any]:
         return json.loads(self.remote.get_function(DESCRIBE)())
@@ -64,8 +70,16 @@ class Session:
             self.remote.upload(str(local), f"{tag}-feeds.npz")
             sent = []
             for c in candidates:
-                remote_name = f"{tag}-{c['name']}{Path(c['path']).suffix}"
-                self.remote.upload(c["path"], remote_name)
+                path = Path(c["path"])
+                if (c.get("settings") or {}).get("buckets"):  # a build per bucket: the files beside it travel too
+                    packed = Path(tmp) / f"{c['name']}.tar"
+                    with tarfile.open(packed, "w") as tar:
+                        tar.add(path.parent, arcname=".")
+                    self.remote.upload(str(packed), f"{tag}-{c['name']}.tar")
+                    sent.append({**c, "path": f"{tag}-{c['name']}.tar", "member": path.name})
+                    continue
+                remote_name = f"{tag}-{c['name']}{path.suffix}"
+                self.remote.upload(str(path), remote_name)
                 sent.append({**c, "path": remote_name})
             request = {"candidates": sent, "feeds": f"{tag}-feeds.npz", "outputs": f"{tag}-outputs.npz",
                        "inputs": inputs, "outputs_specs": outputs, "profile": profile, "timed": timed or [0],

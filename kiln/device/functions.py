@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +104,16 @@ def _feeds(path: Path) -> list[dict[str, np.ndarray]]:
     return [feeds[i] for i in sorted(feeds)]
 
 
+def _unpacked(path: Path, member: str | None) -> Path:
+    """The candidate's file: uploaded as is, or (`member`) inside an uploaded tar of its folder."""
+    if member is None:
+        return path
+    folder = path.with_suffix("")
+    with tarfile.open(path) as tar:
+        tar.extractall(folder, filter="data")
+    return folder / member
+
+
 def measure(request: dict[str, Any], workdir: Callable[[str], str], state: Path) -> dict[str, Any]:
     """Open, run and time the request's candidates here (see the module's docstring)."""
     from kiln.artifact.manifest import RunSettings
@@ -118,7 +129,7 @@ def measure(request: dict[str, Any], workdir: Callable[[str], str], state: Path)
             try:
                 settings = RunSettings.model_validate(cand.get("settings") or {})
                 os.environ["TVM_NUM_THREADS"] = str(settings.threads or cores())
-                runner = open_runner(cand["backend"], Path(workdir(cand["path"])),
+                runner = open_runner(cand["backend"], _unpacked(Path(workdir(cand["path"])), cand.get("member")),
                                      [TensorSpec.model_validate(s) for s in request["inputs"]],
                                      [TensorSpec.model_validate(s) for s in request["outputs_specs"]], settings,
                                      Profile.model_validate(request["profile"]) if request.get("profile") else None)

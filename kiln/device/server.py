@@ -15,14 +15,6 @@ _log = logging.getLogger("kiln.device")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def tracker_address(text: str) -> tuple[str, int]:
-    """HOST:PORT, checked (an InputError that shows the form otherwise)."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise DeviceError(f"tracker address {text!r} is not HOST:PORT", hint="e.g. --tracker 127.0.0.1:9190")
-    return host, int(port)
-
-
 class Device:
     """A running device (its RPC server process and the sessions it forks), until `stop`."""
 

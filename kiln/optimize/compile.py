@@ -30,8 +30,9 @@ from kiln.compiler import (
     target_config,
 )
 from kiln.compiler.database import count_records
+from kiln.compiler.rpc import RpcDevices
 from kiln.config import kiln_home, settings
-from kiln.errors import KilnError
+from kiln.errors import DeviceError, KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
 from kiln.optimize.buckets import bucketed_dim, choose, split_trials
@@ -50,6 +51,8 @@ def tuning_dir(prepared: PreparedModel, target: Target | str) -> Path:
     """The MetaSchedule database of one (target, prepared model): every run on them adds to it. Records measured
     another way (an earlier MEASUREMENT) stay where they are, unused."""
     where = {**target_config(target), "measurement": MEASUREMENT}
+    if not isinstance(target, str) and target.measured_on:  # a device's timings are its own records
+        where["measured_on"] = target.measured_on
     return kiln_home() / "tuning" / json_sha256(json.dumps(where, sort_keys=True))[:12] / prepared.sha256[:24]
 
 
@@ -78,7 +81,9 @@ def compile_key(plan: Plan, job: CompileJob) -> str:
     v = versions()
     extra = candidates.get(job.name).graph_passes  # (absent for plain tvm: its earlier builds keep their keys)
     return json_sha256({"model": job.prepared.sha256 if job.prepared else None,
-                        "target": plan.target.model_dump(include={"kind", "mcpu", "mattr"}),
+                        "target": plan.target.model_dump(include={"kind", "mcpu", "mattr"}
+                                                         | ({"cores", "measured_on"} if plan.target.measured_on
+                                                            else set())),
                         "trials": job.trials, "per_task": plan.request.max_trials_per_task,
                         "seconds": job.tune_seconds, "prepack": plan.prepack, "tvm": v["tvm"], "kiln": v["kiln"],
                         "measurement": MEASUREMENT, "db": job.database, **({"passes": list(extra)} if extra else {}),
@@ -217,6 +222,13 @@ def static_job(prepared: PreparedModel, plan: Plan, name: str, trials: int, tune
     return settled.model_copy(update={"key": key, "folder": str(folder), "built": (folder / RESULT).is_file()})
 
 
+def trial_devices(plan: Plan) -> RpcDevices | None:
+    """The devices that time the trials (--device), as the compiler's runner takes them."""
+    d = plan.device
+    return RpcDevices(host=d.host, port=d.port, key=d.key, wait_s=d.timeout, devices=d.devices,
+                      measured_on=d.fingerprint) if d else None
+
+
 def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: int, target: Target) -> TuningInfo:
     t = result.tuning
     return TuningInfo(
@@ -226,6 +238,7 @@ def tuning_info(result: CompileResult, limits: Limits, db_dir: Path, records: in
         estimated_ms=round(t.estimated_ms, 4) if t.estimated_ms is not None else None, warnings=t.warnings(),
         seeded_records=t.seeded, shared_records_added=t.shared_added, cost_model=t.cost_model,
         first_round=t.first_round, int8=_int8_lowering(result, limits, target),
+        measured_on=limits.rpc.where if limits.rpc else None, device_failed_trials=t.device_failed,
         pipeline=[*result.passes, *(["weight-prepack"] if limits.prepack and result.target["kind"] == "llvm" else [])],
         per_task=[TaskTuning(name=k.name, weight=k.weight, flop=k.flop, trials=k.trials, failed_trials=k.failed,
                              build_failures=k.build_failures, run_failures=k.run_failures,
@@ -262,6 +275,8 @@ def compile_tvm(checked: CheckedProgram, job: CompileJob, plan: Plan,
         built = compile_static(checked.inputs, job, plan, log, on_progress)
     if built.error or plan.judging.here:
         return built
+    if plan.device:  # timed on the device; its accuracy where its code runs: emulated here, else on the device
+        return built.model_copy(update={"emulator": plan.judging.emulator})
     why = not_judged(plan.target, plan.judging)
     if why:  # kept in the build cache; never timed or gated here, so it cannot ship untested
         log.warning("%s: %s", job.name, why)
@@ -288,7 +303,7 @@ def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
     s = settings()
     limits = Limits(trials=trials, seconds=tune_seconds, max_trials_per_task=r.max_trials_per_task,
                     builder_timeout_s=s.tune_builder_timeout_s, runner_timeout_s=s.tune_runner_timeout_s,
-                    prepack=plan.prepack, int8=job.int8)
+                    prepack=plan.prepack, int8=job.int8, rpc=trial_devices(plan))
     log.info("tuning with %d trials%s for target %s; database %s", trials,
              f" or {tune_seconds:g} s" if tune_seconds else "", json.dumps(target_config(target), sort_keys=True),
              db_dir)
@@ -312,6 +327,8 @@ def compile_static(inputs: list[TensorSpec], job: CompileJob, plan: Plan,
     except passes.NotApplicable as exc:
         log.info("%s skipped: %s", name, exc.message)
         return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {exc.message}")
+    except DeviceError:
+        raise  # no device left to measure on: the run cannot go on
     except KilnError as exc:
         log.warning("%s candidate failed to build: %s", name, exc)
         return BuiltCandidate(name=name, backend="tvm", error=exc.message,

@@ -31,6 +31,7 @@ from kiln.optimize.evaluate import evaluate_one, failed, time_candidates
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.noise import speedup
+from kiln.optimize.on_device import DeviceUse
 from kiln.optimize.plan import Plan
 
 _log = logging.getLogger("kiln.optimize")
@@ -58,7 +59,8 @@ def choose(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, 
     confirmation = None
     if selected.name not in (BASELINE, incumbent):
         try:
-            confirmation = confirm(checked, ref, evaluation, selected, incumbent, plan.request.latency_repeats, log)
+            confirmation = confirm(checked, ref, evaluation, selected, incumbent, plan.request.latency_repeats, log,
+                                   device=plan.device)
             problem = verdict(confirmation, selected.name, min_gain, incumbent, speed=not pinned)
         except NotConfirmed as exc:
             confirmation, problem = None, exc.message
@@ -108,7 +110,7 @@ def verdict(conf: Confirmation, winner: str, min_gain: float, incumbent: str | N
 
 def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation, winner: CandidateResult,
             incumbent: str | None = None, repeats: int = LATENCY_REPEATS,
-            log: logging.Logger | logging.LoggerAdapter = _log) -> Confirmation:
+            log: logging.Logger | logging.LoggerAdapter = _log, device: DeviceUse | None = None) -> Confirmation:
     """The held-out accuracy of `winner` (kiln.optimize.evaluate.evaluate_one on that split), then the
     confirmation rounds (kiln.optimize.evaluate.time_candidates over the evaluation and held-out inputs,
     `repeats` timed calls each), every run in a child process like the evaluation's. NotConfirmed when the
@@ -131,7 +133,7 @@ def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
     names = [winner.name, BASELINE, *([incumbent] if incumbent else [])]
     timed = time_candidates(checked, [ref.path, *([ref.held_out_path] if ref.held_out_path else [])],
                             [(built[n], rows[n].settings) for n in names], repeats, CONFIRM_SECONDS, limits, log,
-                            static_inputs=CONFIRM_INPUTS, what=f"confirming {winner.name}")
+                            static_inputs=CONFIRM_INPUTS, what=f"confirming {winner.name}", device=device)
     if BASELINE in timed.failed:
         raise ModelError(f"the unoptimized model does not run in onnxruntime: {timed.failed[BASELINE]}",
                          where=checked.model_path)
@@ -145,7 +147,7 @@ def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
                         vs_incumbent=speedup(latency[incumbent], latency[winner.name])
                         if incumbent in latency else None,
                         held_out_samples=ref.held_out_samples if ref.held_out_path else 0, held_out=held_out,
-                        held_out_passed=passed)
+                        held_out_passed=passed, device_rounds=timed.device_rounds)
     log.info("confirmed over %d inputs, %d calls each: %s %s vs %s%s; held out (%d samples): %s", conf.inputs,
              latency[winner.name].runs or 0, winner.name, conf.speedup.describe(), BASELINE,
              f", {conf.vs_incumbent.describe()} vs the current version" if conf.vs_incumbent else "",

@@ -18,11 +18,13 @@ from pydantic import BaseModel, Field
 from kiln.artifact.manifest import BASELINE, INCUMBENT, CandidateResult, LatencyMs, Manifest, RunSettings
 from kiln.config import settings
 from kiln.errors import ModelError
+from kiln.optimize import on_device
 from kiln.optimize.defaults import EMULATION_SLOWDOWN, LATENCY_REPEATS, LATENCY_SECONDS, PROBE_INPUTS, PROBE_WORTH_S
 from kiln.optimize.emulation import run_emulated
 from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
+from kiln.optimize.on_device import DeviceUse
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.optimize.traffic import Feed, Traffic, plan_timing, time_over
 from kiln.program import ragged
@@ -195,6 +197,7 @@ class Timed(BaseModel):
     latency_ms: dict[str, LatencyMs] = Field(default_factory=dict)
     traffic: Traffic | None = None
     failed: dict[str, str] = Field(default_factory=dict)
+    device_rounds: int = 0  # timing rounds a device served (kiln.optimize.on_device)
 
 
 class _RunFailed(Exception):
@@ -247,13 +250,24 @@ def time_together(checked: CheckedProgram, paths: list[str], cands: list[tuple[B
 
 def time_candidates(checked: CheckedProgram, paths: list[str], runnable: list[tuple[BuiltCandidate, RunSettings]],
                     repeats: int, seconds: float, limits: dict, log: logging.Logger | logging.LoggerAdapter = _log,
-                    static_inputs: int = 1, what: str = "timing the candidates") -> Timed:
+                    static_inputs: int = 1, what: str = "timing the candidates", device: DeviceUse | None = None
+                    ) -> Timed:
     """All together in interleaved rounds (the selection's and the confirmation's timing alike); one that
     raises is named and the others timed without it; if the child dies (one candidate crashed only when
     timed), each alone, so the one that crashes is named and the others still get a latency (without
-    pairing). The caller decides what a failure means (the baseline's stops the run)."""
+    pairing). With a `device`, the rounds run there instead (kiln.optimize.on_device). The caller decides what
+    a failure means (the baseline's stops the run)."""
     if not runnable:
         return Timed()
+    if device is not None:
+        fds = [feed for path in paths for feed in load_eval(path)[0]]
+        traffic = timed_inputs(fds, checked, static_inputs)
+        log.info("%s on the device %s", what, device.address)
+        there = on_device.time_rounds(device, checked, runnable, [fds[i] for i in traffic.timed], traffic, repeats,
+                                      seconds)
+        return Timed(latency_ms=there.latency_ms, traffic=traffic,
+                     failed={n: f"{FAILED} while timed: {why}" for n, why in there.failed.items()},
+                     device_rounds=there.rounds)
     together = {**limits, "timeout": limits["timeout"] and limits["timeout"] * len(runnable)}
     try:
         return run_isolated(time_together, checked, paths, runnable, repeats, seconds, static_inputs, what=what,
@@ -278,7 +292,8 @@ def time_candidates(checked: CheckedProgram, paths: list[str], runnable: list[tu
 def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandidate], threads: int,
              latency_repeats: int = LATENCY_REPEATS, latency_seconds: float = LATENCY_SECONDS,
              log: logging.Logger | logging.LoggerAdapter = _log,
-             on_progress: Callable[[int, int, str], None] | None = None) -> Evaluation:
+             on_progress: Callable[[int, int, str], None] | None = None, device: DeviceUse | None = None
+             ) -> Evaluation:
     """Run every built candidate on the evaluation feeds, score it against the reference, and time it.
 
     Each candidate runs in its own child process with the same thread count, time and memory limits: one
@@ -301,6 +316,8 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
             result = emulated(checked, ref, cand, run_settings, limits)
             result.notes = notes
             results.append(result)
+            if device and not failed(result):  # ... unless a device runs it
+                runnable.append((cand, run_settings))
             continue
         try:
             result, probe = run_isolated(evaluate_one, checked, ref, cand, run_settings,
@@ -323,7 +340,8 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
         results.append(result)
     if on_progress:
         on_progress(len(built), len(built) + 1, "timing in interleaved rounds")
-    timed = time_candidates(checked, [ref.path], runnable, latency_repeats, latency_seconds, limits, log)
+    timed = time_candidates(checked, [ref.path], runnable, latency_repeats, latency_seconds, limits, log,
+                            device=device)
     base = next((cand.name for cand, _ in runnable if cand.baseline and cand.name in timed.failed), None)
     if base:
         raise ModelError(f"the unoptimized model does not run in onnxruntime: {timed.failed[base]}",
@@ -343,4 +361,4 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
                      "inside every range" if result.passed else result.reasons)
     if on_progress:
         on_progress(len(built) + 1, len(built) + 1, "")
-    return Evaluation(candidates=results, built=built, traffic=traffic)
+    return Evaluation(candidates=results, built=built, traffic=traffic, device_rounds=timed.device_rounds)

@@ -109,3 +109,4 @@ class Evaluation(BaseModel):
     candidates: list[CandidateResult]
     built: list[BuiltCandidate]
     traffic: Traffic | None = None  # which inputs the latencies were timed over, and the shape buckets
+    device_rounds: int = 0  # timing rounds a device served (kiln optimize --device)

@@ -23,9 +23,11 @@ from kiln.artifact.target import Target
 from kiln.compiler.targets import resolve
 from kiln.config import settings
 from kiln.cpu import u8s8_exact
+from kiln.device.address import DeviceAddress
 from kiln.optimize import candidates as registry
 from kiln.optimize.judging import Judging, judging, lacking
 from kiln.optimize.models import CheckedProgram
+from kiln.optimize.on_device import DeviceUse, connect
 from kiln.optimize.request import OptimizeRequest
 
 _log = logging.getLogger("kiln.optimize")
@@ -45,6 +47,7 @@ class Plan(BaseModel):
     fleet: list[str] = Field(default_factory=list)  # every target of the run, when there are several
     tune_fraction: float = 1.0  # this target's part of --tune-time (the targets whose code runs here share it)
     prepack: bool = True  # TVM builds pre-pack their weights (KILN_TVM_PREPACK): part of every compile key
+    device: DeviceUse | None = None  # where trials and timing rounds run (--device); None: this host
 
     @property
     def incumbent_name(self) -> str | None:
@@ -62,6 +65,9 @@ def plans(request: OptimizeRequest, checked: CheckedProgram,
           log: logging.Logger | logging.LoggerAdapter = _log) -> list[Plan]:
     """One Plan per target: each target gets its own selection (the fastest on AVX2 is often not the fastest on
     AVX-512); the targets whose code runs here share the tuning time, the others compile untuned."""
+    if request.device:  # the device's own CPU, asked of it once
+        use = connect(DeviceAddress.parse(request.device), request.device_timeout, log)
+        return [plan(request, checked, log, use.target(), device=use)]
     names = target_names(request, checked, log)
     targets = [resolve(n) for n in names]
     tuned = sum(1 for t in targets if not lacking(t)) or 1
@@ -69,7 +75,8 @@ def plans(request: OptimizeRequest, checked: CheckedProgram,
 
 
 def plan(request: OptimizeRequest, checked: CheckedProgram, log: logging.Logger | logging.LoggerAdapter = _log,
-         target: Target | None = None, fleet: list[str] | None = None, tune_fraction: float = 1.0) -> Plan:
+         target: Target | None = None, fleet: list[str] | None = None, tune_fraction: float = 1.0,
+         device: DeviceUse | None = None) -> Plan:
     target = target or resolve(target_names(request, checked, log)[0])
     log.info("target: %s", target.describe())
     chosen = request.chosen
@@ -96,7 +103,7 @@ def plan(request: OptimizeRequest, checked: CheckedProgram, log: logging.Logger 
         log.info("%s: this host lacks %s; compiled builds are judged under qemu-x86_64 -cpu %s (accuracy only)",
                  target.name, ", ".join(judged.lacking), judged.emulator)
     return Plan(request=request, name=checked.name, target=target, judging=judged,
-                threads=request.threads or os.cpu_count() or 1,
+                threads=request.threads or (device.cores if device else os.cpu_count() or 1), device=device,
                 transforms=transforms, compiled=registry.of_stage(chosen, "compile"),
                 calibrate=any(registry.get(c).needs_calibration or registry.get(c).accuracy_aware
                               for c in transforms),

@@ -13,6 +13,8 @@ from typing import NamedTuple
 from kiln.artifact import layout
 from kiln.artifact.manifest import (
     BASELINE,
+    DeviceInfo,
+    DeviceMeasurements,
     Manifest,
     ModelInfo,
     ProgramInfo,
@@ -106,9 +108,26 @@ class TargetRun(NamedTuple):
 
     def build(self) -> TargetBuild:
         target, selected = self.plan.target, self.choice.selected
+        judged = (f"on the device {target.measured_on} ({target.cores} core(s)): every latency and TVM trial"
+                  if target.measured_on else judged_where(target, self.plan.judging))
         return TargetBuild(target=target, selected=selected.name, backend=selected.backend,
-                           requires=target.requires if selected.backend == "tvm" else [],
-                           judged=judged_where(target, self.plan.judging))
+                           requires=target.requires if selected.backend == "tvm" else [], judged=judged)
+
+
+def device_info(runs: list[TargetRun]) -> DeviceInfo | None:
+    """The manifest's `device` section: what the device said of itself, and what it measured for this run."""
+    run = runs[0]
+    use = run.plan.device
+    if use is None:
+        return None
+    trials = sum(b.tuning.trials_run or 0 for b in run.evaluation.built
+                 if b.tuning and b.tuning.measured_on and not b.cached)
+    rounds = run.evaluation.device_rounds + (run.choice.confirmation.device_rounds if run.choice.confirmation else 0)
+    return DeviceInfo(key=use.key, tracker=use.address.tracker, cpu=use.cpu, cores=use.cores, flags=use.flags,
+                      versions=use.versions, devices=use.devices,
+                      measurements=DeviceMeasurements(trials=trials, rounds=rounds),
+                      timings=f"every latency here was measured on the device {use.address}, not on the "
+                              "optimizer's host")
 
 
 def _report(folder: Path, runs: list[TargetRun]) -> None:
@@ -177,7 +196,7 @@ def publish(checked: CheckedProgram, prepared: PreparedModel, runs: list[TargetR
             inputs=checked.inputs, outputs=checked.outputs, guards=prepared.guards, profile=checked.profile,
             timing=evaluation.traffic.describe() if evaluation.traffic else None,
             dataset=f"{checked.dataset} ({checked.samples} samples)", tuning=tuning, protocol=protocol,
-            request=plan.recorded(), versions=versions(), **own)
+            device=device_info(runs), request=plan.recorded(), versions=versions(), **own)
 
     final = ArtifactStore(plan.request.store).publish(fill)
     log.info("published %s (%s)", final, "; ".join(

@@ -91,6 +91,11 @@ class OptimizeRequest(BaseModel):
                                                            "always measured (default: kiln's default set)")
     select: str | None = Field(None, description="publish this candidate when it is inside every range, fastest "
                                                  "or not (its measured speed is reported): pins a backend")
+    device: str | None = Field(None, description="KEY@HOST:PORT: measure on the devices registered under KEY with the "
+                                                 "TVM RPC tracker at HOST:PORT (`kiln device`): the target becomes "
+                                                 "the device's CPU, TVM's trials and every timing round run there")
+    device_timeout: float = Field(60.0, gt=0, description="seconds to wait for a free device under the key before "
+                                                          "stopping with an error")
     threads: int | None = Field(None, ge=1, description="threads for every backend while measuring (default: all "
                                                         "cores)")
     store: str | None = Field(None, description="artifact store folder (default: KILN_STORE or ~/.kiln/store)")
@@ -207,6 +212,23 @@ class OptimizeRequest(BaseModel):
         except KilnError as exc:
             raise RequestError(exc.message, hint=exc.hint) from None
         return [t.name for t in parsed] or list(TARGETS)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from kiln.device.address import DeviceAddress
+
+        return str(_as_request_error(DeviceAddress.parse, value))
+
+    @model_validator(mode="after")
+    def _device_is_the_target(self) -> OptimizeRequest:
+        if self.device and "targets" in self.model_fields_set and self.targets != list(TARGETS):
+            raise RequestError(f"--target {','.join(self.targets)} with --device {self.device}: the target is the "
+                               "device's own CPU", hint="drop --target (or --device, to compile for a CPU kiln "
+                                                        "cannot measure on)")
+        return self
 
     @model_validator(mode="after")
     def _select_is_built(self) -> OptimizeRequest:
