@@ -2,10 +2,12 @@
 serving kiln's functions: it describes itself (CPU flags, the cores in its affinity mask, versions) and times
 uploaded candidates in interleaved rounds, returning their outputs. Loopback only."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -13,7 +15,7 @@ import psutil
 import pytest
 
 import onnx_models
-from conftest import free_port, wait_for
+from conftest import BIN, ROOT, free_port, run_kiln, wait_for
 
 
 def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(rpc_tracker, tmp_path):
@@ -88,3 +90,130 @@ def test_a_device_without_its_tracker_says_so():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot reach the RPC tracker at 127.0.0.1:" in proc.stderr, proc.stderr
     assert "kiln tracker --host 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def start_device(tracker, key: str, cpu: str, env: dict | None = None) -> subprocess.Popen:
+    """`taskset -c CPU python -m kiln.device ...` in its own process group (its RPC server and sessions with it)."""
+    host, port = tracker
+    return subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "kiln.device", "--tracker", f"{host}:{port}",
+                             "--key", key], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env or os.environ)
+
+
+def registered(tracker, key: str, count: int = 1):
+    from tvm import rpc
+
+    from kiln.device.client import devices
+
+    wait_for(lambda: len(devices(rpc.connect_tracker(*tracker), key)) >= count, 60, f"{count} device(s) under {key}")
+
+
+def stop(device: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if device.poll() is None:
+        os.killpg(device.pid, sig)
+        device.wait(30)
+
+
+def test_optimize_on_a_device_times_everything_there_and_says_so(rpc_tracker, digits_program, kiln_env):
+    """The bar target-device: a device pinned to one core; `kiln optimize --device edge1@TRACKER` tunes TVM's
+    trials and times every candidate there, and the manifest says so (key, 1 core, what it measured). With the
+    device stopped, the same command stops with exit 2 naming the key, within 120 s, without a traceback."""
+    from kiln.device.client import Session
+
+    host, port = rpc_tracker
+    device = start_device(rpc_tracker, "edge1", "1")
+    command = ["optimize", str(digits_program), "--device", f"edge1@{host}:{port}", "--candidates", "onnxruntime,tvm",
+               "--trials", "8", "--json"]
+    try:
+        registered(rpc_tracker, "edge1")
+        proc = run_kiln(command, kiln_env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        manifest = json.loads(proc.stdout)
+        about = manifest["device"]
+        assert about["key"] == "edge1" and about["tracker"] == f"{host}:{port}" and about["cores"] == 1
+        assert about["versions"]["tvm"] and "sse2" in about["flags"] and "device" in about["timings"]
+        tuning = manifest["tuning"]  # the tvm row's search: its trials timed on the device, for its one core
+        assert tuning["measured_on"] == f"edge1@{host}:{port}" and tuning["target"]["num-cores"] == 1
+        assert about["measurements"]["trials"] == tuning["trials_run"] > 0
+        assert about["measurements"]["rounds"] > 0
+        if manifest["confirmation"]:  # the winner's confirmation rounds ran there too
+            assert manifest["confirmation"]["device_rounds"] > 0
+        build = manifest["builds"][0]
+        assert build["target"]["cores"] == 1 and "on the device edge1" in build["judged"]
+        session = Session(rpc_tracker, "edge1", timeout=30)  # the device served those rounds, not this host
+        assert session.describe()["served"]["measurements"] >= 1
+        session.close()
+    finally:
+        stop(device)
+    start = time.monotonic()
+    proc = run_kiln(command, kiln_env, timeout=150)
+    assert proc.returncode == 2 and time.monotonic() - start < 120, proc.stderr[-2000:]
+    assert "no device under the key 'edge1'" in proc.stderr and f"{host}:{port}" in proc.stderr
+    assert "python -m kiln.device --tracker" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_device_lost_mid_tuning_fails_its_trials_and_the_run_ends_on_another(rpc_tracker, digits_program,
+                                                                               kiln_env):
+    """Two devices under one key measure trials in parallel; one is killed (SIGKILL, its sessions with it) while
+    it serves a trial: that trial counts as failed, the search and the timing rounds go on on the other."""
+    host, port = rpc_tracker
+    doomed, spare = start_device(rpc_tracker, "pool", "0"), start_device(rpc_tracker, "pool", "1")
+    try:
+        registered(rpc_tracker, "pool", 2)
+        run = subprocess.Popen([str(BIN / "kiln"), "optimize", str(digits_program), "--device",
+                                f"pool@{host}:{port}", "--candidates", "onnxruntime,tvm", "--trials", "32", "--json"],
+                               env=kiln_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        seen: set[int] = set()
+
+        def serving_a_trial() -> bool:  # its second session: the plan's describe is at most the first
+            try:
+                seen.update(p.pid for p in psutil.Process(doomed.pid).children(recursive=True)[1:])
+            except psutil.NoSuchProcess:
+                pass
+            return len(seen) >= 2 or run.poll() is not None
+        wait_for(serving_a_trial, 300, "the first device to serve trials", interval=0.02)
+        assert run.poll() is None, "the run ended before a device could be lost"
+        os.killpg(doomed.pid, signal.SIGKILL)
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        manifest = json.loads(out)
+        tuning = manifest["tuning"]
+        assert tuning["device_failed_trials"] >= 1 and tuning["failed_trials"] >= tuning["device_failed_trials"]
+        assert any("failed on the device side" in w for w in tuning["warnings"]), tuning["warnings"]
+        assert manifest["device"]["devices"] == 2 and manifest["device"]["measurements"]["rounds"] > 0
+        assert tuning["trials_run"] > tuning["failed_trials"]  # the other device measured the rest
+    finally:
+        stop(doomed, signal.SIGKILL)
+        stop(spare)
+
+
+def test_a_device_with_other_versions_is_refused(rpc_tracker, digits_program, kiln_env, tmp_path):
+    """A device whose onnxruntime is not the optimizer's would time other kernels than what ships: refused at the
+    start, by name. (The device's process reports another version through a sitecustomize it imports first.)"""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import kiln.device.functions as f\n_versions = f.versions\n"
+        "f.versions = lambda: {**_versions(), 'onnxruntime': '1.0.0'}\n")
+    host, port = rpc_tracker
+    device = start_device(rpc_tracker, "old", "1", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    try:
+        registered(rpc_tracker, "old")
+        proc = run_kiln(["optimize", str(digits_program), "--device", f"old@{host}:{port}", "--candidates",
+                         "onnxruntime,tvm", "--trials", "8"], kiln_env)
+    finally:
+        stop(device)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"the device under 'old' at the tracker {host}:{port} runs onnxruntime 1.0.0 (this optimizer: " \
+           f"{ort.__version__})" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fields, said", [
+    ({"device": "edge1"}, "device 'edge1' is not KEY@HOST:PORT"),
+    ({"device": "edge1@127.0.0.1"}, "is not HOST:PORT"),
+    ({"device": "edge1@127.0.0.1:9190", "targets": ["x86-64-v3"]}, "the target is the device's own CPU"),
+])
+def test_a_device_request_is_checked(fields, said):
+    from kiln.errors import KilnError
+    from kiln.optimize.request import OptimizeRequest
+
+    with pytest.raises(KilnError, match=said):
+        OptimizeRequest.of(program="examples/digits", **fields)
