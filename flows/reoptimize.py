@@ -46,8 +46,8 @@ def request_for(folder: Path, manifest: Manifest, location: str, **own) -> Optim
     """The request the version in service recorded, on its saved program (its data and ranges are in it), with
     this re-optimization's budget and the version as the incumbent."""
     asked = {k: v for k, v in manifest.request.items() if k not in _OWN}
-    if own.get("targets"):  # told otherwise; else the version in service's (`target` in older requests)
-        asked = {k: v for k, v in asked.items() if k not in ("target", "targets")}
+    if own.get("targets"):  # told otherwise; else the version in service's (`target` in older requests, or the
+        asked = {k: v for k, v in asked.items() if k not in ("target", "targets", "device")}  # device's own CPU)
     else:
         own.pop("targets", None)
     asked.setdefault("shapes", manifest.program.shapes or None)  # versions made before requests were recorded

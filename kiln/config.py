@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     prefect_ui_url: str | None = None
     optimize_deployment: str = "optimize/optimize"
     web_max_upload_mb: float = Field(256.0, gt=0)
+    trackers: str = ""  # TVM RPC trackers (HOST:PORT, comma-separated) whose devices the web service lists
     mlflow_webhook_secret: str | None = None
     # MLflow: where models:/, runs:/ and mlflow-artifacts:/ sources are fetched and versions tagged, and how kiln
     # signs in there; MLflow's own variable names are read too, as its clients do
@@ -119,6 +120,10 @@ class Settings(BaseSettings):
             raise ValueError("must be a JSON object of optimize parameters other than program, name and report_to, "
                              'e.g. {"trials": 128, "upload": "s3://models/registry"}')
         return value
+
+    @property
+    def tracker_list(self) -> list[str]:
+        return [t.strip() for t in self.trackers.split(",") if t.strip()]
 
     @property
     def home_dir(self) -> Path:

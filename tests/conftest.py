@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -244,8 +245,8 @@ def base_image(docker_engine) -> str:
     return BASE_TAG
 
 
-@pytest.fixture
-def rpc_tracker():
+@contextlib.contextmanager
+def tracker_started():
     """TVM's own RPC tracker on loopback (`python -m tvm.exec.rpc_tracker`); yields (host, port)."""
     port = free_port()
     proc = subprocess.Popen([str(BIN / "python"), "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
@@ -256,10 +257,40 @@ def rpc_tracker():
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(up, 60, "TVM's RPC tracker")
-    yield ("127.0.0.1", port)
-    os.killpg(proc.pid, signal.SIGTERM)  # the tracker and the PopenWorker that serves it (else it outlives us)
-    proc.wait(10)
+    try:
+        wait_for(up, 60, "TVM's RPC tracker")
+        yield ("127.0.0.1", port)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the tracker and the PopenWorker that serves it (else it outlives us)
+        proc.wait(10)
+
+
+@pytest.fixture
+def rpc_tracker():
+    with tracker_started() as address:
+        yield address
+
+
+def start_device(tracker, key: str, cpu: str, env: dict | None = None) -> subprocess.Popen:
+    """`taskset -c CPU python -m kiln.device ...` in its own process group (its RPC server and sessions with it)."""
+    host, port = tracker
+    return subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "kiln.device", "--tracker", f"{host}:{port}",
+                             "--key", key], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env or os.environ)
+
+
+def device_registered(tracker, key: str, count: int = 1):
+    from tvm import rpc
+
+    from kiln.device.client import devices
+
+    wait_for(lambda: len(devices(rpc.connect_tracker(*tracker), key)) >= count, 60, f"{count} device(s) under {key}")
+
+
+def stop_device(device: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if device.poll() is None:
+        os.killpg(device.pid, sig)
+        device.wait(30)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +16,7 @@ import psutil
 import pytest
 
 import onnx_models
-from conftest import BIN, ROOT, free_port, run_kiln, wait_for
+from conftest import BIN, ROOT, device_registered, free_port, run_kiln, start_device, stop_device, wait_for
 
 
 def test_a_device_registers_describes_itself_times_candidates_and_stops_cleanly(rpc_tracker, tmp_path):
@@ -92,28 +93,6 @@ def test_a_device_without_its_tracker_says_so():
     assert "kiln tracker --host 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def start_device(tracker, key: str, cpu: str, env: dict | None = None) -> subprocess.Popen:
-    """`taskset -c CPU python -m kiln.device ...` in its own process group (its RPC server and sessions with it)."""
-    host, port = tracker
-    return subprocess.Popen(["taskset", "-c", cpu, sys.executable, "-m", "kiln.device", "--tracker", f"{host}:{port}",
-                             "--key", key], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env or os.environ)
-
-
-def registered(tracker, key: str, count: int = 1):
-    from tvm import rpc
-
-    from kiln.device.client import devices
-
-    wait_for(lambda: len(devices(rpc.connect_tracker(*tracker), key)) >= count, 60, f"{count} device(s) under {key}")
-
-
-def stop(device: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if device.poll() is None:
-        os.killpg(device.pid, sig)
-        device.wait(30)
-
-
 def test_optimize_on_a_device_times_everything_there_and_says_so(rpc_tracker, digits_program, kiln_env):
     """The bar target-device: a device pinned to one core; `kiln optimize --device edge1@TRACKER` tunes TVM's
     trials and times every candidate there, and the manifest says so (key, 1 core, what it measured). With the
@@ -125,7 +104,7 @@ def test_optimize_on_a_device_times_everything_there_and_says_so(rpc_tracker, di
     command = ["optimize", str(digits_program), "--device", f"edge1@{host}:{port}", "--candidates", "onnxruntime,tvm",
                "--trials", "8", "--json"]
     try:
-        registered(rpc_tracker, "edge1")
+        device_registered(rpc_tracker, "edge1")
         proc = run_kiln(command, kiln_env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         manifest = json.loads(proc.stdout)
@@ -144,7 +123,7 @@ def test_optimize_on_a_device_times_everything_there_and_says_so(rpc_tracker, di
         assert session.describe()["served"]["measurements"] >= 1
         session.close()
     finally:
-        stop(device)
+        stop_device(device)
     start = time.monotonic()
     proc = run_kiln(command, kiln_env, timeout=150)
     assert proc.returncode == 2 and time.monotonic() - start < 120, proc.stderr[-2000:]
@@ -159,7 +138,7 @@ def test_a_device_lost_mid_tuning_fails_its_trials_and_the_run_ends_on_another(r
     host, port = rpc_tracker
     doomed, spare = start_device(rpc_tracker, "pool", "0"), start_device(rpc_tracker, "pool", "1")
     try:
-        registered(rpc_tracker, "pool", 2)
+        device_registered(rpc_tracker, "pool", 2)
         run = subprocess.Popen([str(BIN / "kiln"), "optimize", str(digits_program), "--device",
                                 f"pool@{host}:{port}", "--candidates", "onnxruntime,tvm", "--trials", "32", "--json"],
                                env=kiln_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -183,8 +162,8 @@ def test_a_device_lost_mid_tuning_fails_its_trials_and_the_run_ends_on_another(r
         assert manifest["device"]["devices"] == 2 and manifest["device"]["measurements"]["rounds"] > 0
         assert tuning["trials_run"] > tuning["failed_trials"]  # the other device measured the rest
     finally:
-        stop(doomed, signal.SIGKILL)
-        stop(spare)
+        stop_device(doomed, signal.SIGKILL)
+        stop_device(spare)
 
 
 def test_a_device_with_other_versions_is_refused(rpc_tracker, digits_program, kiln_env, tmp_path):
@@ -196,11 +175,11 @@ def test_a_device_with_other_versions_is_refused(rpc_tracker, digits_program, ki
     host, port = rpc_tracker
     device = start_device(rpc_tracker, "old", "1", env={**os.environ, "PYTHONPATH": str(tmp_path)})
     try:
-        registered(rpc_tracker, "old")
+        device_registered(rpc_tracker, "old")
         proc = run_kiln(["optimize", str(digits_program), "--device", f"old@{host}:{port}", "--candidates",
                          "onnxruntime,tvm", "--trials", "8"], kiln_env)
     finally:
-        stop(device)
+        stop_device(device)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"the device under 'old' at the tracker {host}:{port} runs onnxruntime 1.0.0 (this optimizer: " \
            f"{ort.__version__})" in proc.stderr and "Traceback" not in proc.stderr
@@ -217,3 +196,16 @@ def test_a_device_request_is_checked(fields, said):
 
     with pytest.raises(KilnError, match=said):
         OptimizeRequest.of(program="examples/digits", **fields)
+
+
+def test_a_reoptimization_measures_on_the_same_device():
+    """A version optimized on a device records it in its request: a scheduled re-optimization asks the same key
+    (told other targets, it builds for them instead, without the device)."""
+    from flows.reoptimize import request_for
+    from kiln.artifact.manifest import Manifest
+    from test_targets import OLD
+
+    on_device = Manifest.model_validate({**OLD, "request": {"program": "m.onnx", "device": "edge1@127.0.0.1:9190"}})
+    assert request_for(Path("/a"), on_device, "/a/program").device == "edge1@127.0.0.1:9190"
+    elsewhere = request_for(Path("/a"), on_device, "/a/program", targets=["znver4"])
+    assert elsewhere.device is None and elsewhere.targets == ["znver4"]

@@ -23,7 +23,7 @@ import pytest
 from mlflow_server import MlflowServer
 from prefect.client.base import PrefectHttpxSyncClient
 
-from conftest import BIN, ROOT, free_port, wait_for
+from conftest import BIN, ROOT, device_registered, free_port, start_device, stop_device, tracker_started, wait_for
 
 MLFLOW_SECRET = "mlflow-secret-for-tests"
 HF_SECRET = "hf-secret-for-tests"
@@ -40,9 +40,17 @@ def mlflow(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, digits_program, mlflow):
+def tracker():
+    """TVM's RPC tracker the service lists devices of (KILN_TRACKERS)."""
+    with tracker_started() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, digits_program, mlflow, tracker):
     home = tmp_path_factory.mktemp("service")
     env = {**os.environ, "KILN_HOME": str(home / "kiln"), "KILN_STORE": str(home / "store"),
+           "KILN_TRACKERS": "{}:{}".format(*tracker),
            "KILN_MLFLOW_TRACKING_URI": mlflow.uri,
            "PREFECT_HOME": str(home / "prefect"), "KILN_PREFECT_PORT": str(free_port()),
            "KILN_WEB_PORT": str(free_port()), "KILN_MLFLOW_WEBHOOK_SECRET": MLFLOW_SECRET,
@@ -270,6 +278,43 @@ def test_form_refuses_bad_uploads_and_forged_posts(service, tmp_path):
 
     wrong = client.post("/runs", data={"csrf": csrf, "image": "Not A Reference"}, files=files)
     assert wrong.status_code == 400 and "not a valid image reference" in wrong.text
+
+
+def test_devices_listed_and_a_run_measured_on_one(service, tracker):
+    """The service lists the tracker's keys and what a device says of itself (a page and /api/devices); a run
+    started from the web naming that device (a Prefect deployment run) measures there and says so."""
+    host, port = tracker
+    device = start_device(tracker, "svc", "1")
+    try:
+        device_registered(tracker, "svc")
+        auth = {"Authorization": f"Bearer {service['token']}"}
+        listed = httpx.get(f"{service['web']}/api/devices", headers=auth, timeout=60).json()["trackers"]
+        assert [t["tracker"] for t in listed] == [f"{host}:{port}"]
+        svc = next(k for k in listed[0]["keys"] if k["key"] == "svc")
+        assert svc["devices"] == 1 and svc["description"]["cores"] == 1
+        assert svc["description"]["versions"]["tvm"] and svc["description"]["flags"]
+        page = httpx.get(f"{service['web']}/devices", headers=auth, timeout=60)
+        assert page.status_code == 200 and f"svc@{host}:{port}" in page.text
+        assert httpx.get(f"{service['web']}/api/devices", timeout=30).status_code == 401
+
+        program = service["program"]
+        files = [("model", ("model.onnx", (program / "model.onnx").read_bytes())),
+                 ("files", ("program.py", (program / "program.py").read_bytes())),
+                 ("files", ("digits.proto", (program / "digits.proto").read_bytes())),
+                 ("files", ("digits.npz", (program / "digits.npz").read_bytes()))]
+        answer = httpx.post(f"{service['web']}/runs", files=files,
+                            data={"trials": "0", "candidates": "onnxruntime", "name": "digits-on-svc",
+                                  "device": f"svc@{host}:{port}"},
+                            headers={**auth, "Accept": "application/json"})
+        assert answer.status_code == 201, answer.text
+        run = wait_run(service, answer.json()["flow_run_id"])
+        assert run["state_type"] == "COMPLETED", run["state"]
+        assert run["parameters"]["request"]["device"] == f"svc@{host}:{port}"
+    finally:
+        stop_device(device)
+    manifest = json.loads(next((service["store"] / "digits-on-svc").glob("*/manifest.json")).read_text())
+    assert manifest["device"]["key"] == "svc" and manifest["device"]["measurements"]["rounds"] > 0
+    assert manifest["request"]["device"] == f"svc@{host}:{port}"  # what a re-optimization repeats
 
 
 def test_separate_files_with_a_bearer_token(service, tmp_path):

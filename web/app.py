@@ -1,7 +1,8 @@
 """The kiln web service (FastAPI, server-rendered HTML): `uvicorn --factory web.app:create_app`.
 
 Pages: login, the upload form with recent runs, a run's state (linked to the Prefect UI), the models and
-their versions. Webhooks: /webhooks/mlflow and /webhooks/huggingface. /healthz answers 200 once Prefect does.
+their versions, the devices of the configured RPC trackers (KILN_TRACKERS; also as JSON at /api/devices).
+Webhooks: /webhooks/mlflow and /webhooks/huggingface. /healthz answers 200 once Prefect does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from kiln.optimize import candidates as registry
 from kiln.optimize.request import OptimizeRequest
 from kiln.program import sources
 from kiln.program.naming import clean_name, parse_shapes
-from web import security, uploads
+from web import devices, security, uploads
 from web.deliveries import Deliveries
 from web.prefect_runs import PrefectUnavailable, Runs
 from web.settings import WebSettings
@@ -99,7 +100,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                      trials: str = Form(""), target: str = Form("host"), candidates: list[str] = Form([]),
                      shapes: str = Form(""), upload: str = Form(""), image: str = Form(""),
                      data: UploadFile | None = File(None), ranges: str = Form(""), name: str = Form(""),
-                     tune_time: str = Form(""), dims: str = Form("")) -> Response:
+                     tune_time: str = Form(""), dims: str = Form(""), device: str = Form("")) -> Response:
         if not authorized(request):
             return login_required(request)
         sid = security.session_id(request, token)
@@ -107,7 +108,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return page(request, "error.html", 403, title="Forbidden", message="the form's CSRF token is missing "
                         "or stale: reload the form and submit again")
         try:  # every field checked before the upload is unpacked, so a typo fails in the browser
-            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name, tune_time, dims)
+            form = _form_fields(trials, target, candidates, shapes, upload, image, ranges, name, tune_time, dims,
+                                device)
             OptimizeRequest.of(program="-", **form)
         except KilnError as exc:
             return page(request, "error.html", 400, title="Cannot start this run", message=exc.render())
@@ -157,6 +159,18 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         for _, manifest in ArtifactStore(settings.store).manifests():
             by_name.setdefault(manifest.name, []).append(manifest)
         return page(request, "models.html", models=by_name, store=settings.store)
+
+    @app.get("/devices", response_class=HTMLResponse)
+    async def devices_page(request: Request) -> HTMLResponse:
+        if not authorized(request):
+            return login_required(request)
+        return page(request, "devices.html", trackers=await devices.listing(settings.kiln.tracker_list))
+
+    @app.get("/api/devices")
+    async def devices_json(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return JSONResponse({"error": "sign in with the kiln web token"}, 401)
+        return JSONResponse({"trackers": await devices.listing(settings.kiln.tracker_list)})
 
     @app.post("/webhooks/{registry_name}")
     async def webhook(registry_name: str, request: Request) -> JSONResponse:
@@ -208,9 +222,11 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
 
 def _form_fields(trials: str, target: str, candidates: list[str], shapes: str, upload: str, image: str,
-                 ranges: str = "", name: str = "", tune_time: str = "", dims: str = "") -> dict:
+                 ranges: str = "", name: str = "", tune_time: str = "", dims: str = "", device: str = "") -> dict:
     """The form's fields as OptimizeRequest fields (which checks them); the baseline is always measured."""
     out: dict = {"targets": target}
+    if device.strip():  # the target is the device's own CPU (a target other than the form's default is refused)
+        out["device"] = device.strip()
     if str(trials).strip():
         out["trials"] = str(trials).strip()
     if candidates:
