@@ -70,6 +70,9 @@ def cases(limit: int | None = None):
     by_op: dict[str, list] = collections.defaultdict(list)
     for case in usable:
         by_op[case[1].graph.node[0].op_type if case[1].graph.node else "?"].append(case)
+    ops = sorted(by_op)
+    if limit < len(ops):  # fewer cases than operator types: one each, spread over the alphabet
+        return [by_op[ops[int(i)]][0] for i in np.linspace(0, len(ops) - 1, limit).round()]
     picked, rank = [], 0
     while len(picked) < limit and any(len(v) > rank for v in by_op.values()):
         picked += [v[rank] for _, v in sorted(by_op.items()) if len(v) > rank]
