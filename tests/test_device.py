@@ -209,3 +209,26 @@ def test_a_reoptimization_measures_on_the_same_device():
     assert request_for(Path("/a"), on_device, "/a/program").device == "edge1@127.0.0.1:9190"
     elsewhere = request_for(Path("/a"), on_device, "/a/program", targets=["znver4"])
     assert elsewhere.device is None and elsewhere.targets == ["znver4"]
+
+
+def test_kiln_tracker_stops_whole_on_sigterm():
+    """`kiln tracker`: TVM's tracker serves from a child process; SIGTERM to kiln's pid alone stops both."""
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "kiln"), "tracker", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def up() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(up, 60, "the tracker's port")
+        served = psutil.Process(proc.pid).children(recursive=True)
+        assert served
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stderr.read()
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in served), 10,
+                 "the tracker's processes to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

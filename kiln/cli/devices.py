@@ -3,7 +3,10 @@ devices register with (TVM's own: any TVM tracker works)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 
 import typer
@@ -28,6 +31,20 @@ def device(tracker: str = typer.Option(..., help="the RPC tracker, HOST:PORT"),
 def tracker(host: str = typer.Option("127.0.0.1", help="address to listen on"),
             port: int = typer.Option(9190, min=1, max=65535, help="port to listen on")) -> None:
     """Run TVM's RPC tracker (`python -m tvm.exec.rpc_tracker`) in the foreground: devices register with it under
-    their keys, and `kiln optimize --device KEY@HOST:PORT` finds them there."""
-    os.execv(sys.executable, [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
-                              "--port-end", str(port + 1)])
+    their keys, and `kiln optimize --device KEY@HOST:PORT` finds them there. SIGTERM or Ctrl-C stops it (TVM's
+    tracker serves from a child process that outlives a signal to its parent alone, so the whole group is
+    stopped)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+                             "--port-end", str(port + 1)], start_new_session=True)
+
+    def stop(*_) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        code = proc.wait()
+    finally:
+        stop()
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM) else code)

@@ -72,7 +72,8 @@ def connect(address: DeviceAddress, timeout: float, log: logging.Logger | loggin
     other versions)."""
     from kiln.device.client import Session
 
-    session = Session((address.host, address.port), address.key, timeout=timeout)
+    # the device ends the session itself after that, whatever happens on this side
+    session = Session((address.host, address.port), address.key, timeout=timeout, session_timeout=timeout + 60)
     try:
         about = session.describe()
     except Exception as exc:
