@@ -95,6 +95,7 @@ bench-long: setup examples
 	$(BIN)/python benchmarks/tuning_curve.py --models resnet18 resnet34 --shared --later-minutes 0 5 15 30
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6 --int8 --minutes 0 5 15 30
 	$(BIN)/python benchmarks/int8_vs_ort.py --minutes 5 20
+	$(BIN)/python benchmarks/devices.py --minutes 10
 
 # ruff (with isort) and the import rules of the layout (import-linter contracts in pyproject.toml). The contracts
 # are also a test (tests/test_house.py), so `make test` checks them: CI runs `make ruff` and the suite, and the

@@ -493,6 +493,30 @@ def target_fleet(d: dict) -> list[str]:
     return lines
 
 
+@block("devices", "devices.json")
+def devices(d: dict) -> list[str]:
+    """The encoder tuned with 1 and with 2 devices under one key (benchmarks/devices.py): trials the devices
+    measured and the TVM p50 reached, against onnxruntime's p50 on the same device in the same run."""
+    lines = [f"{_from(d, d['machine'], 'devices.json')} `{d['command']}`: each device `taskset -c N kiln device` "
+             "(one core), TVM's tracker on loopback, a fresh KILN_HOME per run; p50s are the selection rounds on "
+             "the device (interleaved, same run). The optimizer's builder shares the same two cores.", "",
+             "| devices | tuning | trials measured | failed (on the device side) | tuner's estimate | tvm p50 | "
+             "onnxruntime p50 | tvm / onnxruntime | selected | run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["runs"]:
+        if r["exit"] != 0:
+            lines.append(f"| {r['devices']} | {r['minutes']:g} min | exit {r['exit']} | | | | | | | "
+                         f"{r['seconds']:.0f} s |")
+            continue
+        p50 = r["p50_ms"]
+        est = f"{r['estimated_ms']:.3g} ms" if r.get("estimated_ms") else "- (a task unmeasured)"
+        ratio = f"{r['tvm_vs_onnxruntime']:.2f}" if r.get("tvm_vs_onnxruntime") else "-"
+        lines.append(f"| {r['devices']} (cores {', '.join(r['cores'])}) | {r['minutes']:g} min | {r['trials']} | "
+                     f"{r['failed']} ({r['device_failed']}) | {est} | "
+                     f"{p50.get('tvm', 0) or 0:.3g} ms | {p50['onnxruntime']:.3g} ms | {ratio} | {r['selected']} | "
+                     f"{r['seconds']:.0f} s |")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ real_models.json
 
 def _stamped(r: dict) -> str:

@@ -201,9 +201,10 @@ def test_a_device_request_is_checked(fields, said):
 def test_a_reoptimization_measures_on_the_same_device():
     """A version optimized on a device records it in its request: a scheduled re-optimization asks the same key
     (told other targets, it builds for them instead, without the device)."""
+    from test_targets import OLD
+
     from flows.reoptimize import request_for
     from kiln.artifact.manifest import Manifest
-    from test_targets import OLD
 
     on_device = Manifest.model_validate({**OLD, "request": {"program": "m.onnx", "device": "edge1@127.0.0.1:9190"}})
     assert request_for(Path("/a"), on_device, "/a/program").device == "edge1@127.0.0.1:9190"
@@ -232,3 +233,48 @@ def test_kiln_tracker_stops_whole_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_build_this_host_cannot_run_is_judged_on_the_device(rpc_tracker, tmp_path, kiln_home, monkeypatch):
+    """On a host without AVX2 (this CPU's flags cut down to an x86-64-v2 one's here: the stages run in this
+    process), a TVM build for the device's CPU cannot run here: its accuracy is judged on the outputs the device
+    sends back and its speed is timed there, so it can be selected and confirmed (held-out samples on the device)."""
+    from kiln.artifact.manifest import BASELINE
+    from kiln.compiler.targets import resolve
+    from kiln.device.client import Session
+    from kiln.optimize import build, compile, confirm, evaluate, judging, prepare, reference, validate
+    from kiln.optimize import plan as planning
+    from kiln.optimize.request import OptimizeRequest
+    from kiln.runtime import cpu_flags
+
+    v2 = cpu_flags.CpuFlags(frozenset(resolve("x86-64-v2").requires), "cpuid")
+    monkeypatch.setattr(judging, "this_cpu", lambda: v2)
+    monkeypatch.setenv("KILN_HOME", str(kiln_home))
+    host, port = rpc_tracker
+    device = start_device(rpc_tracker, "above", "1")
+    try:
+        device_registered(rpc_tracker, "above")
+        model = onnx_models.small_cnn(tmp_path / "cnn.onnx", size=16)
+        request = OptimizeRequest(program=str(model), candidates=[BASELINE, "tvm"], trials=0, select="tvm",
+                                  device=f"above@{host}:{port}", latency_repeats=20, store=str(tmp_path / "store"),
+                                  compare_with_current=False)
+        checked = validate.validate(request.program, request.shapes, request.chosen, request.name)
+        [plan] = planning.plans(request, checked)
+        assert "avx2" in plan.judging.lacking and plan.target.measured_on == f"above@{host}:{port}"
+        prepared = prepare.prepare(checked)
+        ref = reference.reference(checked, plan.threads, plan.calibrate)
+        built = build.build_candidates(checked, prepared, ref, plan.transforms, target=plan.target)
+        built.append(compile.compile_tvm(checked, compile.job(checked, prepared, plan, "tvm", None), plan))
+        assert built[-1].judge_on_device and built[-1].error is None
+        evaluation = evaluate.evaluate(checked, ref, built, plan.threads, 20, device=plan.device)
+        tvm = next(c for c in evaluation.candidates if c.name == "tvm")
+        assert tvm.metrics and tvm.passed and tvm.latency_ms is not None, tvm.reasons  # ran there, timed there
+        choice = confirm.choose(checked, ref, evaluation, plan)  # --select tvm: confirmed on the device
+        assert choice.selected.name == "tvm" and choice.confirmation.device_rounds > 0
+        if choice.confirmation.held_out_samples:
+            assert choice.confirmation.held_out_passed
+        session = Session(rpc_tracker, "above", timeout=30)
+        assert session.describe()["served"]["measurements"] >= 3  # accuracy, rounds, held-out accuracy, rounds
+        session.close()
+    finally:
+        stop_device(device)

@@ -275,8 +275,8 @@ def compile_tvm(checked: CheckedProgram, job: CompileJob, plan: Plan,
         built = compile_static(checked.inputs, job, plan, log, on_progress)
     if built.error or plan.judging.here:
         return built
-    if plan.device:  # timed on the device; its accuracy where its code runs: emulated here, else on the device
-        return built.model_copy(update={"emulator": plan.judging.emulator})
+    if plan.device:  # its code runs on the device only: accuracy and speed both measured there
+        return built.model_copy(update={"judge_on_device": True})
     why = not_judged(plan.target, plan.judging)
     if why:  # kept in the build cache; never timed or gated here, so it cannot ship untested
         log.warning("%s: %s", job.name, why)

@@ -124,6 +124,7 @@ def confirm(checked: CheckedProgram, ref: ReferenceData, evaluation: Evaluation,
     if ref.held_out_path:
         try:
             row, _ = run_isolated(evaluate_one, checked, ref, built[winner.name], winner.settings, held_out=True,
+                                  device=device if built[winner.name].judge_on_device else None,
                                   what=f"confirming {winner.name}", **limits)
         except IsolationError as exc:
             raise NotConfirmed(f"{winner.name} failed on the held-out samples: {exc.message}") from None

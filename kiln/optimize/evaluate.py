@@ -117,13 +117,14 @@ def probe_ms(run, fds: list) -> float:
 
 
 def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, settings: RunSettings,
-                 baseline_ms: float | None = None, hopeless: float = 0.0, held_out: bool = False
-                 ) -> tuple[CandidateResult, float | None]:
+                 baseline_ms: float | None = None, hopeless: float = 0.0, held_out: bool = False,
+                 device: DeviceUse | None = None) -> tuple[CandidateResult, float | None]:
     """One candidate's accuracy, in its child process: run it on every feed of the selection split (or, with
     `held_out`, of the held-out one), check its outputs' shapes and score it; with its probe latency. A
     candidate that cannot load or run comes back with its reason; one `hopeless` times slower than the
     baseline's probe (KILN_HOPELESS_SLOWDOWN) is stopped before its accuracy is measured; a metric that raises
-    is the program's mistake and is raised."""
+    is the program's mistake and is raised. With a `device`, it runs there (its code needs a CPU this host is
+    not) and is scored here on the outputs it sends back."""
     os.environ["TVM_NUM_THREADS"] = str(settings.threads)  # TVM reads it once, when its thread pool starts
     metrics = checked.load().program.get_metrics()
     path, samples, expected = (ref.held_out_path, ref.held_out_samples, ref.held_out_metrics) if held_out else \
@@ -132,6 +133,12 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
     runner = None
     probe = None
     try:
+        if device is not None:
+            outputs = gather_outputs(on_device.outputs_of(device, checked, cand, settings, fds), samples, batch)
+            mismatch = shape_mismatch(outputs, reference)
+            if mismatch:
+                raise ValueError(mismatch)
+            return _scored(checked, cand, settings, metrics, outputs, reference, labels, expected), None
         runner = open_runner(cand.backend, Path(cand.path or ""), checked.inputs, checked.outputs, settings,
                              checked.profile)
         probe = probe_ms(runner.run, fds)
@@ -152,10 +159,15 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
     finally:
         if runner:
             runner.close()
+    return _scored(checked, cand, settings, metrics, outputs, reference, labels, expected), probe
+
+
+def _scored(checked: CheckedProgram, cand: BuiltCandidate, settings: RunSettings, metrics, outputs, reference,
+            labels, expected) -> CandidateResult:
     values = compute_metrics(metrics, outputs, reference, labels, where=cand.name)
     metric_results, reasons = score(metrics, values, expected)
     return CandidateResult(name=cand.name, backend=cand.backend, metrics=metric_results, passed=not reasons,
-                           reasons=reasons, settings=settings, build_seconds=cand.build_seconds), probe
+                           reasons=reasons, settings=settings, build_seconds=cand.build_seconds)
 
 
 def emulated(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandidate, run_settings: RunSettings,
@@ -316,12 +328,11 @@ def evaluate(checked: CheckedProgram, ref: ReferenceData, built: list[BuiltCandi
             result = emulated(checked, ref, cand, run_settings, limits)
             result.notes = notes
             results.append(result)
-            if device and not failed(result):  # ... unless a device runs it
-                runnable.append((cand, run_settings))
             continue
         try:
             result, probe = run_isolated(evaluate_one, checked, ref, cand, run_settings,
                                          None if cand.baseline else baseline_ms, cfg.hopeless_slowdown,
+                                         device=device if cand.judge_on_device else None,
                                          what=f"candidate {cand.name}", **limits)
             if cand.baseline:
                 baseline_ms = probe

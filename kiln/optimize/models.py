@@ -103,6 +103,7 @@ class BuiltCandidate(BaseModel):
     baseline: bool = False  # the reference itself: it must run, or nothing can be judged
     emulator: str | None = None  # its code does not run here: its accuracy is judged on this qemu CPU model
     not_timed: str | None = None  # why its speed is not measured (with the emulator)
+    judge_on_device: bool = False  # its code does not run here: its accuracy is judged on the run's device
 
 
 class Evaluation(BaseModel):

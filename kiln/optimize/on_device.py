@@ -100,31 +100,45 @@ class DeviceRounds(BaseModel):
     rounds: int = 0  # timing rounds the device served
 
 
+def _measured(use: DeviceUse, checked: CheckedProgram, cands: list[tuple[BuiltCandidate, RunSettings]],
+              feeds: list[dict[str, np.ndarray]], session_s: float, **timing) -> tuple[dict, dict[str, np.ndarray]]:
+    """kiln.device.client.Session.measure on a device under the key (its answer and the outputs of every feed);
+    a device that stops answering is a DeviceError naming it. The device ends the session after `session_s`."""
+    from kiln.device.client import Session
+
+    sent = [{"name": c.name, "backend": c.backend, "path": c.path, "settings": s.model_dump(mode="json")}
+            for c, s in cands]
+    session = Session((use.host, use.port), use.key, timeout=use.timeout, session_timeout=use.timeout + session_s)
+    try:
+        return session.measure(sent, feeds, inputs=[s.model_dump(mode="json") for s in checked.inputs],
+                               outputs=[s.model_dump(mode="json") for s in checked.outputs],
+                               profile=checked.profile.model_dump(mode="json") if checked.profile else None, **timing)
+    except Exception as exc:
+        raise DeviceError(f"the device under {use.key!r} at the tracker {use.address.tracker} stopped answering: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}",
+                          hint="check the device (`kiln device` on the target machine) and run again") from None
+    finally:
+        session.close()
+
+
 def time_rounds(use: DeviceUse, checked: CheckedProgram, cands: list[tuple[BuiltCandidate, RunSettings]],
                 inputs: list[dict[str, np.ndarray]], traffic: Traffic | None, repeats: int,
                 seconds: float) -> DeviceRounds:
     """Every candidate timed together on a device under the key, in interleaved rounds, each timed call a pass
     through `inputs` (what time_over does here). One that fails there is named; the others are timed."""
-    from kiln.device.client import Session
-
-    sent = [{"name": c.name, "backend": c.backend, "path": c.path, "settings": s.model_dump(mode="json")}
-            for c, s in cands]
-    session = Session((use.host, use.port), use.key, timeout=use.timeout,
-                      session_timeout=use.timeout + seconds * (len(cands) + 2) + 120)
-    try:
-        answer, _ = session.measure(sent, inputs, inputs=[s.model_dump(mode="json") for s in checked.inputs],
-                                    outputs=[s.model_dump(mode="json") for s in checked.outputs],
-                                    profile=checked.profile.model_dump(mode="json") if checked.profile else None,
-                                    timed=list(range(len(inputs))), repeats=repeats, seconds=seconds)
-    except DeviceError:
-        raise
-    except Exception as exc:
-        raise DeviceError(f"the device under {use.key!r} at the tracker {use.address.tracker} stopped answering "
-                          f"while timing the candidates: {type(exc).__name__}: {str(exc)[:300]}",
-                          hint="check the device (`kiln device` on the target machine) and run again") from None
-    finally:
-        session.close()
+    answer, _ = _measured(use, checked, cands, inputs, seconds * (len(cands) + 2) + 120,
+                          timed=list(range(len(inputs))), repeats=repeats, seconds=seconds)
     timed = {n: Rounds(times=t) for n, t in answer["rounds"].items()}
     return DeviceRounds(latency_ms=latencies(timed, answer["per_input"], len(inputs), traffic),
                         failed={n: f"failed on the device {use.address}: {why}" for n, why in answer["failed"].items()},
                         rounds=sum(len(t) for t in answer["rounds"].values()))
+
+
+def outputs_of(use: DeviceUse, checked: CheckedProgram, cand: BuiltCandidate, settings: RunSettings,
+               feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The candidate's outputs for every feed, run on a device under the key (for a build whose code this host
+    cannot run: its accuracy is judged on what the device returns). Raises with the device's reason."""
+    answer, got = _measured(use, checked, [(cand, settings)], feeds, 600, timed=[0], repeats=1, seconds=0.1)
+    if cand.name in answer["failed"]:
+        raise RuntimeError(f"on the device {use.address}: {answer['failed'][cand.name]}")
+    return [{o.name: got[f"{cand.name}/{i}/{o.name}"] for o in checked.outputs} for i in range(len(feeds))]

@@ -99,7 +99,10 @@ def plan(request: OptimizeRequest, checked: CheckedProgram, log: logging.Logger 
     elif incumbent and request.incumbent is None:
         log.info("%s already has a version in the store (%s): it is the one to beat", checked.name, incumbent)
     tuning = build.tuning.database if build and build.tuning and build.model else layout.TUNING_DIR
-    if judged.emulator:
+    if device and not judged.here:
+        log.info("%s: this host lacks %s; compiled builds are judged on the device %s (accuracy and speed)",
+                 target.name, ", ".join(judged.lacking), device.address)
+    elif judged.emulator:
         log.info("%s: this host lacks %s; compiled builds are judged under qemu-x86_64 -cpu %s (accuracy only)",
                  target.name, ", ".join(judged.lacking), judged.emulator)
     return Plan(request=request, name=checked.name, target=target, judging=judged,
