@@ -224,6 +224,24 @@ def tiny_bert(path: Path, layers: int = 2, hidden: int = 32, heads: int = 4, ffn
     return path
 
 
+def mlp(path: Path, widths: tuple[int, ...] = (64, 48, 32, 16)) -> Path:
+    """x[1, widths[0]] -> (MatMul -> Tanh) ... -> MatMul: one TVM task per layer (each layer's shape differs), each
+    a small one: the cheapest model whose tuning has several tasks to share a time budget."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (rows, cols) in enumerate(zip(widths, widths[1:])):
+        inits.append(numpy_helper.from_array((rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32),
+                                             f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Tanh", [x], [f"a{i}"], name=f"act{i}"))
+            x = f"a{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, widths[0]])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, widths[-1]])], inits)
+    return _save(graph, path)
+
+
 def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int = 2, seed: int = 0) -> Path:
     """An MLP whose layer `sensitive` (node `mm{sensitive}`) reads an activation with one huge component:
     per-tensor int8 of that activation rounds every other component away, so quantizing that one node ruins

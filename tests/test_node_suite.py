@@ -1,4 +1,4 @@
-"""ONNX's own backend node tests as a coverage test: 80 single-operator models, of 80 operator types, each
+"""ONNX's own backend node tests as a coverage test: 60 single-operator models, of 60 operator types, each
 with its recorded inputs as the program's dataset, optimized with the onnxruntime and tvm candidates at
 0 trials. None may end in an internal error: kiln publishes, or refuses with a KilnError that explains why.
 A TVM candidate that compiles and agrees is published, or loses only on speed.
@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-SAMPLE = 80  # one case each of 80 operator types spread over all of them (100 took 129 s in a clean-clone run)
+SAMPLE = 60  # one case each of 60 operator types spread over all of them (80 took 141 s in a clean-clone run)
 WORKERS = 3  # flows at once: a case waits on its child processes and the Prefect server half of the time
 
 
@@ -60,7 +60,7 @@ def test_node_suite_sample_has_no_internal_errors(prefect_server, tmp_path, monk
     assert not internal, f"internal errors ({len(internal)}; {summary}):\n" + "\n".join(internal)
     assert not gate_mistakes, "\n".join(gate_mistakes)
     assert outcomes["published"] >= 0.75 * len(cases), summary  # onnxruntime runs ~84 % of the suite
-    # benchmarks/node_suite.json measured TVM agreeing on 58.4 % of the whole suite (ONNX 1.23.2, TVM 0.27; on 47 of
-    # these 80 cases, 70 published): half leaves room for version drift, yet a TVM path or an output comparison that
+    # benchmarks/node_suite.json measured TVM agreeing on 58.4 % of the whole suite (ONNX 1.23.2, TVM 0.27; on 36 of
+    # these 60 cases, 55 published): half leaves room for version drift, yet a TVM path or an output comparison that
     # breaks (no build, no run, every metric failing) drops far below it
     assert tvm_agrees >= 0.5 * len(cases), summary
