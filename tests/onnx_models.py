@@ -44,6 +44,35 @@ def lstm(path: Path) -> Path:
     return _save(graph, path)
 
 
+def if_lstm(path: Path, steps: int | str = "T", batch: int | str = "B", features: int = 8, hidden: int = 4) -> Path:
+    """x[T, B, features] -> If(B == 1) then LSTM(x) else LSTM(Squeeze(x)) -> the LSTM's last hidden state
+    [1, B', hidden]: runs at every shape with T, B > 1 or B == 1 (the else branch, taken only when B > 1, squeezes
+    nothing away), as a `x.squeeze()` in a PyTorch export does. Declared at B = 1, onnxruntime's load-time type
+    inference of the untaken branch sees a rank-2 LSTM input and refuses the model (silero VAD's pattern)."""
+    rng = np.random.default_rng(0)
+
+    def branch(name: str, pre: list) -> onnx.GraphProto:
+        source = pre[-1].output[0] if pre else "x"
+        return helper.make_graph(
+            [*pre, helper.make_node("LSTM", [source, "W", "R"], [f"{name}_y", f"{name}_h"], name=f"{name}_lstm",
+                                    hidden_size=hidden),
+             helper.make_node("Identity", [f"{name}_h"], [f"{name}_out"], name=f"{name}_out")],
+            name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [1, "batch_out", hidden])])
+
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+         helper.make_node("Gather", ["shape", "one"], ["batch"], name="batch"),
+         helper.make_node("Equal", ["batch", "one"], ["single"], name="single"),
+         helper.make_node("If", ["single"], ["h"], name="by_batch", then_branch=branch("then", []),
+                          else_branch=branch("else", [helper.make_node("Squeeze", ["x"], ["xs"], name="squeeze")]))],
+        "if_lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, features])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "batch_out", hidden])],
+        [numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, features)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+         numpy_helper.from_array(np.array(1, np.int64), "one")])
+    return _save(graph, path)
+
+
 def unary(path: Path, op: str, shape: tuple[int, ...] = (1, 4)) -> Path:
     """x -> OP -> y, one elementwise node (Atanh, Log, ...): NaN outside its domain, which synthetic N(0, 1)
     inputs reach."""
@@ -229,7 +258,7 @@ def mlp(path: Path, widths: tuple[int, ...] = (64, 48, 32, 16)) -> Path:
     a small one: the cheapest model whose tuning has several tasks to share a time budget."""
     rng = np.random.default_rng(0)
     nodes, inits, x = [], [], "x"
-    for i, (rows, cols) in enumerate(zip(widths, widths[1:])):
+    for i, (rows, cols) in enumerate(zip(widths, widths[1:], strict=False)):
         inits.append(numpy_helper.from_array((rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32),
                                              f"w{i}"))
         nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))

@@ -68,6 +68,45 @@ def test_prepare_turns_an_import_failure_into_a_matching_model(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_control_flow_keeps_running_after_its_shapes_are_fixed(tmp_path, caplog):
+    """An If whose untaken branch does not type-check at the declared shape (onnxruntime refuses the model once
+    its input says B = 1): the prepared model keeps the model's own input declaration, says why, and gives the
+    original's outputs."""
+    import logging
+
+    src = onnx_models.if_lstm(tmp_path / "if_lstm.onnx")
+    model = load_model(src)
+    specs = input_specs(model, {"x": [5, 1, 8]}, "m")
+    with pytest.raises(Exception, match="must have rank 3"):  # what kiln's rewrite alone would cause
+        ort.InferenceSession(fix_input_shapes(model, specs).SerializeToString())
+    caplog.set_level(logging.WARNING, logger="kiln.optimize")
+    out = tmp_path / "prepared.onnx"
+    prepare_model(model, specs, out, "m")
+    assert any("keep their own declarations" in r.getMessage() and "x 5x1x8" in r.getMessage()
+               for r in caplog.records), caplog.text
+    x = np.random.default_rng(0).standard_normal((5, 1, 8)).astype(np.float32)
+    np.testing.assert_allclose(ort.InferenceSession(str(out)).run(None, {"x": x})[0],
+                               ort.InferenceSession(str(src)).run(None, {"x": x})[0], rtol=1e-6)
+
+
+
+def test_a_model_with_control_flow_is_optimized_at_fixed_shapes(kiln_env, tmp_path):
+    """The CLI on the If-with-LSTM model at --shape x=5x1x8: onnxruntime runs it and is published; TVM, which
+    has no If or LSTM, says so instead of the run failing."""
+    import json
+
+    from conftest import run_kiln
+
+    src = onnx_models.if_lstm(tmp_path / "if_lstm.onnx")
+    proc = run_kiln(["optimize", str(src), "--shape", "x=5x1x8", "--candidates", "onnxruntime,tvm", "--trials", "0",
+                     "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["selected"] == "onnxruntime"
+    tvm = next(c for c in result["candidates"] if c["name"] == "tvm")
+    assert any("If" in r and "LSTM" in r for r in tvm["reasons"]), tvm["reasons"]
+
+
 def test_prepare_leaves_matmul_add_for_tvm_to_fuse(tmp_path):
     """onnxruntime's basic level would turn each MatMul+Add into a 2-D Gemm wrapped in Reshapes, and TVM could
     then not fuse a transformer's GELU into the matmul before it (on MiniLM-L6 a 1.97 ms kernel per layer)."""

@@ -311,9 +311,8 @@ def test_a_time_budget_sizes_the_first_round_so_every_task_is_measured(tmp_path)
     measured cost of a trial, so every task gets measured trials, largest tasks first, before any task gets a
     second round; no trial starts once the time is spent; the costs this run measured are kept for the next
     plan."""
-    from kiln.compiler import Limits, compile_model, trial_costs
-
     from kiln.artifact.specs import TensorSpec
+    from kiln.compiler import Limits, compile_model, trial_costs
 
     # three small tasks (a CNN's five took ~20 s each on 2 cores for a first round, so 100 s for the test)
     model, inputs = onnx_models.mlp(tmp_path / "mlp.onnx"), [TensorSpec(name="x", dtype="float32", shape=[1, 64])]

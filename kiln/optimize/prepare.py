@@ -13,6 +13,7 @@ reshapes (the GELU's: one schedule, no tuning). onnxruntime re-fuses at load tim
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -62,17 +63,15 @@ def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 ORT_DISABLED = ("MatMulAddFusion",)
 
 
-def prepare_model(model: onnx.ModelProto, specs: list[TensorSpec], out: Path, where: str,
-                  ort_disabled: tuple[str, ...] = ORT_DISABLED, profile: Profile | None = None) -> onnx.ModelProto:
-    """Write the prepared model to `out` and return it (shape-inferred). With a profile the dynamic dimensions
-    stay symbolic: what onnxruntime's candidates build on, valid for every shape in it."""
-    import onnxruntime as ort
-    from onnx.inliner import inline_local_functions
+def _has_subgraphs(graph: onnx.GraphProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node
+               for a in n.attribute)
 
-    model = fix_input_shapes(model, specs, profile)
-    if model.functions:
-        model = inline_local_functions(model)
-    model = infer_shapes(model, where)
+
+def _fold(model: onnx.ModelProto, out: Path, ort_disabled: tuple[str, ...]) -> None:
+    """onnxruntime's basic-level folding of `model`, written to `out`; raises what onnxruntime raises."""
+    import onnxruntime as ort
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / "fixed.onnx"
@@ -81,12 +80,43 @@ def prepare_model(model: onnx.ModelProto, specs: list[TensorSpec], out: Path, wh
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(out)
         opts.log_severity_level = 3
+        ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(ort_disabled))
+
+
+def _first_line(exc: Exception) -> str:
+    """onnxruntime's message without the path of kiln's staging file it names."""
+    text = re.sub(r"Load model from \S+ failed: ?", "", str(exc))
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
+def prepare_model(model: onnx.ModelProto, specs: list[TensorSpec], out: Path, where: str,
+                  ort_disabled: tuple[str, ...] = ORT_DISABLED, profile: Profile | None = None) -> onnx.ModelProto:
+    """Write the prepared model to `out` and return it (shape-inferred). With a profile the dynamic dimensions
+    stay symbolic: what onnxruntime's candidates build on, valid for every shape in it.
+
+    A model with control flow (If/Loop subgraphs) can run at a shape yet fail onnxruntime's load-time type
+    inference once its inputs are declared at that shape: both branches are inferred, and a branch the shape
+    never takes (a `squeeze()` that drops a batch of 1) may not type-check. Fixing shapes is kiln's rewrite, not
+    the user's model, so such a model keeps its own input declarations (it still runs at the declared shapes)."""
+    from onnx.inliner import inline_local_functions
+
+    if model.functions:
+        model = inline_local_functions(model)
+    fixed = infer_shapes(fix_input_shapes(model, specs, profile), where)
+    try:
+        _fold(fixed, out, ort_disabled)
+    except Exception as exc:
+        if not _has_subgraphs(model.graph):
+            raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}", where=where) from None
         try:
-            ort.InferenceSession(str(staged), opts, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=list(ort_disabled))
-        except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:400]}",
-                             where=where) from None
+            _fold(model, out, ort_disabled)
+        except Exception as own:
+            raise ModelError(f"onnxruntime cannot load the model: {_first_line(own)}", where=where) from None
+        declared = ", ".join(f"{s.name} " + "x".join(str(d) if d >= 0 else "?" for d in s.shape) for s in specs)
+        _log.warning("%s: the model's inputs keep their own declarations: declared at %s, onnxruntime's type "
+                     "inference fails inside the model's control flow (%s), though the model runs at those shapes",
+                     where, declared, _first_line(exc))
     folded = onnx.load(str(out))
     folded = infer_shapes(folded, where)
     onnx.save(folded, str(out))
