@@ -157,6 +157,28 @@ def small_cnn(path: Path, size: int = 32, classes: int = 10, extra: int = 0) -> 
     return _save(graph, path)
 
 
+def line_recognizer(path: Path, height: int | str = 8, width: int | str = "width", classes: int = 12,
+                    channels: int = 16) -> Path:
+    """A text-line recognizer's shape: x[1, 3, height, width] -> Conv(3x3) -> Relu -> MaxPool(2x2, stride 2) ->
+    mean over the height -> [1, width // 2, channels] -> MatMul -> logits [1, width // 2, classes], one class
+    score vector per time step (the CTC output a real recognizer has, its time axis half the input's width)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("ReduceMean", ["p", "height_axis"], ["m"], name="over_height", keepdims=0),
+         helper.make_node("Transpose", ["m"], ["t"], name="time_major", perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["t", "fc"], ["logits"], name="classes")],
+        "line_recognizer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "steps", classes])],
+        [numpy_helper.from_array((rng.standard_normal((channels, 3, 3, 3)) * 0.4).astype(np.float32), "w"),
+         numpy_helper.from_array(np.zeros(channels, np.float32), "b"),
+         numpy_helper.from_array(np.array([2], np.int64), "height_axis"),
+         numpy_helper.from_array((rng.standard_normal((channels, classes)) * 0.5).astype(np.float32), "fc")])
+    return _save(graph, path, opset=18)
+
+
 def slowed(model_path: Path, path: Path, layers: int = 40, width: int = 1000) -> Path:
     """The same model and the same outputs, made slow on purpose: its first output gets `0 * sum(h)` added,
     where h is `layers` rounds of tanh(h @ M) (width x width). Run with graph optimization disabled, nothing

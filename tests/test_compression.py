@@ -109,6 +109,33 @@ def test_bare_model_with_data_ranges_and_name(kiln_env, digits_program, tmp_path
     assert proc.returncode == 2 and "describe a bare .onnx model" in proc.stderr, proc.stderr
 
 
+def test_per_position_agreement_from_the_cli(kiln_env, tmp_path):
+    """A recognizer's [1, T, C] output held to `agreement[axis=-1]>=0.99`: every candidate is scored on the share
+    of time steps whose class matches onnxruntime's (the worst sample beside it), the program kiln writes keeps
+    the axis, and an axis counted from the front is refused with the form to use."""
+    import onnx_models
+
+    model = onnx_models.line_recognizer(tmp_path / "rec.onnx", width=32)
+    x = np.random.default_rng(0).standard_normal((24, 1, 3, 8, 32)).astype(np.float32)
+    np.savez(tmp_path / "lines.npz", x=x)
+    args = ["optimize", str(model), "--data", str(tmp_path / "lines.npz"), "--range", "agreement[axis=-1]>=0.99",
+            "--candidates", "onnxruntime,ort-int8-static", "--trials", "0"]
+    proc = run_kiln([*args, "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    for row in manifest["candidates"]:
+        if row["metrics"]:
+            result = row["metrics"]["agreement[axis=-1]"]
+            assert result["range"] == ">= 0.99" and 0 <= result["worst_sample"] <= result["value"] <= 1, row
+    assert _by_name(manifest)["onnxruntime"]["metrics"]["agreement[axis=-1]"]["worst_sample"] == 1.0
+    saved = Path(kiln_env["KILN_STORE"]) / manifest["name"] / manifest["id"] / "program" / "program.py"
+    assert "kiln.metrics.agreement(at_least=0.99, axis=-1, name='agreement[axis=-1]')" in saved.read_text()
+    proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "lines.npz"), "--range",
+                     "agreement[axis=2]>=0.99", "--candidates", "onnxruntime"], kiln_env)
+    assert proc.returncode == 2 and "count the axis from the end" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_dataset_too_small_to_split(kiln_env, tmp_path, digits_program):
     prog = tmp_path / "tiny"
     shutil.copytree(digits_program, prog)

@@ -46,6 +46,55 @@ def test_metric_values():
     assert custom.compute(ref, ref, labels) == pytest.approx(3.0)
 
 
+def test_agreement_per_position_pools_every_position_and_names_the_worst_sample():
+    """agreement[axis=-1] on [1, T, C] outputs (stacked per sample: [N, 1, T, C]): the share of time steps whose
+    class matches the reference's, pooled over all samples, the worst sample beside it; the same on samples of
+    their own lengths (ragged); a NaN where the reference has a number disagrees at that position only."""
+    from kiln.optimize.scoring import WORST, compute_metrics, score
+    from kiln.program import ragged
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 1, 10, 5))
+    out = ref.copy()
+    out[0, 0, 3:5] = -ref[0, 0, 3:5]  # two steps of sample 0 flip their arg-max (5 classes: the max is unique)
+    m = metrics.agreement(at_least=0.99, axis=-1)
+    assert m.name == "agreement[axis=-1]"
+    assert m.compute({"y": out}, {"y": ref}, None) == pytest.approx(38 / 40)  # not 3/4 of the samples
+    assert m.worst_sample({"y": out}, {"y": ref}) == pytest.approx(0.8)
+    assert metrics.agreement(at_least=0.99).compute({"y": out}, {"y": ref}, None) == 1.0  # whole-sample arg-max
+    uneven_out, uneven_ref = ragged.of([out[0], out[1][:, :7]]), ragged.of([ref[0], ref[1][:, :7]])
+    assert m.compute({"y": uneven_out}, {"y": uneven_ref}, None) == pytest.approx(15 / 17)
+    nan = out.copy()
+    nan[2, 0, 0, 0] = np.nan
+    assert m.compute({"y": nan}, {"y": ref}, None) == pytest.approx(37 / 40)
+    values = compute_metrics([m], {"y": out}, {"y": ref}, None, where="t")
+    results, reasons = score([m], values, {})
+    assert values[m.name + WORST] == pytest.approx(0.8) and results[m.name].worst_sample == pytest.approx(0.8)
+    assert reasons == ["agreement[axis=-1] = 0.95 (worst sample 0.8), outside >= 0.99"]
+    with pytest.raises(ValueError, match="its samples have 3 axes; count the axis from the end"):
+        metrics.agreement(at_least=0.5, axis=-4).compute({"y": out}, {"y": ref}, None)
+
+
+def test_per_position_range_syntax():
+    from kiln.program.metrics import parse_range, source
+
+    m = parse_range("agreement[axis=-1]>=0.99")
+    assert (m.name, m.kind, m.axis, m.output, m.range.at_least) == ("agreement[axis=-1]", "agreement", -1, None, 0.99)
+    named = parse_range("agreement[ logits , axis=-2 ]>=0.9")
+    assert (named.name, named.output, named.axis) == ("agreement[logits, axis=-2]", "logits", -2)
+    assert source(named) == ("kiln.metrics.agreement(at_least=0.9, output='logits', axis=-2, "
+                             "name='agreement[logits, axis=-2]')")
+    assert parse_range("cosine[last_hidden_state]>=0.99").output == "last_hidden_state"  # as before
+    for text, said in [("agreement[axis=2]>=0.9", "count the axis from the end"),
+                       ("cosine[axis=-1]>=0.9", "axis= is for agreement only"),
+                       ("agreement[a, b]>=0.9", "two outputs named"),
+                       ("agreement[foo=2]>=0.9", "cannot read 'foo=2'")]:
+        with pytest.raises(ValueError, match=said):
+            parse_range(text)
+    with pytest.raises(ValidationError, match="count the axis from the end"):
+        metrics.agreement(at_least=0.9, axis=1)
+
+
 def test_unknown_output_is_named():
     m = metrics.top1(at_least=0.5, output="nope")
     with pytest.raises(KeyError, match="nope"):

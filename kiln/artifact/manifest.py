@@ -38,6 +38,7 @@ class MetricResult(BaseModel):
     value: float | None
     range: str
     passed: bool
+    worst_sample: float | None = None  # per-position metrics: the share of the worst sample's positions
 
 
 class RunSettings(BaseModel):

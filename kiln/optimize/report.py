@@ -36,7 +36,8 @@ def rows(candidates: list[CandidateResult], selected: str | None = None) -> list
         for b in buckets:  # samples at their own shapes: p50 ms per shape bucket, the traffic's share in the manifest
             row[f"p50 {b}"] = _fmt(c.latency_ms.buckets.get(b)) if c.latency_ms else "-"
         for name, m in c.metrics.items():
-            row[name] = f"{_fmt(m.value)} {'ok' if m.passed else 'FAIL'}"
+            worst = f" (worst {_fmt(m.worst_sample)})" if m.worst_sample is not None else ""
+            row[name] = f"{_fmt(m.value)}{worst} {'ok' if m.passed else 'FAIL'}"
         row["in ranges"] = "yes" if c.passed else "no"
         row["eligible"] = "yes" if c.eligible else "no"
         row["why not"] = "; ".join(c.reasons)

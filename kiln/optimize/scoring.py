@@ -9,15 +9,19 @@ from kiln.errors import ProgramError
 from kiln.program.metrics import Metric
 
 Outputs = dict[str, np.ndarray]
+WORST = " worst sample"  # the key, after the metric's name, of a per-position metric's worst sample
 
 
 def compute_metrics(metrics: list[Metric], outputs: Outputs, reference: Outputs, labels: np.ndarray | None,
                     where: str) -> dict[str, float]:
-    """Each metric's value; a metric that raises (user callables, mismatched outputs) is explained, not fatal."""
+    """Each metric's value (and a per-position metric's worst sample, under its name + WORST); a metric that raises (user callables, mismatched outputs) is explained, not fatal."""
     values = {}
     for m in metrics:
         try:
             values[m.name] = m.compute(outputs, reference, labels)
+            worst = m.worst_sample(outputs, reference)
+            if worst is not None:
+                values[m.name + WORST] = worst
         except Exception as exc:
             raise ProgramError(f"metric {m.name!r} raised {type(exc).__name__}: {exc}", where=where) from None
     return values
@@ -30,7 +34,9 @@ def score(metrics: list[Metric], values: dict[str, float], reference: dict[str, 
     for m in metrics:
         ok = m.range.check(values[m.name], reference.get(m.name), m.higher_is_better)
         desc = m.range.describe(reference.get(m.name), m.higher_is_better)
-        results[m.name] = MetricResult(value=values[m.name], range=desc, passed=ok)
+        worst = values.get(m.name + WORST)
+        results[m.name] = MetricResult(value=values[m.name], range=desc, passed=ok, worst_sample=worst)
         if not ok:
-            reasons.append(f"{m.name} = {values[m.name]:.6g}, outside {desc}")
+            beside = f" (worst sample {worst:.6g})" if worst is not None else ""
+            reasons.append(f"{m.name} = {values[m.name]:.6g}{beside}, outside {desc}")
     return results, reasons

@@ -90,8 +90,19 @@ class Metric(BaseModel):
     range: Range
     output: str | None = Field(default=None, description="model output to score; default: the first")
     k: int = 1
+    axis: int | None = Field(default=None, description="agreement per position: the arg-max over this axis of "
+                             "the output (CTC time steps, tokens, pixels) instead of over the whole sample")
     higher_is_better: bool = True
     fn: Callable[..., float] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _axis(self) -> Metric:
+        if self.axis is not None and self.kind != "agreement":
+            raise ValueError(f"axis= is for agreement per position, not {self.kind}")
+        if self.axis is not None and self.axis >= 0:
+            raise ValueError(f"axis={self.axis}: count the axis from the end (axis=-1 for the last), since a "
+                             "sample's outputs may carry the batch axis or not")
+        return self
 
     @property
     def needs_labels(self) -> bool:
@@ -115,6 +126,9 @@ class Metric(BaseModel):
             return self._per_sample(name, outputs[name], reference[name], labels)
         out = np.asarray(outputs[name], dtype=np.float64)
         ref = np.asarray(reference[name], dtype=np.float64)
+        if self.kind == "agreement" and self.axis is not None:
+            shares = self.position_shares(name, out, ref)
+            return float(shares.sum() / shares.size) if shares.size else 1.0
         if self.compares_to_reference:
             # equal non-finite values are left out of the comparison (for arg-max: never the largest); `stray`
             # marks the samples with a NaN/Inf that the other side does not have
@@ -151,6 +165,33 @@ class Metric(BaseModel):
             return float(np.mean((a == b) & ~stray))
         raise ValueError(f"unknown metric kind {self.kind}")
 
+    def position_shares(self, name: str, out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        """Per-position agreement: for each sample (first axis) and each position (every other axis but
+        `axis`), whether the arg-max over `axis` matches the reference's; an array [samples, positions] of 0/1.
+        A NaN/Inf at a position that the reference does not have there disagrees."""
+        if out.shape != ref.shape:
+            raise ValueError(f"output {name!r} has shape {list(out.shape)} but the reference has {list(ref.shape)}")
+        assert self.axis is not None
+        if not -out.ndim < self.axis < 0:
+            raise ValueError(f"axis {self.axis} of output {name!r}: its samples have {out.ndim - 1} axes; count "
+                             "the axis from the end, e.g. axis=-1 for the classes of each position")
+        axis = self.axis % out.ndim
+        same = (np.isnan(out) & np.isnan(ref)) | (np.isinf(out) & (out == ref))
+        stray = ((~np.isfinite(out) | ~np.isfinite(ref)) & ~same).any(axis=axis)
+        out, ref = np.where(same, -np.inf, out), np.where(same, -np.inf, ref)
+        agree = (out.argmax(axis) == ref.argmax(axis)) & ~stray
+        return agree.reshape(len(agree), -1).astype(np.float64)
+
+    def worst_sample(self, outputs: Outputs, reference: Outputs) -> float | None:
+        """Per-position agreement's worst sample: the smallest share of its positions that agree (None for
+        every other metric)."""
+        if self.kind != "agreement" or self.axis is None:
+            return None
+        name = self.output or next(iter(outputs))
+        outs, refs = ragged.samples(outputs[name]), ragged.samples(reference[name])
+        shares = [self.position_shares(name, np.asarray(o, np.float64)[None], np.asarray(r, np.float64)[None])
+                  for o, r in zip(outs, refs, strict=True)]
+        return min(float(s.mean()) if s.size else 1.0 for s in shares) if shares else None
 
     def _per_sample(self, name: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> float:
         """The metric over samples of their own shapes: computed on each sample alone, then combined as the
@@ -175,6 +216,10 @@ class Metric(BaseModel):
             return float(np.sum(values * sizes) / sizes.sum())
         if self.kind == "rmse":
             return float(np.sqrt(np.sum(values**2 * sizes) / sizes.sum()))
+        if self.kind == "agreement" and self.axis is not None:  # pooled over the positions of every sample
+            positions = np.array([o.size // o.shape[self.axis] if o.ndim >= -self.axis and o.shape[self.axis]
+                                  else 0 for o in outs], dtype=np.float64)
+            return float(np.sum(values * positions) / positions.sum()) if positions.sum() else 1.0
         return float(values.mean())  # agreement, topk: the share of samples
 
 
@@ -199,8 +244,9 @@ def _abs_diff(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(diff), np.inf, diff)
 
 
-def _metric(kind: str, name: str, output: str | None, k: int = 1, **bounds: float | None) -> Metric:
-    return Metric(name=name, kind=kind, output=output, k=k, range=Range(**bounds),
+def _metric(kind: str, name: str, output: str | None, k: int = 1, axis: int | None = None,
+            **bounds: float | None) -> Metric:
+    return Metric(name=name, kind=kind, output=output, k=k, axis=axis, range=Range(**bounds),
                   higher_is_better=_HIGHER_IS_BETTER[kind])
 
 
@@ -243,9 +289,15 @@ def cosine(*, at_least: float, output: str | None = None, name: str = "cosine") 
     return _metric("cosine", name, output, at_least=at_least)
 
 
-def agreement(*, at_least: float, output: str | None = None, name: str = "agreement") -> Metric:
-    """Fraction of samples whose arg-max equals the reference model's arg-max."""
-    return _metric("agreement", name, output, at_least=at_least)
+def agreement(*, at_least: float, output: str | None = None, axis: int | None = None,
+              name: str | None = None) -> Metric:
+    """Fraction of samples whose arg-max equals the reference model's arg-max; with `axis` (from the end, e.g.
+    -1), fraction of positions whose arg-max over that axis does (a CTC recognizer's character per time step, a
+    token classifier's label per token, a segmenter's class per pixel), pooled over every position of every
+    sample; the worst sample's share is reported beside it."""
+    if name is None:
+        name = "agreement" if axis is None else f"agreement[{output + ', ' if output else ''}axis={axis}]"
+    return _metric("agreement", name, output, axis=axis, at_least=at_least)
 
 
 def custom(fn: Callable[..., float], *, name: str, higher_is_better: bool = True,
@@ -270,23 +322,47 @@ def parse_range(text: str) -> Metric:
     """A metric from `NAME>=VALUE` or `NAME<=VALUE` (the CLI's --range, the form's ranges field).
 
     NAME is a built-in metric (cosine, agreement, max_abs_diff, max_rel_diff, top1/top5/topK, mae, rmse),
-    optionally with the output it scores in brackets: `cosine[last_hidden_state]>=0.99`."""
+    optionally with the output it scores in brackets: `cosine[last_hidden_state]>=0.99`; agreement per position
+    names its axis there too: `agreement[axis=-1]>=0.99`, `agreement[logits, axis=-1]>=0.99`."""
     match = _RANGE_RE.match(text)
     hint = f"write NAME>=VALUE or NAME<=VALUE, e.g. 'cosine>=0.99'; NAME is one of {', '.join(RANGE_METRICS)}"
     if not match:
         raise ValueError(f"cannot read range {text!r}; {hint}")
-    base, k, output, op, raw = match.groups()
+    base, k, inside, op, raw = match.groups()
     base = base.lower()
     kind = "topk" if base == "top" and k else base if not k else None
     if kind not in _HIGHER_IS_BETTER:
         raise ValueError(f"unknown metric {base + (k or '')!r} in range {text!r}; {hint}")
+    output, axis = _bracket(inside, kind, text)
     value = float(raw)
     higher = _HIGHER_IS_BETTER[kind]
     if higher != (op == ">="):
         raise ValueError(f"{base + (k or '')} is {'higher' if higher else 'lower'} is better: a bound on it is "
                          f"'{base + (k or '')}{'>=' if higher else '<='}{raw}', not {text!r}")
-    name = base + (k or "") + (f"[{output}]" if output else "")
-    return _metric(kind, name, output, int(k or 1), **{"at_least" if higher else "at_most": value})
+    parts = [p for p in (output, None if axis is None else f"axis={axis}") if p]
+    name = base + (k or "") + (f"[{', '.join(parts)}]" if parts else "")
+    return _metric(kind, name, output, int(k or 1), axis=axis, **{"at_least" if higher else "at_most": value})
+
+
+def _bracket(inside: str | None, kind: str, text: str) -> tuple[str | None, int | None]:
+    """(output, axis) from what a range's brackets hold: `OUTPUT`, `axis=N`, or `OUTPUT, axis=N`."""
+    output, axis = None, None
+    for part in (p.strip() for p in (inside or "").split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq:
+            if output is not None:
+                raise ValueError(f"two outputs named in range {text!r}; a metric scores one output")
+            output = part
+        elif key.strip() == "axis" and kind == "agreement" and re.fullmatch(r"\s*-\d+\s*", value):
+            axis = int(value)
+        elif key.strip() == "axis" and kind == "agreement":
+            raise ValueError(f"axis={value.strip()} in range {text!r}: count the axis from the end, e.g. "
+                             "'agreement[axis=-1]>=0.99' for the classes of each position")
+        else:
+            raise ValueError(f"cannot read {part!r} in range {text!r}: brackets hold the output to score"
+                             + (" and axis=-N (agreement per position over that axis)" if kind == "agreement"
+                                else f"; axis= is for agreement only"))
+    return output, axis
 
 
 def parse_ranges(texts: list[str]) -> list:
@@ -308,6 +384,7 @@ def source(metric: Metric) -> str:
     """The Python that builds `metric` in a program.py (for the programs kiln writes for bare models)."""
     bound = ", ".join(f"{k}={v!r}" for k, v in metric.range.model_dump(exclude_none=True).items())
     output = f", output={metric.output!r}" if metric.output else ""
+    output += f", axis={metric.axis}" if metric.axis is not None else ""
     name = f", name={metric.name!r}"
     if metric.kind == "topk":
         return f"kiln.metrics.topk({metric.k}, {bound}{output}{name})"
