@@ -14,7 +14,8 @@ WORST = " worst sample"  # the key, after the metric's name, of a per-position m
 
 def compute_metrics(metrics: list[Metric], outputs: Outputs, reference: Outputs, labels: np.ndarray | None,
                     where: str) -> dict[str, float]:
-    """Each metric's value (and a per-position metric's worst sample, under its name + WORST); a metric that raises (user callables, mismatched outputs) is explained, not fatal."""
+    """Each metric's value (a per-position metric's worst sample too, under its name + WORST); a metric that
+    raises (user callables, mismatched outputs) is explained, not fatal."""
     values = {}
     for m in metrics:
         try:

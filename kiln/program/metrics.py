@@ -361,7 +361,7 @@ def _bracket(inside: str | None, kind: str, text: str) -> tuple[str | None, int 
         else:
             raise ValueError(f"cannot read {part!r} in range {text!r}: brackets hold the output to score"
                              + (" and axis=-N (agreement per position over that axis)" if kind == "agreement"
-                                else f"; axis= is for agreement only"))
+                                else "; axis= is for agreement only"))
     return output, axis
 
 
