@@ -456,3 +456,50 @@ def test_a_bucketed_candidates_tuning_counts_every_bucket():
     assert merged.database == "db16" and merged.estimated_ms is None
     assert [(t.name, t.trials) for t in merged.per_task] == [("sequence = 16: dense", 30), ("sequence = 64: dense", 10)]
     assert bucket_tuning("sequence", {16: info(16, 5, 0)}, top=16).per_task[0].name == "dense"  # one bucket: as built
+
+
+def test_output_axis_relations_are_fitted_only_where_the_probes_decide_them():
+    from kiln.optimize.trace_axes import fit
+
+    def points(relation, values):
+        return [(v, relation(v)) for v in values]
+
+    probes = [20, 21, 22, 23, 40, 60, 97]
+    assert fit(points(lambda w: w // 2, probes), 1, 97) == (2, 0)
+    assert fit(points(lambda w: (w + 3) // 8, [*probes, 90, 91, 92, 93, 94, 95, 96]), 1, 97) == (8, 3)  # PP-OCR's rec
+    assert fit(points(lambda w: w - 6, probes), 7, 97) == (1, -6)  # an unpadded 7-wide convolution
+    assert fit(points(lambda w: 5, probes), 1, 97) is None  # a fixed length follows nothing
+    assert fit([(20, 10), (40, 20), (60, 30)], 1, 97) is None  # w // 2 or (w + 1) // 2: the points leave it open
+    assert fit(points(lambda w: w * w, probes), 1, 97) is None  # not a stride
+
+
+def test_a_strided_output_axis_is_traced_and_cut_and_a_constant_axis_stays_fixed(tmp_path, kiln_env):
+    """A recognizer (x[1, 3, height, width] -> logits [1, steps, classes], steps = width // 2, named unlike the
+    width) from crops all 8 high and of their own widths, no --shape: the height is fixed at 8 from the data, the
+    width varies 1..its largest, so TVM builds buckets of it; the time axis is traced (floor(width / 2)) and each
+    padded output is cut back by it, so the tvm row agrees with onnxruntime per time step on every crop."""
+    from kiln.artifact.specs import Dim, TracedAxis
+
+    model = onnx_models.line_recognizer(tmp_path / "rec.onnx", height="height")
+    rng = np.random.default_rng(0)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    widths = [20, 23, 30, 41, 47, 52, 64, 70, 77, 89, 97, 33]
+    for i, width in enumerate(widths):
+        np.savez(crops / f"{i:02d}.npz", x=rng.standard_normal((1, 3, 8, width)).astype(np.float32))
+    env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}  # untuned TVM is slow: judge its accuracy all the same
+    proc = run_kiln(["optimize", str(model), "--data", str(crops), "--range", "agreement[axis=-1]>=0.99",
+                     "--candidates", "onnxruntime,tvm", "--trials", "0", "--json", "--min-gain", "0"], env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    dims = {d["name"]: Dim(**d) for d in manifest["profile"]["dims"]}
+    assert (dims["height"].low, dims["height"].high, dims["height"].source) == (8, 8, "data: every sample")
+    assert (dims["width"].low, dims["width"].high) == (1, max(widths))
+    assert dims["width"].traced == [TracedAxis(tensor="logits", index=1, stride=2, offset=0)]
+    tvm = next(c for c in manifest["candidates"] if c["name"] == "tvm")
+    assert tvm["settings"]["bucket_dim"] == "width" and len(tvm["settings"]["buckets"]) >= 2, tvm["settings"]
+    assert tvm["metrics"]["agreement[axis=-1]"]["value"] == 1.0 and tvm["passed"], tvm
+    cut = dims["width"].cut({"logits": np.zeros((1, 48, 12))}, 41)  # a crop 41 wide padded to a bucket of 97
+    assert cut["logits"].shape == (1, 20, 12)
+    old = {k: v for k, v in manifest["profile"]["dims"][1].items() if k != "traced"}  # manifests from before
+    assert Dim(**old).traced == [] and Dim(**old).cut({"logits": np.zeros((1, 48, 12))}, 41)["logits"].shape[1] == 48

@@ -102,6 +102,23 @@ def is_batch(name: str, axes: list[Axis]) -> bool:
         "batch" in lowered or lowered in ("n", "b") or name in {str(a) for a in axes})
 
 
+class TracedAxis(BaseModel):
+    """An output axis whose length follows a dimension it is not named like: length = floor((value + offset) /
+    stride), found by running the model at several values (kiln.optimize.trace_axes)."""
+
+    tensor: str
+    index: int
+    stride: int = 1
+    offset: int = 0
+
+    def length(self, value: int) -> int:
+        return (value + self.offset) // self.stride
+
+    def describe(self, dim: str) -> str:
+        inner = f"{dim} {'+' if self.offset >= 0 else '-'} {abs(self.offset)}" if self.offset else dim
+        return f"{self.tensor}:{self.index} = " + (f"floor(({inner}) / {self.stride})" if self.stride != 1 else inner)
+
+
 class Dim(BaseModel):
     """A dynamic dimension's range: every input axis in `axes` takes one value in [low, high] per call, the same
     value on each of them (input_ids and attention_mask share their sequence length)."""
@@ -111,9 +128,10 @@ class Dim(BaseModel):
     high: int
     axes: list[AxisField]
     outputs: list[AxisField] = []  # output axes of this dimension: the only ones cut back after padding
+    traced: list[TracedAxis] = []  # output axes whose length follows this dimension by a traced relation
     batch: bool = False  # decided once, when the profile is resolved (is_batch); a manifest without it: by is_batch
     padding: dict[str, float] = {}  # the program's pad value per input of `axes`: requests may be padded along it
-    source: str = "declared"  # declared | data | batch default | default: where the range came from
+    source: str = "declared"  # declared | data | data: every sample | batch default | default: where it came from
 
     @model_validator(mode="before")
     @classmethod
@@ -155,14 +173,17 @@ class Dim(BaseModel):
         """The one rule for cutting padded outputs back (the batcher's and the bucket runner's): each output axis
         of this dimension (`outputs`) back to `value`. An axis the profile does not relate to this dimension is
         never cut, even when its size happens to equal the padded one; an output left longer than the unpadded
-        model's then fails the candidate's shape check instead of being guessed at."""
+        model's then fails the candidate's shape check instead of being guessed at. A traced axis is cut to the
+        length its relation gives for `value`."""
         out = dict(outputs)
-        for a in self.outputs:
-            arr = out.get(a.tensor)
-            if arr is not None and a.index < np.ndim(arr):
+        cuts = [(a.tensor, a.index, value) for a in self.outputs] + \
+            [(t.tensor, t.index, t.length(value)) for t in self.traced]
+        for tensor, axis, length in cuts:
+            arr = out.get(tensor)
+            if arr is not None and axis < np.ndim(arr):
                 index = [slice(None)] * np.ndim(arr)
-                index[a.index] = slice(0, value)
-                out[a.tensor] = np.asarray(arr)[tuple(index)]
+                index[axis] = slice(0, length)
+                out[tensor] = np.asarray(arr)[tuple(index)]
         return out
 
 
@@ -224,7 +245,8 @@ class Profile(BaseModel):
 
     def unrelated(self, outputs: list[TensorSpec]) -> list[Axis]:
         """Dynamic output axes (-1) no dimension names: padding an input could change them, unseen."""
-        named = {a for d in self.dims for a in d.outputs}
+        named = {a for d in self.dims for a in d.outputs} | {Axis(t.tensor, t.index) for d in self.dims
+                                                              for t in d.traced}
         return [Axis(s.name, i) for s in outputs for i, d in enumerate(s.shape)
                 if d < 0 and Axis(s.name, i) not in named and not (i == 0 and self.batch is not None)]
 
@@ -233,7 +255,8 @@ class Profile(BaseModel):
 
     def explain(self) -> str:
         """Each range with where it came from: `batch_size 1 (batch default), sequence_length 1..37 (data)`."""
-        return ", ".join(f"{d.describe()} ({d.source})" for d in self.dims) or "static"
+        return ", ".join(f"{d.describe()} ({d.source}" + "".join(f"; {t.describe(d.name)}" for t in d.traced) + ")"
+                         for d in self.dims) or "static"
 
     def check(self, feed: dict[str, np.ndarray], specs: list[TensorSpec], where: str | None = None) -> None:
         """Raise InputError unless every input's rank and fixed dimensions fit its spec and each dynamic

@@ -1,7 +1,9 @@
 """Shape profiles: a range for each dynamic dimension of the model's inputs, like TensorRT's min/max profiles.
 
 A dimension's range is, in this order: declared (`--dim NAME=LOW..HIGH`, the program's `dims`, the request's);
-1..the largest value the evaluation data shows (each sample runs at its own shape); a batch dimension's default of 1;
+the one value every sample of the evaluation data has (a text-line recognizer's crops are all 48 high: height is
+fixed, only the width varies); 1..the largest value the data shows (each sample runs at its own shape; shorter
+inputs stay accepted); a batch dimension's default of 1;
 or, where the run asked for defaults (a registry's webhook), 1..DEFAULT_HIGH. Anything else is the user's to
 say, and the error names the options. `--shape`/`shapes` still fix whole inputs, as before.
 """
@@ -77,6 +79,9 @@ def resolve(specs: list[TensorSpec], dynamic: Dynamic, declared: dict[str, tuple
             dims.append(Dim(name=name, low=low, high=high, axes=axes, batch=batch, source="declared"))
         elif batch and seen.get(name, (1, 1)) == (1, 1):  # rows: one sample per call
             dims.append(Dim(name=name, low=1, high=1, axes=axes, batch=batch, source="batch default"))
+        elif not batch and name in seen and seen[name][0] == seen[name][1]:
+            dims.append(Dim(name=name, low=seen[name][0], high=seen[name][0], axes=axes, batch=batch,
+                            source="data: every sample"))
         elif name in seen:  # shorter than the shortest sample costs less and runs the same graph: from 1
             dims.append(Dim(name=name, low=1, high=seen[name][1], axes=axes, batch=batch, source="data"))
         elif defaults:

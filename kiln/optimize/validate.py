@@ -12,6 +12,7 @@ from kiln.artifact.specs import Profile, TensorSpec, check_index_ranges
 from kiln.config import settings
 from kiln.errors import DatasetError, KilnError, ModelError, ProgramError
 from kiln.optimize.candidates import of_stage
+from kiln.optimize.feeds import feeds
 from kiln.optimize.inspect import (
     describe_unsupported,
     dynamic_dims,
@@ -27,6 +28,7 @@ from kiln.optimize.models import CheckedProgram
 from kiln.optimize.prepare import fix_input_shapes, infer_shapes
 from kiln.optimize.profile import bounded, concrete, fix_declared, resolve
 from kiln.optimize.protocol import check as check_protocol
+from kiln.optimize.trace_axes import trace
 from kiln.program.datasets import Samples, sample_shapes, synthetic
 from kiln.program.generated import write_program
 from kiln.program.loader import LoadedProgram, load_program
@@ -192,6 +194,8 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
                                                       "metrics (agreement, cosine, max_abs_diff)")
     outputs = output_specs(model)
     out_names = [o.name for o in outputs]
+    if profile.unrelated(outputs) and samples.count:  # output axes the graph does not relate to an input's
+        profile = trace(Path(prog.model_path), profile, feeds(samples, inputs)[0], out_names)
     for m in metrics:
         if m.output is not None and m.output not in out_names:
             raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",

@@ -1,0 +1,103 @@
+"""Output axes whose length follows a varying input dimension without its name: a text-line recognizer's time
+steps are about width / 8, a detector's map height / 4 x width / 4, and nothing in the graph says so.
+
+Each is traced by running the model (onnxruntime) at several values of the dimension (one real sample, cut or
+padded along it as a bucket pads a request) and fitting out = floor((in + offset) / stride), the form every chain
+of strided convolutions and poolings reduces to. A relation is recorded (Dim.traced) only when the probes decide
+it for every value of the range; padded outputs are then cut back by it (Dim.cut), the way an axis named like the
+input is. An axis the probes do not decide stays unrelated: never cut, so a padded build whose outputs differ
+fails its candidate instead of being guessed at.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kiln.artifact.specs import Axis, Dim, Profile, TracedAxis
+
+_log = logging.getLogger("kiln.optimize")
+
+MAX_STRIDE = 64
+PROBES = 12  # values of the dimension the model runs at (its own value, the ends, steps near both)
+
+Feed = dict[str, np.ndarray]
+
+
+def fit(points: list[tuple[int, int]], low: int, high: int) -> tuple[int, int] | None:
+    """(stride, offset) with out = floor((in + offset) / stride) at every (in, out) point, when every relation
+    that fits the points predicts the same lengths over [low, high]; None when none fits or the points leave it
+    open."""
+    if len(points) < 3 or len({o for _, o in points}) < 2:
+        return None
+    values = np.arange(low, high + 1)
+    found: tuple[int, int, np.ndarray] | None = None
+    for stride in range(1, MAX_STRIDE + 1):
+        for offset in range(-4 * stride - 16, 4 * stride + 17):
+            if all((v + offset) // stride == o for v, o in points):
+                predicted = (values + offset) // stride
+                if found is None:
+                    found = (stride, offset, predicted)
+                elif not np.array_equal(found[2], predicted):
+                    return None
+    return (found[0], found[1]) if found else None
+
+
+def probe_values(dim: Dim, own: int) -> list[int]:
+    """The values the model runs at: its sample's own, the range's ends, consecutive steps below the top (they
+    pin the offset) and a few spread between."""
+    top = range(dim.high, max(dim.low, dim.high - 7) - 1, -1)
+    spread = np.linspace(dim.low, dim.high, 5).round().astype(int).tolist()
+    values = sorted({own, dim.low, dim.low + 1, *top, *spread} & set(range(max(dim.low, 1), dim.high + 1)))
+    return values[-PROBES:] if len(values) > PROBES else values
+
+
+def at_value(feed: Feed, dim: Dim, value: int) -> Feed:
+    """`feed` with every axis of `dim` cut or padded (Dim.pad: the program's pad values) to `value`."""
+    out = dict(dim.pad(feed, value))
+    for a in dim.axes:
+        arr = out.get(a.tensor)
+        if arr is not None and arr.shape[a.index] > value:
+            index = [slice(None)] * arr.ndim
+            index[a.index] = slice(0, value)
+            out[a.tensor] = np.ascontiguousarray(arr[tuple(index)])
+    return out
+
+
+def trace(model_path: Path, profile: Profile, feed: Feed, output_names: list[str]) -> Profile:
+    """`profile` with each varying dimension's traced output axes (those no output names like the input)."""
+    varying = [d for d in profile.dims if d.varies and not d.batch]
+    if not varying:
+        return profile
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    named = {a for d in profile.dims for a in d.outputs}
+    dims = []
+    for dim in profile.dims:
+        if dim not in varying or dim.value(feed) is None:
+            dims.append(dim)
+            continue
+        shapes: dict[int, list[tuple[int, ...]]] = {}
+        for value in probe_values(dim, dim.value(feed) or dim.high):
+            try:
+                shapes[value] = [np.shape(o) for o in session.run(output_names, at_value(feed, dim, value))]
+            except Exception:  # a size the model cannot take (e.g. not a multiple of 32): left out of the fit
+                continue
+        traced = []
+        for i, name in enumerate(output_names):
+            ranks = {len(s[i]) for s in shapes.values()}
+            for axis in range(min(ranks, default=0)):
+                if Axis(name, axis) in named or (axis == 0 and profile.batch is not None):
+                    continue
+                relation = fit([(v, s[i][axis]) for v, s in shapes.items()], dim.low, dim.high)
+                if relation:
+                    traced.append(TracedAxis(tensor=name, index=axis, stride=relation[0], offset=relation[1]))
+        if traced:
+            _log.info("traced output axes of %s: %s", dim.name, ", ".join(t.describe(dim.name) for t in traced))
+        dims.append(dim.model_copy(update={"traced": traced}))
+    return Profile(dims=dims)
