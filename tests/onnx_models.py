@@ -179,6 +179,24 @@ def line_recognizer(path: Path, height: int | str = 8, width: int | str = "width
     return _save(graph, path, opset=18)
 
 
+def text_detector(path: Path, channels: int = 8) -> Path:
+    """A text detector's shape: x[1, 3, height, width] -> Conv(3x3, stride 2) -> Relu -> Conv(1x1) -> Sigmoid ->
+    a probability map [1, 1, (height + 1) // 2, (width + 1) // 2] whose axes are named unlike the input's."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["logit"], name="head"),
+         helper.make_node("Sigmoid", ["logit"], ["map"], name="probability")],
+        "text_detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 1, "map_h", "map_w"])],
+        [numpy_helper.from_array((rng.standard_normal((channels, 3, 3, 3)) * 0.4).astype(np.float32), "w1"),
+         numpy_helper.from_array(np.zeros(channels, np.float32), "b1"),
+         numpy_helper.from_array((rng.standard_normal((1, channels, 1, 1)) * 0.5).astype(np.float32), "w2"),
+         numpy_helper.from_array(np.zeros(1, np.float32), "b2")])
+    return _save(graph, path)
+
+
 def slowed(model_path: Path, path: Path, layers: int = 40, width: int = 1000) -> Path:
     """The same model and the same outputs, made slow on purpose: its first output gets `0 * sum(h)` added,
     where h is `layers` rounds of tanh(h @ M) (width x width). Run with graph optimization disabled, nothing

@@ -503,3 +503,84 @@ def test_a_strided_output_axis_is_traced_and_cut_and_a_constant_axis_stays_fixed
     assert cut["logits"].shape == (1, 20, 12)
     old = {k: v for k, v in manifest["profile"]["dims"][1].items() if k != "traced"}  # manifests from before
     assert Dim(**old).traced == [] and Dim(**old).cut({"logits": np.zeros((1, 48, 12))}, 41)["logits"].shape[1] == 48
+
+
+def test_a_two_dimension_grid_is_chosen_from_the_joint_histogram():
+    from kiln.optimize.buckets import bucketed_dims, choose, choose_grid
+
+    h, w = Dim(name="height", low=1, high=200, axes=["x:2"]), Dim(name="width", low=1, high=300, axes=["x:3"])
+    points = [(30, 40)] * 10 + [(60, 100)] * 5 + [(190, 290)] * 2
+    grid = choose_grid([h, w], points)
+    keys = [b.key for b in grid]
+    assert (200, 300) in keys and 2 <= len(keys) <= 4  # the corner serves every shape the profile accepts
+    assert keys == sorted(keys, key=lambda k: (k[0] * k[1], k))  # least work first: the runtime's order
+    assert abs(sum(b.share for b in grid) - 1) < 1e-9
+    smallest = grid[0]
+    assert smallest.key[0] >= 30 and smallest.key[1] >= 40 and smallest.share >= 10 / 17  # the common crop's own
+    one = choose_grid([w], [(p[1],) for p in points])
+    assert [b.values for b in one] == [[b.value] for b in choose(w, [p[1] for p in points])]
+    three = Profile(dims=[h, w, Dim(name="c", low=1, high=4, axes=["x:1"])])
+    assert bucketed_dims(three)[1].startswith("TVM's per-bucket builds vary one or two dimensions")
+    assert bucketed_dims(Profile(dims=[h, w]))[0] == [h, w]
+
+
+def test_a_grid_runner_pads_both_dimensions_and_cuts_the_traced_map(tmp_path):
+    """The dispatcher over a grid, around onnxruntime stand-ins for the builds: each request padded on height and
+    width to the bucket of least work that holds it, and the detector's map (height + 1) // 2 x (width + 1) // 2
+    cut back by its traced relation: equal to the unpadded model's at every size, the edges included."""
+    from kiln.artifact.manifest import RunSettings
+    from kiln.artifact.specs import TracedAxis
+    from kiln.runtime.buckets import BucketRunner
+    from kiln.runtime.runners import OrtRunner
+
+    model = onnx_models.text_detector(tmp_path / "det.onnx")
+    h = Dim(name="height", low=1, high=64, axes=["x:2"], traced=[TracedAxis(tensor="map", index=2, stride=2, offset=1)])
+    w = Dim(name="width", low=1, high=96, axes=["x:3"], traced=[TracedAxis(tensor="map", index=3, stride=2, offset=1)])
+    used = []
+
+    def load(module, specs):
+        used.append((module.name, specs[0].shape))
+        return OrtRunner(model)
+
+    specs = [TensorSpec(name="x", dtype="float32", shape=[1, 3, -1, -1])]
+    runner = BucketRunner(tmp_path, [h, w], [(32, 48), (64, 96), (32, 96)], specs, load)
+    assert sorted(used) == [("bucket-32x48.so", [1, 3, 32, 48]), ("bucket-32x96.so", [1, 3, 32, 96]),
+                            ("bucket-64x96.so", [1, 3, 64, 96])]
+    assert runner.bucket_for((20, 40)) == (32, 48) and runner.bucket_for((20, 50)) == (32, 96)
+    assert runner.bucket_for((33, 10)) == (64, 96)
+    alone = OrtRunner(model)
+    rng = np.random.default_rng(0)
+    for size in [(5, 7), (31, 47), (32, 48), (20, 50), (33, 95), (64, 96)]:
+        feed = {"x": rng.standard_normal((1, 3, *size)).astype(np.float32)}
+        want, got = alone.run(feed)["map"], runner.run(feed)["map"]
+        assert got.shape == want.shape == (1, 1, (size[0] + 1) // 2, (size[1] + 1) // 2), size
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    old = RunSettings(buckets=[8, 16], bucket_dim="seq")  # an artifact from before grids
+    assert old.bucket_grid() == (["seq"], [(8,), (16,)])
+    assert RunSettings(buckets=[[32, 48]], bucket_dims=["h", "w"]).bucket_grid() == (["h", "w"], [(32, 48)])
+
+
+def test_a_detector_whose_height_and_width_vary_gets_a_tvm_grid(tmp_path, kiln_env):
+    """A detector from pages of their own heights and widths: TVM builds a grid of (height, width) buckets (the
+    corner among them), pads each page to the bucket of least work that holds it, and cuts the map back by the
+    traced relations: its outputs agree with onnxruntime's on every page (judged, whatever its speed)."""
+    model = onnx_models.text_detector(tmp_path / "det.onnx")
+    rng = np.random.default_rng(0)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    sizes = [(30, 40)] * 6 + [(28, 60)] * 3 + [(60, 90)] * 3
+    for i, (h, w) in enumerate(sizes):
+        np.savez(pages / f"{i:02d}.npz", x=rng.standard_normal((1, 3, h, w)).astype(np.float32))
+    env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}
+    proc = run_kiln(["optimize", str(model), "--data", str(pages), "--candidates", "onnxruntime,tvm", "--trials", "0",
+                     "--json", "--min-gain", "0"], env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    tvm = next(c for c in manifest["candidates"] if c["name"] == "tvm")
+    assert tvm["settings"]["bucket_dims"] == ["height", "width"], tvm["settings"]
+    grid = [tuple(b) for b in tvm["settings"]["buckets"]]
+    assert (60, 90) in grid and len(grid) >= 2 and all(h >= 28 and w >= 40 for h, w in grid), grid
+    assert tvm["passed"] and tvm["metrics"]["cosine"]["value"] >= 0.9999, tvm
+    traced = {d["name"]: d["traced"] for d in manifest["profile"]["dims"]}
+    assert traced["height"] == [{"tensor": "map", "index": 2, "stride": 2, "offset": 1}]
+    assert traced["width"] == [{"tensor": "map", "index": 3, "stride": 2, "offset": 1}]

@@ -57,8 +57,15 @@ class RunSettings(BaseModel):
     kept_fp32: list[str] | None = None  # accuracy-aware int8: the nodes left unquantized
     fallback_round: int | None = None
     calibration_check: str | None = None  # what the calibration split said of the ranges
-    buckets: list[int] | None = None  # TVM per-bucket builds: the values of `bucket_dim` each is compiled at
+    buckets: list[int] | list[list[int]] | None = None  # TVM per-bucket builds: the value of `bucket_dim` each
+    # is compiled at; for a grid, the values of `bucket_dims` (one list per build)
     bucket_dim: str | None = None
+    bucket_dims: list[str] | None = None  # a grid of two dimensions (absent in artifacts from before grids)
+
+    def bucket_grid(self) -> tuple[list[str], list[tuple[int, ...]]]:
+        """(the bucketed dimensions, each build's values): one reading of the 1-D and the 2-D forms."""
+        dims = self.bucket_dims or ([self.bucket_dim] if self.bucket_dim else [])
+        return dims, [tuple(b) if isinstance(b, list) else (b,) for b in self.buckets or []]
     padding: dict[str, float] | None = None  # kept for old readers: the runner pads with the profile's Dim.padding
     version: int | None = None  # the incumbent's: the version in service measured beside the challengers
     artifact: str | None = None

@@ -41,9 +41,7 @@ def inspect(
                      ("model", f"{manifest.model.path} sha256 {manifest.model.sha256[:16]}..."),
                      ("target", manifest.target), ("dataset", manifest.dataset),
                      ("inputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.inputs)),
-                     ("profile", manifest.profile.explain() + (f"; TVM buckets of {manifest.settings.bucket_dim}: "
-                                                               f"{manifest.settings.buckets}"
-                                                               if manifest.settings.buckets else "")),
+                     ("profile", manifest.profile.explain() + _buckets(manifest.settings)),
                      ("timed over", manifest.timing or "-"),
                      ("outputs", ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.outputs)),
                      ("guards", ", ".join(f"{g.input} in [{g.low}, {g.high})" for g in manifest.guards) or "-"),
@@ -169,3 +167,8 @@ def version() -> None:
         print(f"{k} {v}")
 
 
+def _buckets(settings) -> str:
+    """`; TVM buckets of width: 32, 64, 97` or `; TVM buckets of height x width: 32x64, 48x320`."""
+    names, buckets = settings.bucket_grid()
+    return f"; TVM buckets of {' x '.join(names)}: {', '.join('x'.join(map(str, b)) for b in buckets)}" \
+        if buckets else ""

@@ -5,34 +5,55 @@ kiln.runtime.buckets pads each request up to the smallest bucket that holds it.
 The largest bucket is the profile's upper end, so every shape in the profile is served. The others are powers of
 two, added one at a time where they save the most padded work over the samples (the work of a call taken as
 proportional to the bucket's length), so short common lengths get a build of their own.
+
+Where two dimensions vary (a text detector's height and width), the buckets are a small grid chosen from the
+joint histogram the same way: the corner (both upper ends) always, then pairs of each dimension's own bucket
+values, added where they save the most padded work (the product of the pair) over the samples.
 """
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 from pydantic import BaseModel
 
 from kiln.artifact.specs import Dim, Profile
 
 MAX_BUCKETS = 3
+MAX_GRID = 4  # builds of a two-dimension grid (each is tuned: more would thin every one's share of the budget)
+MAX_DIMS = 2
 SMALLEST = 8
 
 
 class Bucket(BaseModel):
-    value: int
+    values: list[int]  # one per bucketed dimension
     share: float  # of the samples this bucket serves
 
+    @property
+    def key(self) -> tuple[int, ...]:
+        return tuple(self.values)
 
-def bucketed_dim(profile: Profile) -> tuple[Dim | None, str | None]:
-    """(the dimension buckets vary, None) or (None, why TVM cannot bucket this profile)."""
+    @property
+    def value(self) -> int:
+        """The value of a one-dimension bucket."""
+        return self.values[0]
+
+    def describe(self) -> str:
+        return "x".join(map(str, self.values))
+
+
+def bucketed_dims(profile: Profile) -> tuple[list[Dim], str | None]:
+    """(the dimensions buckets vary, None) or ([], why TVM cannot bucket this profile)."""
     varying = profile.varying
-    if len(varying) != 1:
-        return None, (f"TVM's per-bucket builds vary one dimension, and this profile varies {len(varying)} "
-                      f"({profile.describe()}); fix the others with --dim NAME=N or --shape")
-    dim = varying[0]
-    if dim.batch:
-        return None, (f"TVM's per-bucket builds vary a length, not the batch ({dim.describe()}); serve batches with "
-                      "onnxruntime, or fix the batch with --dim")
-    return dim, None
+    batch = next((d for d in varying if d.batch), None)
+    if batch is not None:
+        return [], (f"TVM's per-bucket builds vary a length, not the batch ({batch.describe()}); serve batches "
+                    "with onnxruntime, or fix the batch with --dim")
+    if not varying or len(varying) > MAX_DIMS:
+        return [], (f"TVM's per-bucket builds vary one or two dimensions, and this profile varies {len(varying)} "
+                    f"({profile.describe()}); fix the others with --dim NAME=N or --shape")
+    return varying, None
 
 
 def choose(dim: Dim, values: list[int], most: int = MAX_BUCKETS) -> list[Bucket]:
@@ -54,13 +75,46 @@ def choose(dim: Dim, values: list[int], most: int = MAX_BUCKETS) -> list[Bucket]
     served = {b: 0 for b in ordered}
     for v in values:
         served[next(b for b in ordered if b >= v)] += 1
-    return [Bucket(value=b, share=served[b] / len(values)) for b in ordered]
+    return [Bucket(values=[b], share=served[b] / len(values)) for b in ordered]
 
 
-def split_trials(trials: int, buckets: list[Bucket]) -> dict[int, int]:
+def _holder(buckets: list[tuple[int, ...]], point: tuple[int, ...]) -> tuple[int, ...]:
+    """The bucket of least work (the product of its values) that holds `point`: the runtime's rule."""
+    return min((b for b in buckets if all(p <= v for p, v in zip(point, b, strict=True))),
+               key=lambda b: (int(np.prod(b)), b))
+
+
+def choose_grid(dims: list[Dim], points: list[tuple[int, ...]], most: int = MAX_GRID) -> list[Bucket]:
+    """Up to `most` buckets over `dims` (one dimension: choose()) for the samples' joint values `points`."""
+    if len(dims) == 1:
+        return choose(dims[0], [p[0] for p in points])
+    points = [tuple(min(max(v, d.low), d.high) for v, d in zip(p, dims, strict=True)) for p in points] or \
+        [tuple(d.high for d in dims)]
+    corner = tuple(d.high for d in dims)
+    per_dim = [[b.value for b in choose(d, [p[i] for p in points])] for i, d in enumerate(dims)]
+    options = {tuple(c) for c in itertools.product(*per_dim)} - {corner}
+    chosen = [corner]
+
+    def padded(buckets: list[tuple[int, ...]]) -> int:
+        return sum(int(np.prod(_holder(buckets, p))) for p in points)
+
+    while len(chosen) < most and options:
+        best = min(options, key=lambda b: (padded([*chosen, b]), b))
+        if padded([*chosen, best]) >= padded(chosen):
+            break
+        chosen.append(best)
+        options.remove(best)
+    served = dict.fromkeys(chosen, 0)
+    for p in points:
+        served[_holder(chosen, p)] += 1
+    return [Bucket(values=list(b), share=served[b] / len(points))
+            for b in sorted(chosen, key=lambda b: (int(np.prod(b)), b))]
+
+
+def split_trials(trials: int, buckets: list[Bucket]) -> dict[tuple[int, ...], int]:
     """The one budget shared by traffic share (every bucket gets its share, rounded; the remainder to the
     largest share)."""
-    out = {b.value: int(trials * b.share) for b in buckets}
-    top = max(buckets, key=lambda b: b.share).value
+    out = {b.key: int(trials * b.share) for b in buckets}
+    top = max(buckets, key=lambda b: b.share).key
     out[top] += trials - sum(out.values())
     return out

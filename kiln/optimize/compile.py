@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 from kiln.artifact.manifest import Int8Lowering, RunSettings, TaskTuning, TuningInfo, versions
@@ -35,13 +36,13 @@ from kiln.config import kiln_home, settings
 from kiln.errors import DeviceError, KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
-from kiln.optimize.buckets import bucketed_dim, choose, split_trials
+from kiln.optimize.buckets import bucketed_dims, choose_grid, split_trials
 from kiln.optimize.inspect import describe_unsupported, load_model
 from kiln.optimize.judging import not_judged
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
 from kiln.optimize.plan import Plan
 from kiln.optimize.prepare import prepare_model
-from kiln.runtime.buckets import at_value, bucket_file
+from kiln.runtime.buckets import as_key, at_values, bucket_file
 
 RESULT = "result.json"
 _log = logging.getLogger("kiln.optimize")
@@ -348,46 +349,54 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
                     model_path: Path | None = None) -> BuiltCandidate:
     """A static build per shape bucket (kiln.optimize.buckets), each tuned with its traffic share of the budget,
     largest share first; one candidate whose runner pads each request up to its bucket (kiln.runtime.buckets)."""
-    dim, why = bucketed_dim(checked.profile)
-    if dim is None:
+    dims, why = bucketed_dims(checked.profile)
+    if not dims:
         return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {why}")
-    chosen = choose(dim, checked.dim_values.get(dim.name, []))
+    label = " x ".join(d.name for d in dims)
+    values = [checked.dim_values.get(d.name, []) for d in dims]
+    chosen = choose_grid(dims, list(zip(*values, strict=False)))
     budget = split_trials(plan.request.trials, chosen)
-    log.info("TVM buckets of %s: %s", dim.name, ", ".join(f"{b.value} ({b.share:.0%} of the samples, "
-                                                           f"{budget[b.value]} trials)" for b in chosen))
+    log.info("TVM buckets of %s: %s", label, ", ".join(f"{b.describe()} ({b.share:.0%} of the samples, "
+                                                       f"{budget[b.key]} trials)" for b in chosen))
     model = load_model(model_path or Path(checked.model_path))
-    parts: dict[int, BuiltCandidate] = {}
+    parts: dict[tuple[int, ...], BuiltCandidate] = {}
     for bucket in sorted(chosen, key=lambda b: -b.share):
-        specs = [at_value(s, dim, bucket.value) for s in checked.inputs]
-        path = checked.work_dir / "buckets" / name / f"{dim.name}-{bucket.value}.onnx"
+        specs = at_values(checked.inputs, dims, bucket.key)
+        where = f"bucket {label} = {bucket.describe()}"
+        path = checked.work_dir / "buckets" / name / ("_".join(f"{d.name}-{v}" for d, v in
+                                                                zip(dims, bucket.values, strict=True)) + ".onnx")
         try:
             prepare_model(model, specs, path, checked.model_path)
         except KilnError as exc:
-            return BuiltCandidate(name=name, backend="tvm", error=f"bucket {dim.name} = {bucket.value}: {exc.message}")
+            return BuiltCandidate(name=name, backend="tvm", error=f"{where}: {exc.message}")
         prepared = PreparedModel(path=str(path), sha256=file_sha256(path))
         seconds = time_share(plan, name) * bucket.share if plan.request.tune_time else None
-        part = compile_static(specs, static_job(prepared, plan, name, budget[bucket.value], seconds), plan, log,
+        part = compile_static(specs, static_job(prepared, plan, name, budget[bucket.key], seconds), plan, log,
                               on_progress)
         if part.error:
-            return part.model_copy(update={"error": f"bucket {dim.name} = {bucket.value}: {part.error}"})
-        parts[bucket.value] = part
-    key = json_sha256({str(b): p.path for b, p in sorted(parts.items())})[:24]
+            return part.model_copy(update={"error": f"{where}: {part.error}"})
+        parts[bucket.key] = part
+    key = json_sha256({bucket_file(b): p.path for b, p in sorted(parts.items())})[:24]
     folder = cache_dir(f"buckets-{key}")
     if not (folder / RESULT).is_file():
         with atomic_dir(folder, existing="replace") as staged:
-            for value, part in parts.items():
-                shutil.copy2(part.path, staged.path / bucket_file(value))
-            (staged.path / RESULT).write_text(json.dumps({str(b): p.path for b, p in parts.items()}))
-    top = max(chosen, key=lambda b: b.share).value
+            for bucket_key, part in parts.items():
+                shutil.copy2(part.path, staged.path / bucket_file(bucket_key))
+            (staged.path / RESULT).write_text(json.dumps({bucket_file(b): p.path for b, p in parts.items()}))
+    top = max(chosen, key=lambda b: b.share).key
     first = parts[top]
+    grid = {"buckets": sorted(b[0] for b in parts), "bucket_dim": dims[0].name} if len(dims) == 1 else \
+        {"buckets": [list(b) for b in sorted(parts, key=lambda b: (int(np.prod(b)), b))],
+         "bucket_dims": [d.name for d in dims]}
     return BuiltCandidate(
         name=name, backend="tvm", path=str(folder), cached=all(p.cached for p in parts.values()),
         build_seconds=sum(p.build_seconds or 0 for p in parts.values()),
-        tuning=bucket_tuning(dim.name, {b: p.tuning for b, p in parts.items() if p.tuning}, top),
-        settings=first.settings.merged(buckets=sorted(parts), bucket_dim=dim.name, padding=checked.padding or None))
+        tuning=bucket_tuning(label, {b: p.tuning for b, p in parts.items() if p.tuning}, top),
+        settings=first.settings.merged(**grid, padding=checked.padding or None))
 
 
-def bucket_tuning(dim: str, tunings: dict[int, TuningInfo], top: int) -> TuningInfo | None:
+def bucket_tuning(dim: str, tunings: dict[int, TuningInfo] | dict[tuple[int, ...], TuningInfo],
+                  top: int | tuple[int, ...]) -> TuningInfo | None:
     """Every bucket's search as one record: budgets, trials, failures, records and seconds summed, each task row
     labelled with its bucket; the database, target and int8 lowering are the largest bucket's (publish copies that
     database: the re-optimization of the traffic that matters most continues from it)."""
@@ -408,7 +417,7 @@ def bucket_tuning(dim: str, tunings: dict[int, TuningInfo], top: int) -> TuningI
         "shared_records_added": int(total("shared_records_added")),
         "estimated_ms": None,  # each bucket's is one padded request's, not the traffic's
         "stopped_by": ", ".join(sorted({t.stopped_by for _, t in parts if t.stopped_by})) or None,
-        "per_task": [task.model_copy(update={"name": f"{dim} = {value}: {task.name}"})
+        "per_task": [task.model_copy(update={"name": f"{dim} = {'x'.join(map(str, as_key(value)))}: {task.name}"})
                      for value, t in parts for task in t.per_task],
         "warnings": list(dict.fromkeys(w for _, t in parts for w in t.warnings)),
     })

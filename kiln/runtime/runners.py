@@ -129,11 +129,12 @@ def open_runner(backend: str, path: Path, inputs: list[TensorSpec], outputs: lis
     if backend == "tvm" and settings.buckets:
         from kiln.runtime.buckets import BucketRunner
 
-        dim = profile.dim(settings.bucket_dim or "") if profile else None
-        if dim is None:
-            raise ValueError(f"a TVM build per bucket of {settings.bucket_dim!r} needs the profile that names it")
+        names, buckets = settings.bucket_grid()
+        dims = [profile.dim(n) for n in names] if profile else []
+        if not names or not all(dims):
+            raise ValueError(f"a TVM build per bucket of {' x '.join(names)!r} needs the profile that names it")
         device = settings.device or "cpu"
-        return BucketRunner(path, dim, settings.buckets, inputs, load=lambda module, specs:
+        return BucketRunner(path, dims, buckets, inputs, load=lambda module, specs:
                             TvmRunner(module, specs, outputs, threads=settings.threads, device=device))
     if backend == "onnxruntime":
         return OrtRunner(path, threads=settings.threads, optimization=settings.optimization or "all",
