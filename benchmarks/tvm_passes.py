@@ -51,13 +51,15 @@ VARIANTS = {
     "no graph passes": ((), {}, False),
     "no pre-packing": (DEFAULT, {"prepack": False}, False),
     "+ combine-parallel-matmul": ((*DEFAULT, "combine-parallel-matmul"), {}, True),
+    "+ fused-attention": ((*DEFAULT, "fused-attention"), {}, True),
     "+ fast-math": ((*DEFAULT, "fast-math"), {}, True),
     "cold-cache trials": (DEFAULT, {"cache_flush": True}, False),
     # kiln before 2026-11-27: onnxruntime's MatMul+Add -> Gemm (2-D, wrapped in reshapes) kept in the prepared model
     "Gemm in the prepared model": (DEFAULT, {"ort_disabled": ()}, False),
 }
 MODEL_VARIANTS = {"encoder": list(VARIANTS),
-                  "minilm-l6": ["kiln default", "+ combine-parallel-matmul", "+ fast-math", "cold-cache trials",
+                  "minilm-l6": ["kiln default", "+ fused-attention", "+ combine-parallel-matmul", "+ fast-math",
+                                "cold-cache trials",
                                 "Gemm in the prepared model"]}
 
 

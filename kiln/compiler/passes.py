@@ -1,9 +1,9 @@
 """kiln's own graph passes before tuning, as named data (the shape of TVM's relax/pipeline.py).
 
 Each is an exact rewrite of high-level Relax (before operators are lowered to TIR), aimed at what the tuner's
-per-task table showed on transformers: attention's Q/K/V matmuls as one, transposes feeding matmuls, reshapes
-that change nothing, batch norms after convolutions, GELU's erf as a polynomial (not bit-exact: within ~5
-float32 steps, see kiln/compiler/polynomial_erf.py). A pass is kept in the pipeline only where the
+per-task table showed on transformers: attention as one kernel, its Q/K/V matmuls as one, transposes feeding
+matmuls, reshapes that change nothing, batch norms after convolutions, GELU's erf as a polynomial (not
+bit-exact: within ~5 float32 steps, see kiln/compiler/polynomial_erf.py). A pass is kept in the pipeline only where the
 model's graph has its pattern (the profile: the pass changed the module), and the manifest lists the ones that
 did (`tuning.pipeline`).
 """
@@ -44,6 +44,12 @@ def _polynomial_erf():
     return polynomial_erf()
 
 
+def _fused_attention():
+    from kiln.compiler.fused_attention import fused_attention
+
+    return fused_attention()
+
+
 def _combine_parallel_matmul():
     from kiln.compiler.parallel_matmul import combine_parallel_matmul
 
@@ -51,6 +57,8 @@ def _combine_parallel_matmul():
 
 
 PASSES: dict[str, GraphPass] = {p.name: p for p in (
+    GraphPass("fused-attention", "softmax(Q K^T / scale + mask) V as one kernel per layer instead of three",
+              _fused_attention, default=False),  # joins DEFAULT once benchmarks/tvm_passes.py measures it faster
     GraphPass("combine-parallel-matmul", "matmuls reading the same input (Q, K, V) as one wider matmul",
               _combine_parallel_matmul, default=False),  # adds a split kernel: joins DEFAULT once measured faster
     GraphPass("fuse-transpose-matmul", "a transpose feeding a matmul is read through its layout instead",
