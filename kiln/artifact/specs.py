@@ -110,6 +110,7 @@ class TracedAxis(BaseModel):
     index: int
     stride: int = 1
     offset: int = 0
+    step: int = 1  # fitted over the multiples of `step` only (every sample's value was one): a model taking those
 
     def length(self, value: int) -> int:
         return (value + self.offset) // self.stride

@@ -195,7 +195,9 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
     outputs = output_specs(model)
     out_names = [o.name for o in outputs]
     if profile.unrelated(outputs) and samples.count:  # output axes the graph does not relate to an input's
-        profile = trace(Path(prog.model_path), profile, feeds(samples, inputs)[0], out_names)
+        values = dim_values(samples, profile)
+        steps = {name: math.gcd(*seen) for name, seen in values.items() if seen}
+        profile = trace(Path(prog.model_path), profile, feeds(samples, inputs)[0], out_names, steps)
     for m in metrics:
         if m.output is not None and m.output not in out_names:
             raise ProgramError(f"metric {m.name!r} scores output {m.output!r}; the model's outputs are {out_names}",
