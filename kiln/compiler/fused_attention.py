@@ -56,6 +56,8 @@ def fused_attention():
     import tvm
     from tvm import relax
 
+    from kiln.compiler.int8 import layout
+
     def op_name(expr) -> str | None:
         return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
 
@@ -66,12 +68,7 @@ def fused_attention():
             self.fused = 0
 
         def _bound(self, expr):
-            while isinstance(expr, relax.Var):
-                value = self.lookup_binding(expr)
-                if value is None:
-                    return expr
-                expr = value
-            return expr
+            return layout.bound(self, expr)
 
         def _scalar(self, expr):
             from tvm.ir.expr import Constant
