@@ -589,5 +589,5 @@ def test_a_detector_whose_height_and_width_vary_gets_a_tvm_grid(tmp_path, kiln_e
     assert (60, 90) in grid and len(grid) >= 2 and all(h >= 28 and w >= 40 for h, w in grid), grid
     assert tvm["passed"] and tvm["metrics"]["cosine"]["value"] >= 0.9999, tvm
     traced = {d["name"]: d["traced"] for d in manifest["profile"]["dims"]}
-    assert traced["height"] == [{"tensor": "map", "index": 2, "stride": 2, "offset": 1}]
-    assert traced["width"] == [{"tensor": "map", "index": 3, "stride": 2, "offset": 1}]
+    assert traced["height"] == [{"tensor": "map", "index": 2, "stride": 2, "offset": 1, "step": 1}]
+    assert traced["width"] == [{"tensor": "map", "index": 3, "stride": 2, "offset": 1, "step": 1}]
