@@ -178,6 +178,7 @@ def optimize(models: Path | None, name: str, run: int, info: dict) -> dict:
                             "speedup": c.get("speedup"), "p50_ms": (c.get("latency_ms") or {}).get("p50"),
                             "metrics": {k: m["value"] for k, m in c["metrics"].items()},
                             "kept_fp32": len(c["settings"].get("kept_fp32") or []),
+                            "quantized_ops": c["settings"].get("quantized_ops"),
                             "reason": (c["reasons"] or [""])[0][:90]} for c in (manifest or {}).get("candidates", [])]}
 
 

@@ -591,7 +591,10 @@ def real_models(d: dict) -> list[str]:
                 cells += [f"**{text}**" if r["selected"] == cand else text,
                           " ".join(f"{v:.4g}" for v in c["metrics"].values())]
             first = next((c for c in runs[0]["candidates"] if c["name"] == cand), {})
-            lines.append(f"| {cand} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
+            how = [f"only {', '.join(first['quantized_ops'])} quantized"] if first.get("quantized_ops") else []
+            how += [f"{first['kept_fp32']} node(s) kept fp32"] if first.get("kept_fp32") else []
+            label = f"{cand} ({'; '.join(how)})" if how else cand
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
         lines += ["", f"Shipped, confirmed: {_shipped(runs)}.", ""]
     return lines[:-1]
 

@@ -311,10 +311,13 @@ def mlp(path: Path, widths: tuple[int, ...] = (64, 48, 32, 16)) -> Path:
     return _save(graph, path)
 
 
-def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int = 2, seed: int = 0) -> Path:
+def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int = 2, seed: int = 0,
+                  restored: bool = False) -> Path:
     """An MLP whose layer `sensitive` (node `mm{sensitive}`) reads an activation with one huge component:
     per-tensor int8 of that activation rounds every other component away, so quantizing that one node ruins
-    the output while quantizing any other costs nothing. Input x float32 [1, width]; output y [1, width]."""
+    the output while quantizing any other costs nothing. Input x float32 [1, width]; output y [1, width].
+    `restored`: the outlier is subtracted again (node `unspike{i}`) before the matmul, so only an int8 copy of
+    the elementwise value between them (what QDQ of every operator makes) is ruined, not the matmul's input."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     x = "x"
@@ -325,7 +328,11 @@ def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int =
             outlier[0] = 1000.0
             inits.append(numpy_helper.from_array(outlier, f"outlier{i}"))
             nodes.append(helper.make_node("Add", [x, f"outlier{i}"], [f"spiked{i}"], name=f"spike{i}"))
-            x, weight[0, :] = f"spiked{i}", 0.0
+            if restored:
+                nodes.append(helper.make_node("Sub", [f"spiked{i}", f"outlier{i}"], [f"back{i}"], name=f"unspike{i}"))
+                x = f"back{i}"
+            else:
+                x, weight[0, :] = f"spiked{i}", 0.0
         inits.append(numpy_helper.from_array(weight, f"w{i}"))
         nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
         out = "y" if i == layers - 1 else f"a{i}"

@@ -286,11 +286,35 @@ def test_accuracy_aware_int8_keeps_the_sensitive_node_in_fp32(kiln_env, tmp_path
     cands = _by_name(manifest)
     for name in ("ort-int8-dynamic", "ort-int8-static"):
         assert not cands[name]["passed"] and cands[name]["metrics"]["cosine"]["value"] < 0.9
-        retry = cands[f"{name}-fallback1"]
+        retry = cands[f"{name}-fallback1" if name == "ort-int8-dynamic" else f"{name}-fallback2"]
         assert retry["settings"]["kept_fp32"][0] == "mm2", retry["settings"]
         assert retry["settings"]["calibration_check"] == "inside every range"
         assert retry["passed"] and retry["metrics"]["cosine"]["value"] >= 0.99  # and on the evaluation split
     assert cands["ort-int8-dynamic-fallback1"]["settings"]["kept_fp32"] == ["mm2"]
-    assert set(cands["ort-int8-static-fallback1"]["settings"]["kept_fp32"]) == {"mm2", "spike2"}
-    if manifest["selected"].endswith("fallback1"):  # whichever ships records which nodes stayed fp32
+    # QDQ's first retry quantizes the matmuls only (the Add between them stays fp32): mm2 still reads the spike
+    compute = cands["ort-int8-static-fallback1"]["settings"]
+    assert compute["quantized_ops"] == ["Conv", "ConvTranspose", "MatMul", "Gemm"] and not compute["kept_fp32"]
+    assert compute["calibration_check"].startswith("cosine = ")
+    assert cands["ort-int8-static-fallback2"]["settings"]["kept_fp32"] == ["mm2"]
+    if manifest["selected"].endswith(("dynamic-fallback1", "fallback2")):  # it records which nodes stayed fp32
         assert manifest["settings"]["kept_fp32"]
+
+
+def test_static_int8_retries_with_the_compute_operators_only(kiln_env, tmp_path):
+    """An outlier is added and subtracted again between two matmuls: QDQ of every operator stores the value
+    between the Add and the Sub in int8 at a scale that rounds the rest away, while the matmuls' own inputs
+    quantize well. The first retry quantizes Conv/MatMul/Gemm only and passes with no node kept in fp32."""
+    import onnx_models
+
+    x = np.random.default_rng(0).standard_normal((60, 1, 64)).astype(np.float32)
+    model = _bare(tmp_path, "restored", lambda p: onnx_models.sensitive_mlp(p, restored=True), {"x": x})
+    proc = run_kiln(["optimize", str(model), "--data", str(tmp_path / "restored.npz"), "--range", "cosine>=0.99",
+                     "--candidates", "onnxruntime,ort-int8-static", "--trials", "0", "--json"], kiln_env)
+    assert proc.returncode == 0, proc.stderr
+    cands = _by_name(json.loads(proc.stdout))
+    assert not cands["ort-int8-static"]["passed"] and cands["ort-int8-static"]["metrics"]["cosine"]["value"] < 0.9
+    retry = cands["ort-int8-static-fallback1"]
+    assert retry["settings"]["quantized_ops"] == ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+    assert not retry["settings"]["kept_fp32"] and retry["settings"]["calibration_check"] == "inside every range"
+    assert retry["passed"] and retry["metrics"]["cosine"]["value"] >= 0.99
+    assert "ort-int8-static-fallback2" not in cands  # nothing more to retry

@@ -55,6 +55,7 @@ class RunSettings(BaseModel):
     calibration_feeds: int | None = None
     fusion: str | None = None  # onnxruntime transformer fusions applied, e.g. "6 Attention, 12 SkipLayerNorm..."
     kept_fp32: list[str] | None = None  # accuracy-aware int8: the nodes left unquantized
+    quantized_ops: list[str] | None = None  # int8 QDQ quantizing only these operator types (None: every one)
     fallback_round: int | None = None
     calibration_check: str | None = None  # what the calibration split said of the ranges
     buckets: list[int] | list[list[int]] | None = None  # TVM per-bucket builds: the value of `bucket_dim` each

@@ -86,8 +86,10 @@ def build_candidates(checked: CheckedProgram, prepared: PreparedModel, ref: Refe
         for attempt in built.attempts:  # accuracy-aware retries: each is measured and gated like any candidate
             out.append(BuiltCandidate(name=f"{name}-fallback{attempt.settings.fallback_round}", backend=cand.backend,
                                       path=str(attempt.path), settings=attempt.settings, build_seconds=seconds))
-            log.info("%s: %d node(s) kept in fp32 (%s): %s", out[-1].name, len(attempt.settings.kept_fp32),
-                     ", ".join(attempt.settings.kept_fp32[:8]), attempt.settings.calibration_check)
+            kept, ops = attempt.settings.kept_fp32 or [], attempt.settings.quantized_ops
+            log.info("%s: %s%d node(s) kept in fp32 (%s): %s", out[-1].name,
+                     f"only {', '.join(ops)} quantized, " if ops else "", len(kept), ", ".join(kept[:8]),
+                     attempt.settings.calibration_check)
         if not is_baseline:
             log.info("%s built in %.1f s", name, seconds)
         if is_baseline and incumbent:  # measured again beside the challengers: it is the one to beat

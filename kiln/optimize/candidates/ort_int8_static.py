@@ -14,7 +14,7 @@ import onnx
 from kiln.artifact.manifest import RunSettings
 from kiln.errors import KilnError
 from kiln.optimize.candidates.base import BuildContext, Built
-from kiln.optimize.quantize.accuracy_aware import quantize_with_fallback
+from kiln.optimize.quantize.accuracy_aware import COMPUTE_OPS, ComputeOnly, quantize_with_fallback
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -78,7 +78,9 @@ def build(ctx: BuildContext) -> Built:
     settings = RunSettings(optimization="all", int8_isa=ctx.int8.isa,
                            quantization=f"int8 static QDQ {ctx.int8.label} ({ctx.calibration_method})",
                            calibration_feeds=len(ctx.calibration or []))
-    # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep
-    return quantize_with_fallback(ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude),
-                                  settings, None)
+    # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep; the
+    # first retry quantizes the compute operators only
+    return quantize_with_fallback(
+        ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude), settings, None,
+        ComputeOnly(lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude, COMPUTE_OPS), COMPUTE_OPS))
 

@@ -261,10 +261,29 @@ def rank_by_impact(ctx: BuildContext, quantize: Callable[[Path, list[str]], None
     return [name for _, _, name in sorted(measured)] + [n for n in nodes if n not in done]
 
 
+@dataclass
+class ComputeOnly:
+    """A QDQ model's retry that quantizes only its compute operators (`quantize` restricted to `op_types`),
+    leaving the elementwise and pooling operators between them in fp32: one requantization per layer instead of
+    one per operator. Measured on PP-OCRv4's text recognizer (38 convolutions, 13 matmuls, ~250 elementwise
+    nodes; 120 lines, AMD EPYC): per-position agreement with fp32 0.930 with every operator quantized (1.72x of
+    fp32's speed), 0.963 with only these (1.45x); keeping any ten consecutive convolutions in fp32 instead gained
+    at most 0.008."""
+
+    quantize: Callable[[Path, list[str]], None]
+    op_types: list[str]
+
+
+COMPUTE_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+
+
 def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Path, list[str]], None],
-                           settings: RunSettings, op_types: list[str] | None) -> Built:
+                           settings: RunSettings, op_types: list[str] | None,
+                           compute_only: ComputeOnly | None = None) -> Built:
     """The fully quantized model, with accuracy-aware retries as `attempts` when it misses a range on the
-    calibration split (and the program has a calibration split and ranges that can be judged there)."""
+    calibration split (and the program has a calibration split and ranges that can be judged there). With
+    `compute_only` (a model quantized at every operator), the first retry quantizes only the compute operators,
+    and the nodes kept in fp32 after it are chosen among those."""
     first_path = ctx.out_dir / "model_int8.onnx"
     quantize(first_path, [])
     first = Built(path=first_path, settings=settings)
@@ -274,12 +293,23 @@ def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Pa
     if not missed:
         return first
     deadline = time.monotonic() + ctx.fallback_seconds
+    start = 1
+    if compute_only is not None and _has_ops(fp32, compute_only.op_types):
+        dest = ctx.out_dir / "model_int8_compute.onnx"
+        compute_only.quantize(dest, [])
+        missed = ctx.accuracy.failures(dest)
+        settings = settings.merged(quantized_ops=compute_only.op_types)
+        first.attempts.append(Built(path=dest, settings=settings.merged(
+            fallback_round=1, calibration_check="; ".join(missed) or "inside every range")))
+        if not missed or ctx.max_fallback_rounds <= 1:
+            return first
+        first_path, quantize, op_types, start = dest, compute_only.quantize, compute_only.op_types, 2
     scores = rank_nodes(fp32, first_path, op_types, ctx.accuracy.feeds)
     ranked = [name for name, score in scores if score > 0] or [name for name, _ in scores]
     if op_types and len(ranked) <= IMPACT_RANKING_NODES:
         ranked = rank_by_impact(ctx, quantize, ranked, deadline)
     keep = 1
-    for round_ in range(1, ctx.max_fallback_rounds + 1):
+    for round_ in range(start, ctx.max_fallback_rounds + 1):
         if not ranked or time.monotonic() > deadline:
             break
         kept = ranked[:keep] if op_types else with_producers(onnx.load(str(fp32)), ranked[:keep])
@@ -292,3 +322,7 @@ def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Pa
             break
         keep = min(len(ranked), keep * 2)
     return first
+
+
+def _has_ops(model: Path, op_types: list[str]) -> bool:
+    return any(n.op_type in op_types for n in onnx.load(str(model), load_external_data=False).graph.node)
