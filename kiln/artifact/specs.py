@@ -182,10 +182,15 @@ class Dim(BaseModel):
         for tensor, axis, length in cuts:
             arr = out.get(tensor)
             if arr is not None and axis < np.ndim(arr):
-                index = [slice(None)] * np.ndim(arr)
-                index[axis] = slice(0, length)
-                out[tensor] = np.asarray(arr)[tuple(index)]
+                out[tensor] = head(arr, axis, length)
         return out
+
+
+def head(arr, axis: int, length: int) -> np.ndarray:
+    """The first `length` entries of `arr` along `axis` (a view)."""
+    index = [slice(None)] * np.ndim(arr)
+    index[axis] = slice(0, length)
+    return np.asarray(arr)[tuple(index)]
 
 
 class Profile(BaseModel):

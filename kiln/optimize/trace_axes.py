@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.artifact.specs import Axis, Dim, Profile, TracedAxis
+from kiln.artifact.specs import Axis, Dim, Profile, TracedAxis, head
 
 _log = logging.getLogger("kiln.optimize")
 
@@ -58,15 +58,13 @@ def probe_values(dim: Dim, own: int, step: int = 1) -> list[int]:
     return values[-PROBES:] if len(values) > PROBES else values
 
 
-def at_value(feed: Feed, dim: Dim, value: int) -> Feed:
+def feed_at(feed: Feed, dim: Dim, value: int) -> Feed:
     """`feed` with every axis of `dim` cut or padded (Dim.pad: the program's pad values) to `value`."""
     out = dict(dim.pad(feed, value))
     for a in dim.axes:
         arr = out.get(a.tensor)
         if arr is not None and arr.shape[a.index] > value:
-            index = [slice(None)] * arr.ndim
-            index[a.index] = slice(0, value)
-            out[a.tensor] = np.ascontiguousarray(arr[tuple(index)])
+            out[a.tensor] = np.ascontiguousarray(head(arr, a.index, value))
     return out
 
 
@@ -114,7 +112,7 @@ def _probe(session, output_names: list[str], feed: Feed, dim: Dim, step: int) ->
     shapes: dict[int, list[tuple[int, ...]]] = {}
     for value in probe_values(dim, dim.value(feed) or dim.high, step):
         try:
-            shapes[value] = [np.shape(o) for o in session.run(output_names, at_value(feed, dim, value))]
+            shapes[value] = [np.shape(o) for o in session.run(output_names, feed_at(feed, dim, value))]
         except Exception:  # onnxruntime raises its own types for a shape it refuses
             continue
     return shapes

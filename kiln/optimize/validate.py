@@ -194,8 +194,8 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
                                                       "metrics (agreement, cosine, max_abs_diff)")
     outputs = output_specs(model)
     out_names = [o.name for o in outputs]
+    values = dim_values(samples, profile)
     if profile.unrelated(outputs) and samples.count:  # output axes the graph does not relate to an input's
-        values = dim_values(samples, profile)
         steps = {name: math.gcd(*seen) for name, seen in values.items() if seen}
         profile = trace(Path(prog.model_path), profile, feeds(samples, inputs)[0], out_names, steps)
     for m in metrics:
@@ -219,7 +219,7 @@ def check_program(path: str, location: str, shapes: dict[str, list[int]] | None,
         program_sha256=prog.sha256, shapes=prog.shapes, dims=prog.dims, profile=profile, inputs=inputs,
         outputs=outputs, guards=guards,
         unsupported_ops=missing, allow_nonfinite=bool(p.allow_nonfinite), requirements=requirements,
-        dim_values=dim_values(samples, profile),
+        dim_values=values,
         calibration_method=p.calibration_method,
         max_fallback_rounds=int(p.max_fallback_rounds), fallback_seconds=float(p.fallback_seconds),
         fallback_margin=float(p.fallback_margin),

@@ -75,7 +75,3 @@ def at_values(specs: list[TensorSpec], dims: list[Dim], bucket: Key) -> list[Ten
     """`specs` with the axes of each of `dims` at its value in `bucket` (a bucket's build)."""
     return Profile(dims=dims).at(specs, {d.name: v for d, v in zip(dims, bucket, strict=True)})
 
-
-def at_value(spec: TensorSpec, dim: Dim, value: int) -> TensorSpec:
-    """`spec` with the axes of `dim` at `value`."""
-    return at_values([spec], [dim], (value,))[0]
