@@ -34,7 +34,7 @@ def build(model: Path, feeds: list[dict], out: Path, names: tuple[str, ...]) -> 
         built = get(name).build(ctx)
         rows[name] = {"scheme": ctx.int8.label, "isa": built.settings.int8_isa,
                       "rounds": [{"kept_fp32": a.settings.kept_fp32, "check": a.settings.calibration_check}
-                                 for a in built.attempts]}
+                                 for a in built.attempts if a.settings.kept_fp32]}  # not QDQ's compute-only retry
     return rows
 
 

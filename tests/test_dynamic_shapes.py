@@ -337,6 +337,34 @@ def test_tvm_buckets_pad_each_request_and_cut_its_outputs(tmp_path, kiln_env):
     assert json.loads(check.stdout.splitlines()[-1]) == {str(n): [1, n, 32] for n in lengths}
 
 
+def test_a_tuning_time_too_short_for_every_bucket_builds_fewer(tmp_path, kiln_env):
+    """Under --tune-time, a bucket build whose kernels get no trial keeps TVM's untuned schedules, slower than
+    padding to a larger tuned build: kiln builds only as many buckets as the time gives a first round each (from
+    the model's tasks and this CPU's trial costs), the profile's upper end always, and says so."""
+    model = onnx_models.tiny_bert(tmp_path / "bert.onnx", seq=64)
+    data = write_parquet(tmp_path / "real.parquet", sentences())
+    env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}  # untuned TVM is slow: judge its accuracy all the same
+    proc = run_kiln(["optimize", str(model), "--data", str(data), "--range", "cosine>=0.999", "--name", "dyn-short",
+                     "--candidates", "onnxruntime,tvm", "--tune-time", "3s", "--json", "--min-gain", "0"], env)
+    assert proc.returncode == 0, proc.stderr
+    tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
+    assert tvm["settings"]["buckets"] == [LONGEST], tvm["settings"]  # every length served, by the one build
+    why = next(n for n in tvm["notes"] if "bucket builds" in n)  # in the candidate's row, not only the log
+    assert "cannot give" in why and f"1 built ({LONGEST}), requests padded up to them" in why, why
+    assert tvm["passed"] and tvm["metrics"]["cosine"]["value"] >= 0.999, tvm
+
+
+def test_builds_affordable_under_a_time_budget():
+    from kiln.optimize.buckets import builds_affordable, choose_grid
+
+    assert builds_affordable(100, 840) == 1 and builds_affordable(1200, 400) == 3 and builds_affordable(5, 0) >= 3
+    w = Dim(name="width", low=1, high=1530, axes=["x:3"])
+    points = [(400,)] * 10 + [(900,)] * 10 + [(1500,)] * 2
+    assert len(choose_grid([w], points)) == 3
+    assert [b.values for b in choose_grid([w], points, most=1)] == [[1530]]
+    assert choose_grid([w], points, most=2)[-1].values == [1530]
+
+
 DISPATCH = """
 import json, sys
 import numpy as np

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kiln.artifact.specs import TensorSpec
 from kiln.artifact.target import Target
-from kiln.compiler import passes, pipelines, shared_db, tuning
+from kiln.compiler import passes, pipelines, shared_db, trial_costs, tuning
 from kiln.compiler.frontend import import_onnx
 from kiln.compiler.targets import resolve, target_config
 from kiln.compiler.tuning import Limits, Progress
@@ -70,28 +70,9 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target: Target 
     cpu = resolved.kind == "llvm"
     tgt_conf = target_config(resolved)
     target = tvm.target.Target(tgt_conf)
-    mod = import_onnx(model_path, inputs)
-    rewrites = None
-    try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
-        with target:
-            if limits.int8:  # before the graph passes, which rewrite the matmuls it looks for
-                mod, rewrites = lower_int8(mod, limits.int8)
-            mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
-            if rewrites:
-                passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else [])
-            lowered = pipelines.lowering()(mod)
-            if limits.prepack and cpu:
-                lowered = pipelines.prepacking()(lowered)
-    except passes.NotApplicable:
-        raise
-    except Exception as exc:
-        raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
-                         where=str(model_path), hint="--candidates without tvm skips TVM") from None
+    lowered, passes_applied, rewrites = _lowered(model_path, inputs, target, limits, graph_passes, cpu)
     db_dir.mkdir(parents=True, exist_ok=True)  # MetaSchedule's JSONDatabase needs it to exist
-    shared = None
-    if shared_root is not None and cpu:  # a GPU's records would need its own fingerprint
-        shared = shared_db.ensure(shared_root, shared_db.fingerprint(
-            resolved, cores=resolved.cores, host_mcpu=limits.rpc.measured_on if limits.rpc else None))
+    shared = _shared_folder(shared_root, resolved, limits) if cpu else None  # a GPU's records: another fingerprint
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # console: warnings only; the full log goes to db_dir/logs
     try:
@@ -119,6 +100,54 @@ def compile_model(model_path: Path, inputs: list[TensorSpec], *, target: Target 
                          hint=f"see {db_dir / 'logs'}")
     return CompileResult(module=out, tuning=tuned, seconds=time.perf_counter() - start, target=tgt_conf,
                          passes=passes_applied, int8=rewrites)
+
+
+def _lowered(model_path: Path, inputs: list[TensorSpec], target, limits: Limits, graph_passes: tuple[str, ...],
+             cpu: bool):
+    """(the lowered Relax module tuning extracts its tasks from, kiln's passes applied, the int8 rewrites)."""
+    mod = import_onnx(model_path, inputs)
+    rewrites = None
+    try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
+        with target:
+            if limits.int8:  # before the graph passes, which rewrite the matmuls it looks for
+                mod, rewrites = lower_int8(mod, limits.int8)
+            mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
+            if rewrites:
+                passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else [])
+            lowered = pipelines.lowering()(mod)
+            if limits.prepack and cpu:
+                lowered = pipelines.prepacking()(lowered)
+    except passes.NotApplicable:
+        raise
+    except Exception as exc:
+        raise ModelError(f"TVM cannot lower the model: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}",
+                         where=str(model_path), hint="--candidates without tvm skips TVM") from None
+    return lowered, passes_applied, rewrites
+
+
+def _shared_folder(shared_root: Path | None, resolved: Target, limits: Limits) -> Path | None:
+    if shared_root is None:
+        return None
+    return shared_db.ensure(shared_root, shared_db.fingerprint(
+        resolved, cores=resolved.cores, host_mcpu=limits.rpc.measured_on if limits.rpc else None))
+
+
+def first_round_need(model_path: Path, inputs: list[TensorSpec], *, target: Target | str, limits: Limits,
+                     shared_root: Path | None = None, graph_passes: tuple[str, ...] = passes.DEFAULT
+                     ) -> tuple[int, float]:
+    """(the tuning tasks of the model at these inputs, the seconds a first round of MIN_FIRST_ROUND trials each
+    takes on this CPU, from its measured trial costs, else the defaults): what a time budget must afford per
+    static build before more builds (shape buckets) are worth tuning."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    resolved = resolve(target) if isinstance(target, str) else target
+    tvm_target = tvm.target.Target(target_config(resolved))
+    cpu = resolved.kind == "llvm"
+    lowered, _, _ = _lowered(model_path, inputs, tvm_target, limits, graph_passes, cpu)
+    tasks = len(ms.relax_integration.extract_tasks(lowered, tvm_target))
+    costs = trial_costs.load(_shared_folder(shared_root, resolved, limits) if cpu else None)
+    return tasks, costs.first_round_seconds(tasks, trial_costs.MIN_FIRST_ROUND)
 
 
 def lower_int8(mod, intrinsic: str):

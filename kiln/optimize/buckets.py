@@ -9,6 +9,8 @@ proportional to the bucket's length), so short common lengths get a build of the
 Where two dimensions vary (a text detector's height and width), the buckets are a small grid chosen from the
 joint histogram the same way: the corner (both upper ends) always, then pairs of each dimension's own bucket
 values, added where they save the most padded work (the product of the pair) over the samples.
+
+Under a time budget, only as many buckets are built as the time can give each a first round of tuning.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _holder(buckets: list[tuple[int, ...]], point: tuple[int, ...]) -> tuple[int
 def choose_grid(dims: list[Dim], points: list[tuple[int, ...]], most: int = MAX_GRID) -> list[Bucket]:
     """Up to `most` buckets over `dims` (one dimension: choose()) for the samples' joint values `points`."""
     if len(dims) == 1:
-        return choose(dims[0], [p[0] for p in points])
+        return choose(dims[0], [p[0] for p in points], min(most, MAX_BUCKETS))
     points = [tuple(min(max(v, d.low), d.high) for v, d in zip(p, dims, strict=True)) for p in points] or \
         [tuple(d.high for d in dims)]
     corner = tuple(d.high for d in dims)
@@ -109,6 +111,14 @@ def choose_grid(dims: list[Dim], points: list[tuple[int, ...]], most: int = MAX_
         served[_holder(chosen, p)] += 1
     return [Bucket(values=list(b), share=served[b] / len(points))
             for b in sorted(chosen, key=lambda b: (int(np.prod(b)), b))]
+
+
+def builds_affordable(seconds: float, first_round_s: float) -> int:
+    """How many static builds a tuning time can tune (at least one): each needs a first round for its tasks, and a
+    build whose kernels get no trial keeps TVM's untuned default schedules (PP-OCRv4's recognizer, 3 width buckets
+    in 100 s of its 61 tasks' 14-minute first round: 33x slower than onnxruntime), which is slower than padding a
+    request up to a larger, tuned bucket."""
+    return max(1, int(seconds // first_round_s)) if first_round_s > 0 else MAX_GRID
 
 
 def split_trials(trials: int, buckets: list[Bucket]) -> dict[tuple[int, ...], int]:

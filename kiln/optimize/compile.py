@@ -27,6 +27,7 @@ from kiln.compiler import (
     Progress,
     compile_model,
     device_for,
+    first_round_need,
     passes,
     target_config,
 )
@@ -36,7 +37,7 @@ from kiln.config import kiln_home, settings
 from kiln.errors import DeviceError, KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
 from kiln.optimize import candidates
-from kiln.optimize.buckets import bucketed_dims, choose_grid, split_trials
+from kiln.optimize.buckets import Bucket, bucketed_dims, builds_affordable, choose_grid, split_trials
 from kiln.optimize.inspect import describe_unsupported, load_model
 from kiln.optimize.judging import not_judged
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, PreparedModel
@@ -354,17 +355,28 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
         return BuiltCandidate(name=name, backend="tvm", error=f"skipped: {why}")
     label = " x ".join(d.name for d in dims)
     values = [checked.dim_values.get(d.name, []) for d in dims]
-    chosen = choose_grid(dims, list(zip(*values, strict=False)))
+    points = list(zip(*values, strict=False))
+    chosen = choose_grid(dims, points)
+    model = load_model(model_path or Path(checked.model_path))
+
+    def bucket_model(bucket: Bucket) -> Path:
+        return checked.work_dir / "buckets" / name / ("_".join(f"{d.name}-{v}" for d, v in
+                                                             zip(dims, bucket.values, strict=True)) + ".onnx")
+
+    seconds = time_share(plan, name) if plan.request.tune_time else None
+    fewer = None  # why fewer buckets were built than the data suggested
+    if seconds and len(chosen) > 1:
+        chosen, fewer = _within_time(checked, plan, name, dims, points, chosen, seconds, model, bucket_model)
+        if fewer:
+            log.warning("%s: %s", name, fewer)
     budget = split_trials(plan.request.trials, chosen)
     log.info("TVM buckets of %s: %s", label, ", ".join(f"{b.describe()} ({b.share:.0%} of the samples, "
                                                        f"{budget[b.key]} trials)" for b in chosen))
-    model = load_model(model_path or Path(checked.model_path))
     parts: dict[tuple[int, ...], BuiltCandidate] = {}
     for bucket in sorted(chosen, key=lambda b: -b.share):
         specs = at_values(checked.inputs, dims, bucket.key)
         where = f"bucket {label} = {bucket.describe()}"
-        path = checked.work_dir / "buckets" / name / ("_".join(f"{d.name}-{v}" for d, v in
-                                                                zip(dims, bucket.values, strict=True)) + ".onnx")
+        path = bucket_model(bucket)
         try:
             prepare_model(model, specs, path, checked.model_path)
         except KilnError as exc:
@@ -388,11 +400,37 @@ def compile_buckets(checked: CheckedProgram, plan: Plan, name: str = "tvm",
     grid = {"buckets": sorted(b[0] for b in parts), "bucket_dim": dims[0].name} if len(dims) == 1 else \
         {"buckets": [list(b) for b in sorted(parts, key=lambda b: (int(np.prod(b)), b))],
          "bucket_dims": [d.name for d in dims]}
+    tuning = bucket_tuning(label, {b: p.tuning for b, p in parts.items() if p.tuning}, top)
+    if tuning is not None and fewer:
+        tuning = tuning.model_copy(update={"warnings": [fewer, *tuning.warnings]})
     return BuiltCandidate(
         name=name, backend="tvm", path=str(folder), cached=all(p.cached for p in parts.values()),
-        build_seconds=sum(p.build_seconds or 0 for p in parts.values()),
-        tuning=bucket_tuning(label, {b: p.tuning for b, p in parts.items() if p.tuning}, top),
+        build_seconds=sum(p.build_seconds or 0 for p in parts.values()), tuning=tuning,
         settings=first.settings.merged(**grid, padding=checked.padding or None))
+
+
+def _within_time(checked: CheckedProgram, plan: Plan, name: str, dims: list, points: list, chosen: list[Bucket],
+                 seconds: float, model, bucket_model: Callable[[Bucket], Path]) -> tuple[list[Bucket], str | None]:
+    """(`chosen`, None), or fewer buckets where `seconds` cannot give each build's tasks a first round (the
+    largest bucket's tasks and this CPU's trial costs say how long one takes), with why; the upper end is always
+    among them."""
+    corner = max(chosen, key=lambda b: (int(np.prod(b.values)), b.values))
+    specs = at_values(checked.inputs, dims, corner.key)
+    try:
+        prepare_model(model, specs, bucket_model(corner), checked.model_path)
+        tasks, need = first_round_need(
+            bucket_model(corner), specs, target=plan.target, shared_root=shared_tuning_root(),
+            limits=Limits(trials=1, prepack=plan.prepack, int8=int8_intrinsic(name, plan.target)),
+            graph_passes=(*passes.DEFAULT, *candidates.get(name).graph_passes))
+    except (KilnError, passes.NotApplicable):
+        return chosen, None  # the build itself says why
+    most = builds_affordable(seconds, need)
+    if most >= len(chosen):
+        return chosen, None
+    fewer = choose_grid(dims, points, most=most)
+    return fewer, (f"{seconds:.0f} s of tuning cannot give {len(chosen)} bucket builds of {tasks} tasks each a "
+                   f"first round (about {need:.0f} s each on this CPU): {len(fewer)} built "
+                   f"({', '.join(b.describe() for b in fewer)}), requests padded up to them")
 
 
 def bucket_tuning(dim: str, tunings: dict[int, TuningInfo] | dict[tuple[int, ...], TuningInfo],
