@@ -283,8 +283,7 @@ def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Pa
     """The fully quantized model, with accuracy-aware retries as `attempts` when it misses a range on the
     calibration split (and the program has a calibration split and ranges that can be judged there). With
     `compute_only` (a model quantized at every operator), the first retry quantizes only the compute operators,
-    and the later ones keep nodes in fp32 on top of whichever of the two came closer to the ranges (PP-OCRv4's
-    detector: cosine 0.734 with every operator quantized, 0.623 with the compute operators only)."""
+    and the nodes kept in fp32 after it are chosen among those."""
     first_path = ctx.out_dir / "model_int8.onnx"
     quantize(first_path, [])
     first = Built(path=first_path, settings=settings)
@@ -299,14 +298,12 @@ def quantize_with_fallback(ctx: BuildContext, fp32: Path, quantize: Callable[[Pa
         dest = ctx.out_dir / "model_int8_compute.onnx"
         compute_only.quantize(dest, [])
         missed = ctx.accuracy.failures(dest)
-        compute = settings.merged(quantized_ops=compute_only.op_types)
-        first.attempts.append(Built(path=dest, settings=compute.merged(
+        settings = settings.merged(quantized_ops=compute_only.op_types)
+        first.attempts.append(Built(path=dest, settings=settings.merged(
             fallback_round=1, calibration_check="; ".join(missed) or "inside every range")))
         if not missed or ctx.max_fallback_rounds <= 1:
             return first
-        start = 2
-        if ctx.accuracy.shortfall(dest) < ctx.accuracy.shortfall(first_path):  # else every operator's model was
-            first_path, quantize, op_types, settings = dest, compute_only.quantize, compute_only.op_types, compute
+        first_path, quantize, op_types, start = dest, compute_only.quantize, compute_only.op_types, 2
     scores = rank_nodes(fp32, first_path, op_types, ctx.accuracy.feeds)
     ranked = [name for name, score in scores if score > 0] or [name for name, _ in scores]
     if op_types and len(ranked) <= IMPACT_RANKING_NODES:
