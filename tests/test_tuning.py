@@ -221,7 +221,10 @@ def test_tune_time_from_the_cli_and_the_tuning_list(kiln_env, digits_program):
     listed = run_kiln(["tuning", "--json"], kiln_env)
     assert listed.returncode == 0, listed.stderr
     shared = [d for d in json.loads(listed.stdout) if d["kind"] == "shared"]
-    assert shared and shared[0]["records"] > 0 and shared[0]["fingerprint"]["cores"] >= 1
+    # this CPU's own (other targets' folders, e.g. x86-64-v2 builds of earlier tests, carry `measured_on`; they
+    # sort before a host named znver4, after one named emeraldrapids)
+    mine = [d for d in shared if "measured_on" not in d["fingerprint"]]
+    assert mine and mine[0]["records"] > 0 and mine[0]["fingerprint"]["cores"] >= 1, shared
 
 
 def test_graph_passes_keep_the_outputs_and_are_listed(tmp_path):

@@ -125,11 +125,13 @@ def _lowered(model_path: Path, inputs: list[TensorSpec], target, limits: Limits,
     return lowered, passes_applied, rewrites
 
 
-def _shared_folder(shared_root: Path | None, resolved: Target, limits: Limits) -> Path | None:
+def _shared_folder(shared_root: Path | None, resolved: Target, limits: Limits, create: bool = True) -> Path | None:
+    """This CPU's (the target's) shared database folder; made, fingerprint and all, only where `create`."""
     if shared_root is None:
         return None
-    return shared_db.ensure(shared_root, shared_db.fingerprint(
-        resolved, cores=resolved.cores, host_mcpu=limits.rpc.measured_on if limits.rpc else None))
+    print_ = shared_db.fingerprint(resolved, cores=resolved.cores,
+                                   host_mcpu=limits.rpc.measured_on if limits.rpc else None)
+    return shared_db.ensure(shared_root, print_) if create else shared_db.folder_for(shared_root, print_)
 
 
 def first_round_need(model_path: Path, inputs: list[TensorSpec], *, target: Target | str, limits: Limits,
@@ -146,7 +148,7 @@ def first_round_need(model_path: Path, inputs: list[TensorSpec], *, target: Targ
     cpu = resolved.kind == "llvm"
     lowered, _, _ = _lowered(model_path, inputs, tvm_target, limits, graph_passes, cpu)
     tasks = len(ms.relax_integration.extract_tasks(lowered, tvm_target))
-    costs = trial_costs.load(_shared_folder(shared_root, resolved, limits) if cpu else None)
+    costs = trial_costs.load(_shared_folder(shared_root, resolved, limits, create=False) if cpu else None)
     return tasks, costs.first_round_seconds(tasks, trial_costs.MIN_FIRST_ROUND)
 
 
