@@ -221,6 +221,34 @@ def test_calibration_methods_and_gemm_rewrite(tmp_path):
     assert "Gemm" not in ops and "Conv" in ops and "ConvInteger" not in ops and "MatMulInteger" in ops
 
 
+def test_histogram_calibration_on_lines_of_different_widths(tmp_path):
+    """Percentile and entropy calibration work on feeds of different shapes (text lines of their own widths):
+    onnxruntime's histogram calibrators stack every feed's tensors at once and fail on ragged ones."""
+    import onnx
+    import onnxruntime as ort
+
+    from kiln.optimize import candidates
+
+    import onnx_models
+
+    model = onnx_models.line_recognizer(tmp_path / "rec.onnx")
+    widths = [16, 24, 40, 16, 32, 24]
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 8, w)).astype(np.float32)}
+             for i, w in enumerate(widths)]
+    fp32 = ort.InferenceSession(str(model))
+    for method in ("percentile", "entropy"):
+        out = tmp_path / method
+        out.mkdir()
+        built = candidates.get("ort-int8-static").build(candidates.BuildContext(
+            model=model, prepared=model, out_dir=out, calibration=calib, calibration_method=method))
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(built.path)).graph.node)
+        int8 = ort.InferenceSession(str(built.path))
+        for feed in calib[:3]:
+            want, got = fp32.run(None, feed)[0], int8.run(None, feed)[0]
+            assert got.shape == want.shape
+            assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95, method
+
+
 def _bare(tmp_path: Path, name: str, build, samples: dict) -> Path:
     folder = tmp_path / name
     folder.mkdir()

@@ -7,6 +7,8 @@ than EXTENDED/ALL, so the candidate runs with ALL.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import onnx
@@ -41,15 +43,28 @@ def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.feeds = iter(ctx.calibration)
+            self.set_range(0, len(ctx.calibration))
+
+        def __len__(self):
+            return len(ctx.calibration)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.feeds = iter(ctx.calibration[start_index:end_index])
 
         def get_next(self):
             return next(self.feeds, None)
 
-    quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType[ctx.int8.quant_type],
-                    calibrate_method=method, nodes_to_exclude=exclude, op_types_to_quantize=op_types,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if method != CalibrationMethod.MinMax:
+        # the histogram calibrators stack each tensor's values over all feeds at once (np.asarray), which fails
+        # on feeds of different shapes (text lines of different widths); fed one at a time, they merge the
+        # histograms instead
+        options["CalibStridedMinMax"] = 1
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints a line per feed
+        quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType[ctx.int8.quant_type],
+                        calibrate_method=method, nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                        extra_options=options)
 
 
 QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
