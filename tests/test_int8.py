@@ -385,10 +385,38 @@ def test_quantized_conv_lowered_to_integer_kernels(tmp_path):
         assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
 
 
+def _conv_qdq(tmp_path, name: str, nodes, weights: dict, x_shape, y_shape, rng):
+    """A small convolutional graph, QDQ-quantized by onnxruntime as kiln's ort-int8-static does (per channel)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / f"{name}.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": rng.normal(size=x_shape).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out = tmp_path / f"{name}-qdq.onnx"
+    quantize_static(str(tmp_path / f"{name}.onnx"), str(out), Reader(), per_channel=True,
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _exact_intrinsic():
+    """An exact int8 intrinsic this CPU runs."""
+    return registered(next(k for k in usable() if INTRINSICS[k].exact))
+
+
 def test_a_depthwise_conv_stays_fp32_in_the_channels_last_graph(tmp_path):
     """A grouped (depthwise) conv, which kiln's int8 kernel does not take, is named, runs as TVM's fp32 NHWC conv
     in the channels-last graph around it, and the model still gives onnxruntime int8's outputs."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from tvm.relax.frontend.onnx import from_onnx
 
     from kiln.compiler.int8.qdq import rewrite
@@ -400,30 +428,40 @@ def test_a_depthwise_conv_stays_fp32_in_the_channels_last_graph(tmp_path):
              helper.make_node("Conv", ["r0", "wd"], ["d"], pads=[1, 1, 1, 1], group=16),
              helper.make_node("Relu", ["d"], ["r1"]), helper.make_node("Conv", ["r1", "w1"], ["c1"]),
              helper.make_node("GlobalAveragePool", ["c1"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
-    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "dw.onnx")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"x": rng.normal(size=(1, 3, 12, 12)).astype(np.float32)} for _ in range(8)])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(tmp_path / "dw.onnx"), str(tmp_path / "dw-qdq.onnx"), Reader(), per_channel=True,
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    qdq = _conv_qdq(tmp_path, "dw", nodes, weights, [1, 3, 12, 12], [1, 8], rng)
     x = rng.normal(size=(1, 3, 12, 12)).astype(np.float32)
-    expected = _ort(tmp_path / "dw-qdq.onnx", x)
-    lowered, report = rewrite(from_onnx(onnx.load(tmp_path / "dw-qdq.onnx"), keep_params_in_input=False),
-                              registered(next(k for k in usable() if INTRINSICS[k].exact)))
+    expected = _ort(qdq, x)
+    lowered, report = rewrite(from_onnx(onnx.load(qdq), keep_params_in_input=False), _exact_intrinsic())
     assert report.rewritten == ["static conv 16x3x3x3", "static conv 8x16x1x1"], report
     assert report.skipped == ["static conv: groups 16"] and report.channels_last, report
     assert 'data_layout="NHWC"' in lowered["main"].script()  # the depthwise conv, fp32 and channels-last
     assert np.abs(_run_tvm(lowered, x) - expected).max() <= np.abs(expected).max() / 127
+
+
+def test_a_transposed_conv_in_the_channels_last_graph_still_compiles(tmp_path):
+    """A transposed convolution after int8 ones (a text detector's upsampling head) keeps NCHW in the
+    channels-last graph: carried into NHWC it had no lowering and TVM's build failed ("CodeGenVM cannot emit
+    this Relax operator"), so tvm-int8-static could not build PP-OCRv4's detector."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8.qdq import rewrite
+
+    rng = np.random.default_rng(4)
+    weights = {"w0": rng.normal(size=(8, 3, 3, 3)), "w1": rng.normal(size=(8, 8, 1, 1)),
+               "wt": rng.normal(size=(8, 1, 2, 2)) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"]), helper.make_node("Conv", ["r0", "w1"], ["c1"]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "wt"], ["up"], strides=[2, 2]),
+             helper.make_node("Sigmoid", ["up"], ["y"])]
+    qdq = _conv_qdq(tmp_path, "head", nodes, weights, [1, 3, 16, 16], [1, 1, 16, 16], rng)
+    x = rng.normal(size=(1, 3, 16, 16)).astype(np.float32)
+    expected = _ort(qdq, x)
+    lowered, report = rewrite(from_onnx(onnx.load(qdq), keep_params_in_input=False), _exact_intrinsic())
+    assert report.rewritten == ["static conv 8x3x3x3", "static conv 8x8x1x1"] and report.channels_last, report
+    got = _run_tvm(lowered, x)
+    assert got.shape == expected.shape == (1, 1, 16, 16)
+    assert np.abs(got - expected).max() <= 1 / 127  # sigmoid outputs in (0, 1): within a quantization step
 
 
 def test_conv_kernel_as_the_tuner_schedules_it():
@@ -434,7 +472,7 @@ def test_conv_kernel_as_the_tuner_schedules_it():
     from kiln.compiler.int8.space import schedule
     from kiln.compiler.targets import target_config
 
-    intrin = registered(next(k for k in usable() if INTRINSICS[k].exact))
+    intrin = _exact_intrinsic()
     rng = np.random.default_rng(8)
     n, h, w_, c, o, k, stride = 1, 9, 9, 8, 32, 3, 2
     a = rng.integers(0, 256, (n, h, w_, c)).astype(np.uint8)

@@ -55,7 +55,10 @@ def channels_last(mod, func_name: str = "main"):
     from tvm import relax
 
     mod = _rewrite(mod, func_name, _decomposer)
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+    # a transposed convolution keeps NCHW: carried into NHWC it has no legalization (TOPI's is NCHW only) and
+    # the VM cannot run it (PP-OCRv4's detector upsamples with two)
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"],
+                                         "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
     return _rewrite(mod, func_name, _recomposer)
 
 
