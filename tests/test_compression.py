@@ -249,6 +249,43 @@ def test_histogram_calibration_on_lines_of_different_widths(tmp_path):
             assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95, method
 
 
+def test_calibrated_ranges_are_reused_by_later_quantizations(tmp_path):
+    """Accuracy-aware retries quantize one model many times with different nodes excluded: the ranges are
+    calibrated once per set of operator types and read back, giving the same model as calibrating again."""
+    import onnx
+
+    from kiln.optimize import candidates
+    from kiln.optimize.candidates.ort_int8_static import quantize_qdq, ranges_folder
+
+    import onnx_models
+
+    model = onnx_models.line_recognizer(tmp_path / "rec.onnx")
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 3, 8, 16 + 8 * i)).astype(np.float32)}
+             for i in range(4)]
+    for method in ("minmax", "percentile"):
+        ctx = candidates.BuildContext(model=model, prepared=model, out_dir=tmp_path, calibration=calib,
+                                      calibration_method=method)
+        ranges = ranges_folder(ctx)
+        for ops in (None, ["Conv", "MatMul"]):
+            quantize_qdq(ctx, model, tmp_path / "first.onnx", [], ops, ranges)
+            quantize_qdq(ctx, model, tmp_path / "reused.onnx", ["classes"], ops, ranges)
+            quantize_qdq(ctx, model, tmp_path / "fresh.onnx", ["classes"], ops)
+            assert onnx.load(tmp_path / "reused.onnx").graph == onnx.load(tmp_path / "fresh.onnx").graph
+        cached = ranges / f"rec-all-{method}.json"  # read back, not calibrated again: altered ranges show
+        saved = json.loads(cached.read_text())
+        for tensor in saved["data"].values():
+            for end in ("lowest", "highest"):  # a number, or a numpy array as {"data": ...}
+                value = tensor[end]
+                tensor[end] = {**value, "data": np.multiply(value["data"], 4).tolist()} if isinstance(value, dict) \
+                    else 4 * value
+        cached.write_text(json.dumps(saved))
+        quantize_qdq(ctx, model, tmp_path / "reused.onnx", ["classes"], None, ranges)
+        assert onnx.load(tmp_path / "reused.onnx").graph != onnx.load(tmp_path / "fresh.onnx").graph
+        assert sorted(p.name for p in ranges.iterdir()) == [f"rec-Conv-MatMul-{method}.json",
+                                                             f"rec-all-{method}.json"]
+        assert not any(ranges_folder(ctx).iterdir())  # a new build starts without them
+
+
 def _bare(tmp_path: Path, name: str, build, samples: dict) -> Path:
     folder = tmp_path / name
     folder.mkdir()

@@ -128,14 +128,15 @@ def build_fused_smooth(ctx: BuildContext) -> Built:
 
 def build_fused_static(ctx: BuildContext) -> Built:
     """QDQ int8 (uint8 activations, per-channel weights in the CPU's scheme) of the fused graph's MatMuls."""
-    from kiln.optimize.candidates.ort_int8_static import quantize_qdq
+    from kiln.optimize.candidates.ort_int8_static import quantize_qdq, ranges_folder
 
     model, stats = fuse(ctx)
     fused = ctx.out_dir / "model_fused.onnx"
     onnx.save(model, str(fused))
+    ranges = ranges_folder(ctx)
 
     def quantize(dest, exclude):
-        quantize_qdq(ctx, fused, dest, exclude, op_types=["MatMul"])
+        quantize_qdq(ctx, fused, dest, exclude, op_types=["MatMul"], ranges=ranges)
 
     settings = RunSettings(optimization="all", fusion=_describe(stats), calibration_feeds=len(ctx.calibration or []),
                            int8_isa=ctx.int8.isa, quantization=f"int8 static QDQ {ctx.int8.label} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 from pathlib import Path
 
 import onnx
@@ -22,8 +23,12 @@ METHODS = ("minmax", "entropy", "percentile")
 
 
 def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str],
-                 op_types: list[str] | None = None) -> None:
-    """QDQ per-channel of `source` into `dest` in the context's int8 scheme, calibrated on its feeds."""
+                 op_types: list[str] | None = None, ranges: Path | None = None) -> None:
+    """QDQ per-channel of `source` into `dest` in the context's int8 scheme, calibrated on its feeds.
+
+    ranges: a folder where the calibrated ranges of `source` are kept (one file per set of operator types) and
+    read back by later calls: accuracy-aware retries and their ranking quantize the same model tens of times
+    with different nodes excluded, and excluding a node does not change any tensor's range."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -64,7 +69,17 @@ def quantize_qdq(ctx: BuildContext, source: Path, dest: Path, exclude: list[str]
         quantize_static(str(source), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType[ctx.int8.quant_type],
                         calibrate_method=method, nodes_to_exclude=exclude, op_types_to_quantize=op_types,
-                        extra_options=options)
+                        extra_options=options, calibration_cache_path=ranges and ranges / (
+                            f"{source.stem}-{'-'.join(op_types or ['all'])}-{ctx.calibration_method}.json"))
+
+
+def ranges_folder(ctx: BuildContext) -> Path:
+    """An empty folder for this build's calibrated ranges (quantize_qdq's `ranges`): none left from a build
+    before, whose model or data may have differed."""
+    folder = ctx.out_dir / "calibrated_ranges"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 QDQ_OPSET = 13  # per-channel DequantizeLinear (its axis attribute) needs opset 13
@@ -95,7 +110,9 @@ def build(ctx: BuildContext) -> Built:
                            calibration_feeds=len(ctx.calibration or []))
     # QDQ quantizes most operators' outputs, not only MatMul/Gemm/Conv: any node may be the one to keep; the
     # first retry quantizes the compute operators only
+    ranges = ranges_folder(ctx)
     return quantize_with_fallback(
-        ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude), settings, None,
-        ComputeOnly(lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude, COMPUTE_OPS), COMPUTE_OPS))
+        ctx, source, lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude, ranges=ranges), settings, None,
+        ComputeOnly(lambda dest, exclude: quantize_qdq(ctx, source, dest, exclude, COMPUTE_OPS, ranges),
+                    COMPUTE_OPS))
 
