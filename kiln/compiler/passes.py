@@ -58,8 +58,8 @@ def _combine_parallel_matmul():
 
 PASSES: dict[str, GraphPass] = {p.name: p for p in (
     GraphPass("fused-attention", "softmax(Q K^T / scale + mask) V as one kernel per layer instead of three",
-              # not in any candidate yet: slower at 3 minutes on MiniLM, and one tuned schedule of its kernel gave
-              # outputs 2.5 % off (a schedule TVM builds wrongly, not found yet; the metric gate would refuse it)
+              # not in any candidate yet: slower at 3 minutes on MiniLM (measured while some of its sampled
+              # schedules were wrong, found and fixed in kiln.compiler.fused_attention since)
               _fused_attention, default=False),
     GraphPass("combine-parallel-matmul", "matmuls reading the same input (Q, K, V) as one wider matmul",
               _combine_parallel_matmul, default=False),  # adds a split kernel: joins DEFAULT once measured faster
