@@ -68,6 +68,11 @@ MODELS = {
                   "what": "paraphrase-MiniLM-L3-v2 (3 layers, hidden 384), shipped ONNX, 283 sentences, seq 128"},
     "resnet50-thin": {"shapes": ["input:0=1x224x224x3"], "range": "agreement>=0.99",
                       "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops"},
+    # the same model and crops as resnet50-thin, kiln's int8 compiler tuned (that row compiles nothing)
+    "resnet50-thin-tvm": {"folder": "resnet50-thin", "shapes": ["input:0=1x224x224x3"], "range": "agreement>=0.99",
+                          "candidates": "onnxruntime,ort-int8-static,tvm-int8-static", "tune_time": "20m",
+                          "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops; "
+                                  "TVM int8 tuned"},
     "demo": {"program": "examples/minilm", "range": "cosine[461]>=0.99 (examples/minilm/program.py)",
              "what": "`make demo`: paraphrase-MiniLM-L3-v2 (examples/minilm), 283 sentences, seq 128"},
     "ppocr-rec": {"shapes": [], "data": "samples", "range": "agreement[axis=-1]>=0.99",
@@ -110,16 +115,22 @@ def demo_program() -> Path:
     return folder
 
 
+def folder(models: Path, name: str) -> Path:
+    """Where model `name` and its data are (`folder` in MODELS: a row that shares another's model)."""
+    return models / MODELS[name].get("folder", name)
+
+
 def samples(models: Path, name: str) -> Path:
     """Model `name`'s data: samples.npz, or a folder of one .npz per sample (`data` in MODELS)."""
-    return models / name / MODELS[name].get("data", "samples.npz")
+    return folder(models, name) / MODELS[name].get("data", "samples.npz")
 
 
 def prepare(names: list[str]) -> Path:
     """The export venv and the folders of the models in `names` that have none yet (each made once; delete its
     folder under benchmarks/work/real/models to redo it)."""
     models = WORK / "models"
-    missing = [n for n in names if "program" not in MODELS[n] and not samples(models, n).exists()]
+    missing = sorted({folder(models, n).name for n in names if "program" not in MODELS[n]
+                      and not samples(models, n).exists()})
     if not missing:
         return models
     if not (VENV / "bin" / "python").is_file():
@@ -138,7 +149,7 @@ def command(models: Path | None, name: str) -> list[str]:
                 "--ignore-current", "--json"]
     spec = MODELS[name]
     budget = ["--tune-time", spec["tune_time"]] if "tune_time" in spec else ["--trials", "0"]  # TVM rows tune
-    return [kiln, "optimize", str(models / name / "model.onnx"),
+    return [kiln, "optimize", str(folder(models, name) / "model.onnx"),
             *[a for s in spec["shapes"] for a in ("--shape", s)], "--data", str(samples(models, name)),
             "--range", spec["range"], "--name", name, "--candidates", spec.get("candidates", CANDIDATES), *budget,
             "--ignore-current", "--json"]

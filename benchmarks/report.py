@@ -565,7 +565,8 @@ def real_models(d: dict) -> list[str]:
     _every(d["results"], _fit)
     models = d.get("models", {})
     lines = ["`python benchmarks/real_models.py` (batch 1; each model optimized twice, `kiln optimize MODEL --data "
-             "SAMPLES --range RANGE --trials 0 --ignore-current`; `demo` is `make demo`'s command). Speed-up: the "
+             "SAMPLES --range RANGE --trials 0 --ignore-current`, or with a tuning budget where TVM candidates are "
+             "compared, each row's command under its table; `demo` is `make demo`'s command). Speed-up: the "
              "median of the per-round ratios to fp32 onnxruntime, timed in interleaved rounds in one process, with "
              "its 90 % bootstrap interval: per candidate, the selection rounds' (bold: shipped); under each table, "
              "the shipped candidate's confirmed one (timed again in fresh rounds after the gate chose it: what the "
@@ -596,6 +597,8 @@ def real_models(d: dict) -> list[str]:
             label = f"{cand} ({'; '.join(how)})" if how else cand
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {first.get('reason', '')} |")
         lines += ["", f"Shipped, confirmed: {_shipped(runs)}.", ""]
+        if "--tune-time" in runs[0].get("command", ""):
+            lines[-1:-1] = [f"Command: `{runs[0]['command']}`.", ""]
     return lines[:-1]
 
 
