@@ -316,6 +316,13 @@ def test_the_compile_key_is_one_pure_function_of_the_plan_and_the_candidate(tmp_
     assert compile_key(plan, job.model_copy(update={"trials": 16})) != job.key
     assert compile_key(plan, job.model_copy(update={"name": "tvm-fast-math"})) != job.key
     assert compile_key(plan.model_copy(update={"target": resolve("x86-64-v3")}), job) != job.key
+    # another kiln.compiler (a pass changed in this checkout, the version number not): not the old build
+    import kiln.optimize.compile as compile_mod
+
+    real = compile_mod.fingerprint
+    monkeypatch.setattr(compile_mod, "fingerprint", lambda: "0" * 16)
+    assert compile_key(plan, job) != job.key
+    monkeypatch.setattr(compile_mod, "fingerprint", real)
 
     saved = tmp_path / "incumbent" / "tuning"
     saved.mkdir(parents=True)

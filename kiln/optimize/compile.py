@@ -33,6 +33,7 @@ from kiln.compiler import (
 )
 from kiln.compiler.database import count_records
 from kiln.compiler.rpc import RpcDevices
+from kiln.compiler.source import fingerprint
 from kiln.config import kiln_home, settings
 from kiln.errors import DeviceError, KilnError
 from kiln.fs import atomic_dir, file_sha256, json_sha256
@@ -77,7 +78,8 @@ class CompileJob(BaseModel):
 
 
 def compile_key(plan: Plan, job: CompileJob) -> str:
-    """Same model, target and budget: the same build; a pure function of the plan and the candidate's job.
+    """Same model, target, budget and compiler code: the same build; a pure function of the plan and the
+    candidate's job.
     Continuing a search also depends on what the database holds (`job.database`), so a second re-optimization
     tunes again instead of returning the first one's build."""
     v = versions()
@@ -88,6 +90,7 @@ def compile_key(plan: Plan, job: CompileJob) -> str:
                                                             else set())),
                         "trials": job.trials, "per_task": plan.request.max_trials_per_task,
                         "seconds": job.tune_seconds, "prepack": plan.prepack, "tvm": v["tvm"], "kiln": v["kiln"],
+                        "compiler": fingerprint(),
                         "measurement": MEASUREMENT, "db": job.database, **({"passes": list(extra)} if extra else {}),
                         **({"int8": job.int8} if job.int8 else {})})[:24]
 

@@ -30,7 +30,7 @@ def _same_parameters(a, b) -> bool:
     """Whether (de)quantize calls a and b have equal constant scales, zero points and axes."""
     if int(a.attrs.axis) != int(b.attrs.axis):
         return False
-    for x, y in zip(a.args[1:], b.args[1:]):
+    for x, y in zip(a.args[1:], b.args[1:], strict=True):
         vx, vy = _value(x), _value(y)
         if vx is None or vy is None or vx.shape != vy.shape or not np.array_equal(vx.astype(np.float64),
                                                                                   vy.astype(np.float64)):
