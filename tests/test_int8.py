@@ -207,6 +207,71 @@ def test_quantized_matmul_and_gemm_lowered_to_integer_kernels(tmp_path, kind, we
         assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
 
 
+def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path, monkeypatch):
+    """Each DynamicQuantizeLinear (max, min, scale, zero point, quantize: six kernels as TVM imports it) is one
+    kernel, and the model's outputs are bit for bit those of the graph as imported."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler import pipelines
+    from kiln.compiler.int8 import qdq
+
+    path = _quantized(tmp_path, "dynamic")
+    x = np.random.default_rng(3).normal(size=(8, 32)).astype(np.float32)
+    intrin = _exact_intrinsic()
+
+    def kernels(mod) -> list[str]:
+        """The kernels `main` calls, in order (after fusion, as tuning sees them)."""
+        with tvm.target.Target("llvm"):
+            lowered = pipelines.lowering()(mod)
+        return re.findall(r"R\.call_tir\((?:cls\.)?(\w+)", lowered["main"].script())
+
+    fused, _ = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin)
+    monkeypatch.setattr(qdq.dynamic_quantize, "fuse", lambda mod, func_name="main": mod)
+    imported, _ = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin)
+    assert "R.max(" in imported["main"].script() and "R.max(" not in fused["main"].script()
+    assert sum(name.startswith("dynamic_quantize") for name in kernels(fused)) == 3  # one per quantized input
+    assert len(kernels(imported)) - len(kernels(fused)) == 3 * 5, (kernels(fused), kernels(imported))
+    got, expected = _run_tvm(fused, x), _run_tvm(imported, x)
+    assert np.array_equal(got, expected), np.abs(got - expected).max()
+    for scale in (0.0, 1e-30, 1e6):  # all zeros (a zero scale, as the imported graph divides by it), tiny, huge
+        probe = (x * scale).astype(np.float32)
+        assert np.array_equal(_run_tvm(fused, probe), _run_tvm(imported, probe), equal_nan=True), scale
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 384), (1, 128, 1536), (3, 5)])
+def test_the_dynamic_quantize_kernel_as_the_tuner_schedules_it(shape):
+    """The fused kernel's one schedule (what tuning measures and the build keeps) builds in seconds (the generic
+    rules' unrolled reductions kept LLVM busy past the builder's timeout) and gives the unscheduled kernel's
+    bits, on a MiniLM layer's activations at a natural length, at seq 128, and on a shape with odd dimensions."""
+    import time
+
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from kiln.compiler.int8 import dynamic_quantize
+
+    x = te.placeholder(shape, "float32", name="x")
+    func = te.create_prim_func([x, *dynamic_quantize.dynamic_quantize_te(x)])
+    sch = Schedule(func)
+    dynamic_quantize.schedule(sch)
+    data = np.random.default_rng(5).normal(size=shape).astype(np.float32) * 3 + 0.5
+    outs = []
+    for mod in (func, sch.mod["main"]):
+        start = time.perf_counter()
+        lib = tvm.compile(mod, target=tvm.target.Target("llvm"))
+        assert time.perf_counter() - start < 60
+        args = [tvm.runtime.tensor(data), tvm.runtime.tensor(np.zeros(shape, np.uint8)),
+                tvm.runtime.tensor(np.zeros((), np.float32)), tvm.runtime.tensor(np.zeros((), np.uint8))]
+        lib(*args)
+        outs.append([a.numpy() for a in args[1:]])
+    (y0, s0, z0), (y1, s1, z1) = outs
+    assert np.array_equal(y0, y1) and s0 == s1 and z0 == z1
+    high, low = np.maximum(np.float32(0), data.max()), np.minimum(np.float32(0), data.min())
+    assert s0 == (high - low) / np.float32(255)  # what ONNX defines, in float32
+
+
 @pytest.mark.parametrize("weights, sums", [("u8", "exact"), ("s7", "saturating")])
 def test_int8_for_an_avx2_fleet_built_here_matches_onnxruntime(tmp_path, weights, sums):
     """--target x86-64-v3 on any host: its dynamic int8 (U8U8, or 7-bit weights) lowered with the AVX2

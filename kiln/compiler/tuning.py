@@ -12,7 +12,7 @@ search stops handing out trials once the wall-clock budget is spent (the schedul
 trials already in flight, as it does when a task's search space is exhausted). With a wall-clock budget the
 first round is sized from the time and this CPU's measured cost of a trial (kiln.compiler.trial_costs), tasks
 largest first, so every task is measured early; kiln's int8 kernels are searched in their own space
-(kiln.compiler.int8.space).
+(kiln.compiler.int8.space), its fused dynamic quantization has one schedule (kiln.compiler.int8.dynamic_quantize).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kiln.compiler import rpc, shared_db, trial_costs
 from kiln.compiler.builder import pooled_builder
+from kiln.compiler.int8 import dynamic_quantize
 from kiln.compiler.int8.space import is_int8_task
 from kiln.compiler.int8.space import space_generator as int8_space
 from kiln.compiler.rpc import NO_DEVICE_LEFT, RpcDevices
@@ -421,7 +422,8 @@ def run(planned: Plan, on_progress: Callable[[Progress], None] | None = None) ->
     _nameless_log_handlers_dropped()
     contexts, weights = [], []
     for task, state in zip(extracted, progress.tasks, strict=True):  # kiln's int8 kernels: their own space
-        space = int8_space(limits.int8) if state.int8 else "post-order-apply"
+        space = (int8_space(limits.int8) if state.int8 else dynamic_quantize.space_generator()
+                 if dynamic_quantize.is_task(task.dispatched[0]) else "post-order-apply")
         made, weight = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=[task], work_dir=str(work_dir), space=space, strategy=Deadline())
         contexts += made

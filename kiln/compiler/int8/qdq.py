@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kiln.compiler.int8 import dense, layout, packing, roundtrips
+from kiln.compiler.int8 import dense, dynamic_quantize, layout, packing, roundtrips
 from kiln.compiler.int8.intrinsics import Intrinsic
 
 
@@ -285,7 +285,7 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
     if layout.has_nchw_quantized_conv(mod, func_name):
         mod = layout.channels_last(mod, func_name)
         report.channels_last = True
-    out = roundtrips.simplify(mod, func_name)
+    out = dynamic_quantize.fuse(roundtrips.simplify(mod, func_name), func_name)
     for mode in ("static", "dynamic"):
         rewriter = Rewriter(out, mode)
         func = rewriter.visit_expr(out[func_name])

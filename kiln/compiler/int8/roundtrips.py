@@ -23,7 +23,7 @@ from kiln.compiler.int8.layout import bound
 def _value(expr) -> np.ndarray | None:
     from tvm.ir.expr import Constant
 
-    return expr.value.numpy() if isinstance(expr, Constant) else None
+    return expr.value.numpy() if isinstance(expr, Constant) and hasattr(expr.value, "numpy") else None
 
 
 def _same_parameters(a, b) -> bool:
