@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--delay-us", type=int, default=2000)
     args = parser.parse_args()
-    folder, manifest = artifact(prepare())
+    folder, manifest = artifact(prepare(["minilm-l6"]))
     frame = pd.read_parquet(WORK / "program" / "real.parquet")
     sentences = [{k: np.asarray(frame[k][i], np.int64)[None] for k in ("input_ids", "attention_mask")}
                  for i in range(len(frame))]

@@ -56,7 +56,7 @@ def inputs(model: str) -> tuple[Path, list[str]]:
         return path, []
     from benchmarks.real_models import prepare
 
-    models = prepare()
+    models = prepare([model])
     if model == "resnet50-thin":
         return models / model / "model.onnx", ["--shape", "input:0=1x224x224x3", "--data",
                                                  str(models / model / "samples.npz")]

@@ -200,7 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
-    models = prepare()
+    models = prepare(args.models)
     results = [run(name, models) for name in args.models]
     info = machine()
     saved = ROOT / "benchmarks" / "natural_lengths.json"
