@@ -134,7 +134,9 @@ def int8_tasks(home: Path, name: str, bucket_dim: str | None = None) -> list[dic
     from kiln.cpu import base_clock
 
     results = [(f, json.loads(f.read_text())) for f in sorted((home / "cache" / "tvm").glob("*/result.json"))]
-    bucket_of = {path: value for _, r in results if "name" not in r for value, path in r.items()}
+    # a bucketed candidate's map: {"bucket-32.so" (or "bucket-48x640.so"): the build's library}
+    bucket_of = {path: file.removeprefix("bucket-").removesuffix(".so")
+                 for _, r in results if "name" not in r for file, path in r.items()}
     clock = base_clock()
     builds = []
     for _, built in results:
@@ -158,7 +160,8 @@ def int8_tasks(home: Path, name: str, bucket_dim: str | None = None) -> list[dic
                        "clock_ghz": p.ghz, "clock": p.clock, "peak_gops": p.gops, "peak": p.describe(),
                        "first_round": tuning.get("first_round"), "trials_run": tuning.get("trials_run"),
                        "tasks": sorted(tasks, key=lambda t: -(t["best_us"] or 0) * t["weight"])})
-    return sorted(builds, key=lambda b: int(b["bucket"].rpartition("= ")[2]) if b["bucket"] else 0)
+    return sorted(builds, key=lambda b: [int(v) for v in b["bucket"].rpartition("= ")[2].split("x")] if b["bucket"]
+                  else [0])
 
 
 def repeak(row: dict) -> None:
