@@ -29,6 +29,9 @@ their data):
   width); range: the probability map within cosine 0.99.
 - ppocr-cls: the wheel's text-angle classifier (PP-OCR mobile v2.0) on the recognizer's 120 lines, a third of
   them turned 180 degrees, at its fixed 3x48x192; range: the decision unchanged on 99 %.
+- minilm-l6-tvm: all-MiniLM-L6-v2 on 160 sentences at their own lengths (benchmarks/natural_lengths.py's set,
+  tokenized into a parquet), onnxruntime's SmoothQuant int8 (plain and on the fused graph) beside kiln's int8
+  compiler on the same quantization (tvm-int8-smooth), --tune-time 20m: issue 34's bar tvm-real-minilm.
 - silero-vad: Silero VAD v6 (silero-vad 6.2.3's silero_vad.onnx) on 200 consecutive 32 ms chunks of the speech
   recording pyannote.audio 3.3.2 ships, each with the 64 samples of context and the state the model itself
   returned for the chunks before it; range: the speech probability within 0.01.
@@ -61,6 +64,7 @@ CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-fused,ort-int8-dynamic,ort-in
               "ort-int8-fused-smooth,ort-int8-fused-static")
 TVM_CANDIDATES = "onnxruntime,ort-int8-dynamic,ort-int8-static,tvm,tvm-int8-static"  # with a tuning budget
 SEQ = ["input_ids=1x128", "attention_mask=1x128"]
+PARQUET = "real.parquet"  # a row's data: tokenized sentences at their own lengths (benchmarks/natural_lengths.py)
 MODELS = {
     "minilm-l6": {"shapes": SEQ, "range": "cosine[sentence_embedding]>=0.99",
                   "what": "all-MiniLM-L6-v2 (6 layers, hidden 384), Optimum export, 283 sentences, seq 128"},
@@ -73,6 +77,12 @@ MODELS = {
                           "candidates": "onnxruntime,ort-int8-static,tvm-int8-static", "tune_time": "20m",
                           "what": "ResNet-50-thin (open_nsfw, 5.9 M parameters), shipped ONNX, 190 photo crops; "
                                   "TVM int8 tuned"},
+    # kiln's int8 compiler on the sentences at their own lengths (issue 34's bar, benchmarks/int8_vs_ort.py)
+    "minilm-l6-tvm": {"folder": "minilm-l6", "shapes": [], "data": PARQUET, "range": "cosine>=0.99",
+                      "candidates": "onnxruntime,ort-int8-smooth,ort-int8-fused-smooth,tvm-int8-smooth",
+                      "tune_time": "20m",
+                      "what": "all-MiniLM-L6-v2 (6 layers, hidden 384), Optimum export, 160 sentences at their own "
+                              "lengths; TVM int8 tuned"},
     "demo": {"program": "examples/minilm", "range": "cosine[461]>=0.99 (examples/minilm/program.py)",
              "what": "`make demo`: paraphrase-MiniLM-L3-v2 (examples/minilm), 283 sentences, seq 128"},
     "ppocr-rec": {"shapes": [], "data": "samples", "range": "agreement[axis=-1]>=0.99",
@@ -129,16 +139,30 @@ def prepare(names: list[str]) -> Path:
     """The export venv and the folders of the models in `names` that have none yet (each made once; delete its
     folder under benchmarks/work/real/models to redo it)."""
     models = WORK / "models"
-    missing = sorted({folder(models, n).name for n in names if "program" not in MODELS[n]
-                      and not samples(models, n).exists()})
-    if not missing:
-        return models
+    exported = [n for n in names if "program" not in MODELS[n]]
+    missing = sorted({folder(models, n).name for n in exported if not (folder(models, n) / "model.onnx").exists()
+                      or MODELS[n].get("data") != PARQUET and not samples(models, n).exists()})
+    if missing:
+        _export(models, missing)
+    for name in exported:  # sentences at their own lengths: tokenized here, as benchmarks/natural_lengths.py does
+        if MODELS[name].get("data") == PARQUET and not samples(models, name).exists():
+            import onnx
+
+            from benchmarks.natural_lengths import write_parquet
+
+            path = folder(models, name)
+            write_parquet(path.name, models, [i.name for i in onnx.load(str(path / "model.onnx"),
+                                                                         load_external_data=False).graph.input],
+                          path)
+    return models
+
+
+def _export(models: Path, missing: list[str]) -> None:
     if not (VENV / "bin" / "python").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", *EXPORT_PACKAGES], check=True)
     subprocess.run([str(VENV / "bin" / "python"), str(ROOT / "benchmarks" / "real_models_prepare.py"), str(models),
                     *missing], check=True)
-    return models
 
 
 def command(models: Path | None, name: str) -> list[str]:

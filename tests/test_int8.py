@@ -239,6 +239,43 @@ def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path, monkeyp
         assert np.array_equal(_run_tvm(fused, probe), _run_tvm(imported, probe), equal_nan=True), scale
 
 
+def test_smoothquant_scaling_joins_the_dynamic_quantize_kernel(tmp_path, monkeypatch):
+    """A per-channel constant multiply read only by a DynamicQuantizeLinear (SmoothQuant's scaling after a layer
+    norm) is computed inside the fused kernel where it reads x: one kernel fewer, the same bits."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler.int8 import qdq
+
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], axis=-1),
+             helper.make_node("Mul", ["n", "smooth"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["m"]),
+             helper.make_node("Add", ["m", "n"], ["y"])]  # the layer norm's output is read again: it stays
+    weights = {"gamma": rng.normal(size=32), "beta": rng.normal(size=32), "smooth": rng.uniform(0.5, 2, size=32),
+               "w": rng.normal(size=(32, 32))}
+    graph = helper.make_graph(nodes, "smooth", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 32])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "smooth.onnx")
+    quantize_dynamic(str(tmp_path / "smooth.onnx"), str(tmp_path / "smooth-int8.onnx"), weight_type=QuantType.QInt8)
+    x = rng.normal(size=(1, 6, 32)).astype(np.float32)
+
+    def lowered():
+        return qdq.rewrite(from_onnx(onnx.load(tmp_path / "smooth-int8.onnx"), keep_params_in_input=False),
+                           _exact_intrinsic())[0]
+
+    fused = lowered()
+    text = fused["main"].script()
+    # the kernel reads the norm and the constant: the multiply is no kernel of its own
+    assert re.search(r"call_tir\(\w*dynamic_quantize\w*, \(\w+, metadata", text), text
+    monkeypatch.setattr(qdq.dynamic_quantize, "fuse", lambda mod, func_name="main": mod)
+    imported = lowered()
+    got, expected = _run_tvm(fused, x), _run_tvm(imported, x)
+    assert np.array_equal(got, expected), np.abs(got - expected).max()
+
+
 @pytest.mark.parametrize("shape", [(1, 20, 384), (1, 128, 1536), (3, 5)])
 def test_the_dynamic_quantize_kernel_as_the_tuner_schedules_it(shape):
     """The fused kernel's one schedule (what tuning measures and the build keeps) builds in seconds (the generic

@@ -18,12 +18,26 @@ PARALLEL_FROM = 8192
 LANES = 16  # float32 lanes of the partial maxima and minima (one AVX-512 register; two AVX2 ones)
 
 
-def dynamic_quantize_te(x):
+def dynamic_quantize_te(source, factor=None):
     """te: (uint8 y, scale [], zero point []) of x, as TVM's importer and legalization compute them:
     scale = (max(0, max x) - min(0, min x)) / 255, zp = u8(round(clip(0 - min(0, min x) / scale, 0, 255))),
-    y = u8(clip(round(x / scale) + zp, 0, 255))."""
+    y = u8(clip(round(x / scale) + zp, 0, 255)). x is `source`, or source * factor (a constant broadcast as
+    numpy does: SmoothQuant's per-channel scaling in front of the quantization), computed where it is read."""
     from tvm import te, tirx
 
+    rank = len(source.shape)
+
+    class Scaled:  # x[i], the product computed in place (one multiply, as the separate kernel did)
+        shape, dtype = source.shape, source.dtype
+
+        def __getitem__(self, index):
+            if factor is None:
+                return source[index]
+            fshape = [int(n) for n in factor.shape]
+            at = index[rank - len(fshape):]
+            return source[index] * factor[tuple(0 if n == 1 else i for n, i in zip(fshape, at, strict=True))]
+
+    x = Scaled()
     lanes = _lanes(int(x.shape[-1]), LANES)
     *lead, last = x.shape
 
@@ -44,7 +58,7 @@ def dynamic_quantize_te(x):
                        .astype("uint8"), name="zero_point")
 
     def quantized(*i):
-        value = te.round(x[i] / scale[()]) + point[()].astype(x.dtype)
+        value = te.round(x[tuple(i)] / scale[()]) + point[()].astype(x.dtype)
         return te.max(te.min(value, top), zero).astype("uint8")
 
     return te.compute(x.shape, quantized, name="quantized"), scale, point
@@ -135,6 +149,25 @@ def fuse(mod, func_name: str = "main"):
         return bool(div) and div[1].same_as(scale) and reduced(div[0], "relax.min", "relax.minimum", x) \
             and const(clipped[1], 0.0) and const(clipped[2], QMAX)
 
+    uses: dict = {}
+    for value in values.values():
+        relax.analysis.post_order_visit(value, lambda e: uses.__setitem__(e, uses.get(e, 0) + 1)
+                                        if isinstance(e, relax.Var) else None)
+
+    def scaled(x):
+        """(h, constant c) where x = h * c (SmoothQuant's scaling) is read by the quantization alone (max, min,
+        quantize), so the kernel can multiply where it reads; None otherwise."""
+        args = call(x, "relax.multiply")
+        if not args or uses.get(x, 0) != 3:
+            return None
+        tensor, factor = args if isinstance(args[1], Constant) else args[::-1]
+        if not isinstance(factor, Constant) or isinstance(tensor, Constant) or not hasattr(factor.value, "numpy"):
+            return None
+        shape = [int(d) for d in x.ty.shape]
+        if [int(d) for d in tensor.ty.shape] != shape or factor.value.numpy().ndim > len(shape):
+            return None
+        return tensor, factor
+
     roles: dict = {}  # var -> (the activation, 0 y / 1 scale / 2 zero point)
     for var, value in values.items():
         args = call(value, "relax.quantize")
@@ -157,8 +190,10 @@ def fuse(mod, func_name: str = "main"):
                 return super().visit_var_binding_(binding)
             x, index = role
             if x not in self.fused:
+                product = scaled(x)
+                operands = [self.visit_expr(product[0]), product[1]] if product else [self.visit_expr(x)]
                 self.fused[x] = self.builder_.emit(self.builder_.call_te(
-                    dynamic_quantize_te, self.visit_expr(x), primfunc_name_hint="dynamic_quantize"))
+                    dynamic_quantize_te, *operands, primfunc_name_hint="dynamic_quantize"))
             item = self.builder_.emit(relax.TupleGetItem(self.fused[x], index))
             self.set_var_remap(binding.var, item)
 

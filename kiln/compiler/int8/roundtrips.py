@@ -52,12 +52,12 @@ def simplify(mod, func_name: str = "main"):
     def is_op(expr, name):
         return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
-    def _composed(x, first: list[int], second: list[int]):
+    def composed(x, first: list[int], second: list[int]):
         """permute_dims(permute_dims(x, first), second) as one permute_dims, or x where they cancel."""
         axes = [first[a] for a in second]
         return x if axes == sorted(axes) else relax.op.permute_dims(x, axes)
 
-    def _per_tensor(expr) -> bool:
+    def per_tensor(expr) -> bool:
         """A quantize or dequantize with one scale and zero point (elementwise: it commutes with a transpose)."""
         return ((is_op(expr, "relax.quantize") or is_op(expr, "relax.dequantize"))
                 and all(_value(a) is not None and _value(a).size == 1 for a in expr.args[1:]))
@@ -72,11 +72,11 @@ def simplify(mod, func_name: str = "main"):
                 if str(q.ty.dtype) == str(call.attrs.out_dtype) and _same_parameters(call, inner):
                     return q
             if is_op(call, "relax.permute_dims") and is_op(inner, "relax.permute_dims"):
-                return _composed(inner.args[0], _axes(inner), _axes(call))
-            if (is_op(call, "relax.permute_dims") and _per_tensor(inner)
+                return composed(inner.args[0], _axes(inner), _axes(call))
+            if (is_op(call, "relax.permute_dims") and per_tensor(inner)
                     and is_op(bound(self, inner.args[0]), "relax.permute_dims")):  # a (de)quantize between
                 first = bound(self, inner.args[0])
-                moved = _composed(first.args[0], _axes(first), _axes(call))
+                moved = composed(first.args[0], _axes(first), _axes(call))
                 if isinstance(moved, relax.Call):
                     moved = self.builder_.emit(moved)
                 return relax.Call(inner.op, [moved, *inner.args[1:]], inner.attrs)
