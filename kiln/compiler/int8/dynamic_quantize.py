@@ -182,7 +182,9 @@ def fuse(mod, func_name: str = "main"):
 
     @relax.expr_functor.mutator
     class Fuse(relax.expr_functor.PyExprMutator):
-        fused: dict = {}
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.fused = {}  # activation -> the fused kernel's (y, scale, zero point)
 
         def visit_var_binding_(self, binding):
             role = roles.get(binding.var)
@@ -198,7 +200,6 @@ def fuse(mod, func_name: str = "main"):
             self.set_var_remap(binding.var, item)
 
     rewriter = Fuse(mod)
-    rewriter.fused = {}
     out_func = rewriter.visit_expr(func)
     out = rewriter.builder_.get()
     out[func_name] = out_func
