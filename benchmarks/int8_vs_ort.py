@@ -54,22 +54,14 @@ def inputs(model: str) -> tuple[Path, list[str]]:
             subprocess.run([sys.executable, str(ROOT / "examples" / "encoder" / "make_model.py"), "--out", str(path)],
                            check=True)
         return path, []
-    from benchmarks.real_models import prepare
+    from benchmarks.real_models import prepare, samples
 
-    models = prepare([model])
     if model == "resnet50-thin":
+        models = prepare([model])
         return models / model / "model.onnx", ["--shape", "input:0=1x224x224x3", "--data",
                                                  str(models / model / "samples.npz")]
-    import onnx
-
-    from benchmarks.natural_lengths import write_parquet
-
-    folder = WORK / model
-    folder.mkdir(parents=True, exist_ok=True)
-    path = models / model / "model.onnx"
-    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
-    data, _ = write_parquet(model, models, names, folder)
-    return path, ["--data", str(data)]
+    models = prepare(["minilm-l6-tvm"])  # real_models.py's row of the same sentences at their own lengths
+    return models / model / "model.onnx", ["--data", str(samples(models, "minilm-l6-tvm"))]
 
 
 def optimize_fresh(home: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, float, str]:
