@@ -3,6 +3,8 @@ stages share (eval.npz: feeds, reference outputs, labels; calibration.npz: feeds
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,7 @@ def save_eval(path: Path, fds: list[Feed], reference: Feed, labels: np.ndarray |
     arrays.update(_output_arrays(reference))
     if labels is not None:
         arrays["labels"] = labels
-    np.savez(path, **arrays, **{"meta/batch": np.array(batch or 0)})
+    _savez_whole(path, {**arrays, "meta/batch": np.array(batch or 0)})
 
 
 def load_eval(path: str | Path) -> tuple[list[Feed], Feed, np.ndarray | None, int | None]:
@@ -99,7 +101,21 @@ def load_eval(path: str | Path) -> tuple[list[Feed], Feed, np.ndarray | None, in
 
 
 def save_calibration(path: Path, fds: list[Feed]) -> None:
-    np.savez(path, **_feed_arrays(fds))
+    _savez_whole(path, _feed_arrays(fds))
+
+
+def _savez_whole(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file beside `path`, renamed over it: two runs of one model share its work folder,
+    and one read the other's half-written file ("BadZipFile: File is not a zip file")."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_calibration(path: str | Path) -> list[Feed]:
