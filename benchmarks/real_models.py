@@ -17,8 +17,9 @@ benchmarks/compile_vs_ort.py has it).
 missing) and the Makefile's DEMO_CANDIDATES, with --ignore-current (each run publishes) and --json added.
 
 Four convolutional and recurrent models run with TVM (`tvm`, and `tvm-int8-static`: kiln's int8 compiler on
-ort-int8-static's calibrated QDQ convolutions) beside onnxruntime and its int8 candidates, each with a tuning
-budget (--tune-time 5m), only when named with --models (make bench-long; benchmarks/real_models_media.py makes
+ort-int8-static's calibrated QDQ convolutions) beside onnxruntime, its int8 candidates and `ort-fp32-folded`
+(kiln's exact folds of the exporter's written-out affine and HardSwish nodes into the convolutions), each with a
+tuning budget (--tune-time 5m), only when named with --models (make bench-long; benchmarks/real_models_media.py makes
 their data):
 - ppocr-rec: PP-OCRv4's text-line recognizer as rapidocr-onnxruntime 1.4.4 ships it, on 120 of the sentences
   rendered as one-line crops (black on white, matplotlib's DejaVu fonts) and preprocessed as rapidocr's
@@ -60,9 +61,10 @@ WORK = ROOT / "benchmarks" / "work" / "real"
 VENV = WORK / "export-venv"
 EXPORT_PACKAGES = ["torch==2.13.0", "optimum-onnx==0.1.0", "transformers==4.57.6", "sentence-transformers==5.7.0",
                    "onnx==1.23.2", "onnxruntime==1.32.0", "pillow", "tokenizers"]
-CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-fused,ort-int8-dynamic,ort-int8-static,ort-int8-fused-dynamic,"
-              "ort-int8-fused-smooth,ort-int8-fused-static")
-TVM_CANDIDATES = "onnxruntime,ort-int8-dynamic,ort-int8-static,tvm,tvm-int8-static"  # with a tuning budget
+CANDIDATES = ("onnxruntime,ort-fp32-basic,ort-fp32-folded,ort-fp32-fused,ort-int8-dynamic,ort-int8-static,"
+              "ort-int8-fused-dynamic,ort-int8-fused-smooth,ort-int8-fused-static")
+# with a tuning budget
+TVM_CANDIDATES = "onnxruntime,ort-fp32-folded,ort-int8-dynamic,ort-int8-static,tvm,tvm-int8-static"
 SEQ = ["input_ids=1x128", "attention_mask=1x128"]
 PARQUET = "real.parquet"  # a row's data: tokenized sentences at their own lengths (benchmarks/natural_lengths.py)
 MODELS = {
@@ -95,7 +97,8 @@ MODELS = {
                           "(multiples of 32, at most 640)"},
     # TVM alone in the time: int8 costs more than it saves on a 1.4 ms model (tvm-int8-static 0.32x, 2026-12-07)
     "ppocr-cls": {"shapes": ["x=1x3x48x192"], "range": "agreement>=0.99",
-                  "candidates": "onnxruntime,ort-int8-dynamic,ort-int8-static,tvm", "tune_time": "20m",
+                  "candidates": "onnxruntime,ort-fp32-folded,ort-int8-dynamic,ort-int8-static,tvm",
+                  "tune_time": "20m",
                   "what": "PP-OCR mobile v2.0 text-angle classifier (rapidocr), 120 rendered lines, a third "
                           "turned 180 degrees, 48x192"},
     "silero-vad": {"shapes": ["input=1x576", "state=2x1x128"], "range": "max_abs_diff[output]<=0.01",

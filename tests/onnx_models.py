@@ -342,3 +342,36 @@ def sensitive_mlp(path: Path, width: int = 64, layers: int = 4, sensitive: int =
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], inits)
     return _save(graph, path)
+
+
+def lcnet_blocks(path: Path, width: int | str = "width", opset: int = 12) -> Path:
+    """Two PP-LCNet blocks as Paddle2ONNX writes them: each convolution followed by a learnable affine
+    (Mul, Add), a HardSwish written out (x * Clip(x + 3, 0, 6) / 6, then x * (Clip(...) * (1/6))), and another
+    affine before the next convolution; a padded depthwise convolution last. x[1, 3, 8, width] -> y[1, 16, 8, width]."""
+    rng = np.random.default_rng(0)
+    c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        n("Mul", ["c1", "s1"], ["m1"], name="scale1"), n("Add", ["m1", "t1"], ["a1"], name="shift1"),
+        n("Add", ["a1", "three"], ["h1"], name="hs1_add"), n("Clip", ["h1", "zero", "six"], ["h1c"], name="hs1_clip"),
+        n("Mul", ["a1", "h1c"], ["h1m"], name="hs1_mul"), n("Div", ["h1m", "six"], ["hs1"], name="hs1_div"),
+        n("Mul", ["hs1", "s2"], ["m2"], name="scale2"), n("Add", ["m2", "t2"], ["a2"], name="shift2"),
+        n("Conv", ["a2", "w2", "b2"], ["c2"], name="pointwise"),
+        n("Mul", ["c2", "s3"], ["m3"], name="scale3"), n("Add", ["t3", "m3"], ["a3"], name="shift3"),
+        n("Add", ["three", "a3"], ["h2"], name="hs2_add"), n("Clip", ["h2", "zero", "six"], ["h2c"], name="hs2_clip"),
+        n("Mul", ["h2c", "sixth"], ["h2d"], name="hs2_scale"), n("Mul", ["a3", "h2d"], ["hs2"], name="hs2_mul"),
+        n("Mul", ["hs2", "s4"], ["m4"], name="scale4"), n("Add", ["m4", "t4"], ["a4"], name="shift4"),
+        n("Conv", ["a4", "w3", "b3"], ["c3"], name="depthwise", pads=[1, 1, 1, 1], group=16),
+        n("Relu", ["c3"], ["y"], name="relu"),
+    ]
+    inits = [c("w1", rng.standard_normal((8, 3, 3, 3)) * 0.4), c("b1", rng.standard_normal(8) * 0.1),
+             c("s1", 1.3), c("t1", -0.2), c("s2", 0.8), c("t2", 0.5),
+             c("w2", rng.standard_normal((16, 8, 1, 1)) * 0.4), c("b2", rng.standard_normal(16) * 0.1),
+             c("s3", rng.uniform(0.5, 1.5, (16, 1, 1))), c("t3", rng.standard_normal((1, 16, 1, 1)) * 0.3),
+             c("s4", 1.1), c("t4", 0.7), c("w3", rng.standard_normal((16, 1, 3, 3)) * 0.4), c("b3", np.zeros(16)),
+             c("three", 3.0), c("zero", 0.0), c("six", 6.0), c("sixth", 1 / 6)]
+    graph = helper.make_graph(
+        nodes, "lcnet_blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, width])], inits)
+    return _save(graph, path, opset=opset)

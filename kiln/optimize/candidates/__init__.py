@@ -64,6 +64,9 @@ register(
               description="fp32 model, onnxruntime graph optimization level extended"),
     Candidate(name="ort-fp32-1thread", backend="onnxruntime", builder=f"{_C}.ort_fp32:build_one_thread",
               description="fp32 model, one intra-op thread"),
+    Candidate(name="ort-fp32-folded", backend="onnxruntime", builder=f"{_C}.ort_folded:build",
+              description="fp32, kiln's exact folds: constant affine chains into the convolutions beside them, "
+                          "a written-out HardSwish as the operator (mobile CNN exports)"),
     Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
               builder=f"{_C}.ort_int8_dynamic:build",
               description="int8 weights for MatMul/Gemm, dynamic activations"),
@@ -90,11 +93,12 @@ register(
               description="fused transformer, static QDQ int8 MatMuls, calibrated"),
 )
 
-# what runs when nothing is said: the reference, compilation, the cheaper graph level, and both int8 schemes
+# what runs when nothing is said: the reference, compilation, the cheaper graph level, the exact folds, and both
+# int8 schemes
 # (static int8 is skipped, with that reason, when the program has no data to calibrate on; the fused ones
 # when the model is not a transformer)
-DEFAULT = (BASELINE, "tvm", "ort-fp32-basic", "ort-int8-dynamic", "ort-int8-static", "ort-fp32-fused",
-           "ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static")
+DEFAULT = (BASELINE, "tvm", "ort-fp32-basic", "ort-fp32-folded", "ort-int8-dynamic", "ort-int8-static",
+           "ort-fp32-fused", "ort-int8-fused-dynamic", "ort-int8-fused-smooth", "ort-int8-fused-static")
 # added to the default set where the target has no VNNI (kiln.optimize.plan): its u8 x s8 kernels saturate
 NO_VNNI_DEFAULT = ("ort-int8-dynamic-7bit",)
 
