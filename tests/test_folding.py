@@ -43,8 +43,8 @@ def test_mobile_blocks_fold_into_their_convolutions_with_the_same_outputs(tmp_pa
 
 
 def test_what_is_not_an_exact_fold_stays():
-    """A convolution's output read twice, a constant that varies along the width, c - x (not x - c), and a
-    clip that is not (0, 6) are left as they are."""
+    """A convolution's output read twice, a constant that varies along the width, c - x (not x - c), a clip
+    that is not (0, 6), and a constant the caller may override are left as they are."""
     from kiln.optimize.folding import fold
 
     c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
@@ -66,6 +66,14 @@ def test_what_is_not_an_exact_fold_stays():
     folded, stats = fold(onnx.load_from_string(model.SerializeToString()))
     assert not any(stats.values()), stats
     assert [(n.op_type, list(n.input)) for n in folded.graph.node] == before
+    # an initializer that is also a graph input is a default the caller may feed: not a constant to fold
+    gain = helper.make_graph(
+        [n("Conv", ["x", "w", "b"], ["c"]), n("Mul", ["c", "gain"], ["y"])], "overridable",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4]),
+         helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])],
+        [c("w", np.eye(2).reshape(2, 2, 1, 1)), c("b", [0.1, -0.1]), c("gain", 2.0)])
+    assert fold(helper.make_model(gain, opset_imports=[helper.make_opsetid("", 14)]))[1]["conv-output-affine"] == 0
 
 
 def test_the_folded_candidate_in_the_flow(kiln_env, tmp_path):

@@ -17,6 +17,8 @@ class Graph:
         self.dead: set[int] = set()
         self.outputs = {o.name for o in model.graph.output}
         self._inits = {i.name: i for i in model.graph.initializer}
+        # an initializer also listed as a graph input is a default the caller may override: not a constant
+        self._overridable = {i.name for i in model.graph.input}
         self._consts = {n.output[0]: n for n in self.nodes if n.op_type == "Constant" and len(n.output) == 1}
         self.reindex()
 
@@ -45,6 +47,8 @@ class Graph:
         return readers[0] if len(readers) == 1 and name not in self.outputs else None
 
     def constant(self, name: str) -> np.ndarray | None:
+        if name in self._overridable:
+            return None
         if name in self._inits:
             return numpy_helper.to_array(self._inits[name])
         node = self._consts.get(name)
