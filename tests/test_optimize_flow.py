@@ -41,8 +41,10 @@ def test_manifest_records_the_whole_decision(digits_run, digits_program):
     assert {c["name"] for c in manifest["candidates"] if "-fallback" not in c["name"]} == expected
     fused = [c for c in manifest["candidates"] if "fused" in c["name"]]  # digits is no transformer
     assert fused and all(c["reasons"][0].startswith("skipped: not a transformer") for c in fused)
+    folded = [c for c in manifest["candidates"] if c["name"] == "ort-fp32-folded"]  # nor a CNN
+    assert folded and folded[0]["reasons"][0].startswith("skipped: nothing to fold")
     for c in manifest["candidates"]:
-        if c in fused:
+        if c in fused or c in folded:
             continue
         assert c["latency_ms"]["p10"] <= c["latency_ms"]["p50"] <= c["latency_ms"]["p90"] and c["latency_ms"]["p50"] > 0
         assert len(c["latency_ms"]["rounds"]) >= 3  # timed in interleaved rounds
