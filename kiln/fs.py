@@ -50,6 +50,22 @@ class Staging:
 
 
 @contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final` to write, renamed over it when the block ends (removed on error): readers
+    see the old file or the new one, never a torn one, and concurrent writers never share a temporary file."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(final: Path | None = None, *, parent: Path | None = None,
                existing: Literal["keep", "replace", "aside"] = "keep") -> Iterator[Staging]:
     """Fill a staging folder, then rename it to `final` in one step; on any error the staging folder is removed.

@@ -6,7 +6,6 @@ Every section is a typed model; the JSON written is what earlier versions wrote,
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +15,7 @@ from kiln.artifact.layout import MANIFEST, PROGRAM_DIR, V2_SERVICE_NAME
 from kiln.artifact.specs import IndexGuard, Profile, TensorSpec
 from kiln.artifact.target import Target
 from kiln.errors import ArtifactError
+from kiln.fs import atomic_file
 
 SCHEMA_VERSION = 1
 BASELINE = "onnxruntime"  # the unoptimized model in onnxruntime: what every speed-up is measured against
@@ -348,9 +348,8 @@ class Manifest(BaseModel):
 
     def write(self, folder: Path) -> None:
         """Atomically: a reader sees the old manifest or the new one, never a torn file."""
-        tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(self.to_json())
-        os.replace(tmp, folder / MANIFEST)
+        with atomic_file(folder / MANIFEST) as tmp:
+            tmp.write_text(self.to_json())
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

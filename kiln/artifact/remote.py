@@ -10,7 +10,6 @@ timeouts, 5xx, SlowDown) are retried; a wrong key or a missing bucket fails at o
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from kiln.artifact.manifest import Manifest, Upload
 from kiln.artifact.store import ArtifactStore, record, verify
 from kiln.config import Settings, settings
 from kiln.errors import StorageError
-from kiln.fs import atomic_dir, file_sha256, json_sha256, tree_files
+from kiln.fs import atomic_dir, atomic_file, file_sha256, json_sha256, tree_files
 from kiln.retry import with_retries
 
 SHA_KEY = "sha256"  # stored as x-amz-meta-sha256
@@ -169,10 +168,8 @@ class ObjectStore:
         stat = self.call("reading", uri, lambda: self.client.stat_object(bucket, key))
         dest = dest_root / json_sha256([uri, stat.etag])[:24] / name
         if not dest.is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{name}.{os.getpid()}")
-            self.call("downloading", uri, lambda: self.client.fget_object(bucket, key, str(tmp)))
-            os.replace(tmp, dest)
+            with atomic_file(dest) as tmp:
+                self.call("downloading", uri, lambda: self.client.fget_object(bucket, key, str(tmp)))
         return dest
 
     def download_prefix(self, uri: str, dest_root: Path) -> Path:

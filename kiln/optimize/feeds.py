@@ -3,13 +3,12 @@ stages share (eval.npz: feeds, reference outputs, labels; calibration.npz: feeds
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from kiln.artifact.specs import TensorSpec
+from kiln.fs import atomic_file
 from kiln.program import ragged
 from kiln.program.datasets import Samples
 
@@ -105,17 +104,10 @@ def save_calibration(path: Path, fds: list[Feed]) -> None:
 
 
 def _savez_whole(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file beside `path`, renamed over it: two runs of one model share its work folder,
-    and one read the other's half-written file ("BadZipFile: File is not a zip file")."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez written whole: two runs of one model share its work folder, and one read the other's half-written
+    file ("BadZipFile: File is not a zip file")."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as out:  # a file object: np.savez would add .npz to a name
+        np.savez(out, **arrays)
 
 
 def load_calibration(path: str | Path) -> list[Feed]:

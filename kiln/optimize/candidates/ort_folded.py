@@ -19,7 +19,7 @@ from kiln.optimize.folding.hard_swish import OPSET
 
 def build(ctx: BuildContext) -> Built:
     model = onnx.load(str(ctx.prepared))
-    if any(n.op_type in ("Add", "Clip") for n in model.graph.node):  # a HardSwish may be written out: it needs 14
+    if any(n.op_type == "Clip" for n in model.graph.node):  # a HardSwish may be written out: the op needs opset 14
         try:
             model = at_least_opset(model, OPSET)
         except KilnError:
