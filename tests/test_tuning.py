@@ -459,3 +459,41 @@ def test_the_search_population_scales_down_only_for_tiny_budgets():
 
     assert population_for(2, 5) == population_for(8, 1) == 64
     assert population_for(40, 1) == 320 and population_for(64 * 3, 3) == population_for(100_000, 12) == 512
+
+
+def test_the_same_kernel_under_other_names_keeps_the_database_loadable(tmp_path):
+    """Two graphs whose layer norm is the same kernel with other block names (its input named `x` in one,
+    `hidden` in the other: another layer, another variant of one model) tune into one database in turn: it still
+    loads (MetaSchedule replays every record's trace when it opens one; a record whose trace named the second
+    graph's blocks under the first's workload made it unloadable, "parallel_for_dynamic error") and holds the
+    second graph's records."""
+    import numpy as np
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    from kiln.compiler import pipelines
+    from kiln.compiler.targets import resolve, target_config
+    from kiln.compiler.tuning import Limits, tune
+
+    def norm(name: str):
+        graph = helper.make_graph(
+            [helper.make_node("LayerNormalization", [name, "g", "b"], ["y"], axis=-1)], "norm",
+            [helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+            [numpy_helper.from_array(np.ones(64, np.float32), "g"),
+             numpy_helper.from_array(np.zeros(64, np.float32), "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return from_onnx(model, keep_params_in_input=False)
+
+    target = tvm.target.Target(target_config(resolve("host")))
+    counted = []
+    for name in ("x", "hidden"):
+        with target:
+            lowered = pipelines.lowering()(norm(name))
+        counted.append(tune(lowered, target, tmp_path / "db", Limits(trials=4, trials_per_round=4)).trials)
+    assert counted == [4, 4]
+    database = ms.database.JSONDatabase(work_dir=str(tmp_path / "db"))
+    assert len(database) == 8 and len(database.get_all_tuning_records()) == 8

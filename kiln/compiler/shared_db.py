@@ -156,6 +156,28 @@ def best_seconds(folder: Path, workloads: list) -> list[float | None]:
     return out
 
 
+def as_stored(folder: Path, extracted: list) -> list:
+    """The tasks, each whose workload the database already holds as that workload (the same kernel, its blocks
+    named as when first tuned). A database matches workloads by structure, ignoring block names, but commits a
+    new record under the stored workload with the trace of the task that made it: a layer norm's `lv108_sum`
+    under the workload that names it `lv8_sum` (the same norm in another layer or graph variant). MetaSchedule
+    replays every trace when it loads a database, so one such record made it unloadable ("parallel_for_dynamic
+    error") and every later build from it failed. Tuned as stored, a task's traces name the stored blocks."""
+    if not (folder / DB_FILES[0]).is_file() or not extracted:
+        return extracted
+    from tvm.s_tir import meta_schedule as ms
+
+    db = _open(folder)
+    out = []
+    for task in extracted:
+        mod = task.dispatched[0]
+        if db.has_workload(mod):
+            stored = db.commit_workload(mod).mod
+            task = ms.ExtractedTask(task.task_name, stored, task.target, [stored], task.weight)
+        out.append(task)
+    return out
+
+
 def describe(folder: Path) -> dict:
     """A shared database's fingerprint, workloads and records, read from its files (no TVM needed)."""
     def lines(name: str) -> int:

@@ -300,7 +300,7 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
 
     tensor_intrinsics()  # what every tuning context imports, without its 20 s of inspect.stack()
     register_all()  # the databases read below may hold int8 kernels' records, which name kiln's intrinsics
-    extracted = ms.relax_integration.extract_tasks(mod, target)
+    extracted = shared_db.as_stored(work_dir, ms.relax_integration.extract_tasks(mod, target))
     states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod),
                         int8=bool(limits.int8) and is_int8_task(t.dispatched[0])) for t in extracted]
     order = sorted(range(len(extracted)), key=lambda i: -states[i].weight * states[i].flop)
