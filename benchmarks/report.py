@@ -633,7 +633,9 @@ def readme_real_models(d: dict) -> list[str]:
 @block("tvm_passes", "tvm_passes.json")
 def tvm_passes(d: dict) -> list[str]:
     threads = f", {d['threads']} threads" if d.get("threads") else ""
-    lines = [f"{_on(d)} {_where(d['machine'])}{threads}, batch 1. Command: `{d['command'].strip()}`. Each variant "
+    commands = "; ".join(dict.fromkeys(f"`{m.get('command', d['command']).strip()}` ({m.get('date', d['date'])})"
+                                       for m in d["results"]))
+    lines = [f"{_on(d)} {_where(d['machine'])}{threads}, batch 1. Commands (dates): {commands}. Each variant "
              "tuned for "
              "the same time; variants marked (paired) tuned in turn into one database and were all rebuilt from it, "
              "so they share every kernel a pass did not change; the others each had a database of their own. All "

@@ -3,6 +3,7 @@
     python benchmarks/tvm_passes.py                                  # encoder and MiniLM-L6, 10 minutes each
     python benchmarks/tvm_passes.py --models encoder --minutes 3     # a short look
     python benchmarks/tvm_passes.py --variants "kiln default" "+ combine-parallel-matmul"
+    python benchmarks/tvm_passes.py --models minilm-l6-int8 --minutes 5    # kiln's int8 compiler's passes
 
 Each variant is a full kiln compile with the same wall-clock tuning budget. A variant that changes how every
 kernel is built or timed (pre-packing, cold-cache trials) has its own tuning database. The graph-pass variants
@@ -11,7 +12,10 @@ are: they tune in turn into one database and are all rebuilt from it at the end,
 the same records and only the kernels a pass changed differ (two separate tunings of one pipeline differed by
 15 % at 10 minutes, more than a pass like Q/K/V combining can gain). Then all are timed in interleaved rounds
 beside fp32 onnxruntime in one process, and the first variant (what kiln ships by default) is profiled call by call
-(benchmarks/vm_profile.py) to show what lies between the kernels and the end-to-end time. Writes
+(benchmarks/vm_profile.py) to show what lies between the kernels and the end-to-end time. minilm-l6-int8 is
+what kiln's int8 compiler builds for all-MiniLM-L6-v2 (tvm-int8-smooth: onnxruntime's SmoothQuant int8 model,
+calibrated on 8 real sentences) at seq 32, the middle of its real sentences' length buckets, fed a real
+sentence; its variants are the passes that apply to int8 graphs only. Writes
 benchmarks/tvm_passes.json, and through benchmarks/report.py the figures of RESULTS.md and README.md.
 """
 
@@ -36,7 +40,10 @@ from benchmarks.compile_vs_ort import CONSOLE, feed_for, machine  # noqa: E402
 from benchmarks.tuning_curve import CURVE_MODELS, REAL  # noqa: E402
 from benchmarks.vm_profile import profile  # noqa: E402
 from kiln.compiler import Limits, compile_model  # noqa: E402
+from kiln.compiler.int8.intrinsics import for_cpu  # noqa: E402
 from kiln.compiler.passes import DEFAULT, NotApplicable  # noqa: E402
+from kiln.cpu import detected_int8_isa  # noqa: E402
+from kiln.optimize.candidates import BuildContext, get  # noqa: E402
 from kiln.optimize.inspect import input_specs, load_model, output_specs  # noqa: E402
 from kiln.optimize.prepare import prepare_model  # noqa: E402
 from kiln.runtime.latency import interleaved  # noqa: E402
@@ -53,6 +60,7 @@ VARIANTS = {
     "+ combine-parallel-matmul": ((*DEFAULT, "combine-parallel-matmul"), {}, True),
     "+ fused-attention": ((*DEFAULT, "fused-attention"), {}, True),
     "+ fast-math": ((*DEFAULT, "fast-math"), {}, True),
+    "without fuse-norm-quantize": (tuple(p for p in DEFAULT if p != "fuse-norm-quantize"), {}, True),
     "cold-cache trials": (DEFAULT, {"cache_flush": True}, False),
     # kiln before 2026-11-27: onnxruntime's MatMul+Add -> Gemm (2-D, wrapped in reshapes) kept in the prepared model
     "Gemm in the prepared model": (DEFAULT, {"ort_disabled": ()}, False),
@@ -60,34 +68,53 @@ VARIANTS = {
 MODEL_VARIANTS = {"encoder": list(VARIANTS),
                   "minilm-l6": ["kiln default", "+ fused-attention", "+ combine-parallel-matmul", "+ fast-math",
                                 "cold-cache trials",
-                                "Gemm in the prepared model"]}
+                                "Gemm in the prepared model"],
+                  "minilm-l6-int8": ["kiln default", "without fuse-norm-quantize"]}
+INT8_MODELS = {"minilm-l6-int8": ("minilm-l6", "ort-int8-smooth", 32)}  # (fp32 model, int8 candidate, seq)
 
 
 def _load(name: str):
-    rel, script, shapes = CURVE_MODELS[name]
+    """(the fp32 model onnxruntime runs, its ModelProto, inputs, outputs, a feed, the int8 candidate and seq
+    length TVM compiles from, or None)."""
+    fp32, int8, seq = INT8_MODELS.get(name, (name, None, None))
+    rel, script, shapes = CURVE_MODELS[fp32]
     path = Path(rel) if Path(rel).is_absolute() else ROOT / rel
     if not path.is_file():
         if script is None:
-            raise SystemExit(f"{path} is missing: run `python benchmarks/real_models.py --models {name}` first")
+            raise SystemExit(f"{path} is missing: run `python benchmarks/real_models.py --models {fp32}` first")
         import subprocess
 
         subprocess.run([sys.executable, str(ROOT / script)], check=True)
     model = load_model(path)
+    if seq:
+        shapes = {k: [1, seq] for k in shapes}
     inputs = input_specs(model, shapes, rel)
     feed = feed_for(inputs)
-    if name == "minilm-l6":
-        data = np.load(REAL / name / "samples.npz")
-        feed = {s.name: data[s.name][0] for s in inputs}
-    return path, model, inputs, output_specs(model), feed
+    calibration = [feed_for(inputs, seed=i) for i in range(8)]
+    if fp32 == "minilm-l6":  # real sentences; at seq 32 the first that fits, cut to it (padding after its end)
+        data = np.load(REAL / fp32 / "samples.npz")
+        width = seq or 128
+        first = next(i for i, m in enumerate(data["attention_mask"]) if m.sum() <= width)
+        feed = {s.name: data[s.name][first][:, :width] for s in inputs}
+        calibration = [{s.name: data[s.name][i][:, :width] for s in inputs} for i in range(8)]
+    return path, model, inputs, output_specs(model), feed, (int8, calibration) if int8 else None
 
 
 def bench(name: str, minutes: float, threads: int, per_round: int, variants: list[str] | None = None) -> dict:
-    path, model, inputs, outputs, feed = _load(name)
+    path, model, inputs, outputs, feed, int8 = _load(name)
     work = WORK / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     prepared = work / "prepared.onnx"
     prepare_model(model, inputs, prepared, str(path))
+    intrinsic = None
+    if int8:  # TVM compiles the quantized model onnxruntime runs as that candidate, with kiln's int8 kernels
+        source, calibration = int8
+        quantized = get(source).build(BuildContext(model=path, prepared=prepared, out_dir=work,
+                                                   calibration=calibration))
+        prepared = work / "prepared-int8.onnx"
+        prepare_model(load_model(Path(quantized.path)), inputs, prepared, quantized.path)
+        intrinsic = for_cpu(detected_int8_isa())
     built, tuned = {}, {}
     for label in [v for v in MODEL_VARIANTS[name] if not variants or v in variants]:
         graph_passes, settings, paired = VARIANTS[label]
@@ -101,7 +128,7 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
             res = compile_model(source, inputs, target="host", db_dir=work / ("paired" if paired else slug)
                                 / "db", out=work / slug / "model.so", graph_passes=graph_passes,
                                 limits=Limits(trials=100_000, seconds=minutes * 60, trials_per_round=per_round,
-                                              threads=threads, **{"prepack": True, **settings}),
+                                              threads=threads, int8=intrinsic, **{"prepack": True, **settings}),
                                 progress=lambda p, lb=label: print(f"\r[{name}] {lb}: {p.describe()}", end="",
                                                                    file=CONSOLE))
         except NotApplicable as exc:
@@ -113,7 +140,7 @@ def bench(name: str, minutes: float, threads: int, per_round: int, variants: lis
         slug = label.replace(" ", "-").replace("+", "plus")
         built[label] = compile_model(prepared, inputs, target="host", db_dir=work / "paired" / "db",
                                      out=work / slug / "final.so", graph_passes=VARIANTS[label][0],
-                                     limits=Limits(trials=0, prepack=True, threads=threads))
+                                     limits=Limits(trials=0, prepack=True, threads=threads, int8=intrinsic))
     runners = {label: TvmRunner(r.module, inputs, outputs, threads=threads) for label, r in built.items()}
     ort = OrtRunner(path, threads=threads)
     want = ort.run(feed)[outputs[0].name]
@@ -150,12 +177,19 @@ def main() -> None:
     args = parser.parse_args()
     threads = args.threads or os.cpu_count() or 1
     info = machine()
-    results = [bench(m, args.minutes, threads, args.per_round, args.variants) for m in args.models]
     command = shlex.join(["python", "benchmarks/tvm_passes.py", *sys.argv[1:]])  # variant names hold spaces
-    (ROOT / "benchmarks" / "tvm_passes.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
-                                                                       "machine": info, "threads": threads,
-                                                                       "command": command, "results": results},
-                                                                      indent=1))
+    today = time.strftime("%Y-%m-%d")
+    results = [{**bench(m, args.minutes, threads, args.per_round, args.variants), "date": today, "command": command}
+               for m in args.models]
+    out = ROOT / "benchmarks" / "tvm_passes.json"
+    kept = []  # the other models' rows, where they were measured on this CPU (ratios are per machine)
+    if out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("machine") == info and old.get("threads") == threads:
+            kept = [{"date": old["date"], "command": old["command"], **r} for r in old["results"]
+                    if r["model"] not in args.models]
+    out.write_text(json.dumps({"date": today, "machine": info, "threads": threads, "command": command,
+                               "results": kept + results}, indent=1))
     report.rewrite()
 
 

@@ -659,3 +659,98 @@ def test_smoothquant_int8_compiled_by_tvm_on_a_bert_shaped_graph(kiln_env, tmp_p
     # 2 layers x (query, key, value, output, two feed-forward) weight MatMuls, each per-channel dynamic int8
     assert ", 12 matmul(s) lowered: dynamic 32x32" in int8, int8
     assert abs(tvm["metrics"]["cosine"]["value"] - source["metrics"]["cosine"]["value"]) < 0.01
+
+
+def _layer_norm_model(tmp_path, rng) -> Path:
+    """Two transformer sub-layers' ends, dynamically quantized: norm -> [SmoothQuant scale] -> int8 matmul ->
+    residual add, twice; outputs the second norm (read again by the residual) and the last sum."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    hidden = 48
+    nodes = [helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["n1"], axis=-1, epsilon=1e-12),
+             helper.make_node("Mul", ["n1", "smooth"], ["s1"]), helper.make_node("MatMul", ["s1", "w1"], ["m1"]),
+             helper.make_node("Add", ["m1", "n1"], ["r1"]),
+             helper.make_node("LayerNormalization", ["r1", "g2", "b2"], ["n2"], axis=-1, epsilon=1e-12),
+             helper.make_node("MatMul", ["n2", "w2"], ["m2"]), helper.make_node("Add", ["m2", "n2"], ["y"])]
+    weights = {"g1": rng.normal(size=hidden), "b1": rng.normal(size=hidden), "g2": rng.normal(size=hidden),
+               "b2": rng.normal(size=hidden), "smooth": rng.uniform(0.5, 2, size=hidden),
+               "w1": rng.normal(size=(hidden, hidden)) / 4, "w2": rng.normal(size=(hidden, hidden)) / 4}
+    shape = [1, 7, hidden]
+    graph = helper.make_graph(nodes, "norms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("n2", "y")],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "norms.onnx")
+    quantize_dynamic(str(tmp_path / "norms.onnx"), str(tmp_path / "norms-int8.onnx"), weight_type=QuantType.QInt8)
+    return tmp_path / "norms-int8.onnx"
+
+
+def test_a_layer_norm_is_computed_inside_the_dynamic_quantize_kernel(tmp_path):
+    """fuse-norm-quantize: each layer norm that feeds a dynamic quantization (with SmoothQuant's scale or
+    without) is computed in that kernel, one kernel fewer each; the norm the residual reads again is within
+    1e-4 of the unfused graph's and the int8 matmul after it within one step of its output."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from kiln.compiler import passes, pipelines
+    from kiln.compiler.int8 import qdq
+    from kiln.compiler.targets import target_config
+
+    rng = np.random.default_rng(11)
+    path = _layer_norm_model(tmp_path, rng)
+    unfused, _ = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), _exact_intrinsic())
+    fused, applied = passes.apply(unfused, ("fuse-norm-quantize",))
+    assert applied == ["fuse-norm-quantize"]
+    text = fused["main"].script()
+    assert "R.nn.layer_norm" not in text and text.count("call_tir(dynamic_quantize_norm") == 2, text
+
+    def kernels(mod) -> list[str]:
+        with tvm.target.Target("llvm"):
+            return re.findall(r"R\.call_tir\((?:cls\.)?(\w+)", pipelines.lowering()(mod)["main"].script())
+
+    assert len(kernels(unfused)) - len(kernels(fused)) == 2, (kernels(unfused), kernels(fused))
+
+    def run(mod, x):
+        ex = tvm.compile(mod, target=tvm.target.Target(target_config("host")))
+        return [t.numpy() for t in relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x))]
+
+    for scale in (1.0, 1e-3, 1e3):
+        x = (rng.normal(size=(1, 7, 48)) * scale + scale).astype(np.float32)
+        (norm, y), (norm0, y0) = run(fused, x), run(unfused, x)
+        assert np.abs(norm - norm0).max() <= 1e-4 * np.abs(norm0).max(), scale
+        step = np.abs(y0).max() / 127
+        assert np.abs(y - y0).max() <= step, (scale, np.abs(y - y0).max(), step)
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 384), (1, 128, 384), (2, 3, 40)])
+def test_the_norm_and_quantize_kernel_as_the_tuner_schedules_it(shape):
+    """The fused norm's fixed schedule gives the unscheduled kernel's bits (it reorders loops, not sums), and
+    the norm is numpy's within float32 rounding."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from kiln.compiler.int8 import dynamic_quantize
+    from kiln.compiler.int8.norm_quantize import norm_dynamic_quantize_te
+
+    width = shape[-1]
+    x, g, b = (te.placeholder(s, "float32", name=n) for s, n in ((shape, "x"), ((width,), "g"), ((width,), "b")))
+    func = te.create_prim_func([x, g, b, *norm_dynamic_quantize_te(x, g, b, epsilon=1e-12)])
+    sch = Schedule(func)
+    dynamic_quantize.schedule(sch)
+    rng = np.random.default_rng(2)
+    data = [rng.normal(size=s).astype(np.float32) * 3 + 0.5 for s in (shape, (width,), (width,))]
+    outs = []
+    for mod in (func, sch.mod["main"]):
+        args = [tvm.runtime.tensor(a) for a in data] + [
+            tvm.runtime.tensor(np.zeros(shape, np.uint8)), tvm.runtime.tensor(np.zeros((), np.float32)),
+            tvm.runtime.tensor(np.zeros((), np.uint8)), tvm.runtime.tensor(np.zeros(shape, np.float32))]
+        tvm.compile(mod, target=tvm.target.Target("llvm"))(*args)
+        outs.append([a.numpy() for a in args[3:]])
+    assert all(np.array_equal(a, b) for a, b in zip(*outs, strict=True))
+    v, g_, b_ = data
+    mean = v.mean(-1, keepdims=True)
+    expected = (v - mean) / np.sqrt(((v - mean) ** 2).mean(-1, keepdims=True) + 1e-12) * g_ + b_
+    assert np.abs(outs[0][3] - expected).max() <= 1e-5 * np.abs(expected).max()

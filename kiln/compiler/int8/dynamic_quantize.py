@@ -10,6 +10,9 @@ Here the same arithmetic, in the same order, is one PrimFunc returning (y, scale
 
 from __future__ import annotations
 
+from kiln.compiler.int8 import layer_norm
+from kiln.compiler.int8.layer_norm import lanes_for
+
 QMAX = 255.0
 RANGE_BLOCK = "kiln_dynamic_range"  # the max and min reductions' blocks (+ _max, _min): how a task is recognised
 OP_PATTERN_OPAQUE = 8  # relax's OpPatternKind::kOpaque: FuseOps leaves the kernel as it is, for its own schedule
@@ -38,7 +41,7 @@ def dynamic_quantize_te(source, factor=None):
             return source[index] * factor[tuple(0 if n == 1 else i for n, i in zip(fshape, at, strict=True))]
 
     x = Scaled()
-    lanes = _lanes(int(x.shape[-1]), LANES)
+    lanes = lanes_for(int(x.shape[-1]), LANES)
     *lead, last = x.shape
 
     def reduced(reducer, name):
@@ -69,15 +72,13 @@ def is_task(mod) -> bool:
     return f'sblock("{RANGE_BLOCK}' in mod.script()
 
 
-def _lanes(extent: int, widest: int) -> int:
-    return next(n for n in (64, 32, 16, 8, 4, 2, 1) if n <= widest and extent % n == 0)
-
-
 def schedule(sch) -> None:
     """A fixed schedule: the max and the min each as LANES partial results (the lanes innermost), combined
     once; the quantize vectorized, parallel over chunks where it is large. Nothing is unrolled: LLVM took
     minutes (past the builder's 120 s timeout) on the unrolled select chains MetaSchedule's generic rules gave
-    the reductions."""
+    the reductions. A layer norm computed in the same kernel (kiln.compiler.int8.norm_quantize) is scheduled
+    first."""
+    layer_norm.schedule(sch, PARALLEL_FROM)
     for suffix in ("_max", "_min"):
         partial = sch.get_sblock(RANGE_BLOCK + suffix + "_partial")
         lane, *rest = sch.get_loops(partial)
@@ -85,7 +86,7 @@ def schedule(sch) -> None:
     out = sch.get_sblock("quantized")
     flat = sch.fuse(*sch.get_loops(out))
     extent = int(sch.get(flat).extent)
-    outer, lane = sch.split(flat, [None, _lanes(extent, 64)])
+    outer, lane = sch.split(flat, [None, lanes_for(extent, 64)])
     if extent >= PARALLEL_FROM:
         sch.parallel(outer)
     sch.vectorize(lane)
