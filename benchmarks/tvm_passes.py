@@ -61,6 +61,7 @@ VARIANTS = {
     "+ fused-attention": ((*DEFAULT, "fused-attention"), {}, True),
     "+ fast-math": ((*DEFAULT, "fast-math"), {}, True),
     "without fuse-norm-quantize": (tuple(p for p in DEFAULT if p != "fuse-norm-quantize"), {}, True),
+    "without fuse-dynamic-quantize": (tuple(p for p in DEFAULT if p != "fuse-dynamic-quantize"), {}, True),
     "cold-cache trials": (DEFAULT, {"cache_flush": True}, False),
     # kiln before 2026-11-27: onnxruntime's MatMul+Add -> Gemm (2-D, wrapped in reshapes) kept in the prepared model
     "Gemm in the prepared model": (DEFAULT, {"ort_disabled": ()}, False),
@@ -69,7 +70,7 @@ MODEL_VARIANTS = {"encoder": list(VARIANTS),
                   "minilm-l6": ["kiln default", "+ fused-attention", "+ combine-parallel-matmul", "+ fast-math",
                                 "cold-cache trials",
                                 "Gemm in the prepared model"],
-                  "minilm-l6-int8": ["kiln default", "without fuse-norm-quantize"]}
+                  "minilm-l6-int8": ["kiln default", "without fuse-norm-quantize", "without fuse-dynamic-quantize"]}
 INT8_MODELS = {"minilm-l6-int8": ("minilm-l6", "ort-int8-smooth", 32)}  # (fp32 model, int8 candidate, seq)
 
 

@@ -207,7 +207,7 @@ def test_quantized_matmul_and_gemm_lowered_to_integer_kernels(tmp_path, kind, we
         assert np.abs(got - expected).max() <= step, (key, np.abs(got - expected).max(), step)
 
 
-def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path, monkeypatch):
+def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path):
     """Each DynamicQuantizeLinear (max, min, scale, zero point, quantize: six kernels as TVM imports it) is one
     kernel, and the model's outputs are bit for bit those of the graph as imported."""
     import tvm
@@ -226,9 +226,10 @@ def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path, monkeyp
             lowered = pipelines.lowering()(mod)
         return re.findall(r"R\.call_tir\((?:cls\.)?(\w+)", lowered["main"].script())
 
-    fused, _ = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin)
-    monkeypatch.setattr(qdq.dynamic_quantize, "fuse", lambda mod, func_name="main": mod)
-    imported, _ = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin)
+    fused, report = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin)
+    imported, unfused = qdq.rewrite(from_onnx(onnx.load(path), keep_params_in_input=False), intrin,
+                                    fuse_quantize=False)  # the pipeline without fuse-dynamic-quantize
+    assert report.quantize_fused and not unfused.quantize_fused
     assert "R.max(" in imported["main"].script() and "R.max(" not in fused["main"].script()
     assert sum(name.startswith("dynamic_quantize") for name in kernels(fused)) == 3  # one per quantized input
     assert len(kernels(imported)) - len(kernels(fused)) == 3 * 5, (kernels(fused), kernels(imported))
@@ -239,7 +240,7 @@ def test_dynamic_quantization_is_one_kernel_with_the_same_bits(tmp_path, monkeyp
         assert np.array_equal(_run_tvm(fused, probe), _run_tvm(imported, probe), equal_nan=True), scale
 
 
-def test_smoothquant_scaling_joins_the_dynamic_quantize_kernel(tmp_path, monkeypatch):
+def test_smoothquant_scaling_joins_the_dynamic_quantize_kernel(tmp_path):
     """A per-channel constant multiply read only by a DynamicQuantizeLinear (SmoothQuant's scaling after a layer
     norm) is computed inside the fused kernel where it reads x: one kernel fewer, the same bits."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -262,16 +263,15 @@ def test_smoothquant_scaling_joins_the_dynamic_quantize_kernel(tmp_path, monkeyp
     quantize_dynamic(str(tmp_path / "smooth.onnx"), str(tmp_path / "smooth-int8.onnx"), weight_type=QuantType.QInt8)
     x = rng.normal(size=(1, 6, 32)).astype(np.float32)
 
-    def lowered():
+    def lowered(fuse_quantize: bool):
         return qdq.rewrite(from_onnx(onnx.load(tmp_path / "smooth-int8.onnx"), keep_params_in_input=False),
-                           _exact_intrinsic())[0]
+                           _exact_intrinsic(), fuse_quantize=fuse_quantize)[0]
 
-    fused = lowered()
+    fused = lowered(True)
     text = fused["main"].script()
     # the kernel reads the norm and the constant: the multiply is no kernel of its own
     assert re.search(r"call_tir\(\w*dynamic_quantize\w*, \(\w+, metadata", text), text
-    monkeypatch.setattr(qdq.dynamic_quantize, "fuse", lambda mod, func_name="main": mod)
-    imported = lowered()
+    imported = lowered(False)
     got, expected = _run_tvm(fused, x), _run_tvm(imported, x)
     assert np.array_equal(got, expected), np.abs(got - expected).max()
 
@@ -370,6 +370,8 @@ def test_tvm_int8_candidates_through_the_flow(kiln_env, digits_program):
         row = rows[name]
         assert row["latency_ms"]["p50"] > 0 and row["metrics"], row  # built, measured and judged
         assert f"kiln passes: int8-{expected}" in " ".join(row["notes"]), row["notes"]
+        if "dynamic" in name:  # each DynamicQuantizeLinear one kernel, listed in the pipeline
+            assert "fuse-dynamic-quantize" in next(n for n in row["notes"] if n.startswith("kiln passes:"))
         int8 = next(n for n in row["notes"] if n.startswith("int8 kernels:"))
         assert f"int8 kernels: {expected} on {detected_int8_isa()} ({sums}), 2 matmul(s) lowered" in int8, int8
         # both trials ran; records other models (earlier tests) tuned on this CPU may measure more tasks

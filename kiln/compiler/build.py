@@ -110,10 +110,11 @@ def _lowered(model_path: Path, inputs: list[TensorSpec], target, limits: Limits,
     try:  # lowering can fail inside TVM on models it imported (an InternalError, not a Python mistake)
         with target:
             if limits.int8:  # before the graph passes, which rewrite the matmuls it looks for
-                mod, rewrites = lower_int8(mod, limits.int8)
+                mod, rewrites = lower_int8(mod, limits.int8, "fuse-dynamic-quantize" in graph_passes)
             mod, passes_applied = passes.apply(mod, graph_passes)  # NotApplicable: nothing to approximate
             if rewrites:
-                passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else [])
+                passes_applied[:0] = [f"int8-{limits.int8}"] + (["channels-last"] if rewrites.channels_last else []) \
+                    + (["fuse-dynamic-quantize"] if rewrites.quantize_fused else [])
             lowered = pipelines.lowering()(mod)
             if limits.prepack and cpu:
                 lowered = pipelines.prepacking()(lowered)
@@ -152,13 +153,14 @@ def first_round_need(model_path: Path, inputs: list[TensorSpec], *, target: Targ
     return tasks, costs.first_round_seconds(tasks, trial_costs.MIN_FIRST_ROUND)
 
 
-def lower_int8(mod, intrinsic: str):
-    """kiln's QDQ-to-integer pass (kiln.compiler.int8.qdq) for `intrinsic`; NotApplicable when the model has no
-    quantized matmul it can lower (a candidate to skip, with the reasons)."""
+def lower_int8(mod, intrinsic: str, fuse_quantize: bool = True):
+    """kiln's QDQ-to-integer pass (kiln.compiler.int8.qdq) for `intrinsic`, with each dynamic quantization as one
+    kernel where `fuse_quantize`; NotApplicable when the model has no quantized matmul it can lower (a candidate
+    to skip, with the reasons)."""
     from kiln.compiler.int8 import qdq
     from kiln.compiler.int8.intrinsics import registered
 
-    mod, rewrites = qdq.rewrite(mod, registered(intrinsic))
+    mod, rewrites = qdq.rewrite(mod, registered(intrinsic), fuse_quantize=fuse_quantize)
     if not rewrites.rewritten:
         why = "; ".join(rewrites.skipped[:3]) or "no dequantize -> matmul or MatMulInteger in the graph"
         raise passes.NotApplicable(f"no quantized matmul to lower to integer arithmetic ({why})")

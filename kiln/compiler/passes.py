@@ -27,6 +27,7 @@ class GraphPass:
     make: Callable[[], object]  # a tvm.transform.Pass
     exact: bool = True  # False: changes the numbers; a candidate's setting for the metric gate, never a default
     default: bool = True  # in kiln's pipeline (exact passes measured no slower on and off)
+    int8: bool = False  # a step of kiln's int8 lowering (kiln.compiler.int8.qdq), run there where named, not by apply
 
 
 def _relax(name: str) -> Callable[[], object]:
@@ -69,6 +70,8 @@ PASSES: dict[str, GraphPass] = {p.name: p for p in (
               _fused_attention, default=False),
     GraphPass("combine-parallel-matmul", "matmuls reading the same input (Q, K, V) as one wider matmul",
               _combine_parallel_matmul, default=False),  # adds a split kernel: joins DEFAULT once measured faster
+    GraphPass("fuse-dynamic-quantize", "each DynamicQuantizeLinear (max, min, scale, zero point, quantize) as one "
+              "kernel, a SmoothQuant scaling in front of it computed where it reads", lambda: None, int8=True),
     # int8 models only (after kiln's int8 lowering): sums a row in another order than TOPI (a few float32 steps)
     GraphPass("fuse-norm-quantize", "a layer norm computed inside the dynamic-quantize kernel that reads it",
               _fuse_norm_quantize),
@@ -93,6 +96,8 @@ def apply(mod, names: tuple[str, ...] | list[str] = DEFAULT) -> tuple[object, li
 
     applied = []
     for name in names:
+        if PASSES[name].int8:
+            continue
         rewritten = PASSES[name].make()(mod)
         if not structural_equal(rewritten, mod):
             applied.append(name)

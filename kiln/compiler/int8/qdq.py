@@ -37,6 +37,7 @@ class Rewrites:
     rewritten: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     channels_last: bool = False  # the graph was moved to NHWC first (kiln.compiler.int8.layout)
+    quantize_fused: bool = False  # dynamic quantizations became one kernel each (kiln.compiler.int8.dynamic_quantize)
 
 
 def _const(expr) -> np.ndarray | None:
@@ -45,8 +46,9 @@ def _const(expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, Constant) else None
 
 
-def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Rewrites]:
-    """`mod` with every quantized matmul of `func_name` as kiln's int8 dense kernel, and what was done."""
+def rewrite(mod, intrin: Intrinsic, func_name: str = "main", fuse_quantize: bool = True) -> tuple[object, Rewrites]:
+    """`mod` with every quantized matmul of `func_name` as kiln's int8 dense kernel, and what was done; with
+    `fuse_quantize`, each DynamicQuantizeLinear one kernel first (kiln.compiler.int8.dynamic_quantize)."""
     import tvm
     from tvm import relax
 
@@ -285,7 +287,11 @@ def rewrite(mod, intrin: Intrinsic, func_name: str = "main") -> tuple[object, Re
     if layout.has_nchw_quantized_conv(mod, func_name):
         mod = layout.channels_last(mod, func_name)
         report.channels_last = True
-    out = dynamic_quantize.fuse(roundtrips.simplify(mod, func_name), func_name)
+    out = roundtrips.simplify(mod, func_name)
+    if fuse_quantize:
+        fused = dynamic_quantize.fuse(out, func_name)
+        report.quantize_fused = fused is not out
+        out = fused
     for mode in ("static", "dynamic"):
         rewriter = Rewriter(out, mode)
         func = rewriter.visit_expr(out[func_name])
