@@ -143,39 +143,31 @@ def _median(record) -> float:
     return secs[len(secs) // 2]
 
 
-def best_seconds(folder: Path, workloads: list) -> list[float | None]:
-    """The best valid latency (median of a record's runs, as the tuner counts it) of each workload in a
-    database; None where it has no valid record."""
-    if not (folder / DB_FILES[1]).is_file():
-        return [None] * len(workloads)
-    db, out = _open(folder), []
-    for mod in workloads:
-        records = [r for r in db.get_top_k(db.commit_workload(mod), TOP_K) if _valid(r)] \
-            if db.has_workload(mod) else []
-        out.append(min(map(_median, records)) if records else None)
-    return out
-
-
-def as_stored(folder: Path, extracted: list) -> list:
-    """The tasks, each whose workload the database already holds as that workload (the same kernel, its blocks
-    named as when first tuned). A database matches workloads by structure, ignoring block names, but commits a
-    new record under the stored workload with the trace of the task that made it: a layer norm's `lv108_sum`
-    under the workload that names it `lv8_sum` (the same norm in another layer or graph variant). MetaSchedule
-    replays every trace when it loads a database, so one such record made it unloadable ("parallel_for_dynamic
-    error") and every later build from it failed. Tuned as stored, a task's traces name the stored blocks."""
+def as_stored(folder: Path, extracted: list) -> tuple[list, list[float | None]]:
+    """The tasks, each whose workload the database holds as that stored workload (the same kernel, its blocks
+    named as when first tuned), and each one's best valid latency there (the median of a record's runs, as the
+    tuner counts it; None where it has none). A database matches workloads by structure, ignoring block names,
+    but commits a new record under the stored workload with the trace of the task that made it: a layer norm's
+    `lv108_sum` under the workload that names it `lv8_sum` (the same norm in another layer or graph variant).
+    MetaSchedule replays every trace when it loads a database, so one such record made it unloadable
+    ("parallel_for_dynamic error") and every later build from it failed. Tuned as stored, a task's traces name
+    the stored blocks. One load of the database (seconds for a large one) serves both."""
     if not (folder / DB_FILES[0]).is_file() or not extracted:
-        return extracted
+        return extracted, [None] * len(extracted)
     from tvm.s_tir import meta_schedule as ms
 
     db = _open(folder)
-    out = []
+    tasks, best = [], []
     for task in extracted:
         mod = task.dispatched[0]
+        records = []
         if db.has_workload(mod):
-            stored = db.commit_workload(mod).mod
-            task = ms.ExtractedTask(task.task_name, stored, task.target, [stored], task.weight)
-        out.append(task)
-    return out
+            stored = db.commit_workload(mod)
+            task = ms.ExtractedTask(task.task_name, stored.mod, task.target, [stored.mod], task.weight)
+            records = [r for r in db.get_top_k(stored, TOP_K) if _valid(r)]
+        tasks.append(task)
+        best.append(min(map(_median, records)) if records else None)
+    return tasks, best
 
 
 def describe(folder: Path) -> dict:

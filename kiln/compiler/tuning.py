@@ -300,7 +300,7 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
 
     tensor_intrinsics()  # what every tuning context imports, without its 20 s of inspect.stack()
     register_all()  # the databases read below may hold int8 kernels' records, which name kiln's intrinsics
-    extracted = shared_db.as_stored(work_dir, ms.relax_integration.extract_tasks(mod, target))
+    extracted = ms.relax_integration.extract_tasks(mod, target)
     states = [TaskState(name=t.task_name, weight=float(t.weight), flop=_flop(t.mod),
                         int8=bool(limits.int8) and is_int8_task(t.dispatched[0])) for t in extracted]
     order = sorted(range(len(extracted)), key=lambda i: -states[i].weight * states[i].flop)
@@ -309,7 +309,8 @@ def plan(mod, target, work_dir: Path, limits: Limits, shared: Path | None = None
     workloads = [t.mod for t in extracted]
     if shared is not None:
         progress.seeded = shared_db.seed(work_dir, shared, workloads)
-    for task, best in zip(progress.tasks, shared_db.best_seconds(work_dir, workloads), strict=True):
+    extracted, bests = shared_db.as_stored(work_dir, extracted)  # after seeding: its records count
+    for task, best in zip(progress.tasks, bests, strict=True):
         if best is not None:
             task.start_us = task.best_us = best * 1e6
     costs = trial_costs.load(shared or work_dir)
