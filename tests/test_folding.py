@@ -18,20 +18,40 @@ def _run(model: onnx.ModelProto | str, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def _optimized_ops(model: onnx.ModelProto, dest) -> Counter:
+    """The operators of the graph onnxruntime runs (level ALL: its blocked NCHWc convolutions and reorders)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(dest)
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(dest)).graph.node)
+
+
 def test_mobile_blocks_fold_into_their_convolutions_with_the_same_outputs(tmp_path):
     """PP-LCNet's blocks as exported: every affine beside a convolution goes into it, both written-out HardSwish
-    forms become the operator, and only the affine before the padded depthwise convolution stays (folding it
-    would change the border the padding reads). Outputs equal the original's at two widths."""
+    forms become the operator, and the affine before the padded depthwise convolution (folding it would change
+    the border the padding reads) becomes one BatchNormalization, which onnxruntime runs in its blocked layout:
+    no Mul or Add and one reorder pair fewer in the graph it optimizes. Outputs equal the original's at two
+    widths."""
+    from kiln.optimize import folding
     from kiln.optimize.candidates.ort_int8_static import at_least_opset
     from kiln.optimize.folding import fold
 
     path = onnx_models.lcnet_blocks(tmp_path / "blocks.onnx", opset=14)
     folded, stats = fold(onnx.load(str(path)))
     onnx.checker.check_model(folded)
-    assert stats == {"conv-output-affine": 2, "hard-swish": 2, "conv-input-affine": 1}
+    assert stats == {"conv-output-affine": 2, "hard-swish": 2, "conv-input-affine": 1, "affine-batchnorm": 1}
     ops = Counter(n.op_type for n in folded.graph.node)
-    assert ops == {"Conv": 3, "HardSwish": 2, "Mul": 1, "Add": 1, "Relu": 1}, ops
-    assert [n.name for n in folded.graph.node if n.op_type in ("Mul", "Add")] == ["scale4", "shift4"]
+    assert ops == {"Conv": 3, "HardSwish": 2, "BatchNormalization": 1, "Relu": 1}, ops
+    assert [n.name for n in folded.graph.node if n.op_type == "BatchNormalization"] == ["scale4"]
+    without = onnx.load(str(path))  # the same folds but the last: the affine stays Mul, Add
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(folding, "PIPELINE", folding.PIPELINE[:-1])
+        without, _ = fold(without)
+    optimized = {name: _optimized_ops(model, tmp_path / f"{name}.onnx")
+                 for name, model in (("folded", folded), ("without", without))}
+    assert not {"Mul", "Add", "BatchNormalization"} & set(optimized["folded"]), optimized
+    assert optimized["folded"]["ReorderOutput"] < optimized["without"]["ReorderOutput"], optimized
     for width in (5, 17):
         x = np.random.default_rng(width).standard_normal((1, 3, 8, width)).astype(np.float32) * 3
         want = _run(str(path), x)
@@ -95,7 +115,8 @@ def test_the_folded_candidate_in_the_flow(kiln_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = {c["name"]: c for c in json.loads(proc.stdout)["candidates"]}["ort-fp32-folded"]
     assert row["passed"] and row["metrics"]["cosine"]["value"] > 0.9999, row
-    assert row["settings"]["fusion"] == "folded: 2 conv-output-affine, 2 hard-swish, 1 conv-input-affine"
+    assert row["settings"]["fusion"] == ("folded: 2 conv-output-affine, 2 hard-swish, 1 conv-input-affine, "
+                                         "1 affine-batchnorm")
 
     cnn = onnx_models.small_cnn(tmp_path / "cnn.onnx")
     with pytest.raises(candidates.Skipped, match="nothing to fold"):

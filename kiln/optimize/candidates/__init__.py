@@ -66,7 +66,8 @@ register(
               description="fp32 model, one intra-op thread"),
     Candidate(name="ort-fp32-folded", backend="onnxruntime", builder=f"{_C}.ort_folded:build",
               description="fp32, kiln's exact folds: constant affine chains into the convolutions beside them, "
-                          "a written-out HardSwish as the operator (mobile CNN exports)"),
+                          "a written-out HardSwish as the operator, the rest as one BatchNormalization (mobile CNN "
+                          "exports)"),
     Candidate(name="ort-int8-dynamic", backend="onnxruntime", accuracy_aware=True,
               builder=f"{_C}.ort_int8_dynamic:build",
               description="int8 weights for MatMul/Gemm, dynamic activations"),

@@ -17,15 +17,17 @@ from collections.abc import Callable
 
 import onnx
 
-from kiln.optimize.folding import conv_input_affine, conv_output_affine, hard_swish
+from kiln.optimize.folding import affine_batchnorm, conv_input_affine, conv_output_affine, hard_swish
 from kiln.optimize.folding.graph import Graph
 
 # (name, pass): each rewrites a Graph in place and returns how many patterns it rewrote; the order matters: the
-# output-side fold first leaves Conv -> HardSwish adjacent for onnxruntime's fusion
+# output-side fold first leaves Conv -> HardSwish adjacent for onnxruntime's fusion; affine-batchnorm takes
+# what the folds left
 PIPELINE: tuple[tuple[str, Callable[[Graph], int]], ...] = (
     ("conv-output-affine", conv_output_affine.fold),
     ("hard-swish", hard_swish.fuse),
     ("conv-input-affine", conv_input_affine.fold),
+    ("affine-batchnorm", affine_batchnorm.rewrite),
 )
 
 
