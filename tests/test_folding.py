@@ -62,6 +62,35 @@ def test_mobile_blocks_fold_into_their_convolutions_with_the_same_outputs(tmp_pa
     assert fold(at_least_opset(old, 14))[1]["hard-swish"] == 2
 
 
+def test_an_affine_after_an_activation_becomes_one_batchnorm():
+    """Mul by a per-channel constant, Sub and Div by scalars, between a convolution's Relu and a padded
+    convolution: one BatchNormalization with that scale per channel, the same outputs at two widths."""
+    from kiln.optimize.folding import fold
+
+    rng = np.random.default_rng(1)
+    c = lambda name, arr: numpy_helper.from_array(np.asarray(arr, np.float32), name)  # noqa: E731
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), n("Relu", ["c1"], ["r1"]),
+             n("Mul", ["gain", "r1"], ["m1"]), n("Sub", ["m1", "shift"], ["s1"]), n("Div", ["s1", "four"], ["d1"]),
+             n("Conv", ["d1", "w2", "b2"], ["y"], pads=[1, 1, 1, 1], group=4)]
+    graph = helper.make_graph(
+        nodes, "affine_after_relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, "width"])],
+        [c("w1", rng.standard_normal((4, 2, 3, 3))), c("b1", rng.standard_normal(4)),
+         c("gain", rng.uniform(0.5, 2, (4, 1, 1))), c("shift", 0.3), c("four", 4.0),
+         c("w2", rng.standard_normal((4, 1, 3, 3))), c("b2", rng.standard_normal(4))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    folded, stats = fold(model)
+    assert stats["affine-batchnorm"] == 1 and stats["conv-input-affine"] == 0, stats
+    assert [x.op_type for x in folded.graph.node] == ["Conv", "Relu", "BatchNormalization", "Conv"]
+    scale = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}[folded.graph.node[2].input[1]]
+    np.testing.assert_allclose(scale, numpy_helper.to_array(graph.initializer[2]).reshape(4) / 4, rtol=1e-6)
+    for width in (3, 11):
+        x = rng.standard_normal((1, 2, 6, width)).astype(np.float32)
+        want = _run(model, x)
+        np.testing.assert_allclose(_run(folded, x), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 def test_what_is_not_an_exact_fold_stays():
     """A convolution's output read twice, a constant that varies along the width, c - x (not x - c), a clip
     that is not (0, 6), and a constant the caller may override are left as they are."""
