@@ -375,3 +375,14 @@ def lcnet_blocks(path: Path, width: int | str = "width", opset: int = 12) -> Pat
         nodes, "lcnet_blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, width])], inits)
     return _save(graph, path, opset=opset)
+
+
+def width_mean(path: Path) -> Path:
+    """x[1, 4, width] -> x - mean(x over the width): every output reads every position, so padding the width
+    changes all of them (what attention along a text line's width does)."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[2], keepdims=1),
+         helper.make_node("Sub", ["x", "m"], ["y"])],
+        "width_mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "width"])])
+    return _save(graph, path, opset=13)

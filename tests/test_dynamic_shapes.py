@@ -337,6 +337,26 @@ def test_tvm_buckets_pad_each_request_and_cut_its_outputs(tmp_path, kiln_env):
     assert json.loads(check.stdout.splitlines()[-1]) == {str(n): [1, n, 32] for n in lengths}
 
 
+def test_a_model_that_mixes_padded_positions_is_refused_with_the_padding_named(tmp_path, kiln_env):
+    """A model whose every output reads every position of the width (a mean over it): TVM's bucket builds pad
+    the width, so its outputs miss the range, and the row says that onnxruntime on the same padded inputs
+    misses it too (the padding, not the compiler), with what to change."""
+    model = onnx_models.width_mean(tmp_path / "mean.onnx")
+    data = tmp_path / "rows"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i, width in enumerate([5, 7, 9, 12, 16, 23, 30, 40] * 3):
+        np.savez(data / f"{i:02d}.npz", x=rng.standard_normal((1, 4, width)).astype(np.float32) + 1)
+    env = {**kiln_env, "KILN_HOPELESS_SLOWDOWN": "0"}
+    proc = run_kiln(["optimize", str(model), "--data", str(data), "--range", "max_abs_diff<=1e-4", "--name", "mean",
+                     "--candidates", "onnxruntime,tvm", "--trials", "0", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    tvm = next(c for c in json.loads(proc.stdout)["candidates"] if c["name"] == "tvm")
+    assert len(tvm["settings"]["buckets"]) >= 2 and not tvm["passed"], tvm
+    why = next((r for r in tvm["reasons"] if r.startswith("padding alone misses the range")), None)
+    assert why and "max_abs_diff = " in why and "width buckets" in why and "--shape" in why, tvm["reasons"]
+
+
 def test_a_tuning_time_too_short_for_every_bucket_builds_fewer(tmp_path, kiln_env):
     """Under --tune-time, a bucket build whose kernels get no trial keeps TVM's untuned schedules, slower than
     padding to a larger tuned build: kiln builds only as many buckets as the time gives a first round each (from

@@ -25,6 +25,7 @@ from kiln.optimize.feeds import gather_outputs, load_eval, run_all
 from kiln.optimize.isolation import IsolationError, run_isolated
 from kiln.optimize.models import BuiltCandidate, CheckedProgram, Evaluation, ReferenceData
 from kiln.optimize.on_device import DeviceUse
+from kiln.optimize.padded_reference import padding_misses
 from kiln.optimize.scoring import compute_metrics, score
 from kiln.optimize.traffic import Feed, Traffic, plan_timing, time_over
 from kiln.program import ragged
@@ -159,7 +160,11 @@ def evaluate_one(checked: CheckedProgram, ref: ReferenceData, cand: BuiltCandida
     finally:
         if runner:
             runner.close()
-    return _scored(checked, cand, settings, metrics, outputs, reference, labels, expected), probe
+    result = _scored(checked, cand, settings, metrics, outputs, reference, labels, expected)
+    if not result.passed and settings.buckets:
+        why = padding_misses(checked, settings, fds, samples, batch, metrics, reference, labels, expected)
+        result.reasons.extend([why] if why else [])
+    return result, probe
 
 
 def _scored(checked: CheckedProgram, cand: BuiltCandidate, settings: RunSettings, metrics, outputs, reference,
