@@ -5,7 +5,7 @@ What is left for this pass is the affine in front of a padded convolution (conv-
 the border reads zeros, not a * 0 + b). As Mul and Add, onnxruntime runs it as two passes in the plain layout,
 with a reorder out of the blocked (NCHWc) layout before and one back after; as a BatchNormalization behind a
 blocked convolution, its NCHWc transformer runs it as a blocked 1x1 depthwise convolution and the chain stays
-blocked. PP-OCRv4's recognizer: 16 such chains, 1.17x faster than with the other folds alone (AMD EPYC,
+blocked. PP-OCRv4's recognizer: 16 such chains, 1.14-1.17x faster than with the other folds alone (AMD EPYC,
 2 threads, in the same rounds)."""
 
 from __future__ import annotations
